@@ -1,0 +1,100 @@
+"""The one model configuration: what the encoder is, how it pools, which decoders it feeds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ARCConfig:
+    # Encoder backbone: a Hugging Face decoder-only model (name, folder, or embedded alias).
+    backbone: str = "smollm2-135m"
+    # How many of the backbone's final blocks to drop (paper: 2 of Llama-3.2-3B's 28).
+    # The default keeps 12 of SmolLM2's 30 blocks: ~32% of the decoder's FLOPs per token.
+    drop_layers: int = 18
+    # Bidirectional attention inside each segment (paper); causal is an ablation.
+    causal: bool = False
+    # "mean" or "last" pooling of groups of positions, or "memory" (ICAE-like memory tokens).
+    pooling: str = "mean"
+    # One factor per final block, applied before that block: [4] pools by 4 in the last block;
+    # [2, 2, 2] pools by 2 before each of the last three (overall 8); 1 = no pooling there.
+    pooling_factors: list[int] = field(default_factory=lambda: [4])
+    # Number of memory tokens per segment when pooling == "memory".
+    memory_tokens: int = 0
+    # Frozen decoders fed by this encoder; each gets its own projector and special tokens.
+    decoders: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    # Width of the projector's middle layer; these are the vectors a store keeps.
+    bottleneck: int = 512
+    # Append a learned <Rec>/<Cont> vector after every compressed segment.
+    special_tokens: bool = True
+    # Paper (decisions #8): the special token's output predicts the first text token after its
+    # block. False reproduces the official code, which leaves that token unsupervised.
+    supervise_first_token: bool = True
+    # Documents longer than this many encoder tokens are split into chunks compressed in parallel
+    # and placed back to back (None: no chunking; a too-long document is then an error).
+    chunk_tokens: int | None = None
+    max_chunks: int = 32
+    # transformers attention backend for encoder and decoders ("sdpa" or "eager").
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        if self.pooling not in ("mean", "last", "memory"):
+            raise ValueError(f"pooling must be 'mean', 'last' or 'memory', got {self.pooling!r}")
+        if self.pooling == "memory":
+            if self.memory_tokens < 1:
+                raise ValueError("pooling='memory' needs memory_tokens >= 1")
+            if any(f != 1 for f in self.pooling_factors):
+                raise ValueError("memory tokens replace pooling: set pooling_factors to []")
+        elif self.memory_tokens:
+            raise ValueError("memory_tokens is only used with pooling='memory'")
+        if any((not isinstance(f, int)) or f < 1 for f in self.pooling_factors):
+            raise ValueError(f"pooling_factors must be integers >= 1, got {self.pooling_factors}")
+        if not self.decoders:
+            raise ValueError("at least one decoder is needed")
+        if self.drop_layers < 0:
+            raise ValueError("drop_layers must be >= 0")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError("chunk_tokens must be >= 1 or None")
+
+    @property
+    def pooling_factor(self) -> int:
+        """Overall factor: tokens per compressed vector for long segments."""
+        total = 1
+        for f in self.pooling_factors:
+            total *= f
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ARCConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ARCConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+
+# Named starting points. Paths of large models are hub names; point them at local folders.
+PRESETS: dict[str, ARCConfig] = {
+    "smollm2-arc4": ARCConfig(),
+    "smollm2-arc8": ARCConfig(pooling_factors=[8]),
+    "smollm2-gemma3-arc4": ARCConfig(decoders=["smollm2-135m", "gemma3-270m"]),
+    "smollm2-memory": ARCConfig(pooling="memory", pooling_factors=[], memory_tokens=16),
+    # The paper's released configuration: Llama-3.2-3B minus 2 blocks, PF 8, 3072 -> 2048 -> 4096.
+    "llama3-arc8": ARCConfig(
+        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[8],
+        decoders=["meta-llama/Llama-3.1-8B"], bottleneck=2048,
+    ),
+    "llama3-arc4": ARCConfig(
+        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[4],
+        decoders=["meta-llama/Llama-3.1-8B"], bottleneck=2048,
+    ),
+    "llama3-mistral-arc4": ARCConfig(
+        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[4],
+        decoders=["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], bottleneck=2048,
+    ),
+}

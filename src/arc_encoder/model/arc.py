@@ -1,0 +1,372 @@
+"""ARCModel: encoder + one adapter per frozen decoder. Compress, score, generate, save, load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from ..config import PRESETS, ARCConfig
+from ..prompt import Doc
+from .adapter import DecoderAdapter
+from .decoder import generate_ids, load_frozen_decoder, next_token_loss
+from .encoder import Encoder
+from .registry import resolve_model
+from .splice import Sample, loss_positions, splice
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "arc_config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
+
+
+@dataclass
+class Compressed:
+    """A document compressed for one decoder: bottleneck vectors per chunk."""
+
+    chunks: list[torch.Tensor]  # per chunk [m_i, bottleneck]
+    decoder: int  # index of the decoder whose projector made them
+    document_tokens: int  # decoder-tokenizer tokens of the original text (for the ratio)
+
+    @property
+    def n_vectors(self) -> int:
+        return sum(c.shape[0] for c in self.chunks)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.document_tokens / self.n_vectors
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    prompt_length: int  # decoder input positions: text tokens + compressed vectors + special tokens
+    document_tokens: int  # decoder-tokenizer tokens of the compressed documents
+    compressed_vectors: int  # vectors those documents became (special tokens excluded)
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return self.document_tokens / self.compressed_vectors if self.compressed_vectors else None
+
+
+class ARCModel(nn.Module):
+    def __init__(self, config: ARCConfig, encoder: Encoder, decoders: list[nn.Module],
+                 encoder_tokenizer: PreTrainedTokenizerBase,
+                 decoder_tokenizers: list[PreTrainedTokenizerBase]):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.adapters = nn.ModuleList(
+            DecoderAdapter(encoder.hidden_size, config.bottleneck, d.config.hidden_size,
+                           config.memory_tokens)
+            for d in decoders
+        )
+        # Registered so .to() and FSDP see them; frozen, kept in eval mode, never saved.
+        self.decoders = nn.ModuleList(decoders)
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizers = decoder_tokenizers
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: ARCConfig | str, pretrained: bool = True) -> "ARCModel":
+        """Build a fresh model: encoder from the backbone, untrained adapters, frozen decoders.
+
+        `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
+        """
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown preset {config!r}; presets: {sorted(PRESETS)}")
+            config = PRESETS[config]
+        backbone = resolve_model(config.backbone)
+        encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
+        decoder_paths = [resolve_model(d) for d in config.decoders]
+        decoders = [
+            load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p))
+            for p in decoder_paths
+        ]
+        return cls(config, encoder, decoders, AutoTokenizer.from_pretrained(backbone),
+                   [AutoTokenizer.from_pretrained(p) for p in decoder_paths])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.decoders.eval()  # frozen decoders never switch to training behaviour
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapters[0].special.device
+
+    def trainable_parameters(self):
+        return [p for name, p in self.named_parameters() if not name.startswith("decoders.")]
+
+    # ----------------------------------------------------------------------------- encoder side
+    def _check_decoder(self, decoder: int) -> int:
+        if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoders):
+            names = ", ".join(f"{i}: {n}" for i, n in enumerate(self.config.decoders))
+            raise ValueError(f"decoder index {decoder!r} does not exist; this model has {names}")
+        return decoder
+
+    def tokenize_document(self, text: str) -> list[list[int]]:
+        """Encoder token ids of a document, split into chunks when the config says so."""
+        if not isinstance(text, str):
+            raise TypeError(f"a document must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError("cannot compress an empty or whitespace-only document")
+        ids = self.encoder_tokenizer(text, add_special_tokens=False)["input_ids"]
+        size = self.config.chunk_tokens
+        limit = self.encoder.hf_config.max_position_embeddings
+        if size is None:
+            if len(ids) > limit:
+                raise ValueError(
+                    f"document of {len(ids)} encoder tokens exceeds the backbone's {limit} positions;"
+                    " set chunk_tokens to compress it in chunks"
+                )
+            return [ids]
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        if len(chunks) > self.config.max_chunks:
+            raise ValueError(
+                f"document of {len(ids)} tokens needs {len(chunks)} chunks of {size}, more than "
+                f"max_chunks={self.config.max_chunks}; raise max_chunks or chunk_tokens"
+            )
+        return chunks
+
+    def encode_segments(self, segments: list[list[int]], decoder: int) -> list[torch.Tensor]:
+        """Encoder token ids per segment -> bottleneck vectors per segment [m_i, bottleneck]."""
+        adapter = self.adapters[self._check_decoder(decoder)]
+        lengths = [len(s) for s in segments]
+        if min(lengths) < 1:
+            raise ValueError("cannot compress an empty segment")
+        pad = self.encoder_tokenizer.pad_token_id or 0
+        ids = torch.full((len(segments), max(lengths)), pad, dtype=torch.long)
+        for i, seg in enumerate(segments):
+            ids[i, : len(seg)] = torch.tensor(seg)
+        pooled, counts = self.encoder(ids.to(self.device), lengths, adapter.memory)  # [S, M, d_e]
+        bottleneck = adapter.compress(pooled)  # [S, M, d_b]
+        return [bottleneck[i, :m] for i, m in enumerate(counts)]
+
+    @torch.no_grad()
+    def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
+        """Compress documents into bottleneck vectors that can be stored and spliced later."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise TypeError("compress() takes a non-empty list of strings")
+        self._check_decoder(decoder)
+        chunked = [self.tokenize_document(t) for t in texts]
+        flat = [seg for chunks in chunked for seg in chunks]
+        vectors: list[torch.Tensor] = []
+        # longest first, so each encoder batch pads little
+        order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
+        by_index: dict[int, torch.Tensor] = {}
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            for i, v in zip(batch, self.encode_segments([flat[i] for i in batch], decoder)):
+                by_index[i] = v
+        vectors = [by_index[i] for i in range(len(flat))]
+        out, cursor = [], 0
+        tokenizer = self.decoder_tokenizers[decoder]
+        for text, chunks in zip(texts, chunked):
+            n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            out.append(Compressed(vectors[cursor : cursor + len(chunks)], decoder, n_tokens))
+            cursor += len(chunks)
+        return out
+
+    def decoder_blocks(self, chunks: list[torch.Tensor], decoder: int, special: str | None) -> list[torch.Tensor]:
+        """Bottleneck chunks -> decoder-space blocks [m_i (+1), d_dec], special token appended."""
+        adapter = self.adapters[decoder]
+        blocks = []
+        for chunk in chunks:
+            if self.config.special_tokens and special is not None:
+                chunk = torch.cat([chunk, adapter.special_bottleneck(special)[None]])
+            blocks.append(adapter.expand(chunk))
+        return blocks
+
+    # ----------------------------------------------------------------------------- training
+    def loss(self, samples: list[Sample], decoder: int = 0, special: str = "cont"):
+        """Summed next-token loss over supervised text tokens, and how many there are.
+
+        Returns (loss_sum, n_tokens); divide for the mean. Summing lets gradient accumulation and
+        data-parallel ranks weight every token equally.
+        """
+        self._check_decoder(decoder)
+        dec = self.decoders[decoder]
+        segments = [seg for s in samples for seg in s.segments]
+        vectors = self.encode_segments(segments, decoder) if segments else []
+        blocks, cursor = [], 0
+        for s in samples:
+            blocks.append(self.decoder_blocks(vectors[cursor : cursor + len(s.segments)], decoder, special))
+            cursor += len(s.segments)
+        embed = dec.get_input_embeddings()
+        text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]
+        batch = splice(text, blocks, [s.offsets for s in samples])
+        index, labels = loss_positions(batch, samples, self.config.supervise_first_token)
+        if index.numel() == 0:
+            raise ValueError("no supervised token in this batch")
+        loss = next_token_loss(dec, batch.embeds, batch.attention_mask, batch.position_ids, index, labels)
+        return loss, index.numel()
+
+    # ----------------------------------------------------------------------------- generation
+    def build_prompts(self, prompts: list[list], decoder: int, special: str = "cont"):
+        """Tokenize text pieces, compress Docs (one encoder batch), expand stored vectors."""
+        tokenizer = self.decoder_tokenizers[decoder]
+        docs = [part.text for prompt in prompts for part in prompt if isinstance(part, Doc)]
+        compressed = iter(self.compress(docs, decoder) if docs else [])
+        text_ids, blocks, offsets, stats = [], [], [], []
+        for prompt in prompts:
+            ids, sample_blocks, sample_offsets, n_doc, n_vec = [], [], [], 0, 0
+            for k, part in enumerate(prompt):
+                if isinstance(part, str):
+                    ids += tokenizer(part, add_special_tokens=(k == 0))["input_ids"] if part else []
+                    continue
+                if isinstance(part, Doc):
+                    part = next(compressed)
+                if not isinstance(part, Compressed):
+                    raise TypeError(
+                        f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}"
+                    )
+                if part.decoder != decoder:
+                    raise ValueError(
+                        f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}"
+                    )
+                for block in self.decoder_blocks([c.to(self.device) for c in part.chunks], decoder, special):
+                    sample_blocks.append(block)
+                    sample_offsets.append(len(ids))
+                n_doc += part.document_tokens
+                n_vec += part.n_vectors
+            if not ids and not sample_blocks:
+                raise ValueError("empty prompt")
+            text_ids.append(ids)
+            blocks.append(sample_blocks)
+            offsets.append(sample_offsets)
+            stats.append((n_doc, n_vec))
+        return text_ids, blocks, offsets, stats
+
+    @torch.no_grad()
+    def generate(self, prompts, decoder: int = 0, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                 batch_size: int = 8) -> list[Generation]:
+        """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
+        vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string."""
+        if not isinstance(prompts, list) or not prompts:
+            raise TypeError("generate() takes a non-empty list of prompts")
+        if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
+            prompts = [prompts]  # a single prompt given as a flat list of parts
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        self._check_decoder(decoder)
+        results = []
+        for start in range(0, len(prompts), batch_size):
+            results += self._generate_batch(prompts[start : start + batch_size], decoder,
+                                            max_new_tokens, temperature, top_p, stop or [], seed)
+        return results
+
+    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed):
+        dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
+        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder)
+        embed = dec.get_input_embeddings()
+        text = [embed(torch.tensor(ids, dtype=torch.long, device=self.device)) for ids in text_ids]
+        batch = splice(text, blocks, offsets, left_pad=True)
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed if seed is not None else random.randrange(2**31))
+
+        def should_stop(_, ids):
+            return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
+
+        eos = dec.generation_config.eos_token_id if dec.generation_config else None
+        eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        eos |= {tokenizer.eos_token_id} - {None}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+        new_ids = generate_ids(dec, batch.embeds, batch.attention_mask, batch.position_ids,
+                               max_new_tokens, eos, pad, temperature, top_p, generator, should_stop)
+        out = []
+        for i, ids in enumerate(new_ids):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            for s in stop:
+                text = text.split(s)[0]
+            out.append(Generation(text, ids, int(batch.attention_mask[i].sum()), *stats[i]))
+        return out
+
+    # ----------------------------------------------------------------------------- saving
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights (encoder + adapters) in safetensors, config in JSON, the encoder's HF config
+        and tokenizer beside them. Decoders are not saved: they are named in the config."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if not k.startswith("decoders.")}
+        save_file(state, path / WEIGHTS_FILE)
+        meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "decoder_dims": [d.config.hidden_size for d in self.decoders],
+                "encoder_dim": self.encoder.hidden_size}
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        self.encoder.hf_config.save_pretrained(path / ENCODER_DIR)
+        self.encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> "ARCModel":
+        """Load a saved model. `decoders` overrides the recorded decoder names or paths (same
+        count and widths), e.g. to point at local copies."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a saved ARC model")
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported format_version {meta.get('format_version')}")
+        config = ARCConfig.from_dict(meta["config"])
+        if decoders is not None:
+            if len(decoders) != len(config.decoders):
+                raise ValueError(f"{path} was trained for {len(config.decoders)} decoder(s), "
+                                 f"got {len(decoders)} replacement(s)")
+            config.decoders = list(decoders)
+        hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
+        hf_config._attn_implementation = config.attn_implementation
+        encoder = Encoder(hf_config, config)
+        decoder_paths = [resolve_model(d) for d in config.decoders]
+        decoder_models = [load_frozen_decoder(p, config.attn_implementation) for p in decoder_paths]
+        for i, (dec, dim) in enumerate(zip(decoder_models, meta["decoder_dims"])):
+            if dec.config.hidden_size != dim:
+                raise ValueError(f"decoder {i} ({config.decoders[i]}) has width "
+                                 f"{dec.config.hidden_size}, but {path} was trained for width {dim}")
+        model = cls(config, encoder, decoder_models, AutoTokenizer.from_pretrained(path / ENCODER_DIR),
+                    [AutoTokenizer.from_pretrained(p) for p in decoder_paths])
+        model.load_weights(path / WEIGHTS_FILE)
+        return model
+
+    def load_weights(self, file: str | Path) -> None:
+        """Load encoder + adapter weights, refusing any missing, unexpected or mis-shaped tensor."""
+        try:
+            state = load_file(str(file))
+        except Exception as e:  # safetensors raises several types for truncated/corrupt files
+            raise ValueError(f"cannot read weights from {file}: {e}") from e
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("decoders.")}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"checkpoint {file} does not match this model:"
+                + (f"\n  missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "")
+                + (f"\n  unexpected: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
+                + (f"\n  shape mismatch: {shapes[:5]}" if shapes else "")
+            )
+        self.load_state_dict(state, strict=False)
+
+    def fingerprint(self) -> str:
+        """A short hash of the trainable weights: stores refuse vectors from another model."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if not name.startswith("decoders."):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,107 @@
+"""Frozen decoders: loading, next-token loss at chosen positions, and KV-cached generation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+
+
+def load_frozen_decoder(path: str, attn_implementation: str = "sdpa", pretrained: bool = True,
+                        config=None) -> PreTrainedModel:
+    """Any AutoModelForCausalLM, in eval mode, with every parameter frozen."""
+    if pretrained:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=attn_implementation
+        )
+    else:
+        config._attn_implementation = attn_implementation
+        model = AutoModelForCausalLM.from_config(config)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def decoder_logits(decoder: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head (plus the final soft-cap some families use) on selected hidden states [T, d]."""
+    logits = decoder.get_output_embeddings()(hidden)
+    cap = getattr(decoder.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels):
+    """Summed cross-entropy of `labels` predicted at flat positions `index` of [B*L].
+
+    Logits are computed only at those positions: over a 49k-256k vocabulary, logits everywhere
+    would be the largest cost of a training step.
+    """
+    hidden = decoder.base_model(
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state  # [B, L, d] after the final norm
+    picked = hidden.reshape(-1, hidden.shape[-1])[index]  # [T, d]
+    logits = decoder_logits(decoder, picked).float()  # [T, V]
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """[B, V] -> [B]: argmax at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(
+    decoder: PreTrainedModel,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    should_stop=None,
+) -> list[list[int]]:
+    """Prefill once on left-padded spliced embeddings [B, L, d], then decode with the KV cache.
+
+    `should_stop(i, ids)` may end sample i early (stop strings). Returns new token ids per sample,
+    without the EOS.
+    """
+    B = embeds.shape[0]
+    cache = DynamicCache(config=decoder.config)
+    out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                  cache=cache, use_cache=True, logits_to_keep=1)
+    next_position = position_ids[:, -1:] + 1  # [B, 1]
+    outputs: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    eos = torch.tensor(sorted(eos_ids), device=embeds.device)
+    for _ in range(max_new_tokens):
+        token = sample_next(out.logits[:, -1], temperature, top_p, generator)  # [B]
+        finished = torch.isin(token, eos).tolist()
+        for i in range(B):
+            if done[i]:
+                continue
+            if finished[i]:
+                done[i] = True
+                continue
+            outputs[i].append(int(token[i]))
+            if should_stop is not None and should_stop(i, outputs[i]):
+                done[i] = True
+        if all(done):
+            break
+        token = token.masked_fill(torch.tensor(done, device=token.device), pad_id)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        out = decoder(input_ids=token[:, None], attention_mask=attention_mask,
+                      position_ids=next_position, cache=out.cache, use_cache=True)
+        next_position = next_position + 1
+    return outputs

@@ -1,0 +1,163 @@
+"""The ARC encoder: a Hugging Face decoder-only backbone, cut short, attending both ways, pooling.
+
+We reuse the backbone's own blocks (any family transformers implements: Llama, Mistral, Qwen2/3,
+Gemma3...) and only change what they see: a 4-D additive mask (bidirectional or causal inside each
+segment) and, in the last blocks, a sequence with pooled rows appended. The pooled block
+(spec 2.3) is computed by running the *unchanged* HF block on `[H ; P]`, where P holds the pooled
+residual streams at positions 0..m-1 and every row may only attend to the unpooled keys of H. For
+the P rows this is exactly "pooled queries attend the unpooled keys and values, and the residual
+carries the pooled vector"; the H rows are computed and discarded (a small waste in one block,
+bought for not re-implementing attention per family: q/k norms, softcaps, extra norms all come
+for free).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from ..config import ARCConfig
+from .pooling import pool
+
+
+def backbone_config(path: str, drop_layers: int, attn_implementation: str) -> PretrainedConfig:
+    config = AutoConfig.from_pretrained(path)
+    config = getattr(config, "text_config", None) or config  # multimodal wrappers (Gemma3)
+    kept = config.num_hidden_layers - drop_layers
+    if kept < 1:
+        raise ValueError(
+            f"drop_layers={drop_layers} leaves no block of the {config.num_hidden_layers} in {path}"
+        )
+    config.num_hidden_layers = kept
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:kept]
+    config._attn_implementation = attn_implementation
+    config.use_cache = False
+    return config
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, Q, K] bool -> [B, 1, Q, K] float mask of 0 (attend) / dtype-min (blocked).
+
+    Rows that may attend nothing (padding queries) get key 0, so softmax never sees an all-masked
+    row (which would give NaN under SDPA); their outputs are thrown away anyway.
+    """
+    allowed = allowed.clone()
+    empty = ~allowed.any(-1)
+    allowed[..., 0] |= empty
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class Encoder(nn.Module):
+    def __init__(self, hf_config: PretrainedConfig, cfg: ARCConfig, base: nn.Module | None = None):
+        super().__init__()
+        base = base if base is not None else AutoModel.from_config(hf_config)
+        self.hf_config = hf_config
+        self.embed_tokens = base.embed_tokens
+        self.layers = base.layers  # no final norm, no LM head: the raw last-block output is used
+        self.rotary_emb = base.rotary_emb
+        self.causal = cfg.causal
+        self.mode = cfg.pooling
+        n = len(self.layers)
+        if len(cfg.pooling_factors) > n:
+            raise ValueError(f"{len(cfg.pooling_factors)} pooling factors for {n} encoder blocks")
+        # factor applied before each block (1 = plain block)
+        self.factors = [1] * (n - len(cfg.pooling_factors)) + list(cfg.pooling_factors)
+        self.layer_types = list(getattr(hf_config, "layer_types", None) or ["full_attention"] * n)
+        self.sliding_window = getattr(hf_config, "sliding_window", None)
+
+    @classmethod
+    def from_backbone(cls, path: str, cfg: ARCConfig, pretrained: bool = True) -> "Encoder":
+        hf_config = backbone_config(path, cfg.drop_layers, cfg.attn_implementation)
+        if pretrained:
+            base = AutoModel.from_pretrained(path, config=hf_config, dtype=torch.float32)
+        else:
+            base = AutoModel.from_config(hf_config)
+        return cls(hf_config, cfg, base)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf_config.hidden_size
+
+    def _rope(self, h: torch.Tensor, positions: torch.Tensor, layer_type: str):
+        if getattr(self.rotary_emb, "layer_types", None):  # per-layer-type RoPE (Gemma3)
+            return self.rotary_emb(h, positions, layer_type)
+        return self.rotary_emb(h, positions)
+
+    def forward(self, input_ids: torch.Tensor, lengths: list[int], memory: torch.Tensor | None = None):
+        """Compress a batch of segments.
+
+        input_ids: [S, N] right-padded encoder token ids; segment s is real up to lengths[s].
+        memory: [M, d] memory-token vectors (pooling == "memory" only).
+        Returns [S, m_max, d] compressed vectors (right-padded) and their lengths m_s.
+        """
+        h = self.embed_tokens(input_ids)  # [S, N, d]
+        lengths = list(lengths)
+        if memory is not None:
+            h, lengths = self._append_memory(h, lengths, memory)
+        for layer, layer_type, factor in zip(self.layers, self.layer_types, self.factors):
+            if factor == 1:
+                h = self._plain_block(layer, layer_type, h, lengths)
+            else:
+                h, lengths = self._pooled_block(layer, layer_type, h, lengths, factor)
+        if memory is not None:  # keep the last M positions of each segment
+            M = memory.shape[0]
+            index = torch.tensor([[n - M + i for i in range(M)] for n in lengths], device=h.device)
+            h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))  # [S, M, d]
+            lengths = [M] * len(lengths)
+        return h, lengths
+
+    def _append_memory(self, h, lengths, memory):
+        """Place the M memory vectors right after each segment's tokens: [S, N, d] -> [S, N+M, d]."""
+        S, N, d = h.shape
+        M = memory.shape[0]
+        out = h.new_zeros(S, N + M, d)
+        out[:, :N] = h
+        for s, n in enumerate(lengths):
+            out[s, n : n + M] = memory
+        return out, [n + M for n in lengths]
+
+    def _plain_block(self, layer, layer_type, h, lengths):
+        S, N, _ = h.shape
+        q = torch.arange(N, device=h.device)
+        real = q[None, :] < torch.tensor(lengths, device=h.device)[:, None]  # [S, N]
+        allowed = real[:, None, :].expand(S, N, N)  # every query sees every real key of its segment
+        if self.causal:
+            allowed = allowed & (q[None, :] <= q[:, None])[None]
+        if layer_type == "sliding_attention" and self.sliding_window:
+            allowed = allowed & ((q[None, :] - q[:, None]).abs() < self.sliding_window)[None]
+        positions = q[None].expand(S, N)
+        return layer(
+            h,
+            attention_mask=additive_mask(allowed, h.dtype),
+            position_ids=positions,
+            position_embeddings=self._rope(h, positions, layer_type),
+        )
+
+    def _pooled_block(self, layer, layer_type, h, lengths, factor):
+        S, N, _ = h.shape
+        pooled, counts, ends = pool(h, lengths, factor, self.mode)  # [S, M, d]
+        M = pooled.shape[1]
+        x = torch.cat([h, pooled], dim=1)  # [S, N+M, d]
+        # Unpooled tokens keep positions 0..n-1; pooled query j takes position j (spec 2.5).
+        positions = torch.cat([torch.arange(N), torch.arange(M)]).to(h.device)[None].expand(S, -1)
+        keys = torch.arange(N + M, device=h.device)
+        real_key = (keys[None, :] < torch.tensor(lengths, device=h.device)[:, None])  # [S, N+M]
+        allowed = real_key[:, None, :].expand(S, N + M, N + M).clone()
+        if self.causal:
+            # unpooled row t sees keys <= t; pooled row j sees keys up to the end of its own group
+            last_key = torch.cat([
+                torch.arange(N)[None].expand(S, N),
+                torch.tensor([e + [N - 1] * (M - len(e)) for e in ends]),
+            ], dim=1).to(h.device)  # [S, N+M]
+            allowed &= keys[None, None, :] <= last_key[:, :, None]
+        out = layer(
+            x,
+            attention_mask=additive_mask(allowed, h.dtype),
+            position_ids=positions,
+            position_embeddings=self._rope(h, positions, layer_type),
+        )
+        return out[:, N:], counts
