@@ -1,0 +1,131 @@
+"""The encoder against a naive, independent re-statement of spec 2.3 for Llama blocks."""
+
+import math
+
+import pytest
+import torch
+
+from arc_encoder.config import ARCConfig
+from arc_encoder.model.encoder import Encoder
+from conftest import tiny_config
+
+
+def rms(x, weight, eps):
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rope(x, positions, theta):
+    """Half-split rotation (HF layout): dims i and i + hd/2 share frequency theta^(-2i/hd)."""
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2).float() / hd)
+    angles = positions.float()[:, None] * inv[None]  # [T, hd/2]
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+    return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
+
+
+def naive_block(layer, cfg, queries_in, keys_in, q_pos, k_pos, allowed):
+    """One Llama block where rows `queries_in` attend rows `keys_in` (allowed: [Q, K] bool)."""
+    a = layer.self_attn
+    heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    eps = cfg.rms_norm_eps
+    xq = rms(queries_in, layer.input_layernorm.weight, eps)
+    xk = rms(keys_in, layer.input_layernorm.weight, eps)
+    q = rope((xq @ a.q_proj.weight.T).view(-1, heads, hd), q_pos, cfg.rope_parameters["rope_theta"])
+    k = rope((xk @ a.k_proj.weight.T).view(-1, kv, hd), k_pos, cfg.rope_parameters["rope_theta"])
+    v = (xk @ a.v_proj.weight.T).view(-1, kv, hd)
+    outs = []
+    for h in range(heads):
+        g = h // (heads // kv)
+        scores = q[:, h] @ k[:, g].T / math.sqrt(hd)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        outs.append(torch.softmax(scores, -1) @ v[:, g])
+    o = queries_in + torch.cat(outs, -1) @ a.o_proj.weight.T
+    m = layer.mlp
+    y = rms(o, layer.post_attention_layernorm.weight, eps)
+    return o + (torch.nn.functional.silu(y @ m.gate_proj.weight.T) * (y @ m.up_proj.weight.T)) @ m.down_proj.weight.T
+
+
+def make_encoder(**overrides):
+    torch.manual_seed(0)
+    cfg = ARCConfig(**{"backbone": "x", "drop_layers": 0, "pooling_factors": [4], **overrides})
+    hf = tiny_config("llama", layers=3)
+    hf._attn_implementation = "eager"
+    return Encoder(hf, cfg).eval(), hf
+
+
+def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None):
+    """Run the plain blocks then pooled blocks naively, for one segment."""
+    n_plain = len(enc.layers) - len(schedule)
+    n = h.shape[0]
+    for layer in enc.layers[:n_plain]:
+        t = torch.arange(n)
+        allowed = (t[None] <= t[:, None]) if causal else torch.ones(n, n, dtype=torch.bool)
+        h = naive_block(layer, hf, h, h, t, t, allowed)
+    for layer, layer_groups in zip(enc.layers[n_plain:], groups):
+        members, start = [], 0
+        for size in layer_groups:
+            members.append(list(range(start, start + size)))
+            start += size
+        P = torch.stack([h[g].mean(0) if mode == "mean" else h[g[-1]] for g in members])
+        allowed = torch.ones(len(members), h.shape[0], dtype=torch.bool)
+        if causal:
+            for j, g in enumerate(members):
+                allowed[j, g[-1] + 1 :] = False
+        h = naive_block(layer, hf, P, h, torch.arange(len(members)), torch.arange(h.shape[0]), allowed)
+    return h
+
+
+@pytest.mark.parametrize("mode", ["mean", "last"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_pooled_encoder_matches_naive_loop(mode, causal):
+    enc, hf = make_encoder(pooling=mode, causal=causal)
+    ids = torch.randint(3, 300, (1, 10))
+    out, lengths = enc(ids, [10])
+    assert lengths == [3]
+    want = naive_encoder(enc, hf, enc.embed_tokens(ids[0]), [[4, 3, 3]], mode, causal, [4])
+    torch.testing.assert_close(out[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_schedule_of_factors_matches_naive_loop():
+    enc, hf = make_encoder(pooling_factors=[2, 2])
+    ids = torch.randint(3, 300, (1, 9))
+    out, lengths = enc(ids, [9])
+    # 9 by 2 -> 5 groups [2, 2, 2, 2, 1]; then 5 by 2 -> 3 groups [2, 2, 1]
+    want = naive_encoder(enc, hf, enc.embed_tokens(ids[0]), [[2, 2, 2, 2, 1], [2, 2, 1]], schedule=[2, 2])
+    assert lengths == [3]
+    torch.testing.assert_close(out[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_factor_one_pooled_block_equals_plain_block():
+    enc, _ = make_encoder()
+    h = torch.randn(2, 7, 64)
+    layer = enc.layers[-1]
+    plain = enc._plain_block(layer, "full_attention", h, [7, 5])
+    pooled, lengths = enc._pooled_block(layer, "full_attention", h, [7, 5], 1)
+    assert lengths == [7, 5]
+    torch.testing.assert_close(pooled[0], plain[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(pooled[1, :5], plain[1, :5], atol=1e-6, rtol=1e-6)
+
+
+def test_padding_is_masked():
+    enc, _ = make_encoder()
+    a = torch.randint(3, 300, (1, 12))
+    b = torch.randint(3, 300, (1, 5))
+    batch = torch.zeros(2, 12, dtype=torch.long)
+    batch[0], batch[1, :5] = a[0], b[0]
+    batch[1, 5:] = 7  # garbage in the padding must not leak
+    out, lengths = enc(batch, [12, 5])
+    solo_b, _ = enc(b, [5])
+    assert lengths == [3, 2]
+    torch.testing.assert_close(out[1, :2], solo_b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_memory_tokens_output_fixed_count():
+    enc, _ = make_encoder(pooling="memory", pooling_factors=[], memory_tokens=3)
+    memory = torch.randn(3, 64)
+    ids = torch.randint(3, 300, (2, 9))
+    out, lengths = enc(ids, [9, 4], memory)
+    assert out.shape == (2, 3, 64) and lengths == [3, 3]
+    solo, _ = enc(ids[1:, :4], [4], memory)
+    torch.testing.assert_close(out[1], solo[0], atol=1e-5, rtol=1e-5)
