@@ -1,4 +1,8 @@
-"""Prompt parts: a prompt is a list of plain text (str) and documents to compress (Doc)."""
+"""Prompt building blocks shared by training, evaluation and serving.
+
+A prompt is a list of pieces: plain `str` text for the decoder, and `Doc` for a document that the
+encoder compresses and whose vectors are spliced in at that place.
+"""
 
 from dataclasses import dataclass
 

@@ -1,0 +1,90 @@
+"""Few-shot evaluation prompts (arc-spec 9.3, 9.5, 16.4).
+
+A prompt is a list of pieces: `str` is text the decoder reads as tokens, `Doc` is a document the
+encoder compresses (its vectors, then `<Cont>`, go where the Doc stands). The prompt is assembled
+from pieces and never re-split from a flat string, so a document that itself contains
+"\\nQuestion:" cannot shift the template (the reference code's regex split could; arc-spec 12.14).
+
+One template serves every system: `arc_prompt` builds it, and the open-book baseline is the same
+prompt with each Doc written out as text (`doc_as_text`), so the two differ only in how the
+documents reach the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+from arc_encoder.evaluation.tasks import Example
+from arc_encoder.prompt import Doc
+
+Piece = Union[str, Doc]
+Prompt = list[Piece]
+
+
+def _docs(example: Example, separate_passages: bool) -> list[Doc]:
+    if not example.passages:
+        raise ValueError(f"example {example.id!r} has no passages to put in the prompt")
+    if separate_passages:
+        # Each passage is compressed on its own; the Docs follow each other with no text between.
+        return [Doc(p) for p in example.passages]
+    return [Doc("\n".join(example.passages))]  # one document, as the open-book baseline joins them
+
+
+def _first_answer(example: Example) -> str:
+    if not example.answers:
+        raise ValueError(f"shot {example.id!r} has no answer to show")
+    return example.answers[0]  # shots show the first gold answer (arc-spec 9.3)
+
+
+def _append(prompt: Prompt, piece: Piece) -> None:
+    # Adjacent text is merged so that text pieces sit exactly between Docs (16.4: 7 texts, 6 Docs).
+    if isinstance(piece, str) and prompt and isinstance(prompt[-1], str):
+        prompt[-1] += piece
+    else:
+        prompt.append(piece)
+
+
+def arc_prompt(shots: Sequence[Example], example: Example, separate_passages: bool = False) -> Prompt:
+    """`"Document: " [d1] "\\nQuestion: q1\\nAnswer: a1\\n\\nDocument: " ... [d] "\\nQuestion: q\\nAnswer:"`.
+
+    No space after the last "Answer:": the model generates it as part of its answer.
+    """
+    prompt: Prompt = []
+    for shot in shots:
+        _append(prompt, "Document: ")
+        for doc in _docs(shot, separate_passages):
+            _append(prompt, doc)
+        _append(prompt, f"\nQuestion: {shot.question}\nAnswer: {_first_answer(shot)}\n\n")
+    _append(prompt, "Document: ")
+    for doc in _docs(example, separate_passages):
+        _append(prompt, doc)
+    _append(prompt, f"\nQuestion: {example.question}\nAnswer:")
+    return prompt
+
+
+def doc_as_text(prompt: Prompt, replace: Callable[[str], str]) -> str:
+    """Flatten a prompt to text, writing each Doc as `replace(doc.text)`.
+
+    `replace` is the identity for open-book, a truncation or an LLMLingua call for text baselines.
+    """
+    return "".join(replace(p.text) if isinstance(p, Doc) else p for p in prompt)
+
+
+def open_book_prompt(shots: Sequence[Example], example: Example) -> str:
+    """The ARC template with every document as plain text (arc-spec 9.5, open-book baseline)."""
+    return doc_as_text(arc_prompt(shots, example), lambda text: text)
+
+
+def closed_book_prompt(shots: Sequence[Example], example: Example) -> str:
+    """`"Question: {q}\\nAnswer: {a}\\n\\n"` per shot, then `"Question: {q}\\nAnswer:"`; no documents.
+
+    The reference code put an extra "\\n" before the final question; we keep the one separator
+    the shots use, so that closed-book differs from open-book only by the missing documents.
+    """
+    shot_text = "".join(f"Question: {s.question}\nAnswer: {_first_answer(s)}\n\n" for s in shots)
+    return f"{shot_text}Question: {example.question}\nAnswer:"
+
+
+def postprocess_answer(text: str) -> str:
+    """The generated answer: the text before the first blank line, stripped (arc-spec 9.5)."""
+    return text.split("\n\n", 1)[0].strip()
