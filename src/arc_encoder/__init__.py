@@ -1,3 +1,8 @@
 """ARC-Encoder: compress text into a few vectors that a frozen Hugging Face LLM reads."""
 
+from .config import PRESETS, ARCConfig
+from .model.arc import ARCModel, Compressed, Generation
+from .prompt import Doc
+
 __version__ = "0.1.0"
+__all__ = ["ARCConfig", "ARCModel", "Compressed", "Doc", "Generation", "PRESETS"]

@@ -1,0 +1,104 @@
+"""`arc-encoder` command line: one verb per job."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="ARC-Encoder: compress contexts for frozen Hugging Face LLMs.")
+
+
+def quiet_transformers() -> None:
+    """transformers' load reports (unused backbone blocks, progress bars) are noise here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(model: str):
+    """A saved model folder, or a preset name for a fresh (untrained) model."""
+    from .config import PRESETS
+    from .model.arc import ARCModel
+
+    quiet_transformers()
+    if Path(model).is_dir():
+        return ARCModel.from_pretrained(model)
+    if model in PRESETS:
+        return ARCModel.from_config(model)
+    raise typer.BadParameter(f"{model!r} is neither a saved model folder nor a preset "
+                             f"({', '.join(sorted(PRESETS))})")
+
+
+DEMO_DOCUMENT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+    "from 1887 to 1889. Locally nicknamed 'La dame de fer', it was constructed as the centrepiece "
+    "of the 1889 World's Fair. It is 330 metres tall and was the tallest man-made structure in the "
+    "world until the Chrysler Building in New York City was finished in 1930."
+)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("smollm2-arc4", help="saved model folder or preset"),
+    question: str = typer.Option("Who is the tower named after?"),
+):
+    """Compress a document and answer a question about it, next to the open-book answer."""
+    from .prompt import Doc
+
+    t0 = time.perf_counter()
+    arc = load_model(model)
+    print(f"loaded {model} in {time.perf_counter() - t0:.1f}s "
+          f"(encoder {sum(p.numel() for p in arc.encoder.parameters()) / 1e6:.0f}M parameters, "
+          f"decoder {arc.config.decoders[0]})")
+    compressed = arc.compress([DEMO_DOCUMENT])[0]
+    print(f"document: {compressed.document_tokens} decoder tokens -> {compressed.n_vectors} vectors "
+          f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})")
+    asks = {
+        "closed-book": [f"Question: {question}\nAnswer:"],
+        "open-book": [f"Document: {DEMO_DOCUMENT}\nQuestion: {question}\nAnswer:"],
+        "compressed": ["Document: ", compressed, f"\nQuestion: {question}\nAnswer:"],
+    }
+    for name, prompt in asks.items():
+        t = time.perf_counter()
+        out = arc.generate(prompt, max_new_tokens=24, stop=["\n"])[0]
+        print(f"{name:>12}: {out.text.strip()!r}  ({out.prompt_length} positions, "
+              f"{time.perf_counter() - t:.2f}s)")
+    if not Path(model).is_dir():
+        print("note: this projector is untrained; `arc-encoder quickstart` trains one.")
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="saved model folder"),
+    text: str = typer.Argument(..., help="text to compress, or @FILE to read it from a file"),
+    out: Path = typer.Option(..., "--out", help="safetensors file for the vectors"),
+    decoder: int = typer.Option(0, help="decoder index"),
+):
+    """Compress a text into bottleneck vectors saved as safetensors."""
+    from safetensors.torch import save_file
+
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    arc = load_model(model)
+    c = arc.compress([text], decoder=decoder)[0]
+    save_file({f"chunk_{i}": v.contiguous() for i, v in enumerate(c.chunks)}, str(out),
+              metadata={"decoder": str(decoder), "document_tokens": str(c.document_tokens),
+                        "fingerprint": arc.fingerprint()})
+    print(json.dumps({"vectors": c.n_vectors, "document_tokens": c.document_tokens,
+                      "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
+
+
+def main() -> None:  # `python -m arc_encoder`
+    app(prog_name="arc-encoder")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
