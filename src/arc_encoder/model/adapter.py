@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-REC, CONT = 0, 1  # rows of `special`: <Rec> for reconstruction, <Cont> for everything else
-SPECIAL_KINDS = {"rec": REC, "cont": CONT}
+SPECIAL_KINDS = ("rec", "cont")  # <Rec> for reconstruction batches, <Cont> for everything else
 
 
 class DecoderAdapter(nn.Module):
@@ -20,7 +19,10 @@ class DecoderAdapter(nn.Module):
         self.down = nn.Linear(encoder_dim, bottleneck, bias=False)
         self.up = nn.Linear(bottleneck, decoder_dim, bias=False)
         # <Rec>, <Cont> live in encoder space and go through the projector like pooled vectors.
-        self.special = nn.Parameter(torch.ones(2, encoder_dim))
+        # Two parameters, not one [2, d] table: the unused one then has no gradient, and AdamW
+        # leaves it alone (weight decay included).
+        self.rec = nn.Parameter(torch.ones(encoder_dim))
+        self.cont = nn.Parameter(torch.ones(encoder_dim))
         self.memory = nn.Parameter(torch.ones(memory_tokens, encoder_dim)) if memory_tokens else None
 
     def compress(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -29,7 +31,9 @@ class DecoderAdapter(nn.Module):
 
     def special_bottleneck(self, kind: str) -> torch.Tensor:
         """[bottleneck] vector of <Rec> or <Cont>."""
-        return self.down(self.special[SPECIAL_KINDS[kind]])
+        if kind not in SPECIAL_KINDS:
+            raise ValueError(f"special token must be one of {SPECIAL_KINDS}, got {kind!r}")
+        return self.down(getattr(self, kind))
 
     def expand(self, bottleneck: torch.Tensor) -> torch.Tensor:
         """[..., bottleneck] -> [..., decoder_dim]: what the decoder reads."""

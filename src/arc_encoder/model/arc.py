@@ -102,7 +102,7 @@ class ARCModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.adapters[0].special.device
+        return self.adapters[0].rec.device
 
     def trainable_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("decoders.")]
