@@ -1,0 +1,57 @@
+"""Split a document into consecutive chunks of at most max_tokens decoder tokens.
+
+The text is tokenized once; chunk boundaries fall at the start of a token, so the chunks cover the
+text exactly (no gap, no overlap): whitespace between two tokens ends the earlier chunk, text
+before the first token starts the first chunk, text after the last token ends the last one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+# tokenize(text) -> (token ids, per-token (start, end) char offsets), e.g. a Hugging Face fast
+# tokenizer called with return_offsets_mapping=True.
+Tokenize = Callable[[str], tuple[Sequence[int], Sequence[Sequence[int]]]]
+
+
+def chunk_text(text: str, tokenize: Tokenize, max_tokens: int) -> list[tuple[int, int, int]]:
+    """(start_char, end_char, n_tokens) per chunk; the spans tile [0, len(text)).
+
+    n_tokens counts the tokens of the whole-text tokenization that fall in the chunk; tokenizing
+    the chunk on its own can differ by a token at the edges (a leading space merges differently).
+    Zero-width tokens (special tokens such as BOS, offsets (0, 0)) are not text and are not counted.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not text.strip():
+        raise ValueError("cannot chunk an empty or whitespace-only text")
+    ids, offsets = tokenize(text)
+    if len(ids) != len(offsets):
+        raise ValueError(f"tokenize returned {len(ids)} ids but {len(offsets)} offsets")
+    spans = [(int(s), int(e)) for s, e in offsets if int(e) > int(s)]
+    if not spans:
+        raise ValueError("the tokenizer found no tokens in the text")
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        if s1 < s0 or e1 < e0:
+            raise ValueError(f"token offsets are not in text order: ({s0}, {e0}) then ({s1}, {e1})")
+
+    chunks = []
+    first = 0  # index of the first token of the current chunk
+    start_char = 0
+    n = len(spans)
+    while first < n:
+        stop = min(first + max_tokens, n)  # tokens [first, stop) form the chunk
+        # Byte-level tokenizers can split one character over several tokens (same offsets).
+        # A boundary inside a character is impossible, so move the cut back to a clean one.
+        while stop < n and spans[stop][0] < spans[stop - 1][1]:
+            stop -= 1
+            if stop == first:
+                raise ValueError(
+                    f"max_tokens={max_tokens} is too small: a chunk would end inside one character "
+                    f"(tokens at chars {spans[first][0]}..{spans[first][1]})"
+                )
+        end_char = spans[stop][0] if stop < n else len(text)
+        chunks.append((start_char, end_char, stop - first))
+        start_char = end_char
+        first = stop
+    return chunks
