@@ -96,6 +96,11 @@ def compress(
                       "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
 
 
+from .serving.commands import register as _register_serving  # noqa: E402
+
+_register_serving(app)  # index, store-info, ask, serve
+
+
 def main() -> None:  # `python -m arc_encoder`
     app(prog_name="arc-encoder")
 

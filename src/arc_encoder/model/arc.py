@@ -57,6 +57,15 @@ class Generation:
         return self.document_tokens / self.compressed_vectors if self.compressed_vectors else None
 
 
+@dataclass
+class PromptEmbeddings:
+    """One prompt as the decoder reads it: text embeddings with compressed blocks spliced in."""
+
+    embeds: torch.Tensor  # [L, d_dec]
+    document_tokens: int  # decoder-tokenizer tokens of the compressed documents
+    compressed_vectors: int  # vectors those documents became (special tokens excluded)
+
+
 class ARCModel(nn.Module):
     def __init__(self, config: ARCConfig, encoder: Encoder, decoders: list[nn.Module],
                  encoder_tokenizer: PreTrainedTokenizerBase,
@@ -268,12 +277,32 @@ class ARCModel(nn.Module):
                                             max_new_tokens, temperature, top_p, stop or [], seed)
         return results
 
+    def _splice_prompts(self, prompts, decoder):
+        """Prompts -> left-padded spliced decoder inputs and (document tokens, vectors) per prompt."""
+        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder)
+        embed = self.decoders[decoder].get_input_embeddings()
+        text = [embed(torch.tensor(ids, dtype=torch.long, device=self.device)) for ids in text_ids]
+        return splice(text, blocks, offsets, left_pad=True), stats
+
+    @torch.no_grad()
+    def prompt_embeddings(self, prompts, decoder: int = 0) -> list[PromptEmbeddings]:
+        """The decoder input embeddings generate() would feed, per prompt, without running the decoder.
+
+        For engines that take prompt embeddings (vLLM's `prompt_embeds`): positions run 0..L-1 over
+        text tokens and spliced vectors alike, so the engine's own positions match.
+        """
+        if not isinstance(prompts, list) or not prompts:
+            raise TypeError("prompt_embeddings() takes a non-empty list of prompts")
+        if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
+            prompts = [prompts]  # a single prompt given as a flat list of parts
+        self._check_decoder(decoder)
+        batch, stats = self._splice_prompts(prompts, decoder)
+        real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
+        return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
+
     def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
-        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder)
-        embed = dec.get_input_embeddings()
-        text = [embed(torch.tensor(ids, dtype=torch.long, device=self.device)) for ids in text_ids]
-        batch = splice(text, blocks, offsets, left_pad=True)
+        batch, stats = self._splice_prompts(prompts, decoder)
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)

@@ -1,0 +1,283 @@
+"""HTTP service: compress, generate with compressed / stored documents, manage and query a store.
+
+    GET    /health                 liveness, model fingerprint, batching counters (no key needed)
+    POST   /v1/compress            texts -> bottleneck vectors per chunk (+ counts)
+    POST   /v1/generate            prompt parts {text | document | stored_id | vectors} -> text
+    POST   /v1/documents           compress and store documents (replace flag)
+    GET    /v1/documents/{id}      a stored document: text, chunks (vectors with ?vectors=float|base64)
+    DELETE /v1/documents/{id}
+    POST   /v1/ask                 BM25 top-k stored chunks -> answer + sources
+    GET    /docs                   OpenAPI documentation
+
+Every request that touches the model or the store becomes a job for one worker thread
+(worker.py), which batches generation and compression requests that arrive together. The store is
+on disk: a restarted service finds every document it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..prompt import Doc
+from ..model.arc import Compressed
+from ..storage.indexing import compress_documents, open_store
+from .ask import ask_prompt, retrieve
+from .schemas import (AddDocumentsRequest, AddDocumentsResponse, AskRequest, AskResponse, ChunkOut,
+                      CompressRequest, CompressResponse, DocumentOut, GenerateRequest, GenerateResponse,
+                      ServeLimits, vectors_from_json, vectors_to_json)
+from .stored import stored_document
+from .worker import BatchingWorker, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
+
+log = logging.getLogger("arc_encoder.serving")
+
+
+def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = None,
+               chunk_tokens: int | None = None, api_key: str | None = None,
+               limits: ServeLimits = ServeLimits(), window_s: float = 0.01, max_batch: int = 8,
+               backend=None, backend_name: str = "hf") -> FastAPI:
+    """The service for one model and one store (created if missing).
+
+    backend: None (generate with the model's HF decoder) or a factory called in the worker thread
+    with (model, decoder index), returning generate(prompts, decoder, DecodeParams) -> list[Generation].
+    """
+    store_path = Path(store_path)
+    bottleneck = model.config.bottleneck
+    info: dict = {}
+
+    def open_resources() -> Resources:
+        store, settings = open_store(store_path, model, decoder, chunk_tokens)
+        info.update(fingerprint=store.fingerprint, decoder=settings.decoder,
+                    decoder_name=settings.decoder_name, chunk_tokens=settings.chunk_tokens)
+        generate = backend(model, settings.decoder) if backend is not None else None
+        return Resources(model, store, settings, generate)
+
+    worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="arc-encoder", lifespan=lifespan,
+                  description="ARC-Encoder context compression: compressed documents for a frozen LLM.")
+    app.state.worker = worker
+
+    # ------------------------------------------------------------------ errors and limits
+    @app.exception_handler(ClientError)
+    async def _client_error(request: Request, e: ClientError):
+        return JSONResponse({"detail": e.message}, status_code=e.status)
+
+    @app.exception_handler(ValueError)
+    async def _value_error(request: Request, e: ValueError):
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(TypeError)
+    async def _type_error(request: Request, e: TypeError):
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        errors = jsonable_encoder(e.errors(), custom_encoder={Exception: str})
+        readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
+        return JSONResponse({"detail": f"invalid request: {readable}", "errors": errors}, status_code=422)
+
+    @app.middleware("http")
+    async def _body_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
+            return JSONResponse({"detail": f"request body of {length} bytes exceeds the limit of "
+                                           f"{limits.max_request_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    def too_large(what: str, n: int, limit: int) -> ClientError:
+        return ClientError(413, f"{what}: {n} exceeds the server's limit of {limit}")
+
+    def check_text(what: str, text: str) -> None:
+        if len(text) > limits.max_chars:
+            raise too_large(f"{what} length in characters", len(text), limits.max_chars)
+
+    def decode_params(body) -> DecodeParams:
+        if body.max_new_tokens > limits.max_new_tokens:
+            raise ClientError(422, f"max_new_tokens={body.max_new_tokens} exceeds the server's cap of "
+                                   f"{limits.max_new_tokens}")
+        return DecodeParams(body.max_new_tokens, body.temperature, body.top_p, tuple(body.stop), body.seed)
+
+    async def run(job):
+        return await asyncio.wrap_future(worker.submit(job))
+
+    # ------------------------------------------------------------------ auth
+    def require_key(request: Request) -> None:
+        if not api_key:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or "
+                                     "'X-API-Key: KEY')", headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    # ------------------------------------------------------------------ endpoints
+    @app.get("/health")
+    async def health():
+        return {"status": "ok" if worker.alive else "down", "backend": backend_name, **info,
+                "pending_jobs": worker.pending, "batches": worker.batches,
+                "batched_jobs": worker.batched_jobs, "largest_batch": worker.largest_batch}
+
+    @api.post("/compress", response_model=CompressResponse)
+    async def compress(body: CompressRequest):
+        if len(body.texts) > limits.max_texts:
+            raise too_large("number of texts", len(body.texts), limits.max_texts)
+        for i, t in enumerate(body.texts):
+            check_text(f"texts[{i}]", t)
+        results: list[Compressed] = await run(CompressJob(body.texts))
+        return {"decoder": info["decoder"], "dim": bottleneck, "results": [
+            {"chunks": [vectors_to_json(c, body.encoding) for c in r.chunks], "n_vectors": r.n_vectors,
+             "document_tokens": r.document_tokens, "compression_ratio": r.compression_ratio}
+            for r in results]}
+
+    @api.post("/generate", response_model=GenerateResponse)
+    async def generate(body: GenerateRequest):
+        if len(body.prompt) > limits.max_parts:
+            raise too_large("number of prompt parts", len(body.prompt), limits.max_parts)
+        params = decode_params(body)
+        parts, n_vectors = [], 0
+        for i, part in enumerate(body.prompt):
+            if part.text is not None:
+                check_text(f"prompt[{i}].text", part.text)
+                parts.append(part.text)
+            elif part.document is not None:
+                check_text(f"prompt[{i}].document", part.document)
+                parts.append(Doc(part.document))
+            elif part.stored_id is not None:
+                parts.append(("stored", part.stored_id))
+            else:
+                n_vectors += sum(c.rows() for c in part.vectors.chunks)
+                if n_vectors > limits.max_vectors:
+                    raise too_large("number of vectors", n_vectors, limits.max_vectors)
+                try:
+                    chunks = [vectors_from_json(c, bottleneck) for c in part.vectors.chunks]
+                except ValueError as e:
+                    raise ClientError(422, f"prompt[{i}].vectors: {e}") from None
+                parts.append(("vectors", chunks, part.vectors.document_tokens))
+
+        def build(res: Resources):
+            prompt = []
+            for p in parts:
+                if isinstance(p, tuple) and p[0] == "stored":
+                    prompt.append(_stored(res, p[1]))
+                elif isinstance(p, tuple):
+                    prompt.append(Compressed(p[1], res.settings.decoder, p[2]))
+                else:
+                    prompt.append(p)
+            return prompt, None
+
+        out, _ = await run(GenerateJob(build, params))
+        return _generation(out)
+
+    @api.post("/documents", response_model=AddDocumentsResponse)
+    async def add_documents(body: AddDocumentsRequest):
+        if len(body.documents) > limits.max_texts:
+            raise too_large("number of documents", len(body.documents), limits.max_texts)
+        ids = [d.id for d in body.documents]
+        if len(set(ids)) != len(ids):
+            raise ClientError(422, "document ids must be unique within a request")
+        for d in body.documents:
+            check_text(f"document {d.id!r} length in characters", d.text)
+            if not d.text.strip():
+                raise ClientError(422, f"document {d.id!r} has an empty text")
+
+        def add(res: Resources):
+            if not body.replace:
+                present = [i for i in ids if res.store.has(i)]
+                if present:
+                    raise ClientError(409, f"already stored: {present} (set \"replace\": true to overwrite)")
+            records = compress_documents(res.model, [d.text for d in body.documents], res.settings,
+                                         res.compress_batch)
+            res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)),
+                               replace=body.replace)
+            return [{"id": d.id, "chunks": len(r), "vectors": sum(c.vectors.shape[0] for c in r),
+                     "tokens": sum(c.n_tokens for c in r)} for d, r in zip(body.documents, records)]
+
+        return {"added": await run(CallJob(add))}
+
+    @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
+    async def get_document(doc_id: str, vectors: str = "none"):
+        if vectors not in ("none", "float", "base64"):
+            raise ClientError(422, "query parameter 'vectors' must be none, float or base64")
+
+        def read(res: Resources):
+            try:
+                chunks, text = res.store.chunks(doc_id), res.store.text(doc_id)
+            except KeyError:
+                raise ClientError(404, f"document {doc_id!r} is not in the store") from None
+            arrays = res.store.chunk_vectors([c.id for c in chunks]) if vectors != "none" else None
+            out = []
+            for k, c in enumerate(chunks):
+                item = ChunkOut(index=c.index, start=c.start, end=c.end, n_vectors=c.n_vectors, n_tokens=c.n_tokens)
+                if arrays is not None:
+                    item.vectors = vectors_to_json(torch.from_numpy(arrays[k]), vectors)
+                out.append(item)
+            return DocumentOut(id=doc_id, text=text, chunks=out)
+
+        return await run(CallJob(read))
+
+    @api.delete("/documents/{doc_id:path}")
+    async def delete_document(doc_id: str):
+        def delete(res: Resources):
+            try:
+                res.store.delete(doc_id)
+            except KeyError:
+                raise ClientError(404, f"document {doc_id!r} is not in the store") from None
+            return {"deleted": doc_id}
+
+        return await run(CallJob(delete))
+
+    @api.post("/ask", response_model=AskResponse)
+    async def ask(body: AskRequest):
+        check_text("question length in characters", body.question)
+        if body.k > limits.max_k:
+            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
+        params = decode_params(body)
+
+        def build(res: Resources):
+            sources = retrieve(res.store, res.bm25, body.question, body.k)
+            return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
+
+        out, sources = await run(GenerateJob(build, params))
+        return {"answer": out.text.strip(), "prompt_length": out.prompt_length,
+                "compressed_vectors": out.compressed_vectors,
+                "sources": [vars(s) for s in sources]}
+
+    app.include_router(api)
+    return app
+
+
+def _stored(res: Resources, doc_id: str) -> Compressed:
+    try:
+        return stored_document(res.store, doc_id, res.settings.decoder)
+    except KeyError:
+        raise ClientError(404, f"stored_id {doc_id!r} is not in the store") from None
+
+
+def _generation(out) -> dict:
+    return {"text": out.text, "token_ids": out.token_ids, "prompt_length": out.prompt_length,
+            "document_tokens": out.document_tokens, "compressed_vectors": out.compressed_vectors,
+            "compression_ratio": out.compression_ratio}

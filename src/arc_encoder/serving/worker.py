@@ -1,0 +1,299 @@
+"""One thread owns the model and the store; requests reach it through a queue and are batched.
+
+Why one thread: the model is not thread-safe, and SQLite connections belong to the thread that
+opened them. Why batching: a decoder step costs about the same for 1 or 8 sequences, so answering
+requests that arrive close together in one `generate` call multiplies throughput.
+
+The worker takes the first waiting job; if it can be batched (generation, compression), it waits up
+to `window_s` for more jobs of the same kind and parameters, up to `max_batch`, and runs them as one
+call. Jobs that do not fit the batch keep their order and run next. Generation jobs with a seeded
+sampler run alone, so that the seed alone decides their output.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..prompt import Doc
+from ..model.arc import Compressed
+
+log = logging.getLogger("arc_encoder.serving")
+
+
+class ClientError(Exception):
+    """A request the service refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def batchable(self) -> bool:
+        # A seeded sampler in a batch would share its random stream with the batch-mates.
+        return self.temperature == 0 or self.seed is None
+
+
+class Resources:
+    """What jobs may use, all owned by the worker thread: model, store, retrieval index, generator."""
+
+    def __init__(self, model, store, settings, generate: Callable | None = None, compress_batch: int = 16):
+        self.model = model
+        self.store = store
+        self.settings = settings  # IndexSettings: decoder and chunk size of the store's vectors
+        self.compress_batch = compress_batch
+        # generate(prompts, decoder, params) -> list[Generation]; the HF decoder unless a backend says
+        self.generate = generate or self._generate_hf
+        self._bm25 = None
+
+    def _generate_hf(self, prompts, decoder: int, params: DecodeParams):
+        return self.model.generate(prompts, decoder=decoder, max_new_tokens=params.max_new_tokens,
+                                   temperature=params.temperature, top_p=params.top_p,
+                                   stop=list(params.stop), seed=params.seed, batch_size=len(prompts))
+
+    @property
+    def bm25(self):
+        if self._bm25 is None:
+            from .ask import open_retrieval
+
+            self._bm25 = open_retrieval(self.store)
+        return self._bm25
+
+    def compress_texts(self, texts: list[str]) -> list[Compressed]:
+        """Documents -> Compressed, chunked exactly as the store's documents are."""
+        from ..storage.indexing import compress_documents
+
+        records = compress_documents(self.model, texts, self.settings, self.compress_batch)
+        return [Compressed([c.vectors for c in doc], self.settings.decoder, sum(c.n_tokens for c in doc))
+                for doc in records]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class GenerateJob:
+    # build(resources) -> (prompt parts: str | Doc | Compressed, extra data returned with the result)
+    build: Callable[[Resources], tuple[list, Any]]
+    params: DecodeParams
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class CompressJob:
+    texts: list[str]
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class CallJob:
+    fn: Callable[[Resources], Any]  # runs alone: store reads and writes, anything else
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class BatchingWorker:
+    def __init__(self, open_resources: Callable[[], Resources], window_s: float = 0.01, max_batch: int = 8):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if window_s < 0:
+            raise ValueError("window_s must be >= 0")
+        self._open_resources = open_resources
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.batches = 0  # model calls made for batchable jobs
+        self.batched_jobs = 0  # jobs answered by those calls
+        self.largest_batch = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the thread and wait until it has opened the model's resources (errors re-raised)."""
+        self._thread = threading.Thread(target=self._run, name="arc-model-worker", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, job) -> Future:
+        if not self.alive:
+            raise RuntimeError("the model worker is not running")
+        self._queue.put(job)
+        return job.future
+
+    # ----------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        try:
+            resources = self._open_resources()
+        except BaseException as e:  # reported to start()
+            self._startup_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        backlog: deque = deque()  # jobs taken from the queue that did not fit a batch, in order
+        try:
+            while True:
+                job = backlog.popleft() if backlog else self._queue.get()
+                if job is _STOP:
+                    break
+                batch = self._collect(job, backlog)
+                if isinstance(job, GenerateJob):
+                    self._run_generate(resources, batch)
+                elif isinstance(job, CompressJob):
+                    self._run_compress(resources, batch)
+                else:
+                    _settle(job.future, lambda: job.fn(resources))
+        finally:
+            for job in list(backlog) + _drain(self._queue):
+                if job is not _STOP and job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(RuntimeError("the server is shutting down"))
+            resources.close()
+
+    def _collect(self, first, backlog: deque) -> list:
+        """first plus compatible jobs already waiting or arriving within the window."""
+        if not _batch_key(first):
+            return [first]
+        key = _batch_key(first)
+        batch = [first]
+        for job in list(backlog):
+            if len(batch) == self.max_batch:
+                return batch
+            if job is not _STOP and _batch_key(job) == key:
+                backlog.remove(job)
+                batch.append(job)
+        deadline = time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP and _batch_key(job) == key:
+                batch.append(job)
+            else:
+                backlog.append(job)
+                if job is _STOP:
+                    break
+        return batch
+
+    def _count(self, n: int) -> None:
+        self.batches += 1
+        self.batched_jobs += n
+        self.largest_batch = max(self.largest_batch, n)
+
+    def _run_generate(self, res: Resources, batch: list[GenerateJob]) -> None:
+        prepared = []  # (job, prompt, extra)
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                prompt, extra = job.build(res)
+                prepared.append((job, prompt, extra))
+            except Exception as e:
+                job.future.set_exception(e)
+        if not prepared:
+            return
+        params, decoder = batch[0].params, res.settings.decoder
+
+        def run(items):
+            # Documents of all prompts are compressed in one call, chunked like stored ones.
+            docs = [part.text for _, prompt, _ in items for part in prompt if isinstance(part, Doc)]
+            compressed = iter(res.compress_texts(docs) if docs else [])
+            prompts = [[next(compressed) if isinstance(p, Doc) else p for p in prompt] for _, prompt, _ in items]
+            return res.generate(prompts, decoder, params)
+
+        self._count(len(prepared))
+        try:
+            outputs = run(prepared)
+        except Exception as e:
+            if len(prepared) == 1:
+                _set_error(prepared[0][0].future, e)
+                return
+            # One bad prompt must not fail its batch-mates: answer them one by one.
+            for item in prepared:
+                _settle(item[0].future, lambda item=item: (run([item])[0], item[2]), running=True)
+            return
+        for (job, _, extra), out in zip(prepared, outputs):
+            job.future.set_result((out, extra))
+
+    def _run_compress(self, res: Resources, batch: list[CompressJob]) -> None:
+        jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        self._count(len(jobs))
+        try:
+            out = iter(res.compress_texts([t for j in jobs for t in j.texts]))
+            results = [[next(out) for _ in j.texts] for j in jobs]
+        except Exception:
+            for job in jobs:
+                _settle(job.future, lambda job=job: res.compress_texts(job.texts), running=True)
+            return
+        for job, r in zip(jobs, results):
+            job.future.set_result(r)
+
+
+def _batch_key(job):
+    """Jobs with equal keys can share one model call; None: the job runs alone."""
+    if isinstance(job, GenerateJob):
+        return ("generate", job.params) if job.params.batchable else None
+    if isinstance(job, CompressJob):
+        return ("compress",)
+    return None
+
+
+def _settle(future: Future, fn: Callable[[], Any], running: bool = False) -> None:
+    if not running and not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except Exception as e:
+        _set_error(future, e)
+
+
+def _set_error(future: Future, error: Exception) -> None:
+    if not isinstance(error, (ClientError, ValueError, TypeError, LookupError)):  # not the client's fault: log it
+        log.error("request failed", exc_info=error)
+    future.set_exception(error)
+
+
+def _drain(q: queue.Queue) -> list:
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
