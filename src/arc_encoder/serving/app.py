@@ -112,10 +112,10 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
             raise too_large(f"{what} length in characters", len(text), limits.max_chars)
 
     def decode_params(body) -> DecodeParams:
-        if body.max_new_tokens > limits.max_new_tokens:
-            raise ClientError(422, f"max_new_tokens={body.max_new_tokens} exceeds the server's cap of "
-                                   f"{limits.max_new_tokens}")
-        return DecodeParams(body.max_new_tokens, body.temperature, body.top_p, tuple(body.stop), body.seed)
+        n = body.max_new_tokens if body.max_new_tokens is not None else min(64, limits.max_new_tokens)
+        if n > limits.max_new_tokens:
+            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {limits.max_new_tokens}")
+        return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
 
     async def run(job):
         return await asyncio.wrap_future(worker.submit(job))

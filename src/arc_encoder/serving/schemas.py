@@ -91,7 +91,7 @@ def vectors_from_json(chunk: VectorChunk, dim: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- requests
 
 class DecodeOptions(Strict):
-    max_new_tokens: int = Field(64, ge=1, description="capped by the server's limit")
+    max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server's cap if lower)")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=8, description="stop strings (cut from the text)")
