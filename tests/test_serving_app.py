@@ -1,11 +1,9 @@
 """The HTTP service through fastapi's TestClient: every endpoint, refusals, API key, restart."""
 
 import base64
-import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
