@@ -96,6 +96,11 @@ def compress(
                       "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
 
 
+from .convert.commands import convert_app  # noqa: E402
+
+app.add_typer(convert_app, name="convert")
+
+
 def main() -> None:  # `python -m arc_encoder`
     app(prog_name="arc-encoder")
 
