@@ -564,15 +564,20 @@ def test_import_with_unscaled_rope_records_the_views(tmp_path, tiny_models):
 
 
 # ------------------------------------------------------------------------ CLI
-def test_cli_convert_both_ways(tmp_path, tiny_models, tiny_arc):
+def test_cli_convert_both_ways(tmp_path, tiny_models, tiny_arc, monkeypatch):
+    from pathlib import Path
+
     runner = CliRunner()
     emb, bridge = random_official(1)
     src = write_hub(tmp_path / "hub", emb, bridge, 1, [-4])
+    decoder = Path(tiny_models["llama"])
+    monkeypatch.chdir(decoder.parent)  # a relative --decoder is recorded as an absolute path
     result = runner.invoke(app, ["convert", "kyutai", str(src), str(tmp_path / "ours"),
-                                 "--tokenizer", tokenizer_dir(tiny_models),
-                                 "--decoder", tiny_models["llama"]])
+                                 "--tokenizer", tokenizer_dir(tiny_models), "--decoder", decoder.name])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["pooling_factors"] == [4]
+    recorded = json.loads((tmp_path / "ours" / "arc_config.json").read_text())["config"]["decoders"]
+    assert recorded == [str(decoder.resolve())]
     result = runner.invoke(app, ["convert", "to-kyutai", str(tmp_path / "ours"), str(tmp_path / "off")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "off" / "embedder" / "consolidated.safetensors").is_file()

@@ -91,7 +91,7 @@ class ModelArgs:
             step = values["multiple_of"]
             values["hidden_dim"] = step * ((hidden + step - 1) // step)
         if values.get("rope_theta") is None:
-            values["rope_theta"] = 10000.0  # the official default when params.json has none
+            values["rope_theta"] = 1_000_000.0  # the official fallback when none is given
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -506,7 +506,9 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
 
     # ---- decoders
     if decoders:
-        decoders = [str(d) for d in decoders]
+        # local folders are recorded as absolute paths: the model may be loaded from elsewhere
+        decoders = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().is_dir() else str(d)
+                    for d in decoders]
         if len(decoders) != slots:
             raise ValueError(f"{where} has {slots} projector(s), one per decoder; got "
                              f"{len(decoders)} --decoder value(s)")
