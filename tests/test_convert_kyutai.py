@@ -325,6 +325,10 @@ def test_single_decoder_default_comes_from_the_release_name(tmp_path, tiny_model
     src = write_hub(tmp_path / "ARC8_Encoder_Mistral", emb, bridge, 1, [-8])
     summary = import_kyutai(src, tmp_path / "ours", tokenizer_dir(tiny_models))
     assert summary["decoders"] == ["mistralai/Mistral-7B-v0.3"]
+    cached = write_hub(tmp_path / "models--kyutai--ARC4_Encoder_Llama" / "snapshots" / "abc123",
+                       emb, bridge, 1, [-4])  # the hub cache layout
+    summary = import_kyutai(cached, tmp_path / "ours_cached", tokenizer_dir(tiny_models))
+    assert summary["decoders"] == ["meta-llama/Llama-3.1-8B"]
     other = write_hub(tmp_path / "somewhere", emb, bridge, 1, [-8])
     with pytest.raises(ValueError, match="--decoder"):
         import_kyutai(other, tmp_path / "ours2", tokenizer_dir(tiny_models))
@@ -521,25 +525,30 @@ def test_export_refuses_scaled_rope_and_mixed_widths(tmp_path, tiny_models, tiny
 
 
 # ------------------------------------------------------------------------ RoPE scaling of decoders
-def scaled_llama(tmp_path, tiny_models):
-    """A copy of the tiny llama decoder whose config carries Llama-3.1's RoPE scaling."""
+def scaled_llama(tmp_path, tiny_models, v5_style=False):
+    """A copy of the tiny llama decoder whose config carries Llama-3.1's RoPE scaling, as the hub
+    config.json writes it (rope_theta + rope_scaling) or as transformers 5 saves it."""
     import shutil
 
     folder = tmp_path / "llama31"
     shutil.copytree(tiny_models["llama"], folder)
     values = json.loads((folder / "config.json").read_text())
     values.pop("rope_parameters", None)
-    values["rope_theta"] = 500000.0
-    values["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    if v5_style:
+        values["rope_parameters"] = {**scaling, "rope_theta": 500000.0}
+    else:
+        values["rope_theta"], values["rope_scaling"] = 500000.0, scaling
     (folder / "config.json").write_text(json.dumps(values))
     return folder
 
 
-def test_unscaled_rope_view_loads_the_decoder_with_plain_rope(tmp_path, tiny_models):
+@pytest.mark.parametrize("v5_style", [False, True])
+def test_unscaled_rope_view_loads_the_decoder_with_plain_rope(tmp_path, tiny_models, v5_style):
     from transformers import AutoConfig
 
-    folder = scaled_llama(tmp_path, tiny_models)
+    folder = scaled_llama(tmp_path, tiny_models, v5_style)
     assert AutoConfig.from_pretrained(folder).rope_parameters["rope_type"] == "llama3"
     view = unscaled_rope_view(folder, tmp_path / "view")
     config = AutoConfig.from_pretrained(view)

@@ -329,7 +329,8 @@ def _default_decoders(src: Path, slots: int) -> list[str]:
         return [LLAMA_DECODER, MISTRAL_DECODER]  # the released multi-decoder order (spec 10.1)
     if slots == 1:
         for part in reversed(src.resolve().parts):
-            match = re.fullmatch(r"arc\d+_encoder_(llama|mistral)", part.lower())
+            # a --local-dir named after the repository, or the hub cache's models--kyutai--...
+            match = re.search(r"(?:^|-)arc\d+_encoder_(llama|mistral)$", part.lower())
             if match:
                 return [LLAMA_DECODER if match.group(1) == "llama" else MISTRAL_DECODER]
     raise ValueError(f"cannot tell which decoder(s) {src} was trained for: pass --decoder "
@@ -368,9 +369,10 @@ def unscaled_rope_view(decoder_dir: str | Path, target: str | Path) -> Path:
     if theta is None:
         raise ValueError(f"{decoder_dir}/config.json has no rope_theta")
     values.pop("rope_scaling", None)
-    if "rope_parameters" in values:
+    if "rope_parameters" in values:  # a config saved by transformers >= 5
         values["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
-    values["rope_theta"] = theta
+    else:
+        values["rope_theta"] = theta
     target.mkdir(parents=True, exist_ok=False)
     for entry in decoder_dir.iterdir():
         if entry.name != "config.json":
