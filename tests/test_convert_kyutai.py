@@ -364,7 +364,8 @@ def test_round_trip_ours_official_ours_is_bit_exact(tmp_path, tiny_models, tiny_
     model = tiny_arc(decoders=decoders, pooling_factors=[2, 3], seed=5)
     with torch.no_grad():
         for adapter in model.adapters:
-            adapter.special.normal_()  # not the all-ones init, so a row swap would show
+            adapter.rec.normal_()  # not the all-ones init, so a <Rec>/<Cont> swap would show
+            adapter.cont.normal_()
     model.save_pretrained(tmp_path / "ours")
     export_kyutai(tmp_path / "ours", tmp_path / "official")
     params = json.loads((tmp_path / "official" / "params.json").read_text())

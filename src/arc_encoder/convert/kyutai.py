@@ -543,9 +543,9 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
     for k in range(slots):
         state[f"adapters.{k}.down.weight"] = ckpt.bridges[("layer1", k)]
         state[f"adapters.{k}.up.weight"] = ckpt.bridges[("layer2", k)]
-        ones = torch.ones(1, dim, dtype=ckpt.bridges[("layer1", k)].dtype)  # our init, never read
-        rows = [ckpt.special.get((kind, k), ones) for kind in ("rec", "cont")]  # REC=0, CONT=1
-        state[f"adapters.{k}.special"] = torch.cat([r.to(rows[1].dtype) for r in rows])
+        for kind in ("rec", "cont"):  # [1, dim] official embedding -> our [dim] vector
+            ones = torch.ones(1, dim, dtype=ckpt.bridges[("layer1", k)].dtype)  # our init, unused
+            state[f"adapters.{k}.{kind}"] = ckpt.special.get((kind, k), ones)[0].contiguous()
 
     backbone = RELEASED_BACKBONE if args == LLAMA_3_2_3B else str(
         ckpt.extra.get("backbone") or Path(tokenizer).resolve())
@@ -641,7 +641,8 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     for k in range(slots):
         expected[f"adapters.{k}.down.weight"] = (config.bottleneck, args.dim)
         expected[f"adapters.{k}.up.weight"] = (dims[k], config.bottleneck)
-        expected[f"adapters.{k}.special"] = (2, args.dim)
+        expected[f"adapters.{k}.rec"] = (args.dim,)
+        expected[f"adapters.{k}.cont"] = (args.dim,)
     _check_tensors(state, expected, f"{src / WEIGHTS_FILE}")
 
     embedder = {"tok_embeddings.weight": state["encoder.embed_tokens.weight"]}
@@ -656,8 +657,8 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     bridge = {}
     for k in range(slots):
         if config.special_tokens:
-            embedder[f"rec_tok.{k}.weight"] = state[f"adapters.{k}.special"][0:1].clone()
-            embedder[f"cont_tok.{k}.weight"] = state[f"adapters.{k}.special"][1:2].clone()
+            embedder[f"rec_tok.{k}.weight"] = state[f"adapters.{k}.rec"][None].clone()
+            embedder[f"cont_tok.{k}.weight"] = state[f"adapters.{k}.cont"][None].clone()
         prefix = f"{k}." if slots > 1 else ""
         bridge[f"{prefix}layer1.weight"] = state[f"adapters.{k}.down.weight"]
         bridge[f"{prefix}layer2.weight"] = state[f"adapters.{k}.up.weight"]
