@@ -58,6 +58,7 @@ def test_jsonl_and_folder(tmp_path):
     sub.mkdir()
     write(sub / "c.txt", "c1\n\nc2")
     write(tmp_path / "ignored.csv", "not,read\n")
+    write(tmp_path / "meta.json", "{\"not\": \"read\"}\n")
     got = texts(FileStream(tmp_path, text_field(), loop=False))
     assert got == ["b1", "b2", "c1", "c2"]  # sorted paths: b.jsonl < sub/c.txt
 
@@ -75,7 +76,7 @@ def test_training_loops_and_counts_epochs(tmp_path):
     f = write(tmp_path / "d.txt", "a\n\nb\n\nc")
     stream = FileStream(f, text_field(), loop=True)
     assert texts(stream, 7) == ["a", "b", "c", "a", "b", "c", "a"]
-    assert stream.state["epoch"] == 2
+    assert stream.state["epoch"] == 2 and stream.epoch == 2
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -133,6 +134,7 @@ def test_mixture_follows_weights_and_resumes(tmp_path):
     draws = [next(mix)[0] for _ in range(4000)]
     share = Counter(draws)[0] / len(draws)
     assert abs(share - 0.75) < 0.03  # binomial std ~0.007
+    assert mix.epochs == [Counter(draws)[i] // 50 for i in range(2)]  # full passes over each file
     state = json.loads(json.dumps(mix.state_dict()))
     after = [(i, r.value) for i, r in (next(mix) for _ in range(30))]
     again = open_mixture(specs, text_field(), 0, 1, True, "error", 0, seed=3)
@@ -185,3 +187,14 @@ def test_dataset_source_without_datasets_package(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import now fails
     with pytest.raises(ImportError, match=r"needs the `datasets` package"):
         open_source(SourceSpec(str(tmp_path / "saved")), text_field())
+
+
+def test_resume_refuses_changed_files(tmp_path):
+    write(tmp_path / "a.txt", "a0\n\na1")
+    write(tmp_path / "c.txt", "c0\n\nc1")
+    stream = FileStream(tmp_path, text_field())
+    texts(stream, 3)  # now inside c.txt
+    state = stream.state_dict()
+    write(tmp_path / "b.txt", "b0")  # a new file sorts before c.txt
+    with pytest.raises(ValueError, match="files changed"):
+        FileStream(tmp_path, text_field()).load_state_dict(state)

@@ -250,6 +250,11 @@ class FinetuneData:
     def __next__(self) -> Batch:
         return self.next_batch(0)
 
+    @property
+    def epochs(self) -> list[int]:
+        """Completed passes over each source."""
+        return self.stream.epochs
+
     # ------------------------------------------------------------------------------- one example
     def read(self, example: dict, where: str) -> Shot:
         """Draw this reading's answer and passages."""

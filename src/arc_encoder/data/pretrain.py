@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..model.splice import Sample
@@ -34,6 +34,8 @@ from .tokens import (
 )
 
 PRETRAIN_TASKS = ("reconstruction", "continuation")
+# This many documents in a row without a usable sample means the data cannot feed training.
+MAX_BARREN_DOCUMENTS = 10_000
 
 
 @dataclass
@@ -177,6 +179,11 @@ class PretrainData:
     def __next__(self) -> Batch:
         return self.next_batch(0)
 
+    @property
+    def epochs(self) -> list[int]:
+        """Completed passes over each source."""
+        return self.stream.epochs
+
     def document_samples(self, text: str, task: str, decoder: int = 0) -> list[Sample]:
         """All samples of one document for one task, cut in decoder `decoder`'s tokens."""
         c = self.config
@@ -193,6 +200,7 @@ class PretrainData:
                              f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
         ready, pending = self.ready[decoder], self.pending[decoder]
         size = self.config.batch_size
+        barren = 0
         while not ready:
             if self.exhausted:
                 break
@@ -203,6 +211,10 @@ class PretrainData:
                 break
             task = "continuation" if self.task_rng.random() < self.config.continuation else "reconstruction"
             samples = self.document_samples(record.value, task, decoder)
+            barren = 0 if samples else barren + 1
+            if barren == MAX_BARREN_DOCUMENTS:
+                raise ValueError(f"{barren} documents in a row gave no sample (the last: {record.where}); "
+                                 "are the documents shorter than 2 tokens?")
             self.stats["documents"][task] += 1
             self.stats["samples"][task] += len(samples)
             queue = pending[task]

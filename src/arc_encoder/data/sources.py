@@ -27,7 +27,8 @@ from .resume import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-TEXT_SUFFIXES = (".txt",)
+# Files read from a folder; a file named directly is JSONL if it ends in .jsonl or .json, else text.
+FOLDER_SUFFIXES = (".jsonl", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".json")
 BAD_LINE_POLICIES = ("error", "skip")
 HUB_PREFIX = "hf:"
@@ -124,9 +125,9 @@ def list_files(path: Path) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FOLDER_SUFFIXES)
         if not files:
-            raise ValueError(f"{path}: folder holds no {'/'.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+            raise ValueError(f"{path}: folder holds no {' or '.join(FOLDER_SUFFIXES)} files")
     else:
         raise FileNotFoundError(f"data source {path} does not exist")
     for f in files:
@@ -252,14 +253,25 @@ class FileStream:
                 first = self.state["line"]
             lines.append(line)
 
+    @property
+    def epoch(self) -> int:
+        return self.state["epoch"]
+
+    def _current_file(self) -> str | None:
+        return str(self.files[self.state["file"]]) if self.state["file"] < len(self.files) else None
+
     def state_dict(self) -> dict:
-        return dict(self.state)
+        return dict(self.state, path=self._current_file())
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("file", 0) > len(self.files):
-            raise ValueError(f"{self.name}: saved position is past the source's {len(self.files)} file(s)")
+        state = dict(state)
+        path = state.pop("path", None)
+        if state["file"] > len(self.files) or (
+                state["file"] < len(self.files) and str(self.files[state["file"]]) != path):
+            raise ValueError(f"{self.name}: the saved position is in {path}, which is not file "
+                             f"{state['file']} of this source any more; its files changed")
         self._close()
-        self.state = dict(state)
+        self.state = state
 
 
 class DatasetStream:
@@ -318,11 +330,18 @@ class DatasetStream:
             s["kept"] += 1
             return Record(value, where)
 
+    @property
+    def epoch(self) -> int:
+        return self.state["epoch"]
+
     def state_dict(self) -> dict:
-        return dict(self.state)
+        return dict(self.state, rows=len(self.data))
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = dict(state)
+        state = dict(state)
+        if state.pop("rows", len(self.data)) != len(self.data):
+            raise ValueError(f"{self.name}: the data set changed size since the state was saved")
+        self.state = state
 
 
 def is_dataset(spec: SourceSpec) -> bool:
@@ -353,6 +372,10 @@ class ShuffleBuffer:
         i = self.rng.randrange(len(self.buffer))
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
         return self.buffer.pop()
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
 
     def state_dict(self) -> dict:
         return dict(inner=self.inner.state_dict(), rng=rng_state(self.rng),
@@ -407,6 +430,11 @@ class Mixture:
             except StopIteration:
                 self.active[i] = False
         raise StopIteration
+
+    @property
+    def epochs(self) -> list[int]:
+        """Completed passes over each source."""
+        return [s.epoch for s in self.streams]
 
     def state_dict(self) -> dict:
         return dict(rng=rng_state(self.rng), active=list(self.active),
