@@ -276,7 +276,7 @@ class FinetuneData:
                                  "raise the limit or set too_long='truncate'")
             self.stats["truncated"] += 1
             if self.stats["truncated"] in (1, 10, 100, 1000, 10000):  # logged, never silent
-                log.warning("%s: document of %d encoder tokens cut to %s (%d document(s) cut so far)",
+                log.warning("%s: document of %d encoder tokens cut to %s (%d cut(s) so far)",
                             where, len(ids), what, self.stats["truncated"])
             ids = ids[:limit]
         return [ids[i : i + size] for i in range(0, len(ids), size)]
