@@ -42,3 +42,15 @@ def test_compress_and_generate(smollm2):
     open_book = smollm2.generate([f"Document: {PARAGRAPH}\nQuestion: Which country has most of "
                                   "the forest?\nAnswer:"], max_new_tokens=8, stop=["\n"])[0]
     assert "Brazil" in open_book.text  # the real decoder reads: a sanity check on loading
+
+
+def test_second_decoder_family_with_its_own_tokenizer():
+    """SmolLM2 encoder feeding Gemma-3-270m (another tokenizer): text is tokenized per side."""
+    torch.manual_seed(0)
+    model = ARCModel.from_config("smollm2-gemma3-arc4")
+    assert model.decoders[1].config.model_type.startswith("gemma3")
+    c = model.compress([PARAGRAPH], decoder=1)[0]
+    gemma_tokens = len(model.decoder_tokenizers[1](PARAGRAPH, add_special_tokens=False)["input_ids"])
+    assert c.document_tokens == gemma_tokens  # the ratio counts the decoder's own tokens
+    out = model.generate(["Document: ", c, "\nQuestion: Where?\nAnswer:"], decoder=1, max_new_tokens=4)
+    assert out[0].prompt_length > c.n_vectors

@@ -96,6 +96,10 @@ def compress(
                       "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
 
 
+from .convert.commands import convert_app  # noqa: E402
+
+app.add_typer(convert_app, name="convert")
+
 from .serving.commands import register as _register_serving  # noqa: E402
 
 _register_serving(app)  # index, store-info, ask, serve

@@ -1,0 +1,355 @@
+"""Fine-tuning batches: few-shot prompts whose documents are all compressed (arc-spec 6).
+
+One prompt per example, built from token pieces (never by splitting a flat string, so a document
+or an answer that contains "\\nQuestion:" cannot shift the template):
+
+    "Document: " [C(d1)] "\\nQuestion: q1\\nAnswer: a1\\n\\nDocument: " [C(d2)] ... [C(d)] "\\nQuestion: q\\nAnswer:"
+    then " " + answer + EOS, the only tokens with loss.
+
+The first piece is tokenized with the tokenizer's own special tokens (its BOS, if it adds one),
+every other piece without. The template is the evaluation prompt's (evaluation/prompts.py), so
+training and evaluation read alike.
+
+Shots: each source keeps a rolling buffer of its most recent examples (read earlier on this
+rank); the prompt of an example uses what the buffer holds, so the shot count grows 0, 1, ...,
+n_shots at the start of each source, then stays at n_shots (arc-spec 6.4). The current example
+joins the buffer only after its prompt is built, so it is never its own shot; a buffered example
+with the same question and documents is also left out. Shuffle the stream (`shuffle_buffer`) when
+a file lists related examples together (SQuAD lists all questions of a paragraph in a row).
+
+Records: the training schema of arc-spec 6.1 (`passage` or `passages`, optional `question`,
+`answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
+as in the SQuAD files. When there are several answers, one is drawn at random each time the
+record is read. With several passages, the first k are joined with "\\n" (k per `max_passages`).
+
+Chat mode (instruct decoders, arc-spec 5.7 / 6.6): the same prompt becomes a user message and the
+answer the assistant's reply, through the tokenizer's chat template; the loss covers the reply and
+the template's end-of-turn tokens. An `instruction` "prefix||instruction||suffix" replaces the
+final question there: prefix before the document, instruction (with {question}) after it, suffix
+at the start of the reply, without loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.splice import Sample
+from .batch import Batch
+from .resume import check_same_run, rng_state, set_rng_state
+from .sources import BAD_LINE_POLICIES, BadRecord, open_mixture, parse_sources, seeded_rng
+from .tokens import EncoderView, check_fast
+
+log = logging.getLogger(__name__)
+
+TOO_LONG_POLICIES = ("error", "truncate")
+FIRST_PIECE = "Document: "
+# Stand-ins for compressed documents inside a chat message: private-use characters that no
+# tokenizer merges with text around them, checked to be absent from the message text.
+DOC_MARK = "\ue000{}\ue001"
+
+
+@dataclass
+class FinetuneDataConfig:
+    # "path", "path:weight", "path:weight:n_shots", pairs or dicts; see sources.py.
+    sources: Any
+    n_shots: int = 5  # shots per prompt once a source's buffer is full (decisions #9)
+    max_passages: int = 1  # >= 2: first k ~ U{1..max_passages}; 1: first; -k: first k
+    # One compressed segment per document, at most max_doc_tokens encoder tokens (decisions #10);
+    # with chunk_tokens, segments of chunk_tokens each, at most max_chunks, back to back.
+    max_doc_tokens: int = 2048
+    chunk_tokens: int | None = None
+    max_chunks: int = 32
+    too_long: str = "truncate"  # a longer document: "truncate" (logged, counted) or "error"
+    batch_size: int = 8
+    seed: int = 0
+    shuffle_buffer: int = 0  # examples held for a streaming shuffle (0: file order)
+    on_bad_line: str = "error"  # or "skip": count bad records and log a warning
+    chat: bool = False  # wrap prompts in the decoder tokenizer's chat template
+    loop: bool = True  # training loops forever; False: one pass (evaluation), last batch short
+
+    def __post_init__(self):
+        self.sources = parse_sources(self.sources)
+        for name in ("max_doc_tokens", "max_chunks", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.n_shots, int) or self.n_shots < 0:
+            raise ValueError(f"n_shots must be an integer >= 0, got {self.n_shots!r}")
+        if not isinstance(self.max_passages, int) or self.max_passages == 0:
+            raise ValueError(f"max_passages must be a non-zero integer, got {self.max_passages!r}")
+        if self.chunk_tokens is not None and (not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be an integer >= 1 or None, got {self.chunk_tokens!r}")
+        if self.too_long not in TOO_LONG_POLICIES:
+            raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {self.too_long!r}")
+        if self.on_bad_line not in BAD_LINE_POLICIES:
+            raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {self.on_bad_line!r}")
+        if self.shuffle_buffer < 0:
+            raise ValueError("shuffle_buffer must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FinetuneDataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown FinetuneDataConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------- records
+
+
+def _strings(record: dict, name: str, where: str) -> list[str]:
+    value = record[name]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRecord(f"{where}: field '{name}' must be a string or a list of strings")
+    if not value or not all(v.strip() for v in value):
+        raise BadRecord(f"{where}: field '{name}' is empty or holds an empty string")
+    return value
+
+
+def parse_example(record: dict, where: str) -> dict:
+    """A fine-tuning record in either schema -> {passages, question, answers, instruction}."""
+    keys = [k for k in ("passage", "passages", "context") if k in record]
+    if len(keys) != 1:
+        found = "none" if not keys else " and ".join(keys)
+        raise BadRecord(f"{where}: need exactly one of 'passage', 'passages', 'context' (found {found})")
+    passages = _strings(record, keys[0], where)
+    answer_keys = [k for k in ("answer", "answers") if k in record]
+    if len(answer_keys) != 1:
+        found = "none" if not answer_keys else "both"
+        raise BadRecord(f"{where}: need one of 'answer', 'answers' (found {found})")
+    answers = _strings(record, answer_keys[0], where)
+    question = record.get("question", "")
+    if question is None:
+        question = ""
+    if not isinstance(question, str):
+        raise BadRecord(f"{where}: field 'question' must be a string, got {type(question).__name__}")
+    instruction = record.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str) or instruction.count("||") != 2:
+            raise BadRecord(f"{where}: field 'instruction' must be a string 'prefix||instruction||suffix'")
+    return dict(passages=passages, question=question.strip(), answers=answers, instruction=instruction)
+
+
+def choose_passages(passages: list[str], max_passages: int, rng) -> list[str]:
+    """arc-spec 6.1: >= 2 -> the first k, k uniform in 1..max_passages; 1 -> first; -k -> first k."""
+    if max_passages >= 2:
+        return passages[: rng.randint(1, max_passages)]
+    return passages[: abs(max_passages)]
+
+
+# ----------------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Shot:
+    """An example as one prompt reads it: the document text and one chosen answer."""
+
+    document: str
+    question: str
+    answer: str
+    instruction: str | None = None
+    where: str = ""
+
+
+def _qa(question: str) -> str:
+    return f"\nQuestion: {question}\nAnswer:" if question else "\nAnswer:"  # no question part (6.1)
+
+
+def base_pieces(shots: list[Shot], current: Shot) -> tuple[list[str], str]:
+    """Text pieces around the documents (one more than documents) and the answer text."""
+    texts = [FIRST_PIECE]
+    for shot in shots:
+        texts.append(f"{_qa(shot.question)} {shot.answer}\n\n{FIRST_PIECE}")
+    texts.append(_qa(current.question))
+    return texts, " " + current.answer
+
+
+def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str], str]:
+    """Text pieces of a chat-formatted prompt (ending with the reply's lead, no loss), and the
+    reply as the template renders it (loss)."""
+    for shot in [*shots, current]:
+        for text in (shot.question, shot.answer, shot.instruction or ""):
+            if "\ue000" in text or "\ue001" in text:
+                raise BadRecord(f"{shot.where}: text holds private-use characters U+E000/U+E001, "
+                                "which chat mode reserves to place documents")
+    marks = [DOC_MARK.format(i) for i in range(len(shots) + 1)]
+    parts = [f"{FIRST_PIECE}{marks[i]}{_qa(s.question)} {s.answer}\n\n" for i, s in enumerate(shots)]
+    lead = ""
+    if current.instruction is not None:
+        prefix, instruction, lead = current.instruction.split("||")
+        instruction = instruction.replace("{question}", current.question)
+        parts.append(f"{prefix}{marks[-1]}{instruction}")
+    else:
+        question = f"\nQuestion: {current.question}" if current.question else ""
+        parts.append(f"{FIRST_PIECE}{marks[-1]}{question}")
+    message = "".join(parts)
+    user = {"role": "user", "content": message}
+    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True) + lead
+    full = tokenizer.apply_chat_template(
+        [user, {"role": "assistant", "content": lead + current.answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the reply right after the generation "
+                         "prompt; chat mode cannot tell the reply's tokens apart")
+    texts, rest = [], prompt
+    for mark in marks:
+        if rest.count(mark) != 1:
+            raise ValueError("the chat template altered the user message; cannot place documents")
+        before, rest = rest.split(mark)
+        texts.append(before)
+    texts.append(rest)
+    return texts, full[len(prompt):]
+
+
+# ----------------------------------------------------------------------------------- pipeline
+
+
+class FinetuneData:
+    """An iterator of fine-tuning `Batch`es (task "finetune") for one rank; resumable.
+
+    `decoder_tokenizer` is one tokenizer or a list (multi-decoder): `next(data)` gives a batch for
+    decoder 0, `data.next_batch(k)` one for decoder k, tokenized from the text with its tokenizer.
+    """
+
+    def __init__(self, config: FinetuneDataConfig, encoder_tokenizer, decoder_tokenizer,
+                 rank: int = 0, world_size: int = 1):
+        if isinstance(config, dict):
+            config = FinetuneDataConfig.from_dict(config)
+        self.config, self.rank, self.world_size = config, rank, world_size
+        tokenizers = list(decoder_tokenizer) if isinstance(decoder_tokenizer, (list, tuple)) else [decoder_tokenizer]
+        if not tokenizers:
+            raise ValueError("at least one decoder tokenizer is needed")
+        for i, tok in enumerate(tokenizers):
+            check_fast(tok, f"decoder {i}")
+            if config.chat and not getattr(tok, "chat_template", None):
+                raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
+        self.decoder_tokenizers = tokenizers
+        self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
+        self.stream = open_mixture(config.sources, parse_example, rank, world_size, config.loop,
+                                   config.on_bad_line, config.shuffle_buffer, config.seed)
+        self.rng = seeded_rng(config.seed, rank, "finetune")
+        self.shots = [deque(maxlen=self._n_shots(s)) for s in config.sources]
+        self.exhausted = False
+        self.stats = {"examples": 0, "truncated": 0}
+
+    def _n_shots(self, spec) -> int:
+        return self.config.n_shots if spec.n_shots is None else spec.n_shots
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        return self.next_batch(0)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Completed passes over each source."""
+        return self.stream.epochs
+
+    # ------------------------------------------------------------------------------- one example
+    def read(self, example: dict, where: str) -> Shot:
+        """Draw this reading's answer and passages."""
+        answer = self.rng.choice(example["answers"])
+        passages = choose_passages(example["passages"], self.config.max_passages, self.rng)
+        return Shot("\n".join(passages), example["question"], answer, example["instruction"], where)
+
+    def segments(self, document: str, where: str) -> list[list[int]]:
+        """Encoder ids of a document: one segment, or chunks placed back to back."""
+        c = self.config
+        ids = self.encoder.text_ids(document)
+        size = c.chunk_tokens or c.max_doc_tokens
+        limit = c.chunk_tokens * c.max_chunks if c.chunk_tokens else c.max_doc_tokens
+        if len(ids) > limit:
+            what = (f"{c.max_chunks} chunks of {c.chunk_tokens} tokens" if c.chunk_tokens
+                    else f"max_doc_tokens={c.max_doc_tokens}")
+            if c.too_long == "error":
+                raise ValueError(f"{where}: document of {len(ids)} encoder tokens exceeds {what}; "
+                                 "raise the limit or set too_long='truncate'")
+            self.stats["truncated"] += 1
+            if self.stats["truncated"] in (1, 10, 100, 1000, 10000):  # logged, never silent
+                log.warning("%s: document of %d encoder tokens cut to %s (%d cut(s) so far)",
+                            where, len(ids), what, self.stats["truncated"])
+            ids = ids[:limit]
+        return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+    def build(self, shots: list[Shot], current: Shot, decoder: int = 0) -> Sample:
+        """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer."""
+        tok = self.decoder_tokenizers[decoder]
+        if self.config.chat:
+            texts, reply = chat_pieces(tok, shots, current)
+            answer = tok(reply, add_special_tokens=False)["input_ids"]
+            if tok.eos_token_id in answer:  # nothing after the end of the reply needs predicting
+                answer = answer[: len(answer) - answer[::-1].index(tok.eos_token_id)]
+            first_special = False
+        else:
+            texts, reply = base_pieces(shots, current)
+            answer = tok(reply, add_special_tokens=False)["input_ids"]
+            answer += [tok.eos_token_id] if tok.eos_token_id is not None else []
+            first_special = True
+        documents = [s.document for s in shots] + [current.document]
+        text_ids: list[int] = []
+        segments, offsets = [], []
+        for k, piece in enumerate(texts):
+            if piece:
+                text_ids += tok(piece, add_special_tokens=first_special and k == 0)["input_ids"]
+            if k < len(documents):
+                where = shots[k].where if k < len(shots) else current.where
+                for chunk in self.segments(documents[k], where):
+                    segments.append(chunk)
+                    offsets.append(len(text_ids))  # chunks of one document: equal offsets
+        targets = [False] * len(text_ids) + [True] * len(answer)
+        return Sample(text_ids + answer, segments, offsets, targets)
+
+    def next_example(self, decoder: int = 0) -> Sample:
+        source, record = next(self.stream)
+        current = self.read(record.value, record.where)
+        buffer = self.shots[source]
+        shots = [s for s in buffer
+                 if (s.question, s.document) != (current.question, current.document)]
+        sample = self.build(shots, current, decoder)
+        buffer.append(current)
+        self.stats["examples"] += 1
+        return sample
+
+    def next_batch(self, decoder: int = 0) -> Batch:
+        if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
+            raise ValueError(f"decoder {decoder!r} does not exist; this pipeline has "
+                             f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
+        samples = []
+        while len(samples) < self.config.batch_size and not self.exhausted:
+            try:
+                samples.append(self.next_example(decoder))
+            except StopIteration:
+                self.exhausted = True
+        if not samples:
+            raise StopIteration
+        return Batch(samples, "finetune")
+
+    # ------------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(), "rank": self.rank, "world_size": self.world_size,
+            "decoders": len(self.decoder_tokenizers), "stream": self.stream.state_dict(),
+            "rng": rng_state(self.rng), "exhausted": self.exhausted,
+            "shots": [[dataclasses.asdict(s) for s in buffer] for buffer in self.shots],
+            "stats": dict(self.stats),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        check_same_run(state, self.config.to_dict(), self.rank, self.world_size,
+                       len(self.decoder_tokenizers), resumable_changes=("batch_size", "on_bad_line"))
+        self.stream.load_state_dict(state["stream"])
+        set_rng_state(self.rng, state["rng"])
+        self.exhausted = state["exhausted"]
+        self.shots = [deque((Shot(**s) for s in saved), maxlen=buffer.maxlen)
+                      for buffer, saved in zip(self.shots, state["shots"])]
+        self.stats = dict(state["stats"])

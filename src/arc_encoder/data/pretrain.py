@@ -1,0 +1,255 @@
+"""Pretraining batches: reconstruction and continuation samples cut from documents (arc-spec 5).
+
+Each document draws its task once: continuation with probability `continuation` (0.8), else
+reconstruction. The document, `T = [BOS] + text tokens + [EOS]` in the decoder's tokenizer (BOS
+only where that tokenizer adds one), is cut into consecutive pieces, so nothing is wasted:
+
+    reconstruction   T[a:a+seq_len] compressed, then the same tokens as text, all supervised
+                     (except a BOS, which nothing needs to predict): [C(T[a:b])][<Rec>] T[a:b]
+    continuation     up to prefix_tokens of plain text (no loss), the next compress_tokens
+                     compressed, then up to target_tokens of continuation (loss):
+                     T[p:c] [C(T[c:d])][<Cont>] T[d:e]
+
+With `supervise_first_token` the special token's output predicts the first text token after the
+block, so across the pieces of a reconstructed document every token but BOS is predicted once.
+Short documents give short samples; the model pads. Every batch holds one task only (5.2).
+
+Multi-decoder runs ask for a batch for decoder k (`next_batch(k)`): documents are then cut in
+decoder k's tokens, and the encoder reads the same characters in its own tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.splice import Sample
+from .batch import Batch
+from .resume import check_same_run, rng_state, set_rng_state
+from .sources import BAD_LINE_POLICIES, open_mixture, parse_sources, seeded_rng, text_field
+from .tokens import (
+    DecoderText, EncoderView, added_prefix, check_fast, decoder_text, sample_from_dict, sample_to_dict,
+)
+
+PRETRAIN_TASKS = ("reconstruction", "continuation")
+# This many documents in a row without a usable sample means the data cannot feed training.
+MAX_BARREN_DOCUMENTS = 10_000
+
+
+@dataclass
+class PretrainDataConfig:
+    # "path", "path:weight", (path, weight) pairs or {"path": ..., "weight": ...}; see sources.py.
+    sources: Any
+    seq_len: int = 256  # reconstruction: decoder tokens per sample
+    compress_tokens: int = 256  # continuation: decoder tokens compressed
+    target_tokens: int = 256  # continuation: decoder tokens to predict after the block
+    prefix: bool = True  # continuation: plain text before the block (paper; decisions #2)
+    prefix_tokens: int = 256
+    continuation: float = 0.8  # share of documents used for continuation
+    batch_size: int = 16  # samples per batch
+    seed: int = 0
+    shuffle_buffer: int = 0  # documents held for a streaming shuffle (0: file order)
+    text_field: str = "text"  # JSONL / datasets column holding the document
+    on_bad_line: str = "error"  # or "skip": count bad records and log a warning
+    add_eos: bool = True  # the decoder's EOS closes each document
+    encoder_special_tokens: bool = True  # encoder BOS/EOS on spans that start/end a document
+    min_encoder_tokens: int = 2  # shorter compressed spans are dropped (5.6)
+    loop: bool = True  # training loops forever; False: one pass (evaluation), last batches short
+
+    def __post_init__(self):
+        self.sources = parse_sources(self.sources)
+        for name in ("seq_len", "compress_tokens", "target_tokens", "batch_size", "min_encoder_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.prefix_tokens, int) or self.prefix_tokens < 0:
+            raise ValueError(f"prefix_tokens must be an integer >= 0, got {self.prefix_tokens!r}")
+        if not 0.0 <= self.continuation <= 1.0:
+            raise ValueError(f"continuation must be a share in [0, 1], got {self.continuation!r}")
+        if self.on_bad_line not in BAD_LINE_POLICIES:
+            raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {self.on_bad_line!r}")
+        if self.shuffle_buffer < 0:
+            raise ValueError("shuffle_buffer must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainDataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainDataConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------- cutting
+
+
+def reconstruction_plan(n: int, seq_len: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) spans of a document of n decoder tokens, seq_len at most each."""
+    return [(a, min(a + seq_len, n)) for a in range(0, n, seq_len)]
+
+
+def continuation_plan(n: int, compress: int, target: int, prefix: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive pieces (p, c, d, e): prefix T[p:c], compressed T[c:d], continuation T[d:e].
+
+    A piece takes the full budget while the document lasts. Of a shorter tail, the prefix gets what
+    compressed span and continuation cannot use, and those two share the rest about evenly
+    (arc-spec 5.5), so a short document still yields a sample with something to predict.
+    """
+    pieces, p = [], 0
+    while p < n:
+        left = n - p
+        pre = min(prefix, max(0, left - compress - target))
+        rest = left - pre
+        comp = min(compress, max(rest // 2, rest - target))
+        cont = min(target, rest - comp)
+        if comp < 1 or cont < 1:
+            break  # a 1-token tail: nothing to compress or nothing to predict
+        pieces.append((p, p + pre, p + pre + comp, p + pre + comp + cont))
+        p += pre + comp + cont
+    return pieces
+
+
+def reconstruction_samples(doc: DecoderText, encoder: EncoderView, seq_len: int,
+                           min_encoder_tokens: int = 2) -> list[Sample]:
+    samples = []
+    for a, b in reconstruction_plan(len(doc.ids), seq_len):
+        segment = encoder.ids(doc, a, b)
+        targets = [j >= doc.n_bos for j in range(a, b)]  # BOS is given, never predicted
+        if len(segment) < min_encoder_tokens or not any(targets):
+            continue
+        samples.append(Sample(doc.ids[a:b], [segment], [0], targets))
+    return samples
+
+
+def continuation_samples(doc: DecoderText, encoder: EncoderView, compress: int, target: int,
+                         prefix: int, min_encoder_tokens: int = 2) -> list[Sample]:
+    samples = []
+    for p, c, d, e in continuation_plan(len(doc.ids), compress, target, prefix):
+        if len(set(doc.ids[c:d])) == 1:
+            continue  # one repeated token compressed: nothing to learn from (arc-spec 5.5)
+        segment = encoder.ids(doc, c, d)
+        if len(segment) < min_encoder_tokens:
+            continue
+        text = doc.ids[p:c] + doc.ids[d:e]
+        targets = [False] * (c - p) + [True] * (e - d)
+        samples.append(Sample(text, [segment], [c - p], targets))
+    return samples
+
+
+# ----------------------------------------------------------------------------------- pipeline
+
+
+class PretrainData:
+    """An iterator of homogeneous `Batch`es for one rank; resumable with state_dict().
+
+    `decoder_tokenizer` is one tokenizer, or a list (one per decoder of a multi-decoder model):
+    `next(data)` gives a batch for decoder 0, `data.next_batch(k)` one for decoder k.
+    """
+
+    def __init__(self, config: PretrainDataConfig, encoder_tokenizer, decoder_tokenizer,
+                 rank: int = 0, world_size: int = 1):
+        if isinstance(config, dict):
+            config = PretrainDataConfig.from_dict(config)
+        self.config, self.rank, self.world_size = config, rank, world_size
+        tokenizers = list(decoder_tokenizer) if isinstance(decoder_tokenizer, (list, tuple)) else [decoder_tokenizer]
+        if not tokenizers:
+            raise ValueError("at least one decoder tokenizer is needed")
+        for i, tok in enumerate(tokenizers):
+            check_fast(tok, f"decoder {i}")
+        self.decoder_tokenizers = tokenizers
+        self.decoder_bos = [added_prefix(t) for t in tokenizers]
+        self.encoder = EncoderView(encoder_tokenizer, config.encoder_special_tokens)
+        self.stream = open_mixture(config.sources, text_field(config.text_field), rank, world_size,
+                                   config.loop, config.on_bad_line, config.shuffle_buffer, config.seed)
+        self.task_rng = seeded_rng(config.seed, rank, "task")
+        self.pending = [{t: [] for t in PRETRAIN_TASKS} for _ in tokenizers]
+        self.ready: list[deque[Batch]] = [deque() for _ in tokenizers]
+        self.exhausted = False
+        # Documents per task and samples made, for logs and for checking the task share.
+        self.stats = {"documents": {t: 0 for t in PRETRAIN_TASKS}, "samples": {t: 0 for t in PRETRAIN_TASKS}}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        return self.next_batch(0)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Completed passes over each source."""
+        return self.stream.epochs
+
+    def document_samples(self, text: str, task: str, decoder: int = 0) -> list[Sample]:
+        """All samples of one document for one task, cut in decoder `decoder`'s tokens."""
+        c = self.config
+        doc = decoder_text(text, self.decoder_tokenizers[decoder], self.decoder_bos[decoder], c.add_eos)
+        if task == "reconstruction":
+            return reconstruction_samples(doc, self.encoder, c.seq_len, c.min_encoder_tokens)
+        prefix = c.prefix_tokens if c.prefix else 0
+        return continuation_samples(doc, self.encoder, c.compress_tokens, c.target_tokens, prefix,
+                                    c.min_encoder_tokens)
+
+    def next_batch(self, decoder: int = 0) -> Batch:
+        if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
+            raise ValueError(f"decoder {decoder!r} does not exist; this pipeline has "
+                             f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
+        ready, pending = self.ready[decoder], self.pending[decoder]
+        size = self.config.batch_size
+        barren = 0
+        while not ready:
+            if self.exhausted:
+                break
+            try:
+                _, record = next(self.stream)
+            except StopIteration:
+                self.exhausted = True
+                break
+            task = "continuation" if self.task_rng.random() < self.config.continuation else "reconstruction"
+            samples = self.document_samples(record.value, task, decoder)
+            barren = 0 if samples else barren + 1
+            if barren == MAX_BARREN_DOCUMENTS:
+                raise ValueError(f"{barren} documents in a row gave no sample (the last: {record.where}); "
+                                 "are the documents shorter than 2 tokens?")
+            self.stats["documents"][task] += 1
+            self.stats["samples"][task] += len(samples)
+            queue = pending[task]
+            queue.extend(samples)
+            while len(queue) >= size:
+                ready.append(Batch(queue[:size], task))
+                del queue[:size]
+        if not ready and self.exhausted:  # one pass done: hand out what is left, then stop
+            for task in PRETRAIN_TASKS:
+                if pending[task]:
+                    ready.append(Batch(pending[task], task))
+                    pending[task] = []
+        if not ready:
+            raise StopIteration
+        return ready.popleft()
+
+    # ------------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(), "rank": self.rank, "world_size": self.world_size,
+            "decoders": len(self.decoder_tokenizers), "stream": self.stream.state_dict(),
+            "task_rng": rng_state(self.task_rng), "exhausted": self.exhausted,
+            "pending": [{t: [sample_to_dict(s) for s in q[t]] for t in PRETRAIN_TASKS} for q in self.pending],
+            "ready": [[{"task": b.task, "samples": [sample_to_dict(s) for s in b.samples]} for b in r]
+                      for r in self.ready],
+            "stats": {k: dict(v) for k, v in self.stats.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        check_same_run(state, self.config.to_dict(), self.rank, self.world_size,
+                       len(self.decoder_tokenizers), resumable_changes=("batch_size", "on_bad_line"))
+        self.stream.load_state_dict(state["stream"])
+        set_rng_state(self.task_rng, state["task_rng"])
+        self.exhausted = state["exhausted"]
+        self.pending = [{t: [sample_from_dict(s) for s in q[t]] for t in PRETRAIN_TASKS} for q in state["pending"]]
+        self.ready = [deque(Batch([sample_from_dict(s) for s in b["samples"]], b["task"]) for b in r)
+                      for r in state["ready"]]
+        self.stats = {k: dict(v) for k, v in state["stats"].items()}
