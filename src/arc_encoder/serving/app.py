@@ -158,6 +158,7 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
         if len(body.prompt) > limits.max_parts:
             raise too_large("number of prompt parts", len(body.prompt), limits.max_parts)
         params = decode_params(body)
+        # Each part is text, a Doc, or a function of the worker's resources (store reads happen there).
         parts, n_vectors = [], 0
         for i, part in enumerate(body.prompt):
             if part.text is not None:
@@ -167,7 +168,7 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
                 check_text(f"prompt[{i}].document", part.document)
                 parts.append(Doc(part.document))
             elif part.stored_id is not None:
-                parts.append(("stored", part.stored_id))
+                parts.append(lambda res, doc_id=part.stored_id: _stored(res, doc_id))
             else:
                 n_vectors += sum(c.rows() for c in part.vectors.chunks)
                 if n_vectors > limits.max_vectors:
@@ -176,18 +177,12 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
                     chunks = [vectors_from_json(c, bottleneck) for c in part.vectors.chunks]
                 except ValueError as e:
                     raise ClientError(422, f"prompt[{i}].vectors: {e}") from None
-                parts.append(("vectors", chunks, part.vectors.document_tokens))
+                tokens = part.vectors.document_tokens
+                parts.append(lambda res, chunks=chunks, tokens=tokens:
+                             Compressed(chunks, res.settings.decoder, tokens))
 
         def build(res: Resources):
-            prompt = []
-            for p in parts:
-                if isinstance(p, tuple) and p[0] == "stored":
-                    prompt.append(_stored(res, p[1]))
-                elif isinstance(p, tuple):
-                    prompt.append(Compressed(p[1], res.settings.decoder, p[2]))
-                else:
-                    prompt.append(p)
-            return prompt, None
+            return [p(res) if callable(p) else p for p in parts], None
 
         out, _ = await run(GenerateJob(build, params))
         return _generation(out)

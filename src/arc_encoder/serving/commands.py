@@ -89,7 +89,7 @@ def ask(
             answer = ask_store(arc, vectors, question, settings.decoder, k=k, max_new_tokens=max_new_tokens)
     except (ValueError, FileNotFoundError, ImportError) as e:
         _fail(str(e))
-    typer.echo(answer.text)
+    typer.echo(answer.text or "(empty answer: the model stopped at once)")
     if not answer.sources:
         typer.echo("sources: none matched the question (answered closed-book)")
         return
