@@ -47,13 +47,13 @@ class TokenBatches:
         make = reconstruction if self.task == "reconstruction" else continuation
         return Batch([make(t) for t in texts], self.task)
 
-    def __iter__(self):
-        while True:
-            if self.fail_at is not None and self.position == self.fail_at:
-                raise KeyboardInterrupt(f"simulated kill before batch {self.position}")
-            batch = self.batch(self.position)
-            self.position += 1
-            yield batch
+    def next_batch(self, decoder: int = 0) -> Batch:
+        """The next batch; every tiny model shares one tokenizer, so any decoder can read it."""
+        if self.fail_at is not None and self.position == self.fail_at:
+            raise KeyboardInterrupt(f"simulated kill before batch {self.position}")
+        batch = self.batch(self.position)
+        self.position += 1
+        return batch
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -104,11 +104,10 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
         step = TrainStep(arc, with_decoders=False)
-        # A step trains one decoder, so the other adapters get no gradient; special tokens may be off.
-        unused = len(arc.adapters) > 1 or not arc.config.special_tokens
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        # Buffers are RoPE tables, equal everywhere: no need to broadcast them every forward.
-        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=unused,
+        # Every step leaves parameters without a gradient: one of <Rec>/<Cont>, and the adapters
+        # of the decoders it does not train. Buffers are RoPE tables, equal on every rank.
+        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True,
                                        broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh

@@ -6,6 +6,7 @@ Warm starts cover the paper's three uses (spec 7.5-7.6):
   decoder name in its config) are loaded, the others start fresh;
 - new-decoder adaptation: fresh projector, <Rec>/<Cont> copied from one of the saved decoders
   (`new_special_from`), encoder frozen by the run's `freeze_encoder`.
+`init_from` is a saved model folder or a training run folder (its latest checkpoint).
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     spec = config.model
     if spec.init_from is None:
         return ARCModel.from_config(config.arc_config(), pretrained=spec.pretrained)
-    source = Path(spec.init_from)
-    if not (source / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"model.init_from: {source} holds no {CONFIG_FILE}: not a saved ARC model")
+    source = saved_model_dir(spec.init_from)
     meta = json.loads((source / CONFIG_FILE).read_text())
     saved = meta["config"]
     arc_config = config.arc_config(saved=saved)
@@ -55,6 +54,20 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     return arc
 
 
+def saved_model_dir(path: str | Path) -> Path:
+    """A saved model folder, or a training run folder (its latest complete checkpoint)."""
+    from .checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    raise FileNotFoundError(f"model.init_from: {path} is neither a saved ARC model (no {CONFIG_FILE}) "
+                            "nor a training run folder with a complete checkpoint")
+
+
 @torch.no_grad()
 def load_warm_start(arc: ARCModel, source: Path, saved_decoders: list[str], special_from: int | None,
                     log=print) -> None:
@@ -72,7 +85,8 @@ def load_warm_start(arc: ARCModel, source: Path, saved_decoders: list[str], spec
             wanted.update({f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in adapter_keys})
             log(f"decoder {i} ({name}): projector and special tokens from {source} (decoder {j})")
         elif special_from is not None:
-            wanted[f"adapters.{i}.special"] = f"adapters.{special_from}.special"
+            for kind in ("rec", "cont"):
+                wanted[f"adapters.{i}.{kind}"] = f"adapters.{special_from}.{kind}"
             log(f"decoder {i} ({name}): new projector; special tokens from saved decoder {special_from}")
         else:
             log(f"decoder {i} ({name}): new projector and special tokens")

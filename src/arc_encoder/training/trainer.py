@@ -11,14 +11,14 @@ One optimizer step:
 Only the chosen decoder's adapter gets gradients; the others keep grad None, which AdamW skips,
 so their weights and moments stay untouched.
 
-Data: any iterable of `Batch` per decoder with `state_dict()` / `load_state_dict()`, so a resumed
-run continues from the same position.
+Data: an object with `next_batch(decoder)` (PretrainData, FinetuneData: batches tokenized for
+that decoder), or, for a single decoder, any iterable of `Batch`; with `state_dict()` /
+`load_state_dict()`, so a resumed run continues from the same position.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import time
 from collections.abc import Iterable
@@ -64,7 +64,7 @@ def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
             continue
         if name.startswith("encoder."):
             encoder.append(p)
-        elif name.endswith((".special", ".memory")):
+        elif name.endswith((".rec", ".cont", ".memory")):
             special.append(p)
         else:
             projector.append(p)
@@ -80,8 +80,9 @@ def input_tokens(batch: Batch) -> int:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, arc: ARCModel, data: list[Iterable[Batch] | None],
-                 eval_batches: list[list[Batch] | None] | None = None, runtime: Runtime | None = None):
+    def __init__(self, config: TrainConfig, arc: ARCModel, data,
+                 eval_batches: list[list[Batch]] | None = None, runtime: Runtime | None = None):
+        """`eval_batches[k]`: held-out batches for decoder k (empty for decoders not evaluated)."""
         self.config = config
         self.arc = arc
         self.runtime = runtime or Runtime(0, 1, torch.device("cpu"))
@@ -89,13 +90,13 @@ class Trainer:
         self.weights = config.decoder_weights or [1.0] * n_decoders
         if len(self.weights) != n_decoders:
             raise ValueError(f"decoder_weights has {len(self.weights)} entries for {n_decoders} decoder(s)")
-        if len(data) != n_decoders:
-            raise ValueError(f"{len(data)} data sources for {n_decoders} decoder(s)")
-        for i, w in enumerate(self.weights):
-            if w > 0 and data[i] is None:
-                raise ValueError(f"decoder {i} has weight {w} but no data source")
+        if not hasattr(data, "next_batch"):
+            if sum(w > 0 for w in self.weights) > 1:
+                raise ValueError("multi-decoder training needs a data source with next_batch(decoder)")
+            if not isinstance(data, Iterable):
+                raise TypeError(f"data must be iterable or have next_batch(decoder), got {type(data).__name__}")
         self.data = data
-        self.iterators: list | None = None  # created on the first step, after a possible resume
+        self.iterator = None  # for plain iterables; created in fit(), after a possible resume
         self.eval_batches = eval_batches
         self.out_dir = Path(config.out_dir)
         self.step = 0  # optimizer steps done
@@ -153,9 +154,7 @@ class Trainer:
         for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
             group["lr"] = group["initial_lr"] * factor(self.scheduler.last_epoch)
         mine = state["ranks"][self.runtime.rank]
-        for source, source_state in zip(self.data, mine["data"]):
-            if source is not None:
-                source.load_state_dict(source_state)
+        self.data.load_state_dict(mine["data"])
         ckpt.set_rng_state(mine["rng"])
         self.step = state["step"]
         self.last_checkpoint = path
@@ -167,8 +166,7 @@ class Trainer:
         final = ckpt.checkpoint_dir(self.out_dir, self.step)
         model_state = ckpt.model_state(self.arc)
         optimizer_state = ckpt.optimizer_state(self.optimizer, self.param_names)
-        ranks = gather_objects({"rng": ckpt.rng_state(),
-                                "data": [s.state_dict() if s is not None else None for s in self.data]})
+        ranks = gather_objects({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
         barrier()
         if self.runtime.is_main:
             state = {"step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
@@ -188,7 +186,7 @@ class Trainer:
     # ------------------------------------------------------------------------- one step
     def next_batch(self, decoder: int) -> Batch:
         try:
-            batch = next(self.iterators[decoder])
+            batch = self.data.next_batch(decoder) if self.iterator is None else next(self.iterator)
         except StopIteration:
             raise RuntimeError(f"the data of decoder {decoder} ran out at step {self.step + 1}; "
                                "training data must repeat (loop over its sources)") from None
@@ -246,7 +244,7 @@ class Trainer:
         self.arc.eval()
         sums: dict[str, torch.Tensor] = {}
         for decoder, batches in enumerate(self.eval_batches):
-            for batch in batches or []:
+            for batch in batches:
                 with self.autocast:
                     loss_sum, n = self.module(batch.samples, decoder, batch.special)
                 key = f"d{decoder}/{batch.task}"
@@ -271,7 +269,8 @@ class Trainer:
             save_config(config, self.out_dir / "config.yaml")
         log = MetricsLog(self.out_dir, config.log.tensorboard,
                          resume_step=self.step if self.last_checkpoint else None) if main else None
-        self.iterators = [iter(s) if s is not None else None for s in self.data]
+        if not hasattr(self.data, "next_batch"):
+            self.iterator = iter(self.data)
         bar = tqdm(total=config.steps, initial=self.step, disable=not (main and config.log.progress),
                    desc="train", dynamic_ncols=True)
         every = config.eval.every
@@ -314,20 +313,31 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- entry point
-def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, weights: list[float],
-               overrides: dict | None = None) -> list:
-    """One pipeline per trained decoder, tokenized for it; sharded by rank."""
+def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: dict | None = None):
+    """The data pipeline of `data.kind`, tokenizing for every decoder, sharded by rank."""
     from ..data import FinetuneData, PretrainData
 
-    kind = config.data["kind"]
-    pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[kind]
+    pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[config.data["kind"]]
     values = {k: v for k, v in config.data.items() if k != "kind"}
     values.update(overrides or {})
     values.setdefault("batch_size", config.batch_size)
     values.setdefault("seed", config.seed)
-    return [pipeline(values, arc.encoder_tokenizer, arc.decoder_tokenizers[i],
-                     rank=runtime.rank, world_size=runtime.world_size) if w > 0 else None
-            for i, w in enumerate(weights)]
+    return pipeline(values, arc.encoder_tokenizer, arc.decoder_tokenizers,
+                    rank=runtime.rank, world_size=runtime.world_size)
+
+
+def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
+    """Up to n batches per decoder that trains (fewer if a one-pass source runs out)."""
+    out = []
+    for decoder, weight in enumerate(weights):
+        batches = []
+        while weight > 0 and len(batches) < n:
+            try:
+                batches.append(source.next_batch(decoder))
+            except StopIteration:
+                break
+        out.append(batches)
+    return out
 
 
 def run(config: TrainConfig, resume: bool = False) -> Path:
@@ -339,13 +349,12 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         seed_everything(config.seed)
         say = print if runtime.is_main else (lambda *_: None)
         arc = build_model(config, log=say)
-        weights = config.decoder_weights or [1.0] * len(arc.decoders)
-        data = build_data(config, arc, runtime, weights)
+        data = build_data(config, arc, runtime)
         eval_batches = None
         if config.eval.every:
-            held_out = build_data(config, arc, runtime, weights, overrides=config.eval.data)
-            eval_batches = [list(itertools.islice(iter(s), config.eval.batches)) if s is not None else None
-                            for s in held_out]
+            weights = config.decoder_weights or [1.0] * len(arc.decoders)
+            held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+            eval_batches = held_out_batches(held_out, weights, config.eval.batches)
         trainer = Trainer(config, arc, data, eval_batches, runtime)
         if resume:
             say(f"resuming from {trainer.resume()}")
