@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,10 @@ def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
     # both decoders were trained (round robin), and <Rec> moved for each
     for name in ("adapters.0.rec", "adapters.1.rec", "adapters.0.up.weight", "adapters.1.up.weight"):
         assert not torch.equal(expected[name], start[name]), name
+    # held-out losses were reduced over ranks (rank 1 held fewer batches: no hang)
+    records = [json.loads(line) for line in (two_ranks / parallel / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and set(evals[0]["eval"]) == {"d0/continuation", "d1/continuation"}
     # the checkpoint rank 0 wrote is the weights the ranks hold
     saved = load_file(str(two_ranks / parallel / "checkpoints" / "step_00000004" / "model.safetensors"))
     for name, value in saved.items():

@@ -277,3 +277,25 @@ def test_bad_data_is_named(tiny_models, tmp_path):
         new_trainer(two, data=[])
     with pytest.raises(ValueError, match="decoder_weights has 3"):
         new_trainer(make_config(tmp_path, tiny_models["llama"], decoder_weights=[1, 1, 1]))
+
+
+def test_tensorboard_mirrors_the_metrics(tiny_models, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=2, log__tensorboard=True))
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "loss_avg", "grad_norm", "lr/encoder", "lr/special", "tokens_per_s"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_bf16_autocast_step_runs(tiny_models, tmp_path):
+    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], precision="bf16"))
+    before = trainer.arc.adapters[0].up.weight.detach().clone()
+    record = trainer.train_step()
+    assert torch.isfinite(torch.tensor(record["loss"]))
+    assert trainer.arc.adapters[0].up.weight.dtype == torch.float32  # fp32 master weights
+    assert not torch.equal(before, trainer.arc.adapters[0].up.weight)

@@ -36,7 +36,7 @@ def distributed_config(out_dir, model: str, wide: str, parallel: str, steps: int
                   "weight_decay": 0.1, "grad_accum": 2},
         "decoder_order": "round_robin", "parallel": parallel, "device": "cpu",
         "steps": steps, "batch_size": GLOBAL_BATCH, "out_dir": str(out_dir),
-        "checkpoint": {"every": 0}, "eval": {"every": 0},
+        "checkpoint": {"every": 0}, "eval": {"every": 2},
         "log": {"every": 1, "progress": False, "plot": False},
     })
 
@@ -47,7 +47,10 @@ def make_trainer(config, runtime=None, seed: int = 0) -> Trainer:
     rank, world = (runtime.rank, runtime.world_size) if runtime else (0, 1)
     # each rank gets its slice of the same global batches
     data = TokenBatches(TEXTS, GLOBAL_BATCH, rank=rank, world_size=world)
-    return Trainer(config, arc, data, runtime=runtime)
+    # held-out batches per decoder; rank 1 has fewer of them (an uneven shard)
+    held_out = TokenBatches(TEXTS, GLOBAL_BATCH, "continuation", rank=rank, world_size=world)
+    evals = [[held_out.batch(i) for i in range(2 - rank)], [held_out.batch(5)]]
+    return Trainer(config, arc, data, evals, runtime=runtime)
 
 
 def main(out: Path, model: str, wide: str) -> None:

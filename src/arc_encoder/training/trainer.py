@@ -243,8 +243,11 @@ class Trainer:
             return {}
         self.arc.eval()
         sums: dict[str, torch.Tensor] = {}
-        for decoder, batches in enumerate(self.eval_batches):
-            for batch in batches:
+        # FSDP gathers weights in every forward: all ranks must run as many, so the rank with the
+        # fewest held-out batches (of its shard) sets the count.
+        counts = [min(c) for c in zip(*gather_objects([len(b) for b in self.eval_batches]))]
+        for decoder, (batches, count) in enumerate(zip(self.eval_batches, counts)):
+            for batch in batches[:count]:
                 with self.autocast:
                     loss_sum, n = self.module(batch.samples, decoder, batch.special)
                 key = f"d{decoder}/{batch.task}"
