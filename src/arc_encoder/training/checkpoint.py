@@ -8,7 +8,8 @@
 A checkpoint is written into a temporary folder beside its final place, flushed to disk, then
 renamed: a folder named `step_*` is always complete. Parameters may be FSDP2-sharded DTensors;
 model and optimizer state are gathered into full tensors, keyed by parameter name, so a checkpoint
-does not depend on how the run was parallelised.
+does not depend on how the run was parallelised. Every rank reads the checkpoint when resuming,
+so out_dir must be on a file system all ranks share (as for any multi-node run).
 """
 
 from __future__ import annotations

@@ -95,6 +95,8 @@ class Trainer:
                 raise ValueError("multi-decoder training needs a data source with next_batch(decoder)")
             if not isinstance(data, Iterable):
                 raise TypeError(f"data must be iterable or have next_batch(decoder), got {type(data).__name__}")
+        if eval_batches is not None and len(eval_batches) != n_decoders:
+            raise ValueError(f"eval_batches has {len(eval_batches)} lists for {n_decoders} decoder(s)")
         self.data = data
         self.iterator = None  # for plain iterables; created in fit(), after a possible resume
         self.eval_batches = eval_batches
@@ -123,9 +125,8 @@ class Trainer:
             self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups])
 
     def _use_bf16(self, device: torch.device) -> bool:
+        # decisions #6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
         precision = self.config.precision
-        if precision == "bf16" and device.type == "cpu":
-            return True  # asked for explicitly (slower on most CPUs, decisions #6)
         return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     # ------------------------------------------------------------------------- resume
