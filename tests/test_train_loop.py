@@ -170,19 +170,20 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
                            optim__warmup_steps=2, checkpoint__every=2, checkpoint__keep=2,
                            eval__every=3, eval__batches=1)
 
-    evals = [[TokenBatches(TEXTS, 4, "continuation").batch(0)]]
-    whole = new_trainer(config("whole"), eval_batches=evals)
+    texts = random_texts(11, 16, seed=5)  # 11 texts: no two of the first 12 batches are alike
+    evals = [[TokenBatches(texts, 4, "continuation").batch(0)]]
+    whole = new_trainer(config("whole"), TokenBatches(texts, 4), eval_batches=evals)
     whole.fit()
 
     # killed in the middle of step 5 (its second micro-batch), after the checkpoint of step 4
-    killed = new_trainer(config("killed"), TokenBatches(TEXTS, 4, fail_at=9), eval_batches=evals)
+    killed = new_trainer(config("killed"), TokenBatches(texts, 4, fail_at=9), eval_batches=evals)
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed" / "run")] == [2, 4]
 
     # a fresh process: other seed, other initial weights, data from the start; resume restores all
     torch.manual_seed(1234)
-    resumed = new_trainer(config("killed"), TokenBatches(TEXTS, 4), eval_batches=evals, seed=1234)
+    resumed = new_trainer(config("killed"), TokenBatches(texts, 4), eval_batches=evals, seed=1234)
     assert resumed.resume().name == "step_00000004" and resumed.step == 4
     resumed.fit()
     expected, got = snapshot(whole.arc), snapshot(resumed.arc)

@@ -22,7 +22,7 @@ from arc_encoder.training.model_init import build_model  # noqa: E402
 from arc_encoder.training.trainer import Trainer, seed_everything  # noqa: E402
 from training_data import TokenBatches, random_texts  # noqa: E402
 
-TEXTS = random_texts(8, 12)
+TEXTS = random_texts(11, 12)  # 11: batches never repeat within a run, so a lost data position shows
 GLOBAL_BATCH = 4
 
 
