@@ -174,6 +174,7 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
     evals = [[TokenBatches(texts, 4, "continuation").batch(0)]]
     whole = new_trainer(config("whole"), TokenBatches(texts, 4), eval_batches=evals)
     whole.fit()
+    rng_whole = ckpt.rng_state()
 
     # killed in the middle of step 5 (its second micro-batch), after the checkpoint of step 4
     killed = new_trainer(config("killed"), TokenBatches(texts, 4, fail_at=9), eval_batches=evals)
@@ -186,6 +187,9 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
     resumed = new_trainer(config("killed"), TokenBatches(texts, 4), eval_batches=evals, seed=1234)
     assert resumed.resume().name == "step_00000004" and resumed.step == 4
     resumed.fit()
+    rng_resumed = ckpt.rng_state()  # the random streams continue where they were, too
+    assert torch.equal(rng_whole["torch"], rng_resumed["torch"]) and rng_whole["python"] == rng_resumed["python"]
+    assert (rng_whole["numpy"][1] == rng_resumed["numpy"][1]).all()
     expected, got = snapshot(whole.arc), snapshot(resumed.arc)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
