@@ -96,6 +96,19 @@ def compress(
                       "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
 
 
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training YAML (see configs/)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides: optim.lr_encoder=1e-4 steps=200"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in out_dir"),
+):
+    """Train or fine-tune an ARC-Encoder; the same command runs under torchrun --nproc-per-node N."""
+    from .training.command import train_command
+
+    quiet_transformers()
+    raise typer.Exit(train_command(config, overrides or [], resume))
+
+
 from .convert.commands import convert_app  # noqa: E402
 
 app.add_typer(convert_app, name="convert")

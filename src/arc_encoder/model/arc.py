@@ -326,12 +326,15 @@ class ARCModel(nn.Module):
         return out
 
     # ----------------------------------------------------------------------------- saving
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Weights (encoder + adapters) in safetensors, config in JSON, the encoder's HF config
-        and tokenizer beside them. Decoders are not saved: they are named in the config."""
+        and tokenizer beside them. Decoders are not saved: they are named in the config.
+
+        `state_dict` replaces this module's own tensors (the trainer passes full tensors gathered
+        from sharded FSDP parameters)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()
                  if not k.startswith("decoders.")}
         save_file(state, path / WEIGHTS_FILE)
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),

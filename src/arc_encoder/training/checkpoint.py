@@ -1,0 +1,196 @@
+"""Checkpoints that survive a kill at any moment, and the state they hold.
+
+    out_dir/checkpoints/step_00000100/
+        arc_config.json, model.safetensors, encoder/   ARCModel.save_pretrained: loadable for inference
+        trainer_state.pt      optimizer, scheduler, step, per-rank RNG and data positions
+        train_config.yaml     the run's configuration
+
+A checkpoint is written into a temporary folder beside its final place, flushed to disk, then
+renamed: a folder named `step_*` is always complete. Parameters may be FSDP2-sharded DTensors;
+model and optimizer state are gathered into full tensors, keyed by parameter name, so a checkpoint
+does not depend on how the run was parallelised. Every rank reads the checkpoint when resuming,
+so out_dir must be on a file system all ranks share (as for any multi-node run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from ..model.arc import WEIGHTS_FILE
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "train_config.yaml"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+# ------------------------------------------------------------------------- folders
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS / f"step_{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / STATE_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_folder), flush every file, then rename the folder to `final`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _fsync(file)
+        for folder in [*sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True), tmp]:
+            _fsync(folder)
+        if final.exists():  # the same step saved again (a resumed run ending where it stopped)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prune(out_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, and temporary folders a kill left behind."""
+    for _, path in list_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(path)
+    root = Path(out_dir) / CHECKPOINTS
+    if root.is_dir():
+        for path in root.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- model and optimizer
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A whole CPU copy of a tensor that may be a sharded DTensor (a collective for those)."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu().clone()
+
+
+def _like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `param`: this rank's shard for a DTensor, else a copy on its device."""
+    full = full.to(device=param.device, dtype=param.dtype)
+    if isinstance(param, DTensor):
+        # every rank read the same file, so each takes its own shard without communication
+        return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    return full
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full tensors of everything ARCModel.save_pretrained writes (the decoders are not saved)."""
+    return {k: _full(v) for k, v in model.state_dict().items() if not k.startswith("decoders.")}
+
+
+@torch.no_grad()
+def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
+    """Load a model.safetensors into a model whose parameters may be sharded."""
+    state = load_file(str(file))
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("decoders.")}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{file} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, target in own.items():
+        if tuple(state[name].shape) != tuple(target.shape):
+            raise ValueError(f"{file}: {name} has shape {tuple(state[name].shape)}, model {tuple(target.shape)}")
+        value = _like(state[name], target)
+        if isinstance(target, DTensor):
+            target.to_local().copy_(value.to_local())
+        else:
+            target.copy_(value)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, names: dict[torch.Tensor, str]) -> dict[str, Any]:
+    """AdamW state keyed by parameter name, with full (gathered) tensors, plus the group settings."""
+    state = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p in optimizer.state:  # parameters that never had a gradient have no state
+                state[names[p]] = {k: _full(v) if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any],
+                         names: dict[torch.Tensor, str]) -> None:
+    """Restore `optimizer_state` output; the groups must hold the same parameters."""
+    groups = optimizer.param_groups
+    saved_groups = saved["param_groups"]
+    layout = [[names[p] for p in g["params"]] for g in groups]
+    if layout != [g["params"] for g in saved_groups]:
+        raise ValueError("the checkpoint's optimizer groups hold other parameters than this run's")
+    by_name = {names[p]: p for g in groups for p in g["params"]}
+    optimizer.state.clear()
+    for name, values in saved["state"].items():
+        p = by_name[name]
+        optimizer.state[p] = {
+            # AdamW keeps `step` as a CPU float scalar (non-capturable); moments are laid out like p
+            k: (v.clone() if k == "step" else _like(v, p)) if torch.is_tensor(v) else v
+            for k, v in values.items()
+        }
+    for group, saved_group in zip(groups, saved_groups):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+
+
+# ------------------------------------------------------------------------- random state
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trainer_state(folder: Path, state: dict[str, Any]) -> None:
+    torch.save(state, folder / STATE_FILE)
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    # Pickled python and numpy RNG states and the data pipelines' own state live here, so this
+    # is a full unpickle: resume only from run folders you trust, as you would run their code.
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,0 +1,337 @@
+"""Training configuration: typed dataclasses, read from YAML, overridable from the command line.
+
+    arc-encoder train configs/smollm2-pretrain-cpu.yaml optim.lr_encoder=1e-4 steps=200
+
+Every section is a dataclass; a key that is not a field is an error naming the key and its section,
+and every value is checked against the field's type. The `data` section is the exception: it is a
+plain mapping handed to the data pipeline of its `kind`, which validates it. `${VAR}` and
+`${VAR:-default}` inside strings are replaced by environment variables when the file is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import PRESETS, ARCConfig
+
+DATA_KINDS = ("pretrain", "finetune")
+
+
+@dataclass
+class ModelConfig:
+    # Start from a preset (see arc_encoder.config.PRESETS) ...
+    preset: str | None = None
+    # ... or from a saved model folder: its config, and its weights as the starting point. The
+    # pooling factor (and the decoders) may differ from the saved model's: pooling has no weights.
+    init_from: str | None = None
+    # ARCConfig fields set on top of the preset / the saved model's config.
+    arc: dict[str, Any] = field(default_factory=dict)
+    # Decoders the saved model does not have start with fresh projectors; their <Rec>/<Cont> are
+    # copied from this decoder index of the saved model (paper 7.5: 0), or start at ones if None.
+    new_special_from: int | None = None
+    # False: random backbone and decoder weights (tests, dry runs).
+    pretrained: bool = True
+
+    def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {self.preset!r}; presets: {sorted(PRESETS)}")
+        hints = typing.get_type_hints(ARCConfig)
+        unknown = sorted(set(self.arc) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in section 'model.arc'; known keys: {sorted(hints)}")
+        self.arc = {k: _coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
+        if self.new_special_from is not None and self.init_from is None:
+            raise ValueError("model.new_special_from needs model.init_from")
+
+
+@dataclass
+class OptimConfig:
+    # Peak learning rates of the three AdamW parameter groups (decisions #4).
+    lr_encoder: float = 1e-5
+    lr_projector: float = 5e-5
+    lr_special: float = 1e-5  # <Rec>/<Cont> (and memory tokens)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # Warm-up from 0 to the peak over `warmup_steps`, then cosine decay to exactly `final_lr`.
+    warmup_steps: int = 0
+    warmup: Literal["linear", "cosine"] = "linear"
+    final_lr: float = 0.0
+    grad_clip: float = 1.0  # global L2 norm; 0 turns clipping off
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+    def __post_init__(self):
+        for name in ("lr_encoder", "lr_projector", "lr_special"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.final_lr < 0 or self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim.final_lr, weight_decay and grad_clip must be >= 0 and eps > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # newest checkpoints kept
+
+    def __post_init__(self):
+        if self.every < 0 or self.keep < 1:
+            raise ValueError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between held-out evaluations (0: never)
+    batches: int = 10  # held-out batches per decoder, drawn once at the start
+    # Keys replacing those of the `data` section to build the held-out pipeline (its files/split).
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.every < 0 or self.batches < 1:
+            raise ValueError("eval.every must be >= 0 and eval.batches >= 1")
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # steps between metric records
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = False  # needs the `tensorboard` package
+    plot: bool = True  # curves.png at the end
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError("log.every must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Handed to the data pipeline of `kind` (pretrain | finetune); the trainer adds batch_size and seed.
+    data: dict[str, Any] = field(default_factory=lambda: {"kind": "pretrain"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # samples per micro-batch on each rank
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    activation_checkpointing: bool = False
+    # New-decoder adaptation: the encoder is frozen; projectors and special tokens train.
+    freeze_encoder: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
+    # Which decoder a step trains (decisions #7): sampled with these weights (None: uniform),
+    # or in turn with "round_robin". A weight of 0 leaves that decoder out.
+    decoder_weights: list[float] | None = None
+    decoder_order: Literal["sample", "round_robin"] = "sample"
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    out_dir: str = "runs/arc"
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.optim.warmup_steps >= self.steps:
+            raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be < steps ({self.steps})")
+        if self.data.get("kind") not in DATA_KINDS:
+            raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.data.get('kind')!r}")
+        if self.decoder_weights is not None:
+            if any(w < 0 for w in self.decoder_weights) or sum(self.decoder_weights) <= 0:
+                raise ValueError(f"decoder_weights must be >= 0 with a positive sum, got {self.decoder_weights}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def arc_config(self, saved: dict[str, Any] | None = None) -> ARCConfig:
+        """The model's ARCConfig: preset (or the saved model's config), then `model.arc` on top."""
+        if saved is not None:
+            base = dict(saved)
+        elif self.model.preset is not None:
+            base = PRESETS[self.model.preset].to_dict()
+        else:
+            base = ARCConfig().to_dict()
+        base.update(self.model.arc)
+        return ARCConfig.from_dict(base)
+
+
+# ------------------------------------------------------------------------- typed construction
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is loose (ints for
+    floats, "1e-4", which YAML reads as a string)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise TypeError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping (section), got {value!r}")
+        return build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"{where}: unsupported field type {tp}")
+
+
+def build(cls, values: dict[str, Any], section: str = ""):
+    """A dataclass from a mapping; unknown keys and mistyped values are errors naming them."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"section '{section}'" if section else "the top level"
+        raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}" if section else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------- files and overrides
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (used as ${{{name}}} in the config)")
+        return default
+
+    return _ENV.sub(replace, value)
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """`optim.lr_encoder=1e-4`: set one dotted key; the value is parsed as YAML (numbers, lists)."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like key=value (e.g. optim.lr_encoder=1e-4)")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {override!r} has an empty key part")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+    for override in overrides:
+        apply_override(tree, override)
+    return config_from_dict(expand_env(tree))
+
+
+def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
+    return build(TrainConfig, tree)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------- resume compatibility
+# Keys that may change when a run resumes: they move no weights and no data position.
+RESUME_SAFE = ("steps", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Differences between a checkpoint's config and this run's that resuming cannot honour."""
+    old, new = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_SAFE):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return diffs

@@ -1,0 +1,150 @@
+"""Running the training step on one or many processes: process group, DDP / FSDP2, collectives.
+
+Launched by `torchrun --nproc-per-node N`, every process runs the same recipe; WORLD_SIZE > 1 turns
+this on. What data parallelism wraps is `TrainStep`, a module whose forward is `ARCModel.loss`:
+
+- DDP: it holds only the trainable part (encoder + adapters); the frozen decoders stay outside,
+  replicated, and DDP neither broadcasts nor reduces them. Every trainable tensor, the special
+  tokens included, is a parameter of that module, so all their gradients are all-reduced (the
+  official code left the special tokens out and let each rank drift).
+- FSDP2: it also holds the decoders, so one root shards everything: each encoder block and each
+  frozen decoder block is its own `fully_shard` group, and the root takes what is left
+  (embeddings, adapters and special tokens, decoder heads).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import wraps
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but torch sees no CUDA device")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(preference: str = "auto") -> Runtime:
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU), if there is one."""
+    device = pick_device(preference)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return Runtime(dist.get_rank(), dist.get_world_size(), device)
+    return Runtime(0, 1, device)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (on every rank)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class TrainStep(nn.Module):
+    """The module data parallelism wraps; forward(samples, decoder, special) = ARCModel.loss."""
+
+    def __init__(self, arc: nn.Module, with_decoders: bool):
+        super().__init__()
+        # Registered under the ARCModel's own names, so parameter names match its state dict.
+        self.encoder = arc.encoder
+        self.adapters = arc.adapters
+        if with_decoders:
+            self.decoders = arc.decoders
+        self._arc = [arc]  # a list, so the ARCModel is reachable without being a submodule
+
+    def forward(self, samples, decoder: int, special: str):
+        return self._arc[0].loss(samples, decoder, special)
+
+
+def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
+    """The training module for this runtime: plain, DDP, or FSDP2-sharded."""
+    if not runtime.distributed:
+        return TrainStep(arc, with_decoders=False)
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        step = TrainStep(arc, with_decoders=False)
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        # Every step leaves parameters without a gradient: one of <Rec>/<Cont>, and the adapters
+        # of the decoders it does not train. Buffers are RoPE tables, equal on every rank.
+        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True,
+                                       broadcast_buffers=False)
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
+        step = TrainStep(arc, with_decoders=True)
+        for layer in arc.encoder.layers:
+            fully_shard(layer, mesh=mesh)
+        for decoder in arc.decoders:
+            for layer in decoder.base_model.layers:
+                fully_shard(layer, mesh=mesh)
+        fully_shard(step, mesh=mesh)
+        return step
+    raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+
+
+def enable_activation_checkpointing(arc: nn.Module) -> None:
+    """Recompute each encoder and decoder block in the backward pass instead of storing its
+    activations. The frozen decoders stay in eval mode, where transformers' own switch does
+    nothing, yet their activations are what dominates memory; so we wrap each block's forward.
+    Module hooks (FSDP2's) stay outside the recomputed part."""
+    layers = list(arc.encoder.layers)
+    for decoder in arc.decoders:
+        layers += list(decoder.base_model.layers)
+    for layer in layers:
+        if getattr(layer, "_arc_checkpointed", False):
+            continue
+        layer.forward = _recomputed(layer.forward)
+        layer._arc_checkpointed = True
+
+
+def _recomputed(forward):
+    @wraps(forward)
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run

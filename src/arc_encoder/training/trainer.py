@@ -1,0 +1,370 @@
+"""The training recipe: pretraining, fine-tuning, multi-decoder and new-decoder adaptation.
+
+One optimizer step:
+  1. choose the decoder (sampled with the configured weights from a generator seeded by
+     (seed, step), so every rank and every resumed run picks the same one; or round robin);
+  2. for each of `grad_accum` micro-batches of that decoder's data: summed loss -> backward
+     (DDP synchronises only on the last one);
+  3. add up loss and supervised-token counts over micro-batches and ranks, and scale the gradients
+     by world_size / tokens: every supervised token of the step weighs the same, wherever it was;
+  4. clip, stop on a non-finite loss or gradient norm, AdamW step, schedule step.
+Only the chosen decoder's adapter gets gradients; the others keep grad None, which AdamW skips,
+so their weights and moments stay untouched.
+
+Data: an object with `next_batch(decoder)` (PretrainData, FinetuneData: batches tokenized for
+that decoder), or, for a single decoder, any iterable of `Batch`; with `state_dict()` /
+`load_state_dict()`, so a resumed run continues from the same position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.batch import Batch
+from ..model.arc import ARCModel
+from . import checkpoint as ckpt
+from .config import TrainConfig, resume_differences, save_config
+from .distributed import (Runtime, all_reduce_sum, barrier, enable_activation_checkpointing,
+                          gather_objects, init_distributed, wrap)
+from .metrics import PLOT_FILE, MetricsLog, plot_curves
+from .schedule import lr_lambda
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def choose_decoder(step: int, weights: list[float], order: str, seed: int) -> int:
+    """Which decoder optimizer step `step` trains: a pure function of (seed, step)."""
+    active = [i for i, w in enumerate(weights) if w > 0]
+    if order == "round_robin":
+        return active[step % len(active)]
+    return random.Random(seed * 1_000_003 + step).choices(range(len(weights)), weights=weights)[0]
+
+
+def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
+    """AdamW groups: encoder, projectors, special (+ memory) tokens, each with its own peak LR."""
+    encoder, projector, special = [], [], []
+    for name, p in arc.named_parameters():
+        if name.startswith("decoders.") or not p.requires_grad:
+            continue
+        if name.startswith("encoder."):
+            encoder.append(p)
+        elif name.endswith((".rec", ".cont", ".memory")):
+            special.append(p)
+        else:
+            projector.append(p)
+    o = config.optim
+    groups = [("encoder", encoder, o.lr_encoder), ("projector", projector, o.lr_projector),
+              ("special", special, o.lr_special)]
+    return [{"name": name, "params": params, "lr": lr} for name, params, lr in groups if params]
+
+
+def input_tokens(batch: Batch) -> int:
+    """Encoder and decoder tokens a batch feeds in (for tokens/s)."""
+    return sum(len(s.text_ids) + sum(len(seg) for seg in s.segments) for s in batch.samples)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, arc: ARCModel, data,
+                 eval_batches: list[list[Batch]] | None = None, runtime: Runtime | None = None):
+        """`eval_batches[k]`: held-out batches for decoder k (empty for decoders not evaluated)."""
+        self.config = config
+        self.arc = arc
+        self.runtime = runtime or Runtime(0, 1, torch.device("cpu"))
+        n_decoders = len(arc.decoders)
+        self.weights = config.decoder_weights or [1.0] * n_decoders
+        if len(self.weights) != n_decoders:
+            raise ValueError(f"decoder_weights has {len(self.weights)} entries for {n_decoders} decoder(s)")
+        if not hasattr(data, "next_batch"):
+            if sum(w > 0 for w in self.weights) > 1:
+                raise ValueError("multi-decoder training needs a data source with next_batch(decoder)")
+            if not isinstance(data, Iterable):
+                raise TypeError(f"data must be iterable or have next_batch(decoder), got {type(data).__name__}")
+        if eval_batches is not None and len(eval_batches) != n_decoders:
+            raise ValueError(f"eval_batches has {len(eval_batches)} lists for {n_decoders} decoder(s)")
+        self.data = data
+        self.iterator = None  # for plain iterables; created in fit(), after a possible resume
+        self.eval_batches = eval_batches
+        self.out_dir = Path(config.out_dir)
+        self.step = 0  # optimizer steps done
+        self.last_checkpoint: Path | None = None
+
+        device = self.runtime.device
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                       enabled=self._use_bf16(device))
+        arc.to(device)
+        if config.freeze_encoder:
+            arc.encoder.requires_grad_(False)
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(arc)
+        arc.train()
+        self.module = wrap(arc, config.parallel, self.runtime)
+        # After wrapping: FSDP2 replaces parameters with sharded ones.
+        self.param_names = {p: n for n, p in arc.named_parameters() if not n.startswith("decoders.")}
+        groups = param_groups(arc, config)
+        self.trainable = [p for g in groups for p in g["params"]]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups])
+
+    def _use_bf16(self, device: torch.device) -> bool:
+        # decisions #6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
+        precision = self.config.precision
+        return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+    # ------------------------------------------------------------------------- resume
+    def resume(self) -> Path:
+        """Restore the latest complete checkpoint of out_dir; refuse an incompatible config."""
+        path = ckpt.latest_checkpoint(self.out_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out_dir / ckpt.CHECKPOINTS}")
+        state = ckpt.load_trainer_state(path)
+        diffs = resume_differences(state["config"], self.config.to_dict())
+        if state["world_size"] != self.runtime.world_size:
+            diffs.append(f"world size: {state['world_size']} -> {self.runtime.world_size} (data sharding)")
+        if diffs:
+            raise ValueError(f"cannot resume from {path}: the configuration changed:\n  "
+                             + "\n  ".join(diffs)
+                             + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
+                               "and log.* may change when resuming.")
+        ckpt.load_model_state(self.arc, path / ckpt.WEIGHTS_FILE)
+        ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler.last_epoch != state["step"]:
+            raise ValueError(f"{path}: scheduler at {self.scheduler.last_epoch}, trainer at {state['step']}")
+        # A changed `steps` reshapes the decay from here on: rebuild the factors, refresh the LRs.
+        self.scheduler.lr_lambdas = [lr_lambda(g["initial_lr"], self.config.steps, self.config.optim)
+                                     for g in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["lr"] = group["initial_lr"] * factor(self.scheduler.last_epoch)
+        mine = state["ranks"][self.runtime.rank]
+        self.data.load_state_dict(mine["data"])
+        ckpt.set_rng_state(mine["rng"])
+        self.step = state["step"]
+        self.last_checkpoint = path
+        return path
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Every rank gathers; rank 0 writes. Returns the checkpoint folder."""
+        final = ckpt.checkpoint_dir(self.out_dir, self.step)
+        model_state = ckpt.model_state(self.arc)
+        optimizer_state = ckpt.optimizer_state(self.optimizer, self.param_names)
+        ranks = gather_objects({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
+        barrier()
+        if self.runtime.is_main:
+            state = {"step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                     "ranks": ranks, "world_size": self.runtime.world_size, "config": self.config.to_dict()}
+
+            def write(folder: Path) -> None:
+                self.arc.save_pretrained(folder, state_dict=model_state)
+                ckpt.save_trainer_state(folder, state)
+                save_config(self.config, folder / ckpt.CONFIG_FILE)
+
+            ckpt.write_atomically(final, write)
+            ckpt.prune(self.out_dir, self.config.checkpoint.keep)
+        barrier()
+        self.last_checkpoint = final
+        return final
+
+    # ------------------------------------------------------------------------- one step
+    def next_batch(self, decoder: int) -> Batch:
+        try:
+            batch = self.data.next_batch(decoder) if self.iterator is None else next(self.iterator)
+        except StopIteration:
+            raise RuntimeError(f"the data of decoder {decoder} ran out at step {self.step + 1}; "
+                               "training data must repeat (loop over its sources)") from None
+        if not isinstance(batch, Batch):
+            raise TypeError(f"data sources must yield Batch objects, got {type(batch).__name__}")
+        return batch
+
+    def train_step(self) -> dict:
+        decoder = choose_decoder(self.step, self.weights, self.config.decoder_order, self.config.seed)
+        accum = self.config.optim.grad_accum
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, supervised tokens, input tokens
+        task = None
+        for micro in range(accum):
+            batch = self.next_batch(decoder)
+            task = batch.task
+            sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
+            with (contextlib.nullcontext() if sync else self.module.no_sync()), self.autocast:
+                loss_sum, n_tokens = self.module(batch.samples, decoder, batch.special)
+            loss_sum.backward()
+            totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
+        totals = all_reduce_sum(totals.to(self.runtime.device)).cpu()
+        loss = totals[0].item() / totals[1].item()
+        # Data parallelism averaged the gradients over ranks; make them d(sum of losses)/d(w) / tokens.
+        scale = self.runtime.world_size / totals[1].item()
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        torch._foreach_mul_(grads, scale)
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a DTensor norm
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = grad_norm.item()
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            where = (f"the last good checkpoint is {self.last_checkpoint} (left intact)"
+                     if self.last_checkpoint else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"training stopped at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
+                f"(decoder {decoder}, {task} batch); {where}")
+        clip = self.config.optim.grad_clip
+        if clip > 0 and grad_norm > clip:  # the same coefficient as torch's clip_grad_norm_
+            torch._foreach_mul_(grads, clip / (grad_norm + 1e-6))
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "loss": loss, "tokens": int(totals[1]), "input_tokens": int(totals[2]),
+                "grad_norm": grad_norm, "lr": lrs, "decoder": decoder, "task": task}
+
+    # ------------------------------------------------------------------------- held-out loss
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted held-out loss per decoder and task, over all ranks."""
+        if not self.eval_batches:
+            return {}
+        self.arc.eval()
+        sums: dict[str, torch.Tensor] = {}
+        # FSDP gathers weights in every forward: all ranks must run as many, so the rank with the
+        # fewest held-out batches (of its shard) sets the count.
+        counts = [min(c) for c in zip(*gather_objects([len(b) for b in self.eval_batches]))]
+        for decoder, (batches, count) in enumerate(zip(self.eval_batches, counts)):
+            for batch in batches[:count]:
+                with self.autocast:
+                    loss_sum, n = self.module(batch.samples, decoder, batch.special)
+                key = f"d{decoder}/{batch.task}"
+                sums[key] = sums.get(key, torch.zeros(2, dtype=torch.float64)) + torch.tensor(
+                    [loss_sum.item(), n], dtype=torch.float64)
+        self.arc.train()
+        # Every rank must reduce the same keys in the same order, even if its batches differ.
+        keys = sorted({k for ks in gather_objects(sorted(sums)) for k in ks})
+        stacked = torch.stack([sums.get(k, torch.zeros(2, dtype=torch.float64)) for k in keys])
+        stacked = all_reduce_sum(stacked.to(self.runtime.device)).cpu()
+        return {k: (s[0] / s[1]).item() for k, s in zip(keys, stacked) if s[1] > 0}
+
+    # ------------------------------------------------------------------------- the loop
+    def fit(self) -> Path:
+        """Train up to config.steps; returns the final checkpoint folder."""
+        config, main = self.config, self.runtime.is_main
+        if self.step == 0 and ckpt.list_checkpoints(self.out_dir):
+            raise FileExistsError(f"{self.out_dir} already holds checkpoints: pass --resume to continue "
+                                  "that run, or choose another out_dir")
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out_dir / "config.yaml")
+        log = MetricsLog(self.out_dir, config.log.tensorboard,
+                         resume_step=self.step if self.last_checkpoint else None) if main else None
+        if not hasattr(self.data, "next_batch"):
+            self.iterator = iter(self.data)
+        bar = tqdm(total=config.steps, initial=self.step, disable=not (main and config.log.progress),
+                   desc="train", dynamic_ncols=True)
+        every = config.eval.every
+        try:
+            if every and self.step == 0:
+                self._log_eval(log)
+            window = torch.zeros(3, dtype=torch.float64)  # loss sum, tokens, input tokens since last log
+            started = time.perf_counter()
+            while self.step < config.steps:
+                record = self.train_step()
+                window += torch.tensor([record["loss"] * record["tokens"], record["tokens"],
+                                        record["input_tokens"]], dtype=torch.float64)
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{max(record['lr'].values()):.2e}",
+                                tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}")
+                last = self.step == config.steps
+                if main and (self.step % config.log.every == 0 or last):
+                    record["loss_avg"] = (window[0] / window[1]).item()
+                    record["tokens_per_s"] = window[2].item() / max(elapsed, 1e-9)
+                    log.write(record)
+                    window.zero_()
+                    started = time.perf_counter()
+                if every and (self.step % every == 0 or last):
+                    self._log_eval(log)
+                if (config.checkpoint.every and self.step % config.checkpoint.every == 0) or last:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        if main and config.log.plot:
+            plot_curves(log.path, self.out_dir / PLOT_FILE)
+        return self.last_checkpoint
+
+    def _log_eval(self, log: MetricsLog | None) -> None:
+        losses = self.evaluate()
+        if log is not None and losses:
+            log.write({"step": self.step, "eval": losses})
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: dict | None = None):
+    """The data pipeline of `data.kind`, tokenizing for every decoder, sharded by rank."""
+    from ..data import FinetuneData, PretrainData
+
+    pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[config.data["kind"]]
+    values = {k: v for k, v in config.data.items() if k != "kind"}
+    values.update(overrides or {})
+    values.setdefault("batch_size", config.batch_size)
+    values.setdefault("seed", config.seed)
+    return pipeline(values, arc.encoder_tokenizer, arc.decoder_tokenizers,
+                    rank=runtime.rank, world_size=runtime.world_size)
+
+
+def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
+    """Up to n batches per decoder that trains (fewer if a one-pass source runs out)."""
+    out = []
+    for decoder, weight in enumerate(weights):
+        batches = []
+        while weight > 0 and len(batches) < n:
+            try:
+                batches.append(source.next_batch(decoder))
+            except StopIteration:
+                break
+        out.append(batches)
+    return out
+
+
+def run(config: TrainConfig, resume: bool = False) -> Path:
+    """Build everything from the config and train; the `arc-encoder train` command."""
+    from .model_init import build_model
+
+    runtime = init_distributed(config.device)
+    try:
+        seed_everything(config.seed)
+        say = print if runtime.is_main else (lambda *_: None)
+        arc = build_model(config, log=say)
+        data = build_data(config, arc, runtime)
+        eval_batches = None
+        if config.eval.every:
+            weights = config.decoder_weights or [1.0] * len(arc.decoders)
+            held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+            eval_batches = held_out_batches(held_out, weights, config.eval.batches)
+        trainer = Trainer(config, arc, data, eval_batches, runtime)
+        if resume:
+            say(f"resuming from {trainer.resume()}")
+        final = trainer.fit()
+        say(f"done: {final}")
+        return final
+    finally:
+        if runtime.distributed:
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,72 @@
+"""`arc-encoder train` end to end with the real data pipeline on a tiny model and a tiny text file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from arc_encoder.cli import app
+from arc_encoder.model.arc import ARCModel
+from arc_encoder.training.checkpoint import list_checkpoints
+from conftest import CORPUS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_config(tmp_path, tiny_models) -> str:
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(CORPUS[:5] * 4) + "\n")
+    model = tiny_models["llama"]
+    config = {
+        "model": {"arc": {"backbone": model, "drop_layers": 1, "decoders": [model], "bottleneck": 32,
+                          "pooling_factors": [2]}},
+        "data": {"kind": "pretrain", "sources": [str(docs)], "seq_len": 16, "compress_tokens": 8,
+                 "target_tokens": 8, "prefix": False},
+        "optim": {"lr_encoder": 1e-3, "lr_projector": 1e-3, "lr_special": 1e-3},
+        "steps": 3, "batch_size": 2, "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "checkpoint": {"every": 2, "keep": 2}, "eval": {"every": 2, "batches": 2},
+        "log": {"every": 1, "progress": False, "plot": True},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_train_command_trains_resumes_and_refuses(tiny_models, tmp_path):
+    pytest.importorskip("arc_encoder.data.pretrain")
+    runner = CliRunner()
+    config = write_config(tmp_path, tiny_models)
+    result = runner.invoke(app, ["train", config, "steps=2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+
+    result = runner.invoke(app, ["train", config, "steps=4", "--resume"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert (tmp_path / "run" / "curves.png").is_file()
+    ARCModel.from_pretrained(tmp_path / "run" / "checkpoints" / "step_00000004")
+
+    result = runner.invoke(app, ["train", config, "optim.lr_encoder=5e-3", "--resume"])
+    assert result.exit_code == 2 and "optim.lr_encoder: 0.001 -> 0.005" in result.output
+    result = runner.invoke(app, ["train", config])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_train_command_names_bad_configs(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  kind: pretrain\n")
+    result = runner.invoke(app, ["train", str(path), "optim.lr_encodr=1e-4"])
+    assert result.exit_code == 2 and "'lr_encodr'" in result.output and "'optim'" in result.output
+    result = runner.invoke(app, ["train", str(path), "steps=ten"])
+    assert result.exit_code == 2 and "steps" in result.output
