@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 transformers.logging.set_verbosity_error()
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add overhead, and CI has 2 cores
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
