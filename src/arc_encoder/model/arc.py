@@ -261,9 +261,10 @@ class ARCModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompts, decoder: int = 0, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 batch_size: int = 8) -> list[Generation]:
+                 batch_size: int = 8, special: str = "cont") -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
-        vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string."""
+        vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
+        `special="rec"` follows each document with <Rec>: the decoder then reconstructs it."""
         if not isinstance(prompts, list) or not prompts:
             raise TypeError("generate() takes a non-empty list of prompts")
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
@@ -274,12 +275,12 @@ class ARCModel(nn.Module):
         results = []
         for start in range(0, len(prompts), batch_size):
             results += self._generate_batch(prompts[start : start + batch_size], decoder,
-                                            max_new_tokens, temperature, top_p, stop or [], seed)
+                                            max_new_tokens, temperature, top_p, stop or [], seed, special)
         return results
 
-    def _splice_prompts(self, prompts, decoder):
+    def _splice_prompts(self, prompts, decoder, special: str = "cont"):
         """Prompts -> left-padded spliced decoder inputs and (document tokens, vectors) per prompt."""
-        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder)
+        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder, special)
         embed = self.decoders[decoder].get_input_embeddings()
         text = [embed(torch.tensor(ids, dtype=torch.long, device=self.device)) for ids in text_ids]
         return splice(text, blocks, offsets, left_pad=True), stats
@@ -300,9 +301,9 @@ class ARCModel(nn.Module):
         real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
         return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed):
+    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
-        batch, stats = self._splice_prompts(prompts, decoder)
+        batch, stats = self._splice_prompts(prompts, decoder, special)
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)

@@ -1,0 +1,362 @@
+"""The quickstart recipe: train an ARC-Encoder on CPU within a time budget and show it works.
+
+Stages (each prints what it does and why):
+  1. pretrain at pooling factor 8 on prose: reconstruction + continuation (paper recipe);
+  2. fine-tune at factor 4 on few-shot SQuAD prompts whose documents are all compressed;
+  3. evaluate on held-out SQuAD questions (articles never seen in training): closed-book,
+     open-book, ARC and truncation to the same budget;
+  4. show one example and a reconstruction, save the model, a JSON report and a PNG.
+
+`benchmarks/squad_mini.py` runs the same recipe with a bigger budget and several factors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .evaluation.metrics import gain_kept
+from .evaluation.runner import evaluate
+from .evaluation.tasks import load_jsonl
+from .model.arc import ARCModel
+from .prompt import Doc
+from .training.checkpoint import latest_checkpoint
+from .training.config import TrainConfig, config_from_dict
+from .training.distributed import Runtime, pick_device
+from .training.model_init import build_model
+from .training.trainer import Trainer, build_data, held_out_batches, seed_everything
+
+DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
+
+
+@dataclass
+class QuickstartConfig:
+    budget_minutes: float = 30.0
+    out: str = "runs/quickstart"
+    data: str | None = None  # folder with prose/ and squad/ (see find_data)
+    preset: str = "smollm2-arc8"  # the pretraining model: pooling factor 8
+    arc: dict = field(default_factory=dict)  # ARCConfig overrides (tests use tiny models)
+    pretrained: bool = True
+    finetune_factors: list[int] = field(default_factory=lambda: [4])
+    shots: int = 3  # in-context examples in fine-tuning and evaluation prompts
+    eval_questions: int | None = None  # None: as many as the budget allows (at least 50)
+    # Share of the budget for each training stage; evaluation gets what remains.
+    pretrain_share: float = 0.40
+    finetune_share: float = 0.30
+    pretrain_steps: int | None = None  # None: as many as the budget allows
+    finetune_steps: int | None = None
+    pretrain_batch: int = 8
+    finetune_batch: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+
+def find_data(explicit: str | None) -> Path:
+    """--data, else $ARC_ENCODER_DATA, else ../shared/data beside the checkout."""
+    here = Path(__file__).resolve()
+    candidates = [explicit, os.environ.get("ARC_ENCODER_DATA")]
+    candidates += [str(p / "shared" / "data") for p in here.parents[2:4]]
+    candidates.append(str(Path.cwd().parent / "shared" / "data"))
+    for c in candidates:
+        if c and all((Path(c) / f).is_file() for f in DATA_FILES):
+            return Path(c)
+    tried = ", ".join(str(c) for c in candidates if c)
+    raise FileNotFoundError(
+        "the quickstart needs prose and SQuAD-style questions: a folder holding "
+        f"{', '.join(DATA_FILES)}. Tried: {tried}. Point --data (or $ARC_ENCODER_DATA) at such a "
+        "folder; for your own data, train with `arc-encoder train CONFIG` whose data sources may be "
+        "local text/JSONL files or `hf:NAME` datasets, then `arc-encoder eval`."
+    )
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def stage(n: int, title: str, why: str) -> None:
+    say(f"\n== Stage {n}: {title}\n   {why}")
+
+
+# ----------------------------------------------------------------------------- training stages
+def pretrain_config(q: QuickstartConfig, data: Path, out: Path, steps: int) -> TrainConfig:
+    return config_from_dict({
+        "model": {"preset": q.preset, "arc": dict(q.arc), "pretrained": q.pretrained},
+        "data": {"kind": "pretrain", "sources": [str(data / "prose/wiki.txt")], "seq_len": 128,
+                 "compress_tokens": 128, "target_tokens": 128, "prefix": False,
+                 "continuation": 0.8, "shuffle_buffer": 256},
+        "optim": {"lr_encoder": 5e-5, "lr_projector": 5e-4, "lr_special": 5e-4,
+                  "weight_decay": 0.1, "warmup_steps": min(10, steps - 1), "final_lr": 1e-6},
+        "steps": steps, "batch_size": q.pretrain_batch, "seed": q.seed, "device": q.device,
+        "checkpoint": {"every": 0, "keep": 1},
+        "eval": {"every": max(1, steps // 4), "batches": 4,
+                 "data": {"sources": [str(data / "squad/dev.jsonl")], "text_field": "context",
+                          "shuffle_buffer": 0}},
+        "log": {"every": max(1, min(10, steps // 10)), "plot": True},
+        "out_dir": str(out),
+    })
+
+
+def finetune_config(q: QuickstartConfig, data: Path, init_from: Path, factor: int, out: Path,
+                    steps: int) -> TrainConfig:
+    return config_from_dict({
+        "model": {"init_from": str(init_from), "arc": {**q.arc, "pooling_factors": [factor]},
+                  "pretrained": q.pretrained},
+        "data": {"kind": "finetune", "sources": [str(data / "squad/train.jsonl")],
+                 "n_shots": q.shots, "max_doc_tokens": 512, "shuffle_buffer": 512},
+        "optim": {"lr_encoder": 2e-5, "lr_projector": 2e-4, "lr_special": 2e-4,
+                  "weight_decay": 0.05, "warmup_steps": min(5, steps - 1), "final_lr": 1e-6},
+        "steps": steps, "batch_size": q.finetune_batch, "seed": q.seed, "device": q.device,
+        "checkpoint": {"every": 0, "keep": 1},
+        "eval": {"every": max(1, steps // 4), "batches": 4,
+                 "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0}},
+        "log": {"every": max(1, min(10, steps // 10)), "plot": True},
+        "out_dir": str(out),
+    })
+
+
+def seconds_per_step(arc: ARCModel, data, n: int = 2) -> float:
+    """Time forward + backward of `n` real batches (weights untouched; gradients dropped)."""
+    arc.train()
+    times = []
+    for _ in range(n):
+        batch = data.next_batch(0)
+        start = time.perf_counter()
+        loss, tokens = arc.loss(batch.samples, 0, batch.special)
+        (loss / tokens).backward()
+        times.append(time.perf_counter() - start)
+    arc.zero_grad(set_to_none=True)
+    return min(times) * 1.1  # the optimizer step and logging add a little
+
+
+def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
+    """Build model and data, size the run to the budget, train. Returns (checkpoint, steps, s)."""
+    start = time.perf_counter()
+    seed_everything(config.seed)
+    runtime = Runtime(0, 1, pick_device(config.device))
+    arc = build_model(config, log=lambda *_: None).to(runtime.device)
+    data = build_data(config, arc, runtime)
+    steps = fixed_steps
+    if steps is None:
+        probe = build_data(config, arc, runtime)  # a separate pipeline: training data untouched
+        per_step = seconds_per_step(arc, probe)
+        steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step * 0.85))
+        say(f"   one step takes ~{per_step:.1f}s here: {steps} steps fit the {budget_s / 60:.1f}-minute budget")
+    config.steps = steps
+    config.optim.warmup_steps = min(config.optim.warmup_steps, steps - 1)
+    config.eval.every = max(1, steps // 4)
+    config.log.every = max(1, min(10, steps // 10))
+    held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+    trainer = Trainer(config, arc, data, held_out_batches(held_out, [1.0] * len(arc.decoders),
+                                                          config.eval.batches), runtime)
+    final = trainer.fit()
+    return final, steps, time.perf_counter() - start
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ----------------------------------------------------------------------------- evaluation stage
+def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, methods: int) -> int:
+    """How many questions the remaining budget allows: time one open-book and one ARC answer."""
+    from .evaluation.prompts import arc_prompt, open_book_prompt
+
+    shot_examples, probe = examples[:shots], examples[shots]
+    t = time.perf_counter()
+    arc.generate([open_book_prompt(shot_examples, probe)], max_new_tokens=8)
+    t_open = time.perf_counter() - t
+    t = time.perf_counter()
+    arc.generate([arc_prompt(shot_examples, probe)], max_new_tokens=8)
+    t_arc = time.perf_counter() - t
+    per_question = t_open + (methods - 1) * t_arc  # open-book is the costly one
+    return max(50, int(budget_s / per_question * 0.8))
+
+
+def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
+    """One held-out question: the paragraph, its size before and after, and three answers."""
+    rows = {name: {r["id"]: r for r in rows} for name, rows in result["predictions"].items()}
+    arc_rows = rows["arc"]
+    # prefer a question ARC answered right, to show what works; else the first one
+    pick = next((i for i, r in arc_rows.items() if r.get("em")), next(iter(arc_rows)))
+    ex = examples_by_id[pick]
+    compressed = arc.compress([ex.passages[0]])[0]
+    recon = arc.generate([[compressed]], max_new_tokens=min(96, compressed.document_tokens + 8),
+                         special="rec")[0].text
+    shown = {
+        "id": pick, "paragraph": ex.passages[0], "question": ex.question, "gold": ex.answers,
+        "paragraph_tokens": compressed.document_tokens, "vectors": compressed.n_vectors,
+        "answers": {name: rows[name][pick]["prediction"] for name in rows if pick in rows[name]},
+        "reconstruction": recon,
+    }
+    say(f"\n   paragraph ({shown['paragraph_tokens']} decoder tokens -> {shown['vectors']} vectors):")
+    say("   " + ex.passages[0][:400] + ("..." if len(ex.passages[0]) > 400 else ""))
+    say(f"   question: {ex.question}   gold: {ex.answers[0]!r}")
+    for name, answer in shown["answers"].items():
+        say(f"   {name:>9}: {answer!r}")
+    say(f"   reconstruction from the vectors with <Rec>: {recon[:300]!r}")
+    return shown
+
+
+# ----------------------------------------------------------------------------- report
+def summary_table(results: dict[int, dict]) -> list[dict]:
+    rows = []
+    for factor, result in results.items():
+        for name, m in result["metrics"].items():
+            if name != "arc" and factor != next(iter(results)):
+                continue  # baselines once
+            rows.append({
+                "method": f"arc{factor}" if name == "arc" else name,
+                "em": m["em"]["mean"], "em_se": m["em"]["stderr"],
+                "f1": m["f1"]["mean"], "f1_se": m["f1"]["stderr"],
+                "pooling_factor": m.get("pooling_factor"), "positions": m["positions_per_example"],
+                "seconds": m["seconds_per_example"], "gain_kept_em": (m.get("gain_kept") or {}).get("em"),
+                "gain_kept_f1": (m.get("gain_kept") or {}).get("f1"),
+            })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    say("\n| method | EM | F1 | pooling factor | decoder positions | s/answer | open-book gain kept (EM / F1) |")
+    say("|---|---|---|---|---|---|---|")
+    for r in rows:
+        pf = f"{r['pooling_factor']:.2f}" if r["pooling_factor"] else "-"
+        pos = f"{r['positions']:.0f}" if r["positions"] else "-"
+        sec = f"{r['seconds']:.2f}" if r["seconds"] else "-"
+        kept = (f"{r['gain_kept_em']:.0%} / {r['gain_kept_f1']:.0%}"
+                if r["gain_kept_em"] is not None and r["gain_kept_f1"] is not None else "-")
+        say(f"| {r['method']} | {r['em']:.1f} ± {r['em_se']:.1f} | {r['f1']:.1f} ± {r['f1_se']:.1f} | "
+            f"{pf} | {pos} | {sec} | {kept} |")
+
+
+def plot_report(path: Path, curves: dict[str, list[dict]], rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (stage_name, records) in zip(axes[:2], curves.items()):
+        train = [(r["step"], r["loss_avg"]) for r in records if "loss_avg" in r]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        evals = [(r["step"], r["eval"]) for r in records if "eval" in r]
+        for key in sorted({k for _, e in evals for k in e}):
+            ax.plot([s for s, e in evals if key in e], [e[key] for _, e in evals if key in e],
+                    marker="o", label=f"held-out {key}")
+        ax.set_title(stage_name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    names = [r["method"] for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["em"] for r in rows], 0.4, yerr=[r["em_se"] for r in rows], label="EM")
+    ax.bar([i + 0.2 for i in x], [r["f1"] for r in rows], 0.4, yerr=[r["f1_se"] for r in rows], label="F1")
+    ax.set_xticks(list(x), names)
+    ax.set_title("held-out SQuAD")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the recipe
+def run_quickstart(q: QuickstartConfig) -> dict:
+    t0 = time.perf_counter()
+    budget = q.budget_minutes * 60
+    data = find_data(q.data)
+    out = Path(q.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(q.seed)
+    say(f"arc-encoder quickstart: budget {q.budget_minutes:.0f} min, data {data}, output {out}")
+
+    stage(1, f"pretraining at pooling factor {pretrain_factor(q)} on prose",
+          "The encoder learns to squeeze 128-token spans into a few vectors that the frozen decoder\n"
+          "   can read back (reconstruction, 20%) or continue from (continuation, 80%).")
+    pre_ckpt, pre_steps, pre_s = train_stage(
+        pretrain_config(q, data, out / "pretrain", 2), budget * q.pretrain_share, q.pretrain_steps)
+
+    results, finetune_runs, evaluation = {}, {}, {}
+    dev = load_jsonl(data / "squad/dev.jsonl")
+    by_id = {e.id: e for e in dev}
+    ft_budget = budget * q.finetune_share / len(q.finetune_factors)
+    for factor in q.finetune_factors:
+        stage(2, f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts",
+              f"Every document in a {q.shots}-shot prompt is compressed; only the final answer is\n"
+              "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).")
+        run_dir = out / f"finetune-x{factor}"
+        ckpt, steps, seconds = train_stage(
+            finetune_config(q, data, pre_ckpt, factor, run_dir, 2), ft_budget, q.finetune_steps)
+        finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
+
+    for i, factor in enumerate(q.finetune_factors):
+        stage(3, f"evaluating ARC{factor} on held-out SQuAD questions",
+              "Articles of these questions never appear in training. Same prompt, shots and greedy\n"
+              "   decoding for every method; truncation keeps as many document tokens as ARC uses vectors.")
+        arc = ARCModel.from_pretrained(finetune_runs[factor]["checkpoint"]).to(pick_device(q.device)).eval()
+        methods = ["closed", "open", "arc", "truncate"] if i == 0 else ["arc"]
+        remaining = budget - (time.perf_counter() - t0)
+        n = q.eval_questions or eval_question_count(
+            arc, dev, q.shots, remaining / (len(q.finetune_factors) - i) - 30, len(methods))
+        say(f"   {n} questions, {q.shots} shots, methods: {', '.join(methods)}")
+        t = time.perf_counter()
+        results[factor] = evaluate(arc, "squad", dev, methods, shots=q.shots, limit=n, seed=q.seed,
+                                   shuffle=True, progress=True)
+        evaluation[factor] = {"questions": n, "seconds": time.perf_counter() - t}
+        if i > 0:  # baselines come from the first factor's run
+            first = results[q.finetune_factors[0]]["metrics"]
+            m = results[factor]["metrics"]["arc"]
+            m["gain_kept"] = {k: gain_kept(m[k]["mean"], first["closed"][k]["mean"], first["open"][k]["mean"])
+                              for k in ("em", "f1")}
+
+    first = q.finetune_factors[0]
+    stage(4, "one example and a reconstruction",
+          "What the model saw, and what the decoder makes of the vectors alone.")
+    arc = ARCModel.from_pretrained(finetune_runs[first]["checkpoint"]).to(pick_device(q.device)).eval()
+    example = show_example(arc, results[first], by_id)
+
+    rows = summary_table(results)
+    print_table(rows)
+    model_dir = out / "model"
+    shutil.copytree(finetune_runs[first]["checkpoint"], model_dir,
+                    ignore=shutil.ignore_patterns("trainer_state*", "optimizer*", "train_config*"))
+    curves = {"pretraining (factor %d)" % pretrain_factor(q): read_metrics(out / "pretrain"),
+              f"fine-tuning (factor {first})": read_metrics(out / f"finetune-x{first}")}
+    plot_report(out / "report.png", curves, rows)
+    closed = results[first]["metrics"]["closed"]["em"]
+    arc_em = results[first]["metrics"]["arc"]["em"]
+    diff = arc_em["mean"] - closed["mean"]
+    diff_se = math.sqrt(arc_em["stderr"] ** 2 + closed["stderr"] ** 2)
+    report = {
+        "config": asdict(q), "data": str(data), "wall_seconds": time.perf_counter() - t0,
+        "pretrain": {"checkpoint": str(pre_ckpt), "steps": pre_steps, "seconds": pre_s},
+        "finetune": {str(k): v for k, v in finetune_runs.items()},
+        "evaluation": {str(k): v for k, v in evaluation.items()},
+        "table": rows, "arc_minus_closed_em": {"diff": diff, "stderr": diff_se},
+        "example": example, "model": str(model_dir),
+        "metrics": {str(k): r["metrics"] for k, r in results.items()},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    for factor, result in results.items():
+        (out / f"predictions-x{factor}.json").write_text(json.dumps(result["predictions"], indent=1))
+    say(f"\nARC{first} - closed-book EM: {diff:+.1f} ± {diff_se:.1f} (standard error)")
+    say(f"wall time {report['wall_seconds'] / 60:.1f} min. Saved: {model_dir} (load with "
+        f"ARCModel.from_pretrained), {out / 'report.json'}, {out / 'report.png'}")
+    return report
+
+
+def pretrain_factor(q: QuickstartConfig) -> int:
+    from .config import PRESETS
+
+    factors = q.arc.get("pooling_factors") or PRESETS[q.preset].pooling_factors
+    return math.prod(factors)
