@@ -96,6 +96,11 @@ def compress(
                       "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
 
 
+from .evaluation.command import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
+
 def main() -> None:  # `python -m arc_encoder`
     app(prog_name="arc-encoder")
 
