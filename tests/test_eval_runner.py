@@ -99,6 +99,18 @@ def test_shots_never_scored_and_fixed_by_seed(tiny_arc, data_file):
         assert scored | set(report["config"]["shot_ids"]) == {e.id for e in examples}
 
 
+def test_shuffle_samples_the_file_deterministically(tiny_arc, data_file):
+    model = tiny_arc()
+    ordered, examples = run(model, data_file, ["closed"], limit=4, seed=3)
+    shuffled, _ = run(model, data_file, ["closed"], limit=4, seed=3, shuffle=True)
+    again, _ = run(model, data_file, ["closed"], limit=4, seed=3, shuffle=True)
+    ids = lambda report: [r["id"] for r in report["predictions"]["closed"]]
+    shots, rest = split_shots(examples, 2, seed=3)
+    assert ids(ordered) == [e.id for e in rest[:4]]
+    assert ids(shuffled) == ids(again) != ids(ordered)
+    assert not set(ids(shuffled)) & {s.id for s in shots}
+
+
 @pytest.mark.parametrize("overrides", [
     {}, {"pooling_factors": [2, 2]}, {"chunk_tokens": 7},
     {"pooling": "memory", "pooling_factors": [], "memory_tokens": 3},

@@ -26,7 +26,8 @@ def eval_command(
     methods: str = typer.Option("closed,open,arc,truncate", help="comma-separated: closed, open, arc, truncate, llmlingua"),
     shots: int = typer.Option(5, help="fixed in-context examples, drawn from the data and never scored"),
     limit: Optional[int] = typer.Option(None, help="score only the first N remaining examples"),
-    seed: int = typer.Option(0, help="seed of the shot draw"),
+    shuffle: bool = typer.Option(False, help="shuffle the scored examples (with --seed) before --limit"),
+    seed: int = typer.Option(0, help="seed of the shot draw and of --shuffle"),
     decoder: int = typer.Option(0, help="index of the decoder to evaluate"),
     batch_size: int = typer.Option(8, help="prompts generated together"),
     max_new_tokens: Optional[int] = typer.Option(None, help="default 64 (256 for cnn)"),
@@ -68,7 +69,7 @@ def eval_command(
             run = evaluate(arc, task, examples, todo, shots=shots, limit=limit, seed=seed,
                            batch_size=batch_size, decoder=decoder, max_new_tokens=max_new_tokens,
                            llmlingua_rate=llmlingua_rate, llmlingua_scorer=llmlingua_scorer,
-                           llmlingua2_model=llmlingua2_model, progress=progress)
+                           llmlingua2_model=llmlingua2_model, shuffle=shuffle, progress=progress)
         except (ValueError, ImportError) as err:
             raise typer.BadParameter(str(err)) from None
         if shared is not None:

@@ -98,8 +98,14 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
              shots: int = 5, limit: int | None = None, seed: int = 0, batch_size: int = 8,
              decoder: int = 0, max_new_tokens: int | None = None,
              llmlingua_rate: float | None = None, llmlingua_scorer: str | None = None,
-             llmlingua2_model: str | None = None, progress: bool = True) -> dict:
-    """Score `methods` on `examples` of `task` with `shots` fixed in-context examples."""
+             llmlingua2_model: str | None = None, shuffle: bool = False,
+             progress: bool = True) -> dict:
+    """Score `methods` on `examples` of `task` with `shots` fixed in-context examples.
+
+    The scored examples keep file order; `shuffle` permutes them (with `seed`) before `limit`
+    is applied, so that a limited run samples the whole file rather than its first articles
+    (SQuAD files list all questions of a paragraph together).
+    """
     metric_for_task(task)  # unknown task -> ValueError listing the known ones
     methods = check_methods(methods)
     model._check_decoder(decoder)  # out of range -> ValueError naming the model's decoders
@@ -112,6 +118,8 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
     shot_examples, scored = split_shots(examples, shots, seed)
     if not scored:
         raise ValueError(f"{len(examples)} examples leave none to score after {shots} shots")
+    if shuffle:
+        random.Random(seed).shuffle(scored)
     scored = scored[:limit] if limit is not None else scored
     max_new_tokens = max_new_tokens or MAX_NEW_TOKENS.get(task.lower(), DEFAULT_MAX_NEW_TOKENS)
 
@@ -154,7 +162,7 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
 
     config = {
         "task": task, "methods": methods, "shots": shots, "shot_ids": [s.id for s in shot_examples],
-        "seed": seed, "limit": limit, "n_scored": len(scored), "batch_size": batch_size,
+        "seed": seed, "shuffle": shuffle, "limit": limit, "n_scored": len(scored), "batch_size": batch_size,
         "max_new_tokens": max_new_tokens, "decoder": decoder,
         "decoder_name": model.config.decoders[decoder], "model_config": model.config.to_dict(),
         "pooling_factor_config": model.config.pooling_factor,
