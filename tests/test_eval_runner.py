@@ -178,6 +178,43 @@ def test_summaries_for_translation_and_summaries():
     assert summarise("cnn", rows)["rougeL"]["mean"] == pytest.approx(sum(r["rougeL"] for r in rows) / 3)
 
 
+def write_tiny_bert_classifier(folder):
+    """A random 1-layer BERT token classifier with a WordPiece vocabulary of the test corpus."""
+    import torch
+    from conftest import CORPUS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    BertForTokenClassification(BertConfig(
+        vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2)).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.skipif(not HAS_LLMLINGUA, reason="llmlingua not installed")
+def test_llmlingua2_through_a_token_classifier(tiny_arc, data_file, tmp_path):
+    model = tiny_arc()
+    # llmlingua knows LLMLingua-2 models by name: an unknown name is refused clearly up front
+    with pytest.raises(ValueError, match="recognises its model by name"):
+        build_method("llmlingua", model, 0, [], llmlingua2_model=str(tmp_path / "my-classifier"))
+    folder = write_tiny_bert_classifier(tmp_path / "tiny-bert-base-multilingual-cased")
+    report, _ = run(model, data_file, ["open", "llmlingua"], limit=3, llmlingua_rate=0.5,
+                    llmlingua2_model=folder)
+    assert report["config"]["method_settings"]["llmlingua"]["variant"] == "llmlingua-2"
+    for o, c in zip(report["predictions"]["open"], report["predictions"]["llmlingua"]):
+        assert c["document_tokens"] == o["document_tokens"]
+        assert 0 < c["document_positions"] < 0.8 * o["document_positions"]
+
+
 def test_bad_input(tiny_arc, data_file):
     model = tiny_arc()
     examples = load_task("squad", data_file)
@@ -265,6 +302,7 @@ def test_cli_long_documents_in_chunks(saved_models, data_file, tmp_path):
     (["--methods", "closed,foo"], "known methods"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--decoder", "3"], "decoder index 3 does not exist"),
+    (["--threads", "0"], "--threads must be at least 1"),
 ])
 def test_cli_bad_arguments(saved_models, data_file, args, message):
     base = {"--task": "squad", "--methods": "closed", "--limit": "1", "--decoder": "0"}

@@ -38,12 +38,19 @@ def eval_command(
     llmlingua_scorer: Optional[str] = typer.Option(None, help="causal LM scoring tokens for LLMLingua-1 (default: the embedded SmolLM2)"),
     llmlingua2_model: Optional[str] = typer.Option(None, help="LLMLingua-2 token-classifier folder (switches to LLMLingua-2)"),
     out: Optional[Path] = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
     from arc_encoder.cli import load_model
     from arc_encoder.evaluation.runner import evaluate
 
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         metric_for_task(task)
         names = check_methods(methods)

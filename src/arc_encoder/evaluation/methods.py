@@ -28,8 +28,8 @@ from arc_encoder.model.pooling import pooled_length
 from arc_encoder.prompt import Doc
 
 METHODS = ("closed", "open", "arc", "truncate", "llmlingua")
-# LLMLingua-1 scores each token with a causal LM in windows of this many tokens (its default).
-LLMLINGUA_WINDOW = 200
+# The model families llmlingua 0.2.2's LLMLingua-2 code knows (it matches them in the name).
+LLMLINGUA2_NAMES = ("xlm-roberta-large", "bert-base-multilingual-cased")
 
 
 @dataclass
@@ -236,6 +236,14 @@ class LLMLingua(TextMethod):
         self.rate = rate
         self.llmlingua2 = llmlingua2_model is not None
         if self.llmlingua2:
+            # llmlingua 0.2.2 picks the word-splitting rule from the model's name and fails
+            # with a bare NotImplementedError on any other name.
+            if not any(k in llmlingua2_model for k in LLMLINGUA2_NAMES):
+                raise ValueError(
+                    f"LLMLingua-2 model {llmlingua2_model!r}: llmlingua recognises its model by "
+                    f"name, which must contain one of {LLMLINGUA2_NAMES} (e.g. a folder called "
+                    "llmlingua-2-xlm-roberta-large-meetingbank)"
+                )
             self.scorer_path = llmlingua2_model
         else:
             from arc_encoder.model.registry import resolve_model
