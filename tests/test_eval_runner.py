@@ -133,7 +133,7 @@ def test_truncate_keeps_first_k_decoder_tokens(tiny_arc, data_file):
     shots, rest = split_shots(examples, 2, 0)
     method = Truncate(model, 0, shots)
     tok = model.decoder_tokenizers[0]
-    built = method.prompts(shots, rest[:1])[0]
+    built = method.prompts(rest[:1])[0]
     text = example_docs(rest[0])[0].text
     ids = tok(text, add_special_tokens=False)["input_ids"]
     k = model.compress([text])[0].n_vectors

@@ -11,8 +11,9 @@ Every method turns (shots, example) into a prompt for the SAME frozen decoder th
 - llmlingua: hard compression (tokens deleted) by LLMLingua at rate 1 / pooling factor, scored by a
              small causal LM (LLMLingua-1), or by an LLMLingua-2 token classifier when given one.
 
-A method's one-off work on the fixed shots (compressing their documents) happens in its
-constructor; the example's own documents are processed in `prompts`, which the runner times.
+A method is built for one set of fixed shots and does its one-off work on them (compressing
+their documents) in its constructor; the example's own documents are processed in `prompts`,
+which the runner times.
 """
 
 from __future__ import annotations
@@ -67,19 +68,21 @@ def arc_vector_count(model: ARCModel, text: str) -> int:
 
 
 class Method:
-    """Base: holds the model, the decoder index and that decoder's tokenizer."""
+    """Base: holds the model, the decoder index, that decoder's tokenizer and the shots."""
 
     name = ""
 
-    def __init__(self, model: ARCModel, decoder: int):
+    def __init__(self, model: ARCModel, decoder: int, shots: Sequence[Example]):
         self.model = model
         self.decoder = decoder
         self.tokenizer = model.decoder_tokenizers[decoder]
+        self.shots = list(shots)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompts(self, shots: Sequence[Example], examples: Sequence[Example]) -> list[BuiltPrompt]:
+    def prompts(self, examples: Sequence[Example]) -> list[BuiltPrompt]:
+        """One prompt per example, its shots included."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -90,8 +93,8 @@ class Method:
 class ClosedBook(Method):
     name = "closed"
 
-    def prompts(self, shots, examples):
-        return [BuiltPrompt([closed_book_prompt(shots, ex)], 0, 0) for ex in examples]
+    def prompts(self, examples):
+        return [BuiltPrompt([closed_book_prompt(self.shots, ex)], 0, 0) for ex in examples]
 
 
 class TextMethod(Method):
@@ -101,9 +104,9 @@ class TextMethod(Method):
     """
 
     def __init__(self, model, decoder, shots):
-        super().__init__(model, decoder)
+        super().__init__(model, decoder, shots)
         self.shot_texts = {}
-        for shot in shots:
+        for shot in self.shots:
             for doc in example_docs(shot):
                 if doc.text not in self.shot_texts:
                     self.shot_texts[doc.text] = self.rewrite(doc.text)
@@ -111,13 +114,13 @@ class TextMethod(Method):
     def rewrite(self, text: str) -> str:
         return text
 
-    def prompts(self, shots, examples):
+    def prompts(self, examples):
         built = []
         for ex in examples:
             own = {doc.text: self.rewrite(doc.text) for doc in example_docs(ex)}
             # An example whose document is also a shot's must still pay for its own rewrite.
             lookup = {**self.shot_texts, **own}
-            text = doc_as_text(arc_prompt(shots, ex), lambda t: lookup[t])
+            text = doc_as_text(arc_prompt(self.shots, ex), lambda t: lookup[t])
             built.append(BuiltPrompt(
                 [text],
                 sum(self.count_tokens(t) for t in own),
@@ -157,11 +160,11 @@ class ARC(Method):
     name = "arc"
 
     def __init__(self, model, decoder, shots):
-        super().__init__(model, decoder)
-        texts = list(dict.fromkeys(d.text for s in shots for d in example_docs(s)))
+        super().__init__(model, decoder, shots)
+        texts = list(dict.fromkeys(d.text for s in self.shots for d in example_docs(s)))
         self.shot_vectors = dict(zip(texts, model.compress(texts, decoder))) if texts else {}
 
-    def prompts(self, shots, examples):
+    def prompts(self, examples):
         own_texts = [[d.text for d in example_docs(ex)] for ex in examples]
         flat = [t for texts in own_texts for t in texts]
         compressed = iter(self.model.compress(flat, self.decoder))  # one encoder batch
@@ -169,7 +172,7 @@ class ARC(Method):
         for ex, texts in zip(examples, own_texts):
             own = {t: next(compressed) for t in texts}
             lookup = {**self.shot_vectors, **own}
-            parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(shots, ex)]
+            parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(self.shots, ex)]
             built.append(BuiltPrompt(parts, sum(c.document_tokens for c in own.values()),
                                      sum(c.n_vectors for c in own.values())))
         return built
@@ -293,7 +296,7 @@ def build_method(name: str, model: ARCModel, decoder: int, shots: Sequence[Examp
                  llmlingua2_model: str | None = None) -> Method:
     check_methods([name])
     if name == "closed":
-        return ClosedBook(model, decoder)
+        return ClosedBook(model, decoder, shots)
     if name == "open":
         return OpenBook(model, decoder, shots)
     if name == "arc":

@@ -138,7 +138,7 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
         for first in range(0, len(scored), batch_size):
             batch = scored[first : first + batch_size]
             start = time.perf_counter()
-            built = method.prompts(shot_examples, batch)  # includes compressing these documents
+            built = method.prompts(batch)  # includes compressing these documents
             generations = generate_answers(model, built, decoder, max_new_tokens)
             seconds = (time.perf_counter() - start) / len(batch)  # batched: share the batch time
             for ex, prompt, gen in zip(batch, built, generations):
