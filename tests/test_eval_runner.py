@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from arc_encoder.evaluation import metrics
 from arc_encoder.evaluation.methods import Truncate, arc_vector_count, build_method, example_docs
 from arc_encoder.evaluation.runner import evaluate, summarise
-from arc_encoder.evaluation.tasks import Example, load_task, split_shots
+from arc_encoder.evaluation.tasks import load_task, split_shots
 
 HAS_LLMLINGUA = importlib.util.find_spec("llmlingua") is not None
 
