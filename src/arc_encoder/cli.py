@@ -117,6 +117,10 @@ from .serving.commands import register as _register_serving  # noqa: E402
 
 _register_serving(app)  # index, store-info, ask, serve
 
+from .evaluation.command import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
 
 def main() -> None:  # `python -m arc_encoder`
     app(prog_name="arc-encoder")

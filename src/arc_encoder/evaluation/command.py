@@ -1,0 +1,112 @@
+"""`arc-encoder eval`: score methods on a task with one or more models, write JSON (+ a plot)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from arc_encoder.evaluation.methods import check_methods
+from arc_encoder.evaluation.report import markdown_table, plot_scores
+from arc_encoder.evaluation.tasks import load_task, metric_for_task
+
+REPORT_VERSION = 1
+# Methods that read no compressed vectors: with several models sharing a decoder they are run
+# once, for the first model, and their results shared.
+DECODER_ONLY = ("closed", "open")
+
+
+def eval_command(
+    model: List[str] = typer.Option(..., "--model", help="saved model folder or preset; repeat to compare models (e.g. x4 and x8)"),
+    task: str = typer.Option(..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn or flores-<language>"),
+    data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory)"),
+    methods: str = typer.Option("closed,open,arc,truncate", help="comma-separated: closed, open, arc, truncate, llmlingua"),
+    shots: int = typer.Option(5, help="fixed in-context examples, drawn from the data and never scored"),
+    limit: Optional[int] = typer.Option(None, help="score only the first N remaining examples"),
+    shuffle: bool = typer.Option(False, help="shuffle the scored examples (with --seed) before --limit"),
+    seed: int = typer.Option(0, help="seed of the shot draw and of --shuffle"),
+    decoder: int = typer.Option(0, help="index of the decoder to evaluate"),
+    batch_size: int = typer.Option(8, help="prompts generated together"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="default 64 (256 for cnn)"),
+    chunk_size: Optional[int] = typer.Option(None, help="compress documents longer than this many encoder tokens in chunks"),
+    max_chunks: Optional[int] = typer.Option(None, help="most chunks per document"),
+    n_passages: int = typer.Option(1, help="retrieved passages per question (nq, triviaqa)"),
+    llmlingua_rate: Optional[float] = typer.Option(None, help="share of tokens LLMLingua keeps (default 1 / pooling factor)"),
+    llmlingua_scorer: Optional[str] = typer.Option(None, help="causal LM scoring tokens for LLMLingua-1 (default: the embedded SmolLM2)"),
+    llmlingua2_model: Optional[str] = typer.Option(None, help="LLMLingua-2 token-classifier folder (switches to LLMLingua-2)"),
+    out: Optional[Path] = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
+    from arc_encoder.cli import load_model
+    from arc_encoder.evaluation.runner import evaluate
+
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        metric_for_task(task)
+        names = check_methods(methods)
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        examples = load_task(task, data, n_passages=n_passages)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
+
+    runs = []
+    for i, name in enumerate(model):
+        arc = load_model(name)
+        if chunk_size is not None:
+            arc.config.chunk_tokens = chunk_size
+        if max_chunks is not None:
+            arc.config.max_chunks = max_chunks
+        shared = None
+        if runs and arc.config.decoders[decoder:decoder + 1] == [runs[0]["config"]["decoder_name"]]:
+            shared = runs[0]
+        todo = [m for m in names if shared is None or m not in DECODER_ONLY]
+        start = time.perf_counter()
+        try:
+            run = evaluate(arc, task, examples, todo, shots=shots, limit=limit, seed=seed,
+                           batch_size=batch_size, decoder=decoder, max_new_tokens=max_new_tokens,
+                           llmlingua_rate=llmlingua_rate, llmlingua_scorer=llmlingua_scorer,
+                           llmlingua2_model=llmlingua2_model, shuffle=shuffle, progress=progress)
+        except (ValueError, ImportError) as err:
+            raise typer.BadParameter(str(err)) from None
+        if shared is not None:
+            run = _with_shared(run, shared, names, task)
+        run["config"].update(model=name, data=str(data), seconds=time.perf_counter() - start)
+        runs.append(run)
+        del arc
+
+    typer.echo(markdown_table(runs))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"version": REPORT_VERSION, "runs": runs}
+        if len(runs) > 1:
+            result["plot"] = str(plot_scores(runs, out.with_suffix(".png")))
+            typer.echo(f"plot: {result['plot']}")
+        out.write_text(json.dumps(result, indent=1))
+        typer.echo(f"results: {out}")
+
+
+def _with_shared(run: dict, shared: dict, order: list[str], task: str) -> dict:
+    """Add the decoder-only methods of an earlier run with the same decoder, in the asked order."""
+    from arc_encoder.evaluation.runner import add_gain_kept
+
+    metrics, predictions = {}, {}
+    for m in order:
+        source = shared if m in DECODER_ONLY else run
+        metrics[m] = dict(source["metrics"][m])
+        predictions[m] = source["predictions"][m]
+        if m in DECODER_ONLY:
+            metrics[m]["shared_from"] = shared["config"]["model"]
+    add_gain_kept(metrics, task)
+    run["config"]["methods"] = order
+    return {"config": run["config"], "metrics": metrics, "predictions": predictions}

@@ -1,0 +1,323 @@
+"""The systems an evaluation compares, all reading one few-shot template (arc-spec 9.3, 9.5).
+
+Every method turns (shots, example) into a prompt for the SAME frozen decoder through
+`ARCModel.generate`, so they differ only in how the documents reach it:
+
+- closed:    no documents at all (the floor);
+- open:      documents as plain text (the ceiling ARC is measured against);
+- arc:       documents compressed by the encoder and spliced in as vectors;
+- truncate:  each document cut to its first k decoder tokens, k = the number of vectors ARC makes
+             of it, so it spends the same decoder budget as ARC;
+- llmlingua: hard compression (tokens deleted) by LLMLingua at rate 1 / pooling factor, scored by a
+             small causal LM (LLMLingua-1), or by an LLMLingua-2 token classifier when given one.
+
+A method is built for one set of fixed shots and does its one-off work on them (compressing
+their documents) in its constructor; the example's own documents are processed in `prompts`,
+which the runner times.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
+from arc_encoder.evaluation.tasks import Example
+from arc_encoder.model.arc import ARCModel
+from arc_encoder.model.pooling import pooled_length
+from arc_encoder.prompt import Doc
+
+METHODS = ("closed", "open", "arc", "truncate", "llmlingua")
+# The model families llmlingua 0.2.2's LLMLingua-2 code knows (it matches them in the name).
+LLMLINGUA2_NAMES = ("xlm-roberta-large", "bert-base-multilingual-cased")
+
+
+@dataclass
+class BuiltPrompt:
+    """A prompt ready for `ARCModel.generate`, with what its own documents cost."""
+
+    parts: list  # str / Compressed pieces
+    document_tokens: int  # decoder-tokenizer tokens of the example's documents, uncompressed
+    document_positions: int  # decoder positions those documents take in this method (0 if absent)
+
+
+def example_docs(example: Example) -> list[Doc]:
+    """The documents of one example as the template places them (shots excluded)."""
+    return [p for p in arc_prompt([], example) if isinstance(p, Doc)]
+
+
+def arc_vector_count(model: ARCModel, text: str) -> int:
+    """How many vectors the encoder makes of `text` (chunks included), without running it.
+
+    Mirrors the encoder: memory-token models emit `memory_tokens` per chunk; otherwise each
+    pooling stage maps n positions to ceil(n / factor) groups (at least one).
+    """
+    cfg = model.config
+    total = 0
+    for chunk in model.tokenize_document(text):
+        if cfg.pooling == "memory":
+            total += cfg.memory_tokens
+            continue
+        n = len(chunk)
+        for factor in cfg.pooling_factors:
+            if factor > 1:
+                n = pooled_length(n, factor)
+        total += n
+    return total
+
+
+class Method:
+    """Base: holds the model, the decoder index, that decoder's tokenizer and the shots."""
+
+    name = ""
+
+    def __init__(self, model: ARCModel, decoder: int, shots: Sequence[Example]):
+        self.model = model
+        self.decoder = decoder
+        self.tokenizer = model.decoder_tokenizers[decoder]
+        self.shots = list(shots)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompts(self, examples: Sequence[Example]) -> list[BuiltPrompt]:
+        """One prompt per example, its shots included."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Settings recorded in the report."""
+        return {}
+
+
+class ClosedBook(Method):
+    name = "closed"
+
+    def prompts(self, examples):
+        return [BuiltPrompt([closed_book_prompt(self.shots, ex)], 0, 0) for ex in examples]
+
+
+class TextMethod(Method):
+    """Documents reach the decoder as text, each rewritten by `rewrite` (identity for open-book).
+
+    The shots' documents are rewritten once, in the constructor, and reused for every example.
+    """
+
+    def __init__(self, model, decoder, shots):
+        super().__init__(model, decoder, shots)
+        self.shot_texts = {}
+        for shot in self.shots:
+            for doc in example_docs(shot):
+                if doc.text not in self.shot_texts:
+                    self.shot_texts[doc.text] = self.rewrite(doc.text)
+
+    def rewrite(self, text: str) -> str:
+        return text
+
+    def prompts(self, examples):
+        built = []
+        for ex in examples:
+            own = {doc.text: self.rewrite(doc.text) for doc in example_docs(ex)}
+            # An example whose document is also a shot's must still pay for its own rewrite.
+            lookup = {**self.shot_texts, **own}
+            text = doc_as_text(arc_prompt(self.shots, ex), lambda t: lookup[t])
+            built.append(BuiltPrompt(
+                [text],
+                sum(self.count_tokens(t) for t in own),
+                sum(self.positions(t, r) for t, r in own.items()),
+            ))
+        return built
+
+    def positions(self, original: str, rewritten: str) -> int:
+        return self.count_tokens(rewritten)
+
+
+class OpenBook(TextMethod):
+    name = "open"
+
+
+class Truncate(TextMethod):
+    """Keep each document's first k decoder tokens, k = ARC's vector count for that document."""
+
+    name = "truncate"
+
+    def budget(self, text: str) -> int:
+        return arc_vector_count(self.model, text)
+
+    def rewrite(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(ids[: self.budget(text)])
+
+    def positions(self, original, rewritten):
+        # The budget is what the method is allowed; re-tokenizing the cut text inside the
+        # template may shift a token at the seam, which the per-example prompt length shows.
+        return self.budget(original)
+
+
+class ARC(Method):
+    """Documents compressed by the encoder for this decoder; shots compressed once."""
+
+    name = "arc"
+
+    def __init__(self, model, decoder, shots):
+        super().__init__(model, decoder, shots)
+        texts = list(dict.fromkeys(d.text for s in self.shots for d in example_docs(s)))
+        self.shot_vectors = dict(zip(texts, model.compress(texts, decoder))) if texts else {}
+
+    def prompts(self, examples):
+        own_texts = [[d.text for d in example_docs(ex)] for ex in examples]
+        flat = [t for texts in own_texts for t in texts]
+        compressed = iter(self.model.compress(flat, self.decoder))  # one encoder batch
+        built = []
+        for ex, texts in zip(examples, own_texts):
+            own = {t: next(compressed) for t in texts}
+            lookup = {**self.shot_vectors, **own}
+            parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(self.shots, ex)]
+            built.append(BuiltPrompt(parts, sum(c.document_tokens for c in own.values()),
+                                     sum(c.n_vectors for c in own.values())))
+        return built
+
+    def describe(self):
+        return {"pooling_factors": list(self.model.config.pooling_factors),
+                "pooling": self.model.config.pooling}
+
+
+def _llmlingua_compressor(model_path: str, counting_tokenizer, llmlingua2: bool):
+    """An llmlingua `PromptCompressor` on CPU that counts tokens with our decoder's tokenizer.
+
+    llmlingua 0.2.2's constructor fetches tiktoken's GPT-3.5 vocabulary from the network just to
+    report token counts; offline that fails. Counting with the evaluated decoder's tokenizer
+    instead needs no download and reports the ratio in the tokens that matter here.
+    """
+    try:
+        from llmlingua import PromptCompressor
+    except ImportError as err:
+        raise ImportError(
+            "the llmlingua baseline needs the llmlingua package: pip install 'arc-encoder[eval]'"
+        ) from err
+
+    class DecoderTokenCounter:
+        def encode(self, text: str) -> list[int]:
+            return counting_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    class OfflinePromptCompressor(PromptCompressor):
+        def __init__(self):  # the parent's attributes, without the tiktoken download
+            self.model_name = model_path
+            self.use_llmlingua2 = llmlingua2
+            self.retrieval_model = None
+            self.retrieval_model_name = None
+            self.open_api_config = {}
+            self.cache_bos_num = 10
+            self.prefix_bos_num = 100
+            self.oai_tokenizer = DecoderTokenCounter()
+            self.load_model(model_path, "cpu", {})
+            if llmlingua2:
+                self.init_llmlingua2()
+
+    return OfflinePromptCompressor()
+
+
+class LLMLingua(TextMethod):
+    """LLMLingua hard compression of every document at `rate` (kept share of tokens).
+
+    LLMLingua-1 (default) keeps the tokens a small causal LM finds least predictable. Two
+    workarounds for llmlingua 0.2.2, both through its public `compress_prompt` arguments:
+    - it compresses in windows of 200 tokens, but a document shorter than one window is left
+      almost untouched (its index arithmetic goes negative), and its multi-window KV reuse reads
+      the tuple cache format that transformers 5 removed. We therefore score each document in one
+      window of its own length, which the scorer's context must hold;
+    - token counts use the decoder's tokenizer (see `_llmlingua_compressor`).
+    LLMLingua-2 (`llmlingua2_model` = a token-classification model folder) needs neither.
+    """
+
+    name = "llmlingua"
+
+    def __init__(self, model, decoder, shots, rate: float, scorer: str | None = None,
+                 llmlingua2_model: str | None = None):
+        if not 0 < rate <= 1:
+            raise ValueError(f"llmlingua rate must be in (0, 1] (kept share of tokens), got {rate}")
+        self.rate = rate
+        self.llmlingua2 = llmlingua2_model is not None
+        if self.llmlingua2:
+            # llmlingua 0.2.2 picks the word-splitting rule from the model's name and fails
+            # with a bare NotImplementedError on any other name.
+            if not any(k in llmlingua2_model for k in LLMLINGUA2_NAMES):
+                raise ValueError(
+                    f"LLMLingua-2 model {llmlingua2_model!r}: llmlingua recognises its model by "
+                    f"name, which must contain one of {LLMLINGUA2_NAMES} (e.g. a folder called "
+                    "llmlingua-2-xlm-roberta-large-meetingbank)"
+                )
+            self.scorer_path = llmlingua2_model
+        else:
+            from arc_encoder.model.registry import resolve_model
+            self.scorer_path = resolve_model(scorer or "smollm2-135m")
+        self.compressor = _llmlingua_compressor(self.scorer_path, model.decoder_tokenizers[decoder],
+                                                self.llmlingua2)
+        super().__init__(model, decoder, shots)
+
+    def rewrite(self, text: str) -> str:
+        if self.llmlingua2:
+            return self.compressor.compress_prompt([text], rate=self.rate)["compressed_prompt"]
+        scorer_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        limit = self.compressor.max_position_embeddings
+        if scorer_tokens > limit:
+            raise ValueError(f"document of {scorer_tokens} tokens exceeds the LLMLingua scorer's "
+                             f"{limit} positions ({self.scorer_path})")
+        with warnings.catch_warnings():  # llmlingua passes the deprecated `past_key_values`
+            warnings.simplefilter("ignore", FutureWarning)
+            result = self.compressor.compress_prompt(
+                [text], instruction="", question="", rate=self.rate,
+                iterative_size=max(scorer_tokens, 1),
+            )
+        return result["compressed_prompt"]
+
+    def describe(self):
+        return {"rate": self.rate, "scorer": self.scorer_path,
+                "variant": "llmlingua-2" if self.llmlingua2 else "llmlingua-1"}
+
+
+def check_methods(names: Sequence[str]) -> list[str]:
+    """Validate method names (in order, no repeats); unknown ones name the known ones."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if not names:
+        raise ValueError(f"no method given; known methods: {', '.join(METHODS)}")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known methods: {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method listed twice in {names}")
+    return names
+
+
+def build_method(name: str, model: ARCModel, decoder: int, shots: Sequence[Example],
+                 llmlingua_rate: float | None = None, llmlingua_scorer: str | None = None,
+                 llmlingua2_model: str | None = None) -> Method:
+    check_methods([name])
+    if name == "closed":
+        return ClosedBook(model, decoder, shots)
+    if name == "open":
+        return OpenBook(model, decoder, shots)
+    if name == "arc":
+        return ARC(model, decoder, shots)
+    if name == "truncate":
+        return Truncate(model, decoder, shots)
+    if llmlingua_rate is None:
+        if model.config.pooling == "memory":
+            raise ValueError("a memory-token model has no fixed pooling factor: give llmlingua_rate")
+        llmlingua_rate = 1 / model.config.pooling_factor
+    return LLMLingua(model, decoder, shots, llmlingua_rate, llmlingua_scorer, llmlingua2_model)
+
+
+def generate_answers(model: ARCModel, built: list[BuiltPrompt], decoder: int, max_new_tokens: int):
+    """Greedy answers for a batch of prompts, generation stopping at the first blank line."""
+    prompts = [b.parts for b in built]  # each a list of parts, so one string is one prompt
+    return model.generate(prompts, decoder=decoder, max_new_tokens=max_new_tokens,
+                          stop=["\n\n"], batch_size=len(prompts))
+
+
+__all__ = [
+    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "OpenBook", "Truncate",
+    "arc_vector_count", "build_method", "check_methods", "example_docs", "generate_answers",
+]
