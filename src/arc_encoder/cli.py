@@ -122,6 +122,28 @@ from .evaluation.command import eval_command  # noqa: E402
 app.command("eval")(eval_command)
 
 
+@app.command()
+def quickstart(
+    budget_minutes: float = typer.Option(30.0, help="total wall-time budget for all stages"),
+    out: Path = typer.Option(Path("runs/quickstart"), help="output folder (must be new or empty)"),
+    data: Optional[Path] = typer.Option(None, help="folder with prose/wiki.txt and squad/*.jsonl "
+                                        "(default: $ARC_ENCODER_DATA, then ../shared/data)"),
+    shots: int = typer.Option(3, help="in-context examples in fine-tuning and evaluation prompts"),
+    eval_questions: Optional[int] = typer.Option(None, help="held-out questions (default: what the budget allows)"),
+):
+    """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
+    from .quickstart import QuickstartConfig, run_quickstart
+
+    quiet_transformers()
+    try:
+        run_quickstart(QuickstartConfig(budget_minutes=budget_minutes, out=str(out),
+                                        data=str(data) if data else None, shots=shots,
+                                        eval_questions=eval_questions))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:  # `python -m arc_encoder`
     app(prog_name="arc-encoder")
 

@@ -1,0 +1,47 @@
+"""The whole quickstart on tiny models and a few steps: every stage's outputs exist and parse."""
+
+import json
+
+import pytest
+
+from arc_encoder.evaluation import metrics
+from arc_encoder.quickstart import QuickstartConfig, find_data, run_quickstart
+from conftest import SHARED_DATA
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
+def test_tiny_quickstart_end_to_end(tiny_models, tmp_path):
+    q = QuickstartConfig(
+        out=str(tmp_path / "qs"), data=str(SHARED_DATA), preset="smollm2-arc8",
+        arc={"backbone": tiny_models["llama"], "decoders": [tiny_models["llama"]], "drop_layers": 1,
+             "bottleneck": 16, "chunk_tokens": 256},
+        pretrained=False, finetune_factors=[4, 8], shots=1, eval_questions=6,
+        pretrain_steps=3, finetune_steps=2, pretrain_batch=2, finetune_batch=2,
+    )
+    report = run_quickstart(q)
+    out = tmp_path / "qs"
+    for name in ("report.json", "report.png", "model/arc_config.json", "model/model.safetensors",
+                 "predictions-x4.json", "predictions-x8.json", "pretrain/metrics.jsonl"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["pretrain"]["steps"] == 3
+    # the table is computed from the evaluated answers: recompute EM from the saved predictions
+    predictions = json.loads((out / "predictions-x4.json").read_text())
+    for row in saved["table"]:
+        if row["method"] in ("closed", "open", "arc4", "truncate"):
+            rows = predictions["arc" if row["method"] == "arc4" else row["method"]]
+            assert len(rows) == 6
+            em = 100 * sum(metrics.exact_match(r["prediction"], r["answers"]) for r in rows) / len(rows)
+            assert row["em"] == pytest.approx(em)
+    assert {r["method"] for r in saved["table"]} == {"closed", "open", "arc4", "truncate", "arc8"}
+    assert report["example"]["vectors"] >= 1
+
+
+def test_missing_data_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("ARC_ENCODER_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    import arc_encoder.quickstart as qs
+
+    monkeypatch.setattr(qs, "__file__", str(tmp_path / "a" / "b" / "c" / "quickstart.py"))
+    with pytest.raises(FileNotFoundError, match="--data"):
+        find_data(str(tmp_path / "nowhere"))
