@@ -145,14 +145,14 @@ def test_replace_recompresses_and_mismatches_are_refused(saved_model, tiny_arc, 
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "c.jsonl:2: not valid JSON"),
-    ('["a", "b"]', "c.jsonl:2: expected a JSON object"),
-    ('{"text": "x"}', "c.jsonl:2: missing field 'id'"),
-    ('{"id": "b"}', "c.jsonl:2: missing field 'text'"),
-    ('{"id": 1.5, "text": "x"}', "c.jsonl:2: field 'id' must be a string or an integer"),
-    ('{"id": "b", "text": 3}', "c.jsonl:2: field 'text' must be a string"),
-    ('{"id": "b", "text": "  "}', "c.jsonl:2: field 'text' is empty"),
-    ('{"id": "a", "text": "again"}', "c.jsonl:2: document id 'a' appears twice"),
+    ("{not json", "c.jsonl, line 2: invalid JSON"),
+    ('["a", "b"]', "c.jsonl, line 2: expected a JSON object"),
+    ('{"text": "x"}', "c.jsonl, line 2: missing field 'id'"),
+    ('{"id": "b"}', "c.jsonl, line 2: missing field 'text'"),
+    ('{"id": 1.5, "text": "x"}', "c.jsonl, line 2: field 'id' must be a string or an integer"),
+    ('{"id": "b", "text": 3}', "c.jsonl, line 2: field 'text' must be a string"),
+    ('{"id": "b", "text": "  "}', "c.jsonl, line 2: field 'text' is empty"),
+    ('{"id": "a", "text": "again"}', "c.jsonl, line 2: document id 'a' appears twice"),
 ])
 def test_bad_corpus_lines_are_named(tmp_path, line, message):
     path = tmp_path / "c.jsonl"
@@ -173,7 +173,7 @@ def test_bad_corpus_fails_before_anything_is_written(saved_model, tmp_path):
     _, model = saved_model
     path = tmp_path / "c.jsonl"
     path.write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match="c.jsonl:2"):
+    with pytest.raises(ValueError, match="c.jsonl, line 2"):
         index_corpus(model, path, tmp_path / "store", progress=False)
     assert not (tmp_path / "store").exists()
 

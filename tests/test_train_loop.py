@@ -304,3 +304,13 @@ def test_bf16_autocast_step_runs(tiny_models, tmp_path):
     assert torch.isfinite(torch.tensor(record["loss"]))
     assert trainer.arc.adapters[0].up.weight.dtype == torch.float32  # fp32 master weights
     assert not torch.equal(before, trainer.arc.adapters[0].up.weight)
+
+
+def test_time_limit_stops_early_with_a_checkpoint(tiny_models, tmp_path):
+    from arc_encoder.training import checkpoint as ckpt
+
+    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=1000,
+                                      time_limit_minutes=1e-6))
+    final = trainer.fit()
+    assert trainer.step == 1  # the limit is checked after each step
+    assert final == ckpt.latest_checkpoint(tmp_path / "run")

@@ -71,11 +71,16 @@ class ARCConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ARCConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ARCConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values)
+
+
+def from_known_fields(cls, values: dict[str, Any]):
+    """Build dataclass `cls` from a mapping; a key that is not a field is an error naming it."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
 
 
 # Named starting points. Paths of large models are hub names; point them at local folders.

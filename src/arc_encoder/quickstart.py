@@ -122,7 +122,7 @@ def finetune_config(q: QuickstartConfig, data: Path, init_from: Path, factor: in
     })
 
 
-def seconds_per_step(arc: ARCModel, data, n: int = 2) -> float:
+def seconds_per_step(arc: ARCModel, data, n: int = 3) -> float:
     """Time forward + backward of `n` real batches (weights untouched; gradients dropped)."""
     arc.train()
     times = []
@@ -133,7 +133,8 @@ def seconds_per_step(arc: ARCModel, data, n: int = 2) -> float:
         (loss / tokens).backward()
         times.append(time.perf_counter() - start)
     arc.zero_grad(set_to_none=True)
-    return min(times) * 1.1  # the optimizer step and logging add a little
+    # the first call pays one-off costs; the optimizer step, evaluation and logging add some
+    return sum(times[1:]) / (n - 1) * 1.25
 
 
 def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
@@ -147,9 +148,11 @@ def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -
     if steps is None:
         probe = build_data(config, arc, runtime)  # a separate pipeline: training data untouched
         per_step = seconds_per_step(arc, probe)
-        steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step * 0.85))
+        steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step))
         say(f"   one step takes ~{per_step:.1f}s here: {steps} steps fit the {budget_s / 60:.1f}-minute budget")
     config.steps = steps
+    if fixed_steps is None:  # the calibration is an estimate: never overrun the budget
+        config.time_limit_minutes = max(0.1, (budget_s - (time.perf_counter() - start)) / 60)
     config.optim.warmup_steps = min(config.optim.warmup_steps, steps - 1)
     config.eval.every = max(1, steps // 4)
     config.log.every = max(1, min(10, steps // 10))

@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import from_known_fields
 from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
@@ -95,11 +96,7 @@ class FinetuneDataConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "FinetuneDataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown FinetuneDataConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values)
 
 
 # ----------------------------------------------------------------------------------- records

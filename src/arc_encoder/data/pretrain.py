@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import from_known_fields
 from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
@@ -78,11 +79,7 @@ class PretrainDataConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PretrainDataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PretrainDataConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values)
 
 
 # ----------------------------------------------------------------------------------- cutting

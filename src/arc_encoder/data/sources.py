@@ -16,13 +16,13 @@ all plain JSON-friendly values, so a resumed run reads exactly what an uninterru
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
+from ..records import json_object
 from .resume import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -202,13 +202,7 @@ class FileStream:
     def _decode(self, text: str, is_json: bool, where: str) -> dict:
         if not is_json:
             return {"text": text}
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BadRecord(f"{where}: invalid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise BadRecord(f"{where}: expected a JSON object, got {type(record).__name__}")
-        return record
+        return json_object(text, where, error=BadRecord)
 
     def _open(self):
         if self._handle is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from arc_encoder.evaluation.records import (
+from arc_encoder.records import (
     as_object, bad_field, id_field, json_or_jsonl_records, jsonl_records, list_field, read_lines,
     read_text, string_field,
 )

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..records import json_object
 from .chunking import chunk_text
 from .codecs import make_codec
 from .store import ChunkRecord, StoreStats, VectorStore
@@ -135,13 +136,8 @@ def read_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'id' and 'text', got {type(row).__name__}")
+            where = f"{path}, line {line_no}"
+            row = json_object(line, where)
             for field in ("id", "text"):
                 if field not in row:
                     raise ValueError(f"{where}: missing field {field!r}")

@@ -140,6 +140,9 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     out_dir: str = "runs/arc"
+    # Stop early, with a checkpoint, once training has run this long (the schedule still spans
+    # `steps`). For fixed wall-time budgets such as the quickstart.
+    time_limit_minutes: float | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -313,7 +316,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------- resume compatibility
 # Keys that may change when a run resumes: they move no weights and no data position.
-RESUME_SAFE = ("steps", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
+RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

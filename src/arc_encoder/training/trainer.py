@@ -282,7 +282,8 @@ class Trainer:
             if every and self.step == 0:
                 self._log_eval(log)
             window = torch.zeros(3, dtype=torch.float64)  # loss sum, tokens, input tokens since last log
-            started = time.perf_counter()
+            started = fit_start = time.perf_counter()
+            limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
             while self.step < config.steps:
                 record = self.train_step()
                 window += torch.tensor([record["loss"] * record["tokens"], record["tokens"],
@@ -291,7 +292,11 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{max(record['lr'].values()):.2e}",
                                 tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}")
-                last = self.step == config.steps
+                out_of_time = limit is not None and time.perf_counter() - fit_start > limit
+                if out_of_time and self.runtime.distributed:  # every rank must stop together
+                    out_of_time = bool(all_reduce_sum(torch.tensor([float(out_of_time)],
+                                                                   device=self.runtime.device)).item())
+                last = self.step == config.steps or out_of_time
                 if main and (self.step % config.log.every == 0 or last):
                     record["loss_avg"] = (window[0] / window[1]).item()
                     record["tokens_per_s"] = window[2].item() / max(elapsed, 1e-9)
@@ -302,6 +307,10 @@ class Trainer:
                     self._log_eval(log)
                 if (config.checkpoint.every and self.step % config.checkpoint.every == 0) or last:
                     self.save_checkpoint()
+                if out_of_time:
+                    if main:
+                        print(f"time limit of {config.time_limit_minutes} min reached at step {self.step}")
+                    break
         finally:
             bar.close()
             if log is not None:

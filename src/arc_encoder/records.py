@@ -37,13 +37,18 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, int, dict]]:
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, number, record
+        yield where, number, json_object(line, where)
+
+
+def json_object(text: str, where: str, error: type[ValueError] = ValueError) -> dict:
+    """Parse one JSON object; anything else raises `error` naming `where`."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{where}: invalid JSON ({err.msg})") from None
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def json_or_jsonl_records(path: str | Path) -> Iterator[tuple[str, int, dict]]:
