@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
 from arc_encoder.evaluation.tasks import Example
-from arc_encoder.model.arc import ARCModel
+from arc_encoder.model.arc import ARCModel, Compressed
 from arc_encoder.model.pooling import pooled_length
 from arc_encoder.prompt import Doc
 
@@ -162,15 +162,19 @@ class ARC(Method):
     def __init__(self, model, decoder, shots):
         super().__init__(model, decoder, shots)
         texts = list(dict.fromkeys(d.text for s in self.shots for d in example_docs(s)))
-        self.shot_vectors = dict(zip(texts, model.compress(texts, decoder))) if texts else {}
+        self.shot_vectors = dict(zip(texts, self.vectors(texts))) if texts else {}
+
+    def vectors(self, texts: list[str]) -> list[Compressed]:
+        """The documents' vectors, one Compressed per text."""
+        return self.model.compress(texts, self.decoder)  # one encoder batch
 
     def prompts(self, examples):
         own_texts = [[d.text for d in example_docs(ex)] for ex in examples]
         flat = [t for texts in own_texts for t in texts]
-        compressed = iter(self.model.compress(flat, self.decoder))  # one encoder batch
+        found = iter(self.vectors(flat))
         built = []
         for ex, texts in zip(examples, own_texts):
-            own = {t: next(compressed) for t in texts}
+            own = {t: next(found) for t in texts}
             lookup = {**self.shot_vectors, **own}
             parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(self.shots, ex)]
             built.append(BuiltPrompt(parts, sum(c.document_tokens for c in own.values()),
@@ -180,6 +184,39 @@ class ARC(Method):
     def describe(self):
         return {"pooling_factors": list(self.model.config.pooling_factors),
                 "pooling": self.model.config.pooling}
+
+
+class StoredARC(ARC):
+    """ARC with every document's vectors read from a VectorStore made beforehand (`arc-encoder
+    index`): the encoder does not run at question time. `doc_ids` maps a document's text to its
+    id in the store. Not in METHODS: it needs a store, which `evaluate` does not build."""
+
+    name = "arc-stored"
+
+    def __init__(self, model, decoder, shots, store, doc_ids: Mapping[str, str]):
+        from arc_encoder.storage.indexing import IndexSettings
+
+        if store.fingerprint != model.fingerprint():
+            raise ValueError(f"store {store.path} holds vectors of model {store.fingerprint}, "
+                             f"not of this model ({model.fingerprint()})")
+        settings = IndexSettings.load(store.path)
+        if settings is not None and settings.decoder != decoder:
+            raise ValueError(f"store {store.path} holds vectors for decoder {settings.decoder} "
+                             f"({settings.decoder_name}), not decoder {decoder}")
+        self.store = store
+        self.doc_ids = dict(doc_ids)
+        super().__init__(model, decoder, shots)
+
+    def vectors(self, texts):
+        from arc_encoder.serving.stored import stored_document
+
+        missing = [t for t in texts if t not in self.doc_ids]
+        if missing:
+            raise KeyError(f"{len(missing)} document(s) have no id in the store, e.g. {missing[0][:60]!r}")
+        return [stored_document(self.store, self.doc_ids[t], self.decoder) for t in texts]
+
+    def describe(self):
+        return {**super().describe(), "store": str(self.store.path), "codec": self.store.codec.name}
 
 
 def _llmlingua_compressor(model_path: str, counting_tokenizer, llmlingua2: bool):
@@ -318,6 +355,7 @@ def generate_answers(model: ARCModel, built: list[BuiltPrompt], decoder: int, ma
 
 
 __all__ = [
-    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "OpenBook", "Truncate",
+    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "OpenBook", "StoredARC",
+    "Truncate",
     "arc_vector_count", "build_method", "check_methods", "example_docs", "generate_answers",
 ]

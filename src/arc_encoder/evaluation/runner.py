@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from arc_encoder.evaluation import metrics
-from arc_encoder.evaluation.methods import build_method, check_methods, generate_answers
+from arc_encoder.evaluation.methods import Method, build_method, check_methods, generate_answers
 from arc_encoder.evaluation.prompts import postprocess_answer
 from arc_encoder.evaluation.tasks import Example, metric_for_task, split_shots
 from arc_encoder.model.arc import ARCModel
@@ -94,6 +94,69 @@ def add_gain_kept(metric_table: dict[str, dict], task: str) -> None:
         }
 
 
+def max_new_tokens_for(task: str) -> int:
+    """The generation budget of a task (arc-spec 9.3): 64 tokens, 256 for summaries."""
+    return MAX_NEW_TOKENS.get(task.lower(), DEFAULT_MAX_NEW_TOKENS)
+
+
+def select_examples(examples: Sequence[Example], shots: int, seed: int = 0, limit: int | None = None,
+                    shuffle: bool = False) -> tuple[list[Example], list[Example]]:
+    """(fixed shots, examples to score), drawn as `evaluate` draws them.
+
+    `shots` examples are picked with `seed` and never scored; the rest keep file order, are
+    permuted with `seed` when `shuffle`, then cut to the first `limit`.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for all examples), got {limit}")
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    shot_examples, scored = split_shots(examples, shots, seed)
+    if not scored:
+        raise ValueError(f"{len(examples)} examples leave none to score after {shots} shots")
+    if shuffle:
+        random.Random(seed).shuffle(scored)
+    return shot_examples, scored[:limit] if limit is not None else scored
+
+
+def warm_up(model: ARCModel, decoder: int = 0) -> None:
+    """One untimed generation: the first forward pass pays one-off costs (allocations, kernel
+    selection) that would otherwise be charged to whichever method happens to run first."""
+    model.generate([["Question: warm-up\nAnswer:"]], decoder=decoder, max_new_tokens=2)
+
+
+def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example], task: str,
+                    decoder: int = 0, max_new_tokens: int | None = None, batch_size: int = 8,
+                    progress: bool = True) -> list[dict]:
+    """One row per example: the method's greedy answer, cut at the first blank line, its scores,
+    prompt sizes and seconds (building the prompts, compression included, plus generation; the
+    time of a batch is shared by its examples)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    max_new_tokens = max_new_tokens or max_new_tokens_for(task)
+    rows = []
+    bar = tqdm(total=len(examples), desc=method.name, unit="ex", disable=not progress)
+    for first in range(0, len(examples), batch_size):
+        batch = examples[first : first + batch_size]
+        start = time.perf_counter()
+        built = method.prompts(batch)  # includes compressing (or reading) these documents
+        generations = generate_answers(model, built, decoder, max_new_tokens)
+        seconds = (time.perf_counter() - start) / len(batch)
+        for ex, prompt, gen in zip(batch, built, generations):
+            prediction = postprocess_answer(gen.text)
+            rows.append({
+                "id": ex.id, "question": ex.question, "answers": ex.answers,
+                "prediction": prediction, "raw": gen.text,
+                **per_example_scores(task, prediction, ex.answers),
+                "positions": gen.prompt_length,
+                "document_tokens": prompt.document_tokens,
+                "document_positions": prompt.document_positions,
+                "seconds": seconds,
+            })
+        bar.update(len(batch))
+    bar.close()
+    return rows
+
+
 def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: Sequence[str] | str,
              shots: int = 5, limit: int | None = None, seed: int = 0, batch_size: int = 8,
              decoder: int = 0, max_new_tokens: int | None = None,
@@ -109,23 +172,11 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
     metric_for_task(task)  # unknown task -> ValueError listing the known ones
     methods = check_methods(methods)
     model._check_decoder(decoder)  # out of range -> ValueError naming the model's decoders
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1 (or None for all examples), got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not examples:
-        raise ValueError("no examples to evaluate")
-    shot_examples, scored = split_shots(examples, shots, seed)
-    if not scored:
-        raise ValueError(f"{len(examples)} examples leave none to score after {shots} shots")
-    if shuffle:
-        random.Random(seed).shuffle(scored)
-    scored = scored[:limit] if limit is not None else scored
-    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS.get(task.lower(), DEFAULT_MAX_NEW_TOKENS)
-
-    # One untimed call first: the first forward pass pays one-off costs (allocations, kernel
-    # selection) that would otherwise be charged to whichever method happens to run first.
-    model.generate([["Question: warm-up\nAnswer:"]], decoder=decoder, max_new_tokens=2)
+    shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
+    max_new_tokens = max_new_tokens or max_new_tokens_for(task)
+    warm_up(model, decoder)
 
     table, predictions, settings = {}, {}, {}
     for name in methods:
@@ -133,27 +184,7 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
         method = build_method(name, model, decoder, shot_examples, llmlingua_rate,
                               llmlingua_scorer, llmlingua2_model)
         setup_seconds = time.perf_counter() - start  # one-off: shot documents compressed once
-        rows = []
-        bar = tqdm(total=len(scored), desc=name, unit="ex", disable=not progress)
-        for first in range(0, len(scored), batch_size):
-            batch = scored[first : first + batch_size]
-            start = time.perf_counter()
-            built = method.prompts(batch)  # includes compressing these documents
-            generations = generate_answers(model, built, decoder, max_new_tokens)
-            seconds = (time.perf_counter() - start) / len(batch)  # batched: share the batch time
-            for ex, prompt, gen in zip(batch, built, generations):
-                prediction = postprocess_answer(gen.text)
-                rows.append({
-                    "id": ex.id, "question": ex.question, "answers": ex.answers,
-                    "prediction": prediction, "raw": gen.text,
-                    **per_example_scores(task, prediction, ex.answers),
-                    "positions": gen.prompt_length,
-                    "document_tokens": prompt.document_tokens,
-                    "document_positions": prompt.document_positions,
-                    "seconds": seconds,
-                })
-            bar.update(len(batch))
-        bar.close()
+        rows = answer_examples(model, method, scored, task, decoder, max_new_tokens, batch_size, progress)
         table[name] = summarise(task, rows, seed)
         table[name]["setup_seconds"] = setup_seconds
         predictions[name] = rows

@@ -347,6 +347,21 @@ def _quantize_staging(staging_store: VectorStore, staging: Path, store_path: Pat
     return VectorStore.open(store_path)
 
 
+def quantize_store(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str,
+                   sample_size: int = 65536, seed: int = 0) -> VectorStore:
+    """A copy of the indexed store at src_path with its vectors in `codec`, its index settings
+    (decoder, chunk size) carried over; a PQ codebook is trained on up to sample_size of its
+    vectors. Returns the new store, open."""
+    src_path, dst_path = Path(src_path), Path(dst_path)
+    settings = IndexSettings.load(src_path)
+    if settings is None:
+        raise ValueError(f"store {src_path} has no {SETTINGS_FILE}: it was not built by index_corpus")
+    with VectorStore.open(src_path) as source:
+        quantized = source.quantize(dst_path, codec, sample_size=sample_size, seed=seed)
+    settings.save(dst_path)
+    return quantized
+
+
 def _build_retrieval_index(store: VectorStore) -> None:
     try:
         from .retrieval import BM25Index
