@@ -108,7 +108,8 @@ def test_storage_quality_report(saved_tiny, tmp_path):
         rows = predictions[name]
         assert [r["id"] for r in rows] == [r["id"] for r in fly]
         assert metrics[name]["em"]["mean"] == pytest.approx(sum(r["em"] for r in rows) / 6)
-        assert metrics[name]["seconds_per_example"] > 0
+        assert metrics[name]["seconds_per_example"] > metrics[name]["prompt_seconds_per_example"] > 0
+        assert all(r["seconds"] > r["prompt_seconds"] for r in rows)
     f32_em = metrics["stored-float32"]["em"]["mean"]
     for codec in CODECS:
         kept = metrics[f"stored-{codec}"]["em_kept"]
@@ -119,6 +120,7 @@ def test_storage_quality_report(saved_tiny, tmp_path):
     for codec in CODECS:
         assert [r["positions"] for r in predictions[f"stored-{codec}"]] == [r["positions"] for r in fly]
     assert report["seconds_per_answer"]["stored_float32"] == metrics["stored-float32"]["seconds_per_example"]
+    assert report["prompt_seconds_per_answer"]["on_the_fly"] == metrics["arc"]["prompt_seconds_per_example"]
     table = storage_quality.markdown(report)
     assert "| ARC, stored pq0.5 |" in table and "6/6 identical answers" in table
 

@@ -128,8 +128,8 @@ def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example]
                     decoder: int = 0, max_new_tokens: int | None = None, batch_size: int = 8,
                     progress: bool = True) -> list[dict]:
     """One row per example: the method's greedy answer, cut at the first blank line, its scores,
-    prompt sizes and seconds (building the prompts, compression included, plus generation; the
-    time of a batch is shared by its examples)."""
+    prompt sizes and seconds: `seconds` from building the prompt (compression included) to the
+    answer, `prompt_seconds` the building alone; a batch's time is shared by its examples."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     max_new_tokens = max_new_tokens or max_new_tokens_for(task)
@@ -139,6 +139,7 @@ def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example]
         batch = examples[first : first + batch_size]
         start = time.perf_counter()
         built = method.prompts(batch)  # includes compressing (or reading) these documents
+        prompt_seconds = (time.perf_counter() - start) / len(batch)
         generations = generate_answers(model, built, decoder, max_new_tokens)
         seconds = (time.perf_counter() - start) / len(batch)
         for ex, prompt, gen in zip(batch, built, generations):
@@ -150,7 +151,7 @@ def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example]
                 "positions": gen.prompt_length,
                 "document_tokens": prompt.document_tokens,
                 "document_positions": prompt.document_positions,
-                "seconds": seconds,
+                "seconds": seconds, "prompt_seconds": prompt_seconds,
             })
         bar.update(len(batch))
     bar.close()
