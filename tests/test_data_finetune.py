@@ -244,6 +244,7 @@ def test_finite_pass_and_sharding(tmp_path, tiny):
     assert sorted(seen) == sorted(f"p{i}" for i in range(10))
 
 
+@pytest.mark.skipif(not SQUAD.exists(), reason="shared data absent")
 def test_squad_batches_train_a_tiny_model(tiny_arc, tiny_models):
     from transformers import AutoTokenizer
 

@@ -140,6 +140,7 @@ def test_encoder_reads_the_decoders_characters(tiny):
 
 
 @pytest.mark.skipif(not os.path.isdir(SMOLLM2), reason="SmolLM2 tokenizer not cached")
+@pytest.mark.skipif(not WIKI.exists(), reason="shared data absent")
 def test_real_smollm2_decoder_tokenizer(tiny):
     from transformers import AutoTokenizer
 
@@ -268,6 +269,7 @@ def test_bad_input_in_pipeline(tmp_path, tiny):
 # ----------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.skipif(not WIKI.exists(), reason="shared data absent")
 def test_batches_train_a_tiny_model(tiny_arc, tiny_models):
     from transformers import AutoTokenizer
 

@@ -42,7 +42,7 @@ def test_cli_errors_are_reported_without_a_traceback(saved_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a"}\n')
     r = runner.invoke(app, ["index", "--model", folder, str(bad), "--store", str(tmp_path / "s")])
-    assert r.exit_code == 2 and "bad.jsonl:1: missing field 'text'" in r.output
+    assert r.exit_code == 2 and "bad.jsonl, line 1: missing field 'text'" in r.output
     r = runner.invoke(app, ["store-info", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "no vector store" in r.output
     r = runner.invoke(app, ["ask", "--model", folder, "--store", str(tmp_path / "nothing"), "q"])
