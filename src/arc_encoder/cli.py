@@ -128,7 +128,7 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (must be new or empty)"),
     data: Optional[Path] = typer.Option(None, help="folder with prose/wiki.txt and squad/*.jsonl "
                                         "(default: $ARC_ENCODER_DATA, then ../shared/data)"),
-    shots: int = typer.Option(3, help="in-context examples in fine-tuning and evaluation prompts"),
+    shots: int = typer.Option(1, help="in-context examples in fine-tuning and evaluation prompts"),
     eval_questions: Optional[int] = typer.Option(None, help="held-out questions (default: what the budget allows)"),
 ):
     """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
