@@ -7,8 +7,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def from_known_fields(cls, values: dict[str, Any]):
+    """Build dataclass `cls` from a mapping; a key that is not a field is an error naming it."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+
+class DictConfig:
+    """To and from plain dicts (JSON, YAML, checkpoints) for the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        return from_known_fields(cls, values)
+
+
 @dataclass
-class ARCConfig:
+class ARCConfig(DictConfig):
     # Encoder backbone: a Hugging Face decoder-only model (name, folder, or embedded alias).
     backbone: str = "smollm2-135m"
     # How many of the backbone's final blocks to drop (paper: 2 of Llama-3.2-3B's 28).
@@ -66,21 +86,6 @@ class ARCConfig:
             total *= f
         return total
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ARCConfig":
-        return from_known_fields(cls, values)
-
-
-def from_known_fields(cls, values: dict[str, Any]):
-    """Build dataclass `cls` from a mapping; a key that is not a field is an error naming it."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**values)
 
 
 # Named starting points. Paths of large models are hub names; point them at local folders.

@@ -37,11 +37,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import from_known_fields
+from ..config import DictConfig
 from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
-from .sources import BAD_LINE_POLICIES, BadRecord, open_mixture, parse_sources, seeded_rng
+from .sources import BadRecord, check_reading_options, open_mixture, parse_sources, seeded_rng
 from .tokens import EncoderView, check_fast
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ DOC_MARK = "\ue000{}\ue001"
 
 
 @dataclass
-class FinetuneDataConfig:
+class FinetuneDataConfig(DictConfig):
     # "path", "path:weight", "path:weight:n_shots", pairs or dicts; see sources.py.
     sources: Any
     n_shots: int = 5  # shots per prompt once a source's buffer is full (decisions #9)
@@ -86,17 +86,8 @@ class FinetuneDataConfig:
             raise ValueError(f"chunk_tokens must be an integer >= 1 or None, got {self.chunk_tokens!r}")
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {self.too_long!r}")
-        if self.on_bad_line not in BAD_LINE_POLICIES:
-            raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {self.on_bad_line!r}")
-        if self.shuffle_buffer < 0:
-            raise ValueError("shuffle_buffer must be >= 0")
+        check_reading_options(self.on_bad_line, self.shuffle_buffer)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FinetuneDataConfig":
-        return from_known_fields(cls, values)
 
 
 # ----------------------------------------------------------------------------------- records

@@ -20,16 +20,15 @@ decoder k's tokens, and the encoder reads the same characters in its own tokens.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import from_known_fields
+from ..config import DictConfig
 from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
-from .sources import BAD_LINE_POLICIES, open_mixture, parse_sources, seeded_rng, text_field
+from .sources import check_reading_options, open_mixture, parse_sources, seeded_rng, text_field
 from .tokens import (
     DecoderText, EncoderView, added_prefix, check_fast, decoder_text, sample_from_dict, sample_to_dict,
 )
@@ -40,7 +39,7 @@ MAX_BARREN_DOCUMENTS = 10_000
 
 
 @dataclass
-class PretrainDataConfig:
+class PretrainDataConfig(DictConfig):
     # "path", "path:weight", (path, weight) pairs or {"path": ..., "weight": ...}; see sources.py.
     sources: Any
     seq_len: int = 256  # reconstruction: decoder tokens per sample
@@ -69,17 +68,8 @@ class PretrainDataConfig:
             raise ValueError(f"prefix_tokens must be an integer >= 0, got {self.prefix_tokens!r}")
         if not 0.0 <= self.continuation <= 1.0:
             raise ValueError(f"continuation must be a share in [0, 1], got {self.continuation!r}")
-        if self.on_bad_line not in BAD_LINE_POLICIES:
-            raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {self.on_bad_line!r}")
-        if self.shuffle_buffer < 0:
-            raise ValueError("shuffle_buffer must be >= 0")
+        check_reading_options(self.on_bad_line, self.shuffle_buffer)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PretrainDataConfig":
-        return from_known_fields(cls, values)
 
 
 # ----------------------------------------------------------------------------------- cutting

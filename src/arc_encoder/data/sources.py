@@ -36,6 +36,13 @@ HUB_PREFIX = "hf:"
 SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
 
 
+def check_reading_options(on_bad_line: str, shuffle_buffer: int) -> None:
+    if on_bad_line not in BAD_LINE_POLICIES:
+        raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {on_bad_line!r}")
+    if shuffle_buffer < 0:
+        raise ValueError("shuffle_buffer must be >= 0")
+
+
 class BadRecord(ValueError):
     """A record that a parse function rejects; the message starts with where it is."""
 
