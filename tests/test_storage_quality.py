@@ -19,13 +19,7 @@ spec.loader.exec_module(storage_quality)
 
 # Words the tiny tokenizer knows: three sentences make a paragraph of ~90 tokens, ~45 vectors at
 # pooling factor 2, so 9 paragraphs give the >= 256 vectors a PQ codebook needs.
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Paris is the capital of France and its largest city.",
-    "Compressed vectors replace token embeddings in a frozen language model.",
-    "Numbers like 1887 and 1889 appear in history texts about towers and bridges.",
-    "The author of the story wrote the book in a small house by the sea.",
-]
+from _serving_helpers import SENTENCES  # noqa: E402  (words the tiny tokenizer knows)
 QUESTIONS = [("who jumps over the dog?", "the quick brown fox"), ("what is the capital?", "Paris"),
              ("what replaces token embeddings?", "compressed vectors"), ("who wrote it?", "the author")]
 CODECS = ["float32", "float16", "pq2", "pq1", "pq0.5"]

@@ -42,7 +42,7 @@ from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
 from .sources import BadRecord, check_reading_options, open_mixture, parse_sources, seeded_rng
-from .tokens import EncoderView, check_fast
+from .tokens import EncoderView, decoder_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,8 @@ class FinetuneData:
         if isinstance(config, dict):
             config = FinetuneDataConfig.from_dict(config)
         self.config, self.rank, self.world_size = config, rank, world_size
-        tokenizers = list(decoder_tokenizer) if isinstance(decoder_tokenizer, (list, tuple)) else [decoder_tokenizer]
-        if not tokenizers:
-            raise ValueError("at least one decoder tokenizer is needed")
+        tokenizers = decoder_tokenizers(decoder_tokenizer)
         for i, tok in enumerate(tokenizers):
-            check_fast(tok, f"decoder {i}")
             if config.chat and not getattr(tok, "chat_template", None):
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers

@@ -30,7 +30,7 @@ from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
 from .sources import check_reading_options, open_mixture, parse_sources, seeded_rng, text_field
 from .tokens import (
-    DecoderText, EncoderView, added_prefix, check_fast, decoder_text, sample_from_dict, sample_to_dict,
+    DecoderText, EncoderView, added_prefix, decoder_text, decoder_tokenizers, sample_from_dict, sample_to_dict,
 )
 
 PRETRAIN_TASKS = ("reconstruction", "continuation")
@@ -143,11 +143,7 @@ class PretrainData:
         if isinstance(config, dict):
             config = PretrainDataConfig.from_dict(config)
         self.config, self.rank, self.world_size = config, rank, world_size
-        tokenizers = list(decoder_tokenizer) if isinstance(decoder_tokenizer, (list, tuple)) else [decoder_tokenizer]
-        if not tokenizers:
-            raise ValueError("at least one decoder tokenizer is needed")
-        for i, tok in enumerate(tokenizers):
-            check_fast(tok, f"decoder {i}")
+        tokenizers = decoder_tokenizers(decoder_tokenizer)
         self.decoder_tokenizers = tokenizers
         self.decoder_bos = [added_prefix(t) for t in tokenizers]
         self.encoder = EncoderView(encoder_tokenizer, config.encoder_special_tokens)

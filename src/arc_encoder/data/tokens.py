@@ -13,6 +13,16 @@ from dataclasses import dataclass
 from ..model.splice import Sample
 
 
+def decoder_tokenizers(decoder_tokenizer) -> list:
+    """One tokenizer or a list (one per decoder) -> a checked, non-empty list of fast tokenizers."""
+    tokenizers = list(decoder_tokenizer) if isinstance(decoder_tokenizer, (list, tuple)) else [decoder_tokenizer]
+    if not tokenizers:
+        raise ValueError("at least one decoder tokenizer is needed")
+    for i, tok in enumerate(tokenizers):
+        check_fast(tok, f"decoder {i}")
+    return tokenizers
+
+
 def check_fast(tokenizer, role: str) -> None:
     """Offsets need a Rust-backed ("fast") tokenizer."""
     if not getattr(tokenizer, "is_fast", False):
