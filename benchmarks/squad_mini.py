@@ -20,7 +20,8 @@ def main():
     parser.add_argument("--budget-minutes", type=float, default=120)
     parser.add_argument("--questions", type=int, default=1000)
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--shots", type=int, default=3)
+    parser.add_argument("--finetune-shots", type=int, default=1)
+    parser.add_argument("--eval-shots", type=int, default=5)
     parser.add_argument("--pretrain-share", type=float, default=0.45)
     parser.add_argument("--finetune-share", type=float, default=0.30)
     parser.add_argument("--pretrain-batch", type=int, default=8)
@@ -33,7 +34,8 @@ def main():
     quiet_transformers()
     run_quickstart(QuickstartConfig(
         budget_minutes=args.budget_minutes, out=args.out, data=args.data,
-        finetune_factors=args.factors, shots=args.shots, eval_questions=args.questions,
+        finetune_factors=args.factors, finetune_shots=args.finetune_shots,
+        eval_shots=args.eval_shots, eval_questions=args.questions,
         pretrain_share=args.pretrain_share, finetune_share=args.finetune_share,
         pretrain_batch=args.pretrain_batch, finetune_batch=args.finetune_batch,
         seed=args.seed, device=args.device,

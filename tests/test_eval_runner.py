@@ -325,3 +325,33 @@ def test_cli_bad_files(saved_models, tmp_path):
                         "--methods", "closed", "--no-progress")
         assert result.exit_code != 0
         assert message in flat_output(result)
+
+
+def test_mismatched_control_reads_another_questions_document(tiny_arc, data_file):
+    import torch
+
+    from arc_encoder.model.arc import Compressed
+
+    model = tiny_arc()
+    examples = load_task("squad", data_file)
+    method = build_method("mismatched", model, 0, examples[:1])
+    batch = examples[1:4]
+    built = method.prompts(batch)
+
+    def read_doc(prompt):  # the example's document is the last Compressed piece
+        return [p for p in prompt.parts if isinstance(p, Compressed)][-1]
+
+    for i, (ex, prompt) in enumerate(zip(batch, built)):
+        other = batch[(i + 1) % len(batch)]
+        assert other.passages != ex.passages
+        expected = model.compress(other.passages)[0]
+        assert torch.allclose(read_doc(prompt).chunks[0], expected.chunks[0], atol=1e-5)
+        assert prompt.document_tokens == expected.document_tokens
+        assert prompt.parts[-1].endswith(f"Question: {ex.question}\nAnswer:")
+    # a batch of one takes the previous batch's last document
+    alone = method.prompts(batch[:1])[0]
+    expected = model.compress(batch[-1].passages)[0]
+    assert torch.allclose(read_doc(alone).chunks[0], expected.chunks[0], atol=1e-5)
+    # and the report scores every question with its own answers
+    report, _ = run(model, data_file, ["arc", "mismatched"], limit=4)
+    assert [r["id"] for r in report["predictions"]["mismatched"]] == [r["id"] for r in report["predictions"]["arc"]]

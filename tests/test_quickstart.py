@@ -15,7 +15,7 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path):
         out=str(tmp_path / "qs"), data=str(SHARED_DATA), preset="smollm2-arc8",
         arc={"backbone": tiny_models["llama"], "decoders": [tiny_models["llama"]], "drop_layers": 1,
              "bottleneck": 16, "chunk_tokens": 256},
-        pretrained=False, finetune_factors=[4, 8], shots=1, eval_questions=6,
+        pretrained=False, finetune_factors=[4, 8], finetune_shots=1, eval_shots=2, eval_questions=6,
         pretrain_steps=3, finetune_steps=2, pretrain_batch=2, finetune_batch=2,
     )
     report = run_quickstart(q)
@@ -28,12 +28,16 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path):
     # the table is computed from the evaluated answers: recompute EM from the saved predictions
     predictions = json.loads((out / "predictions-x4.json").read_text())
     for row in saved["table"]:
-        if row["method"] in ("closed", "open", "arc4", "truncate"):
+        if row["method"] != "arc8":
             rows = predictions["arc" if row["method"] == "arc4" else row["method"]]
             assert len(rows) == 6
             em = 100 * sum(metrics.exact_match(r["prediction"], r["answers"]) for r in rows) / len(rows)
             assert row["em"] == pytest.approx(em)
-    assert {r["method"] for r in saved["table"]} == {"closed", "open", "arc4", "truncate", "arc8"}
+    assert {r["method"] for r in saved["table"]} == {"closed", "open", "arc4", "mismatched", "truncate", "arc8"}
+    # ARC - closed is the mean of the per-question EM differences
+    by_id = {r["id"]: r["em"] for r in predictions["closed"]}
+    diffs = [r["em"] - by_id[r["id"]] for r in predictions["arc"]]
+    assert saved["arc_minus_closed_em"]["diff"] == pytest.approx(sum(diffs) / len(diffs))
     assert report["example"]["vectors"] >= 1
 
 

@@ -128,7 +128,8 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (must be new or empty)"),
     data: Optional[Path] = typer.Option(None, help="folder with prose/wiki.txt and squad/*.jsonl "
                                         "(default: $ARC_ENCODER_DATA, then ../shared/data)"),
-    shots: int = typer.Option(1, help="in-context examples in fine-tuning and evaluation prompts"),
+    finetune_shots: int = typer.Option(1, help="in-context examples in fine-tuning prompts"),
+    eval_shots: int = typer.Option(5, help="in-context examples in evaluation prompts"),
     eval_questions: Optional[int] = typer.Option(None, help="held-out questions (default: what the budget allows)"),
 ):
     """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
@@ -137,7 +138,8 @@ def quickstart(
     quiet_transformers()
     try:
         run_quickstart(QuickstartConfig(budget_minutes=budget_minutes, out=str(out),
-                                        data=str(data) if data else None, shots=shots,
+                                        data=str(data) if data else None,
+                                        finetune_shots=finetune_shots, eval_shots=eval_shots,
                                         eval_questions=eval_questions))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

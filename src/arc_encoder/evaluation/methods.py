@@ -6,6 +6,9 @@ Every method turns (shots, example) into a prompt for the SAME frozen decoder th
 - closed:    no documents at all (the floor);
 - open:      documents as plain text (the ceiling ARC is measured against);
 - arc:       documents compressed by the encoder and spliced in as vectors;
+- mismatched: ARC reading another question's documents instead of its own (a control the paper
+             does not run): what ARC scores from the prompt format alone. ARC - mismatched is the
+             part of ARC's score that comes from reading the right document;
 - truncate:  each document cut to its first k decoder tokens, k = the number of vectors ARC makes
              of it, so it spends the same decoder budget as ARC;
 - llmlingua: hard compression (tokens deleted) by LLMLingua at rate 1 / pooling factor, scored by a
@@ -19,7 +22,7 @@ which the runner times.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
@@ -28,7 +31,7 @@ from arc_encoder.model.arc import ARCModel, Compressed
 from arc_encoder.model.pooling import pooled_length
 from arc_encoder.prompt import Doc
 
-METHODS = ("closed", "open", "arc", "truncate", "llmlingua")
+METHODS = ("closed", "open", "arc", "mismatched", "truncate", "llmlingua")
 # The model families llmlingua 0.2.2's LLMLingua-2 code knows (it matches them in the name).
 LLMLINGUA2_NAMES = ("xlm-roberta-large", "bert-base-multilingual-cased")
 
@@ -186,6 +189,31 @@ class ARC(Method):
                 "pooling": self.model.config.pooling}
 
 
+class MismatchedARC(ARC):
+    """ARC given the wrong documents: each example reads the passages of the next example in the
+    batch whose passages differ (SQuAD asks several questions of one paragraph), wrapping around.
+    A batch with no such example takes the previous batch's last passages, at the very start a
+    shot's. Sizes are reported for the passages actually read."""
+
+    name = "mismatched"
+
+    def __init__(self, model, decoder, shots):
+        super().__init__(model, decoder, shots)
+        self.previous = self.shots[0].passages if self.shots else None
+
+    def prompts(self, examples):
+        swapped = []
+        for i, ex in enumerate(examples):
+            others = (examples[(i + k) % len(examples)].passages for k in range(1, len(examples)))
+            passages = next((p for p in others if p != ex.passages), self.previous)
+            if passages is None or passages == ex.passages:
+                raise ValueError("the mismatched control needs examples with different documents "
+                                 "(or a shot) to swap in")
+            swapped.append(replace(ex, passages=passages))
+        self.previous = examples[-1].passages
+        return super().prompts(swapped)
+
+
 class StoredARC(ARC):
     """ARC with every document's vectors read from a VectorStore made beforehand (`arc-encoder
     index`): the encoder does not run at question time. `doc_ids` maps a document's text to its
@@ -338,6 +366,8 @@ def build_method(name: str, model: ARCModel, decoder: int, shots: Sequence[Examp
         return OpenBook(model, decoder, shots)
     if name == "arc":
         return ARC(model, decoder, shots)
+    if name == "mismatched":
+        return MismatchedARC(model, decoder, shots)
     if name == "truncate":
         return Truncate(model, decoder, shots)
     if llmlingua_rate is None:
@@ -355,7 +385,8 @@ def generate_answers(model: ARCModel, built: list[BuiltPrompt], decoder: int, ma
 
 
 __all__ = [
-    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "OpenBook", "StoredARC",
+    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "MismatchedARC", "OpenBook",
+    "StoredARC",
     "Truncate",
     "arc_vector_count", "build_method", "check_methods", "example_docs", "generate_answers",
 ]
