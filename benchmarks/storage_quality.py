@@ -2,14 +2,14 @@
 
 The paragraphs of N held-out questions (and of the fixed shots) are indexed once into a float32
 store with the library's indexing code, then copied into a store per codec (float16, PQ at 2, 1 and
-0.5 bits per dimension). Every question is answered with the evaluation's ARC prompt, each document's
+0.5 bits per dimension, and 0.25). Every question is answered with the evaluation's ARC prompt, each document's
 vectors read from one store (no encoder run), greedy, with the evaluation runner's budget and answer
 cut. Beside them: ARC compressing on the fly (it must give the float32 store's answers), open-book
 (raw text) and closed-book.
 
     python benchmarks/storage_quality.py --model runs/quickstart/model \\
         --data /work/shared/data/squad/dev.jsonl --questions 150 --shots 3 \\
-        --codecs float32,float16,pq2,pq1,pq0.5 --out runs/storage_quality.json
+        --codecs float32,float16,pq2,pq1,pq0.5,pq0.25 --out runs/storage_quality.json
 
 Bytes per token = stored vector bytes (codes only, the paper's formula) / decoder tokens of the
 paragraphs; "with codebook" adds the PQ codebook, amortised over this (small) store only. Target:
@@ -320,7 +320,7 @@ def parse_args(argv=None):
     parser.add_argument("--task", default="squad")
     parser.add_argument("--questions", type=int, default=150, help="held-out questions to answer")
     parser.add_argument("--shots", type=int, default=3)
-    parser.add_argument("--codecs", default="float32,float16,pq2,pq1,pq0.5")
+    parser.add_argument("--codecs", default="float32,float16,pq2,pq1,pq0.5,pq0.25")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--seed", type=int, default=0, help="shots, question shuffle, PQ sample")
     parser.add_argument("--pq-sample", type=int, default=65536, help="most vectors to train PQ on")

@@ -49,7 +49,7 @@ def trained(data):
 
 
 def test_bits_per_dim_sets_sub_vector_size_and_bytes():
-    for bits, dsub in [(2, 4), (1, 8), (0.5, 16)]:
+    for bits, dsub in [(2, 4), (1, 8), (0.5, 16), (0.25, 32)]:
         codec = make_codec(f"pq{bits}", DIM)
         assert (codec.dsub, codec.n_sub, codec.bytes_per_vector) == (dsub, DIM // dsub, DIM * bits / 8)
     assert make_codec("float32", DIM).bytes_per_vector == 4 * DIM
@@ -64,7 +64,7 @@ def test_pq_dim_not_divisible_names_possible_rates():
     assert "dim 12" in msg and "allows bits/dim: 2" in msg and "divisible by 8" in msg
     with pytest.raises(ValueError, match="allows bits/dim: none"):
         make_codec("pq2", 6)
-    with pytest.raises(ValueError, match="one of 2, 1, 0.5"):
+    with pytest.raises(ValueError, match="one of 2, 1, 0.5, 0.25"):
         PQCodec(DIM, 4)
     with pytest.raises(ValueError, match="unknown codec"):
         make_codec("int8", DIM)

@@ -31,7 +31,7 @@ def index(
     corpus: Path = typer.Argument(..., help='JSONL file, one {"id": ..., "text": ...} per line'),
     model: str = typer.Option(..., "--model", help="saved model folder (or a preset)"),
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
-    codec: str = typer.Option("float32", help="float32, float16, pq2, pq1 or pq0.5 (PQ bits per dimension)"),
+    codec: str = typer.Option("float32", help="float32, float16, pq2, pq1, pq0.5 or pq0.25 (PQ bits per dimension)"),
     batch_size: int = typer.Option(16, help="chunks per encoder batch"),
     decoder: Optional[int] = typer.Option(None, help="decoder whose projector makes the vectors "
                                                      "(default 0, or the store's)"),

@@ -7,7 +7,9 @@ The stored array keeps one row per vector, so a chunk's vectors stay one tensor 
   pqB:     [m, dim / dsub] uint8, one 8-bit code per sub-vector of dsub = 8 / B dims
 
 PQ follows arc-spec 11.3: bits per dimension B in {2, 1, 0.5} are reached by widening the
-sub-vector (4, 8, 16 dims) while keeping 256 centroids per sub-quantizer, i.e. 8-bit codes.
+sub-vector (4, 8, 16 dims) while keeping 256 centroids per sub-quantizer, i.e. 8-bit codes. We add
+B = 0.25 (32-dim sub-vectors): at pooling factor 4 and a 512-wide bottleneck it is the first
+setting that stores fewer bytes per token than the raw UTF-8 text (16 bytes per vector).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 # Bits per dimension that arc-spec 11.3 names; with 8-bit codes each needs dim % (8 / B) == 0.
-PQ_BITS_PER_DIM = (2.0, 1.0, 0.5)
+PQ_BITS_PER_DIM = (2.0, 1.0, 0.5, 0.25)
 PQ_CODE_BITS = 8  # 256 centroids per sub-quantizer
 PQ_CODEBOOK_FILE = "pq.safetensors"
 
@@ -106,7 +108,7 @@ class Float16Codec:
 
 
 class PQCodec:
-    """Product quantizer (faiss.ProductQuantizer) at bits_per_dim in {2, 1, 0.5}, 8-bit codes.
+    """Product quantizer (faiss.ProductQuantizer) at bits_per_dim in {2, 1, 0.5, 0.25}, 8-bit codes.
 
     The vector [dim] is cut into n_sub = dim / dsub sub-vectors of dsub = 8 / bits_per_dim dims;
     each is replaced by the index of its nearest of 256 centroids (k-means on a training sample).
@@ -221,7 +223,7 @@ Codec = Float32Codec | Float16Codec | PQCodec
 
 
 def make_codec(name: str, dim: int) -> Codec:
-    """'float32', 'float16' or 'pq2' / 'pq1' / 'pq0.5' (PQ bits per dimension) -> an (untrained) codec."""
+    """'float32', 'float16' or 'pq2' / 'pq1' / 'pq0.5' / 'pq0.25' (PQ bits per dimension) -> an (untrained) codec."""
     if name == "float32":
         return Float32Codec(dim)
     if name == "float16":
@@ -234,7 +236,7 @@ def make_codec(name: str, dim: int) -> Codec:
         if bits is not None:
             return PQCodec(dim, bits)
     raise ValueError(
-        f"unknown codec {name!r}: use float32, float16, or pq2 / pq1 / pq0.5 (PQ bits per dimension)"
+        f"unknown codec {name!r}: use float32, float16, or pq2 / pq1 / pq0.5 / pq0.25 (PQ bits per dimension)"
     )
 
 
