@@ -23,7 +23,7 @@ def eval_command(
     model: List[str] = typer.Option(..., "--model", help="saved model folder or preset; repeat to compare models (e.g. x4 and x8)"),
     task: str = typer.Option(..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn or flores-<language>"),
     data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory)"),
-    methods: str = typer.Option("closed,open,arc,truncate", help="comma-separated: closed, open, arc, truncate, llmlingua"),
+    methods: str = typer.Option("closed,open,arc,truncate", help="comma-separated: closed, open, arc, mismatched, truncate, llmlingua"),
     shots: int = typer.Option(5, help="fixed in-context examples, drawn from the data and never scored"),
     limit: Optional[int] = typer.Option(None, help="score only the first N remaining examples"),
     shuffle: bool = typer.Option(False, help="shuffle the scored examples (with --seed) before --limit"),
