@@ -348,7 +348,7 @@ def test_mismatched_control_reads_another_questions_document(tiny_arc, data_file
         assert torch.allclose(read_doc(prompt).chunks[0], expected.chunks[0], atol=1e-5)
         assert prompt.document_tokens == expected.document_tokens
         assert prompt.parts[-1].endswith(f"Question: {ex.question}\nAnswer:")
-    # a batch of one takes the previous batch's last document
+    # a batch of one takes the most recent different document seen before
     alone = method.prompts(batch[:1])[0]
     expected = model.compress(batch[-1].passages)[0]
     assert torch.allclose(read_doc(alone).chunks[0], expected.chunks[0], atol=1e-5)

@@ -192,25 +192,33 @@ class ARC(Method):
 class MismatchedARC(ARC):
     """ARC given the wrong documents: each example reads the passages of the next example in the
     batch whose passages differ (SQuAD asks several questions of one paragraph), wrapping around.
-    A batch with no such example takes the previous batch's last passages, at the very start a
-    shot's. Sizes are reported for the passages actually read."""
+    Where the batch has none, it takes the most recent different passages seen before (earlier
+    batches, then the shots'). Sizes are reported for the passages actually read."""
 
     name = "mismatched"
+    REMEMBERED = 8  # distinct earlier passages kept for batches that cannot swap among themselves
 
     def __init__(self, model, decoder, shots):
         super().__init__(model, decoder, shots)
-        self.previous = self.shots[0].passages if self.shots else None
+        self.seen: list[list[str]] = []
+        self._remember([s.passages for s in self.shots])
+
+    def _remember(self, passages: list[list[str]]) -> None:
+        for p in passages:
+            if p not in self.seen:
+                self.seen.insert(0, p)
+        del self.seen[self.REMEMBERED:]
 
     def prompts(self, examples):
         swapped = []
         for i, ex in enumerate(examples):
-            others = (examples[(i + k) % len(examples)].passages for k in range(1, len(examples)))
-            passages = next((p for p in others if p != ex.passages), self.previous)
-            if passages is None or passages == ex.passages:
-                raise ValueError("the mismatched control needs examples with different documents "
-                                 "(or a shot) to swap in")
+            others = [examples[(i + k) % len(examples)].passages for k in range(1, len(examples))]
+            passages = next((p for p in others + self.seen if p != ex.passages), None)
+            if passages is None:
+                raise ValueError("the mismatched control needs another document to swap in: "
+                                 "give it a batch of different documents or a shot")
             swapped.append(replace(ex, passages=passages))
-        self.previous = examples[-1].passages
+        self._remember([ex.passages for ex in examples])  # the last one ends up first
         return super().prompts(swapped)
 
 
