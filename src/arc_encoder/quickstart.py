@@ -198,9 +198,10 @@ def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, me
 def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
     """One held-out question: the paragraph, its size before and after, and three answers."""
     rows = {name: {r["id"]: r for r in rows} for name, rows in result["predictions"].items()}
-    arc_rows = rows["arc"]
-    # prefer a question ARC answered right, to show what works; else the first one
-    pick = next((i for i, r in arc_rows.items() if r.get("em")), next(iter(arc_rows)))
+    arc_rows, control = rows["arc"], rows.get("mismatched", {})
+    # prefer a question ARC answers right only from the right document, then any ARC got right
+    right = [i for i, r in arc_rows.items() if r.get("em")]
+    pick = next((i for i in right if not control.get(i, {}).get("em")), next(iter(right), next(iter(arc_rows))))
     ex = examples_by_id[pick]
     compressed = arc.compress([ex.passages[0]])[0]
     recon = arc.generate([[compressed]], max_new_tokens=min(96, compressed.document_tokens + 8),
