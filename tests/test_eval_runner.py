@@ -220,7 +220,7 @@ def test_bad_input(tiny_arc, data_file):
     examples = load_task("squad", data_file)
     with pytest.raises(ValueError, match="known tasks"):
         evaluate(model, "squadx", examples, ["closed"], progress=False)
-    with pytest.raises(ValueError, match="known methods: closed, open, arc, truncate, llmlingua"):
+    with pytest.raises(ValueError, match="known methods: closed, open, arc, mismatched, truncate, llmlingua"):
         evaluate(model, "squad", examples, ["closed", "gist"], progress=False)
     with pytest.raises(ValueError, match="decoder index 1 does not exist"):
         evaluate(model, "squad", examples, ["closed"], decoder=1, progress=False)
