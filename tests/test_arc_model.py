@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from arc_encoder import ARCConfig, ARCModel, Doc
+from arc_encoder.model.decoder import common_prefix_length
 from arc_encoder.model.splice import Sample, splice
 from conftest import FAMILIES
 
@@ -90,6 +91,53 @@ def test_batched_generate_equals_single(tiny_arc):
     together = model.generate(prompts, max_new_tokens=6)
     for p, t in zip(prompts, together):
         assert model.generate([p], max_new_tokens=6)[0].token_ids == t.token_ids
+
+
+SHOTS = ["Document: ", Doc(TEXTS[0]), "\nQuestion: what jumps?\nAnswer: the fox\n\n",
+         "Document: ", Doc(TEXTS[1]), "\nQuestion: capital of France?\nAnswer: Paris\n\n"]
+
+
+def test_common_prefix_length_by_hand():
+    rows = [torch.tensor([[1.0], [2.0], [3.0], [4.0]]), torch.tensor([[1.0], [2.0], [5.0]]),
+            torch.tensor([[1.0], [2.0], [3.0], [9.0], [9.0]])]
+    assert common_prefix_length(rows) == 2
+    # identical rows still leave one position each to run with the batch
+    assert common_prefix_length([rows[0], rows[0].clone()]) == 3
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: sliding layers, never split
+def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
+    model = ARCModel.from_config(ARCConfig(backbone=tiny_models[family], drop_layers=1, bottleneck=32,
+                                           decoders=[tiny_models[family]], pooling_factors=[2])).eval()
+    questions = [["Document: ", Doc(TEXTS[2]), "\nQuestion: which number?\nAnswer:"],
+                 ["Question: who?\nAnswer:"], ["Document: ", Doc(TEXTS[0][:20]), "\nAnswer:"]]
+    prompts = [SHOTS + q for q in questions]
+    whole = model.generate(prompts, max_new_tokens=8, share_prefix=False)
+    assert model._prefix_memo is None
+    shared = model.generate(prompts, max_new_tokens=8)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in whole]
+    assert [g.prompt_length for g in shared] == [g.prompt_length for g in whole]
+    if family == "gemma3":
+        assert model._prefix_memo is None
+        return
+    # the next-token logits agree with the whole prompts' to float precision, not just the argmax
+    batch, _ = model._splice_prompts(prompts, 0)
+    dec = model.decoders[0]
+    with torch.no_grad():
+        full = dec(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits[:, -1]
+        embeds, mask, positions, cache = model._split_shared_prefix(batch, 0)
+        split = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                    use_cache=True).logits[:, -1]
+    assert embeds.shape[1] < batch.embeds.shape[1]
+    torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)
+    memo = model._prefix_memo
+    # the shots, their documents' vectors and "Document: " of the final question are shared
+    assert memo is not None and memo[1].shape[0] > 30
+    # a later batch of one reuses the memo, and still answers as the whole prompt does
+    alone = model.generate([SHOTS + questions[0]], max_new_tokens=8)[0]
+    assert model._prefix_memo is memo
+    assert alone.token_ids == whole[0].token_ids
 
 
 def test_stored_vectors_give_the_same_answer(tiny_arc):

@@ -16,7 +16,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from ..config import PRESETS, ARCConfig
 from ..prompt import Doc
 from .adapter import DecoderAdapter
-from .decoder import generate_ids, load_frozen_decoder, next_token_loss
+from .decoder import (SharedPrefix, batch_cache, common_prefix_length, generate_ids, load_frozen_decoder,
+                      next_token_loss, shared_prefix_cache, shares_prefixes)
 from .encoder import Encoder
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
@@ -25,6 +26,10 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "arc_config.json"
 WEIGHTS_FILE = "model.safetensors"
 ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
+
+
+# Shorter shared prompt starts are not worth a separate decoder call.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -82,6 +87,9 @@ class ARCModel(nn.Module):
         self.decoders = nn.ModuleList(decoders)
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizers = decoder_tokenizers
+        # (decoder, prefix embeddings [P, d], their keys/values): the shots of an evaluation,
+        # computed for the first batch and reused by the next ones (see generate)
+        self._prefix_memo: tuple[int, torch.Tensor, SharedPrefix] | None = None
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -261,10 +269,12 @@ class ARCModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompts, decoder: int = 0, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 batch_size: int = 8, special: str = "cont") -> list[Generation]:
+                 batch_size: int = 8, special: str = "cont", share_prefix: bool = True) -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
         vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
-        `special="rec"` follows each document with <Rec>: the decoder then reconstructs it."""
+        `special="rec"` follows each document with <Rec>: the decoder then reconstructs it.
+        `share_prefix` runs the decoder once over the positions all prompts start with (few-shot
+        examples) and reuses their keys and values, for this batch and the following ones."""
         if not isinstance(prompts, list) or not prompts:
             raise TypeError("generate() takes a non-empty list of prompts")
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
@@ -275,7 +285,8 @@ class ARCModel(nn.Module):
         results = []
         for start in range(0, len(prompts), batch_size):
             results += self._generate_batch(prompts[start : start + batch_size], decoder,
-                                            max_new_tokens, temperature, top_p, stop or [], seed, special)
+                                            max_new_tokens, temperature, top_p, stop or [], seed, special,
+                                            share_prefix)
         return results
 
     def _splice_prompts(self, prompts, decoder, special: str = "cont"):
@@ -301,9 +312,41 @@ class ARCModel(nn.Module):
         real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
         return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special):
+    def _split_shared_prefix(self, batch, decoder: int):
+        """Left-padded batch -> (suffix embeds [B, S, d], mask over prefix + suffix [B, P + S],
+        suffix positions [B, S], cache holding the shared prefix's keys and values).
+
+        The prefix is the memo's when every prompt starts with it, else what this batch's prompts
+        share; under MIN_SHARED_PREFIX positions nothing is split (cache None)."""
+        dec = self.decoders[decoder]
+        whole = batch.embeds, batch.attention_mask, batch.position_ids, None
+        if not shares_prefixes(dec):
+            return whole
+        real = batch.attention_mask.bool()
+        rows = [batch.embeds[i][real[i]] for i in range(real.shape[0])]  # [n_i, d] each
+        memo = self._prefix_memo
+        if memo is not None and memo[0] == decoder and memo[1].device == rows[0].device and all(
+            r.shape[0] > memo[1].shape[0] and torch.equal(r[: memo[1].shape[0]], memo[1]) for r in rows
+        ):
+            _, prefix, shared = memo
+        else:
+            P = common_prefix_length(rows) if len(rows) > 1 else 0
+            if P < MIN_SHARED_PREFIX:
+                return whole
+            prefix = rows[0][:P]
+            shared = shared_prefix_cache(dec, prefix)
+            self._prefix_memo = (decoder, prefix, shared)
+        P = prefix.shape[0]
+        suffix = splice([r[P:] for r in rows], [[] for _ in rows], [[] for _ in rows], left_pad=True)
+        mask = torch.cat([suffix.attention_mask.new_ones(len(rows), P), suffix.attention_mask], dim=1)
+        return suffix.embeds, mask, suffix.position_ids + P, batch_cache(dec, shared, len(rows))
+
+    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special,
+                        share_prefix=True):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         batch, stats = self._splice_prompts(prompts, decoder, special)
+        embeds, mask, positions, cache = (self._split_shared_prefix(batch, decoder) if share_prefix else
+                                          (batch.embeds, batch.attention_mask, batch.position_ids, None))
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -316,8 +359,8 @@ class ARCModel(nn.Module):
         eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         eos |= {tokenizer.eos_token_id} - {None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
-        new_ids = generate_ids(dec, batch.embeds, batch.attention_mask, batch.position_ids,
-                               max_new_tokens, eos, pad, temperature, top_p, generator, should_stop)
+        new_ids = generate_ids(dec, embeds, mask, positions, max_new_tokens, eos, pad, temperature, top_p,
+                               generator, should_stop, cache)
         out = []
         for i, ids in enumerate(new_ids):
             text = tokenizer.decode(ids, skip_special_tokens=True)

@@ -71,14 +71,16 @@ def generate_ids(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     should_stop=None,
+    cache: DynamicCache | None = None,
 ) -> list[list[int]]:
     """Prefill once on left-padded spliced embeddings [B, L, d], then decode with the KV cache.
 
     `should_stop(i, ids)` may end sample i early (stop strings). Returns new token ids per sample,
-    without the EOS.
+    without the EOS. With `cache` (keys/values of positions every sample shares, see
+    `shared_prefix_cache`), `embeds` holds only what follows and `attention_mask` covers both.
     """
     B = embeds.shape[0]
-    cache = DynamicCache(config=decoder.config)
+    cache = cache if cache is not None else DynamicCache(config=decoder.config)
     out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                   cache=cache, use_cache=True, logits_to_keep=1)
     next_position = position_ids[:, -1:] + 1  # [B, 1]
@@ -105,3 +107,41 @@ def generate_ids(
                       position_ids=next_position, cache=out.cache, use_cache=True)
         next_position = next_position + 1
     return outputs
+
+
+# ----------------------------------------------------------------------------- shared prompt prefix
+# Few-shot prompts of one evaluation all start with the same shots (~1,100 of ~1,400 decoder
+# positions for 5-shot SQuAD). Their keys and values are computed once and reused by every batch.
+SharedPrefix = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [1, h, P, d_h]
+
+
+def shares_prefixes(decoder: PreTrainedModel) -> bool:
+    """Prefix reuse needs every layer to keep all keys: sliding-window layers drop old ones."""
+    return not any(layer.is_sliding for layer in DynamicCache(config=decoder.config).layers)
+
+
+def common_prefix_length(rows: list[torch.Tensor]) -> int:
+    """How many leading positions all rows [n_i, d] share exactly, leaving each row at least one."""
+    n = min(r.shape[0] for r in rows) - 1
+    if n <= 0:
+        return 0
+    same = torch.stack([(r[:n] == rows[0][:n]).all(-1) for r in rows[1:]]).all(0)  # [n]
+    differs = (~same).nonzero()
+    return int(differs[0]) if differs.numel() else n
+
+
+@torch.no_grad()
+def shared_prefix_cache(decoder: PreTrainedModel, prefix: torch.Tensor) -> SharedPrefix:
+    """Run the decoder once on prefix embeddings [P, d]; keep each layer's keys and values."""
+    cache = DynamicCache(config=decoder.config)
+    positions = torch.arange(prefix.shape[0], device=prefix.device)[None]
+    decoder(inputs_embeds=prefix[None], position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def batch_cache(decoder: PreTrainedModel, shared: SharedPrefix, batch: int) -> DynamicCache:
+    """A fresh cache for `batch` samples that all start with the shared prefix."""
+    cache = DynamicCache(config=decoder.config)
+    for i, (keys, values) in enumerate(shared):
+        cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), i)
+    return cache
