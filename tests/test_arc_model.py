@@ -140,6 +140,25 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
     assert alone.token_ids == whole[0].token_ids
 
 
+def test_shared_prefix_memo_shrinks_to_what_batches_share(tiny_arc):
+    model = tiny_arc(seed=7).eval()
+
+    def about(text, *questions):
+        return [SHOTS + ["Document: ", Doc(text), f"\nQuestion: {q}\nAnswer:"] for q in questions]
+
+    first, second, third = about(TEXTS[2], "why?", "when?"), about(TEXTS[1], "who?", "how?"), about(TEXTS[0], "what?")
+    model.generate(first, max_new_tokens=4)  # memo: shots + the paragraph both questions ask about
+    got = model.generate(second, max_new_tokens=6)  # shares its own paragraph, not the first's
+    memo = model._prefix_memo
+    batch, _ = model._splice_prompts(first + second + third, 0)
+    rows = [batch.embeds[i][batch.attention_mask[i].bool()] for i in range(5)]
+    assert memo[1].shape[0] == common_prefix_length(rows)  # the shots and "Document: ", no paragraph
+    got += model.generate(third, max_new_tokens=6)
+    assert model._prefix_memo is memo  # the shrunk memo serves the next batch
+    whole = model.generate(second + third, max_new_tokens=6, share_prefix=False)
+    assert [g.token_ids for g in got] == [g.token_ids for g in whole]
+
+
 def test_stored_vectors_give_the_same_answer(tiny_arc):
     model = tiny_arc(seed=5).eval()
     compressed = model.compress([TEXTS[1]])[0]

@@ -120,14 +120,20 @@ def shares_prefixes(decoder: PreTrainedModel) -> bool:
     return not any(layer.is_sliding for layer in DynamicCache(config=decoder.config).layers)
 
 
+def cache_bytes(shared: SharedPrefix) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in shared)
+
+
+def shared_start(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading rows two [n, d] tensors have exactly equal."""
+    n = min(a.shape[0], b.shape[0])
+    differs = (~(a[:n] == b[:n]).all(-1)).nonzero()
+    return int(differs[0]) if differs.numel() else n
+
+
 def common_prefix_length(rows: list[torch.Tensor]) -> int:
     """How many leading positions all rows [n_i, d] share exactly, leaving each row at least one."""
-    n = min(r.shape[0] for r in rows) - 1
-    if n <= 0:
-        return 0
-    same = torch.stack([(r[:n] == rows[0][:n]).all(-1) for r in rows[1:]]).all(0)  # [n]
-    differs = (~same).nonzero()
-    return int(differs[0]) if differs.numel() else n
+    return max(0, min([r.shape[0] - 1 for r in rows] + [shared_start(rows[0], r) for r in rows[1:]]))
 
 
 @torch.no_grad()
