@@ -5,6 +5,7 @@ import json
 import pytest
 
 from arc_encoder.evaluation import metrics
+from arc_encoder.evaluation.tasks import load_jsonl
 from arc_encoder.quickstart import QuickstartConfig, find_data, run_quickstart
 from conftest import SHARED_DATA
 
@@ -49,3 +50,21 @@ def test_missing_data_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(qs, "__file__", str(tmp_path / "a" / "b" / "c" / "quickstart.py"))
     with pytest.raises(FileNotFoundError, match="--data"):
         find_data(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
+def test_question_count_follows_the_budget(tiny_arc, monkeypatch):
+    import arc_encoder.quickstart as quickstart
+
+    model = tiny_arc(chunk_tokens=256).eval()  # the tiny backbone has 512 positions
+    dev = load_jsonl(SHARED_DATA / "squad" / "dev.jsonl")[:20]
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda prompts, **kw: calls.append(len(prompts)) or real(prompts, **kw))
+    ticks = iter(range(0, 1000, 1))  # perf_counter: every generate call takes 1 "second"
+    monkeypatch.setattr(quickstart.time, "perf_counter", lambda: next(ticks))
+    n = quickstart.eval_question_count(model, dev, shots=2, budget_s=800.0, methods=5, batch=4)
+    assert calls == [4, 4]  # one batch of open-book, one of ARC prompts, each a batch of 4 prompts
+    # 1 s per batch of 4: 0.25 s open + 4 x 0.25 s ARC per question; 80% of 800 s / 1.25 s
+    assert n == 512
+    assert quickstart.eval_question_count(model, dev, shots=2, budget_s=1.0, methods=5, batch=4) == 50

@@ -180,17 +180,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- evaluation stage
-def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, methods: int) -> int:
-    """How many questions the remaining budget allows: time one open-book and one ARC answer."""
+def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, methods: int,
+                        batch: int = 8) -> int:
+    """How many questions the remaining budget allows: time one batch of open-book and one of ARC
+    answers, as the evaluation batches them (the shots' keys and values computed once, see
+    ARCModel.generate; a first batch pays for that, so the estimate errs on the safe side)."""
     from .evaluation.prompts import arc_prompt, open_book_prompt
 
-    shot_examples, probe = examples[:shots], examples[shots]
+    shot_examples, probe = examples[:shots], examples[shots : shots + batch]
     t = time.perf_counter()
-    arc.generate([open_book_prompt(shot_examples, probe)], max_new_tokens=8)
-    t_open = time.perf_counter() - t
+    arc.generate([[open_book_prompt(shot_examples, e)] for e in probe], max_new_tokens=8)
+    t_open = (time.perf_counter() - t) / len(probe)
     t = time.perf_counter()
-    arc.generate([arc_prompt(shot_examples, probe)], max_new_tokens=8)
-    t_arc = time.perf_counter() - t
+    arc.generate([arc_prompt(shot_examples, e) for e in probe], max_new_tokens=8)
+    t_arc = (time.perf_counter() - t) / len(probe)
     per_question = t_open + (methods - 1) * t_arc  # open-book is the costly one
     return max(50, int(budget_s / per_question * 0.8))
 
