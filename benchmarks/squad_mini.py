@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/squad-mini")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished training stages in --out")
     args = parser.parse_args()
     quiet_transformers()
     run_quickstart(QuickstartConfig(
@@ -38,7 +39,7 @@ def main():
         eval_shots=args.eval_shots, eval_questions=args.questions,
         pretrain_share=args.pretrain_share, finetune_share=args.finetune_share,
         pretrain_batch=args.pretrain_batch, finetune_batch=args.finetune_batch,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, resume=args.resume,
     ))
 
 

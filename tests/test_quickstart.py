@@ -1,9 +1,12 @@
 """The whole quickstart on tiny models and a few steps: every stage's outputs exist and parse."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 
+import arc_encoder.quickstart as quickstart
 from arc_encoder.evaluation import metrics
 from arc_encoder.evaluation.tasks import load_jsonl
 from arc_encoder.quickstart import QuickstartConfig, find_data, run_quickstart
@@ -11,7 +14,7 @@ from conftest import SHARED_DATA
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
-def test_tiny_quickstart_end_to_end(tiny_models, tmp_path):
+def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     q = QuickstartConfig(
         out=str(tmp_path / "qs"), data=str(SHARED_DATA), preset="smollm2-arc8",
         arc={"backbone": tiny_models["llama"], "decoders": [tiny_models["llama"]], "drop_layers": 1,
@@ -41,21 +44,33 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path):
     assert saved["arc_minus_closed_em"]["diff"] == pytest.approx(sum(diffs) / len(diffs))
     assert report["example"]["vectors"] >= 1
 
+    # An interrupted run continues with --resume: finished stages are reused, not retrained.
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_quickstart(q)
+    shutil.rmtree(out / "finetune-x8" / "checkpoints")  # as if stopped while fine-tuning at x8
+    trained = []
+    real = quickstart.train_stage
+    monkeypatch.setattr(quickstart, "train_stage",
+                        lambda config, *a: trained.append(config.out_dir) or real(config, *a))
+    with pytest.raises(ValueError, match="pretrain_steps"):  # other settings: not the same run
+        run_quickstart(dataclasses.replace(q, resume=True, pretrain_steps=4))
+    resumed = run_quickstart(dataclasses.replace(q, resume=True, eval_questions=3))
+    assert trained == [str(out / "finetune-x8")]
+    assert resumed["pretrain"] == saved["pretrain"] | {"seconds": 0.0}
+    assert resumed["finetune"]["4"]["checkpoint"] == saved["finetune"]["4"]["checkpoint"]
+    assert json.loads((out / "report.json").read_text())["evaluation"]["4"]["questions"] == 3
+
 
 def test_missing_data_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv("ARC_ENCODER_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    import arc_encoder.quickstart as qs
-
-    monkeypatch.setattr(qs, "__file__", str(tmp_path / "a" / "b" / "c" / "quickstart.py"))
+    monkeypatch.setattr(quickstart, "__file__", str(tmp_path / "a" / "b" / "c" / "quickstart.py"))
     with pytest.raises(FileNotFoundError, match="--data"):
         find_data(str(tmp_path / "nowhere"))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
 def test_question_count_follows_the_budget(tiny_arc, monkeypatch):
-    import arc_encoder.quickstart as quickstart
-
     model = tiny_arc(chunk_tokens=256).eval()  # the tiny backbone has 512 positions
     dev = load_jsonl(SHARED_DATA / "squad" / "dev.jsonl")[:20]
     calls = []

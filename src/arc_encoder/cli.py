@@ -131,6 +131,8 @@ def quickstart(
     finetune_shots: int = typer.Option(1, help="in-context examples in fine-tuning prompts"),
     eval_shots: int = typer.Option(5, help="in-context examples in evaluation prompts"),
     eval_questions: Optional[int] = typer.Option(None, help="held-out questions (default: what the budget allows)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished "
+                                "training stages"),
 ):
     """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
     from .quickstart import QuickstartConfig, run_quickstart
@@ -140,7 +142,7 @@ def quickstart(
         run_quickstart(QuickstartConfig(budget_minutes=budget_minutes, out=str(out),
                                         data=str(data) if data else None,
                                         finetune_shots=finetune_shots, eval_shots=eval_shots,
-                                        eval_questions=eval_questions))
+                                        eval_questions=eval_questions, resume=resume))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None

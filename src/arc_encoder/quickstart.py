@@ -27,7 +27,7 @@ from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .model.arc import ARCModel
 from .prompt import Doc
-from .training.checkpoint import latest_checkpoint
+from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
 from .training.distributed import Runtime, pick_device
 from .training.model_init import build_model
@@ -64,6 +64,16 @@ class QuickstartConfig:
     finetune_batch: int = 4
     seed: int = 0
     device: str = "auto"
+    # Continue an interrupted run in the same --out: training stages that finished (their folder
+    # holds a checkpoint) are reused, an unfinished one is trained again, evaluation runs again.
+    resume: bool = False
+
+
+# Settings that change what the training stages produce: a resumed run must match them.
+TRAINING_FIELDS = ("preset", "arc", "pretrained", "finetune_shots", "finetune_freeze_encoder",
+                   "pretrain_share", "finetune_share", "pretrain_steps", "finetune_steps",
+                   "pretrain_batch", "finetune_batch", "seed")
+SETTINGS_FILE = "quickstart-config.json"
 
 
 def find_data(explicit: str | None) -> Path:
@@ -172,6 +182,40 @@ def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -
                                                           config.eval.batches), runtime)
     final = trainer.fit()
     return final, steps, time.perf_counter() - start
+
+
+def reuse_or_train(q: QuickstartConfig, config: TrainConfig, budget_s: float,
+                   fixed_steps: int | None) -> tuple[Path, int, float]:
+    """train_stage, unless --resume finds this stage finished (it checkpoints only at its end)."""
+    run_dir = Path(config.out_dir)
+    if q.resume:
+        done = list_checkpoints(run_dir)
+        if done:
+            steps, path = done[-1]
+            say(f"   --resume: reusing {path} ({steps} steps)")
+            return path, steps, 0.0
+        if run_dir.exists():  # interrupted mid-stage: only partial curves, nothing to reuse
+            shutil.rmtree(run_dir)
+    return train_stage(config, budget_s, fixed_steps)
+
+
+def prepare_out(q: QuickstartConfig) -> Path:
+    """A new or empty --out; with --resume, one whose saved settings match these."""
+    out = Path(q.out)
+    settings = out / SETTINGS_FILE
+    if out.exists() and any(out.iterdir()):
+        if not q.resume:
+            raise FileExistsError(f"{out} is not empty: choose another --out, remove it, or pass "
+                                  "--resume to continue the run it holds")
+        if settings.is_file():
+            saved = json.loads(settings.read_text())
+            changed = [k for k in TRAINING_FIELDS if k in saved and saved[k] != asdict(q)[k]]
+            if changed:
+                raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}: "
+                                 f"{', '.join(repr(saved[k]) for k in changed)}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(asdict(q), indent=2))
+    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -300,18 +344,15 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     t0 = time.perf_counter()
     budget = q.budget_minutes * 60
     data = find_data(q.data)
-    out = Path(q.out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(q)
     torch.manual_seed(q.seed)
     say(f"arc-encoder quickstart: budget {q.budget_minutes:.0f} min, data {data}, output {out}")
 
     stage(1, f"pretraining at pooling factor {pretrain_factor(q)} on prose",
           "The encoder learns to squeeze 128-token spans into a few vectors that the frozen decoder\n"
           "   can read back (reconstruction, 20%) or continue from (continuation, 80%).")
-    pre_ckpt, pre_steps, pre_s = train_stage(
-        pretrain_config(q, data, out / "pretrain", 2), budget * q.pretrain_share, q.pretrain_steps)
+    pre_ckpt, pre_steps, pre_s = reuse_or_train(
+        q, pretrain_config(q, data, out / "pretrain", 2), budget * q.pretrain_share, q.pretrain_steps)
 
     results, finetune_runs, evaluation = {}, {}, {}
     dev = load_jsonl(data / "squad/dev.jsonl")
@@ -322,8 +363,8 @@ def run_quickstart(q: QuickstartConfig) -> dict:
               f"Every document in a {q.finetune_shots}-shot prompt is compressed; only the final answer is\n"
               "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).")
         run_dir = out / f"finetune-x{factor}"
-        ckpt, steps, seconds = train_stage(
-            finetune_config(q, data, pre_ckpt, factor, run_dir, 2), ft_budget, q.finetune_steps)
+        ckpt, steps, seconds = reuse_or_train(
+            q, finetune_config(q, data, pre_ckpt, factor, run_dir, 2), ft_budget, q.finetune_steps)
         finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
 
     for i, factor in enumerate(q.finetune_factors):
@@ -356,7 +397,7 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     rows = summary_table(results)
     print_table(rows)
     model_dir = out / "model"
-    shutil.copytree(finetune_runs[first]["checkpoint"], model_dir,
+    shutil.copytree(finetune_runs[first]["checkpoint"], model_dir, dirs_exist_ok=q.resume,
                     ignore=shutil.ignore_patterns("trainer_state*", "optimizer*", "train_config*"))
     curves = {"pretraining (factor %d)" % pretrain_factor(q): read_metrics(out / "pretrain"),
               f"fine-tuning (factor {first})": read_metrics(out / f"finetune-x{first}")}
