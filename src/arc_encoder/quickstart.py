@@ -201,20 +201,24 @@ def reuse_or_train(q: QuickstartConfig, config: TrainConfig, budget_s: float,
 
 def prepare_out(q: QuickstartConfig) -> Path:
     """A new or empty --out; with --resume, one whose saved settings match these."""
-    out = Path(q.out)
+    out, current = Path(q.out), asdict(q)
     settings = out / SETTINGS_FILE
     if out.exists() and any(out.iterdir()):
         if not q.resume:
             raise FileExistsError(f"{out} is not empty: choose another --out, remove it, or pass "
                                   "--resume to continue the run it holds")
         if settings.is_file():
-            saved = json.loads(settings.read_text())
-            changed = [k for k in TRAINING_FIELDS if k in saved and saved[k] != asdict(q)[k]]
+            try:
+                saved = json.loads(settings.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--resume: {settings} is not valid JSON ({e}); remove it to resume "
+                                 "without checking the settings") from None
+            changed = [k for k in TRAINING_FIELDS if k in saved and saved[k] != current[k]]
             if changed:
                 raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}: "
                                  f"{', '.join(repr(saved[k]) for k in changed)}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(asdict(q), indent=2))
+    settings.write_text(json.dumps(current, indent=2))
     return out
 
 
