@@ -22,67 +22,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from arc_encoder.cli import quiet_transformers
+from arc_encoder.evaluation.content import CONDITIONS, content_report, describe
 from arc_encoder.model.arc import ARCModel
-from arc_encoder.model.splice import Sample
 from arc_encoder.quickstart import QuickstartConfig, finetune_config, find_data, pretrain_config
 from arc_encoder.training.distributed import Runtime, pick_device
 from arc_encoder.training.trainer import build_data, held_out_batches
-
-CONDITIONS = ("right", "mismatched", "none", "text")
-
-
-def without_documents(s: Sample) -> Sample:
-    return Sample(s.text_ids, [], [], s.targets)
-
-
-def documents_as_text(s: Sample, arc: ARCModel, decoder: int) -> Sample:
-    """Each segment decoded from encoder tokens and re-tokenized for the decoder, unsupervised."""
-    ids, targets, previous = [], [], 0
-    for segment, offset in zip(s.segments, s.offsets):
-        text = arc.encoder_tokenizer.decode(segment)
-        tokens = arc.decoder_tokenizers[decoder](text, add_special_tokens=False)["input_ids"]
-        ids += s.text_ids[previous:offset] + tokens
-        targets += s.targets[previous:offset] + [False] * len(tokens)
-        previous = offset
-    return Sample(ids + s.text_ids[previous:], [], [], targets + s.targets[previous:])
-
-
-def mismatched(samples: list[Sample]) -> list[Sample]:
-    """Each sample's last segment swapped for the next sample's that differs (wrapping around)."""
-    out = []
-    for i, s in enumerate(samples):
-        others = (samples[(i + k) % len(samples)] for k in range(1, len(samples)))
-        other = next((o for o in others if o.segments and o.segments[-1] != s.segments[-1]), None)
-        if other is None:
-            raise ValueError("every held-out sample has the same document: nothing to swap in")
-        out.append(Sample(s.text_ids, s.segments[:-1] + [other.segments[-1]], s.offsets, s.targets))
-    return out
-
-
-@torch.no_grad()
-def losses(arc: ARCModel, batches, decoder: int = 0, batch_size: int = 4) -> dict[str, dict[str, float]]:
-    """{task: {condition: mean loss per supervised token}} over the held-out batches."""
-    by_task: dict[str, tuple[str, list[Sample]]] = {}
-    for b in batches:
-        special, samples = by_task.setdefault(b.task, (b.special, []))
-        samples.extend(s for s in b.samples if s.segments)
-    table = {}
-    for task, (special, samples) in by_task.items():
-        variants = {"right": samples, "mismatched": mismatched(samples),
-                    "none": [without_documents(s) for s in samples],
-                    "text": [documents_as_text(s, arc, decoder) for s in samples]}
-        table[task] = {}
-        for condition in CONDITIONS:
-            total, tokens = 0.0, 0
-            group = variants[condition]
-            for i in range(0, len(group), batch_size):
-                loss, n = arc.loss(group[i : i + batch_size], decoder, special)
-                total, tokens = total + loss.item(), tokens + n
-            table[task][condition] = total / tokens
-    return table
 
 
 def main():
@@ -91,6 +36,7 @@ def main():
     parser.add_argument("--data", default=None, help="folder with prose/ and squad/ (as the quickstart)")
     parser.add_argument("--batches", type=int, default=10, help="held-out batches per stage")
     parser.add_argument("--shots", type=int, default=1, help="shots in the fine-tuning prompts")
+    parser.add_argument("--reconstruct", type=int, default=3, help="documents reconstructed greedily")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
@@ -102,11 +48,18 @@ def main():
     factor = arc.config.pooling_factor
     configs = [pretrain_config(q, data, Path("unused"), 2),
                finetune_config(q, data, Path(args.model), factor, Path("unused"), 2)]
-    table = {}
+    table, reconstructions = {}, None
     for config in configs:
-        held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data,
-                                                            "shuffle_buffer": 256})
-        table.update(losses(arc, held_out_batches(held, [1.0], args.batches)[0]))
+        held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+        batches = held_out_batches(held, [1.0], args.batches)[0]
+        texts = None
+        if config.data["kind"] == "pretrain" and args.reconstruct:
+            texts = [arc.encoder_tokenizer.decode(b.samples[0].segments[0], skip_special_tokens=True)
+                     for b in batches[: args.reconstruct]]
+        report = content_report(arc, batches, reconstruct=texts)
+        table.update(report["tasks"])
+        reconstructions = report.get("reconstructions", reconstructions)
+    print("\n".join(describe(table)))
     print("| task | right | mismatched | none | text | mismatched - right | text gain kept |")
     print("|---|---|---|---|---|---|---|")
     for task, row in table.items():
@@ -114,7 +67,8 @@ def main():
         print(f"| {task} | " + " | ".join(f"{row[c]:.3f}" for c in CONDITIONS)
               + f" | {row['mismatched'] - row['right']:+.3f} | {kept:.0%} |")
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "losses": table}, indent=2))
+        args.out.write_text(json.dumps({"model": args.model, "losses": table,
+                                        "reconstructions": reconstructions}, indent=2))
 
 
 if __name__ == "__main__":

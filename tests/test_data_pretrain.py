@@ -286,3 +286,74 @@ def test_batches_train_a_tiny_model(tiny_arc, tiny_models):
         assert torch.isfinite(loss) and n == sum(sum(s.targets) for s in batch.samples)
         assert 3.0 < loss.item() / n < 9.0  # an untrained model: about ln(384) = 5.95 nats per token
     assert tasks == {"reconstruction", "continuation"}
+
+
+# ----------------------------------------------------------------------------------- curriculum
+
+
+def test_curriculum_mix_by_hand():
+    from arc_encoder.data.pretrain import curriculum_mix
+
+    # lengths 8, 16, 32 (seq_len): progress walks 0 -> 2 over the levels
+    assert curriculum_mix([8, 16], 32, 0, 100) == {8: 1.0}
+    assert curriculum_mix([8, 16], 32, 25, 100) == pytest.approx({8: 0.5, 16: 0.5})
+    assert curriculum_mix([8, 16], 32, 50, 100) == {16: 1.0}
+    assert curriculum_mix([8, 16], 32, 90, 100) == pytest.approx({16: 0.2, 32: 0.8})
+    assert curriculum_mix([8, 16], 32, 100, 100) == {32: 1.0}
+    assert curriculum_mix([8, 32], 32, 500, 100) == {32: 1.0}  # seq_len given as the last level
+
+
+def test_curriculum_keeps_the_token_budget_and_moves_to_long_spans(tmp_path, chars):
+    f = write_docs(tmp_path / "d.txt", [ascii_text(200 + i) for i in range(400)])
+    config = small_config([f], continuation=0.0, batch_size=4, seq_len=32, curriculum=[8, 16],
+                          curriculum_batches=40)
+    data = PretrainData(config, chars, chars)
+    batches = [next(data) for _ in range(80)]
+    for b in batches:
+        lengths = {len(s.text_ids) for s in b.samples if len(s.text_ids) > 1}
+        longest = max(lengths)
+        # full spans of one length per batch; the batch holds 4 * 32 tokens of them
+        assert len(b.samples) == 4 * 32 // longest, (len(b.samples), lengths)
+    early = [max(len(s.text_ids) for s in b.samples) for b in batches[:5]]
+    late = [max(len(s.text_ids) for s in b.samples) for b in batches[50:]]
+    assert early[0] == 8 and early.count(8) >= 3 and set(late) == {32}
+    mid = {max(len(s.text_ids) for s in b.samples) for b in batches[15:30]}
+    assert {8, 16} & mid and len(mid) >= 2  # a mix while the curriculum moves
+
+
+def test_curriculum_resume_restores_the_schedule(tmp_path, chars):
+    f = write_docs(tmp_path / "d.txt", [ascii_text(120 + 3 * i) for i in range(300)])
+    config = small_config([f], continuation=0.5, batch_size=4, seq_len=32, curriculum=[8, 16],
+                          curriculum_batches=20, reconstruction_only_batches=6)
+    uninterrupted = PretrainData(config, chars, chars)
+    expected = [next(uninterrupted) for _ in range(30)]
+    assert {b.task for b in expected[:6]} == {"reconstruction"}  # phase 1
+    assert "continuation" in {b.task for b in expected[6:]}
+    first = PretrainData(config, chars, chars)
+    [next(first) for _ in range(12)]
+    resumed = PretrainData(config, chars, chars)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [next(resumed) for _ in range(18)] == expected[12:]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"curriculum": [16, 8]}, "increasing"),
+    ({"curriculum": [8, 64], "curriculum_batches": 5}, "longer than seq_len"),
+    ({"curriculum": [8]}, "curriculum_batches >= 1"),
+    ({"curriculum_batches": 10}, "curriculum .*empty"),
+    ({"reconstruction_only_batches": -1}, "reconstruction_only_batches"),
+    ({"curriculum_step": 3}, "curriculum_step"),
+])
+def test_impossible_or_misspelt_schedules_are_refused_by_name(bad, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainDataConfig.from_dict({"sources": ["x.txt"], "seq_len": 32, **bad})
+
+
+def test_distinct_held_out_documents(tmp_path, chars):
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps({"context": c}) for c in ["A cat sat.", "A cat sat.", "A dog ran far.",
+                                                                  "A cat sat.", "A bird flew off."]))
+    data = PretrainData(small_config([str(f)], continuation=0.0, loop=False, distinct=True,
+                                     text_field="context", samples_per_document=1, batch_size=10), chars, chars)
+    (batch,) = list(data)
+    assert len(batch.samples) == 3

@@ -54,7 +54,8 @@ def make_encoder(**overrides):
     return Encoder(hf, cfg).eval(), hf
 
 
-def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None):
+def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None, field=None,
+                  group_positions=False):
     """Run the plain blocks then pooled blocks naively, for one segment."""
     n_plain = len(enc.layers) - len(schedule)
     n = h.shape[0]
@@ -69,10 +70,15 @@ def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None):
             start += size
         P = torch.stack([h[g].mean(0) if mode == "mean" else h[g[-1]] for g in members])
         allowed = torch.ones(len(members), h.shape[0], dtype=torch.bool)
-        if causal:
-            for j, g in enumerate(members):
+        for j, g in enumerate(members):
+            if causal:
                 allowed[j, g[-1] + 1 :] = False
-        h = naive_block(layer, hf, P, h, torch.arange(len(members)), torch.arange(h.shape[0]), allowed)
+            if field is not None:  # only the tokens of groups j-field .. j+field
+                near = [t for k, other in enumerate(members) if abs(k - j) <= field for t in other]
+                outside = [t for t in range(h.shape[0]) if t not in near]
+                allowed[j, outside] = False
+        q_pos = torch.tensor([g[0] for g in members]) if group_positions else torch.arange(len(members))
+        h = naive_block(layer, hf, P, h, q_pos, torch.arange(h.shape[0]), allowed)
     return h
 
 
@@ -85,6 +91,30 @@ def test_pooled_encoder_matches_naive_loop(mode, causal):
     assert lengths == [3]
     want = naive_encoder(enc, hf, enc.embed_tokens(ids[0]), [[4, 3, 3]], mode, causal, [4])
     torch.testing.assert_close(out[0], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field", [0, 1])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("group_positions", [False, True])
+def test_local_receptive_field_and_group_positions_match_naive_loop(field, causal, group_positions):
+    enc, hf = make_encoder(causal=causal, pooled_receptive_field=field,
+                           pooled_positions="group" if group_positions else "index")
+    ids = torch.randint(3, 300, (2, 14))
+    out, lengths = enc(ids, [14, 9])  # 14 by 4 -> [4, 4, 3, 3]; 9 by 4 -> [3, 3, 3]
+    assert lengths == [4, 3]
+    for row, (n, groups) in enumerate([(14, [4, 4, 3, 3]), (9, [3, 3, 3])]):
+        want = naive_encoder(enc, hf, enc.embed_tokens(ids[row, :n]), [groups], causal=causal,
+                             schedule=[4], field=field, group_positions=group_positions)
+        torch.testing.assert_close(out[row, : len(groups)], want, atol=1e-5, rtol=1e-5)
+
+
+def test_wide_receptive_field_equals_whole_segment():
+    ids = torch.randint(3, 300, (1, 12))
+    whole, _ = make_encoder()[0](ids, [12])
+    wide, _ = make_encoder(pooled_receptive_field=3)[0](ids, [12])  # 3 groups: +-3 covers all
+    own, _ = make_encoder(pooled_receptive_field=0)[0](ids, [12])
+    torch.testing.assert_close(wide, whole)
+    assert not torch.allclose(own, whole, atol=1e-4)
 
 
 def test_schedule_of_factors_matches_naive_loop():

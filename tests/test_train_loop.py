@@ -74,7 +74,13 @@ def test_reconstruction_loss_falls_on_cpu(sharp, tmp_path):
     assert train[-1]["step"] == 200 and train[-1]["loss_avg"] < 0.5 * first, (first, train[-1])
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [100, 200]
-    assert set(evals[0]["eval"]) == {"d0/reconstruction", "d0/continuation"}
+    held_out = evals[-1]["eval"]
+    names = ("", "/mismatched", "/none", "/text", "/gap", "/accuracy", "/accuracy_none")
+    assert set(held_out) == {f"d0/{task}{n}" for task in ("reconstruction", "continuation") for n in names}
+    # the content gap is the mismatched-document loss minus the right one
+    assert held_out["d0/reconstruction/gap"] == pytest.approx(
+        held_out["d0/reconstruction/mismatched"] - held_out["d0/reconstruction"])
+    assert 0 <= held_out["d0/reconstruction/accuracy"] <= 1
     assert {"lr", "grad_norm", "tokens_per_s", "decoder", "task"} <= set(train[-1])
     assert set(train[-1]["lr"]) == {"encoder", "projector", "special"}
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000

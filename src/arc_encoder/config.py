@@ -41,6 +41,13 @@ class ARCConfig(DictConfig):
     # One factor per final block, applied before that block: [4] pools by 4 in the last block;
     # [2, 2, 2] pools by 2 before each of the last three (overall 8); 1 = no pooling there.
     pooling_factors: list[int] = field(default_factory=lambda: [4])
+    # Keys the pooled queries may attend in a pooling block: None = every token of the segment
+    # (paper); w >= 0 = the tokens of groups at most w away from the query's own (0: own group).
+    # A local field stops every vector from summarising the same whole-segment direction.
+    pooled_receptive_field: int | None = None
+    # Positions (RoPE) of the pooled queries: "index" = 0..m-1 (paper), "group" = the position of
+    # the first token of their group, beside the keys they summarise.
+    pooled_positions: str = "index"
     # Number of memory tokens per segment when pooling == "memory".
     memory_tokens: int = 0
     # Frozen decoders fed by this encoder; each gets its own projector and special tokens.
@@ -69,6 +76,10 @@ class ARCConfig(DictConfig):
                 raise ValueError("memory tokens replace pooling: set pooling_factors to []")
         elif self.memory_tokens:
             raise ValueError("memory_tokens is only used with pooling='memory'")
+        if self.pooled_receptive_field is not None and self.pooled_receptive_field < 0:
+            raise ValueError(f"pooled_receptive_field must be None or >= 0, got {self.pooled_receptive_field}")
+        if self.pooled_positions not in ("index", "group"):
+            raise ValueError(f"pooled_positions must be 'index' or 'group', got {self.pooled_positions!r}")
         if any((not isinstance(f, int)) or f < 1 for f in self.pooling_factors):
             raise ValueError(f"pooling_factors must be integers >= 1, got {self.pooling_factors}")
         if not self.decoders:

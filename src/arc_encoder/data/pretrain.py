@@ -20,8 +20,9 @@ decoder k's tokens, and the encoder reads the same characters in its own tokens.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DictConfig
@@ -54,9 +55,23 @@ class PretrainDataConfig(DictConfig):
     text_field: str = "text"  # JSONL / datasets column holding the document
     on_bad_line: str = "error"  # or "skip": count bad records and log a warning
     add_eos: bool = True  # the decoder's EOS closes each document
-    encoder_special_tokens: bool = True  # encoder BOS/EOS on spans that start/end a document
+    # Encoder BOS/EOS on spans that start/end a document. Off: fine-tuning and inference compress
+    # documents without them, and pretraining should see what inference will.
+    encoder_special_tokens: bool = False
     min_encoder_tokens: int = 2  # shorter compressed spans are dropped (5.6)
     loop: bool = True  # training loops forever; False: one pass (evaluation), last batches short
+    # Reconstruction length curriculum (REFRAG): span lengths in decoder tokens, short to long,
+    # e.g. [8, 16, 32]; seq_len is the last level. Over the first `curriculum_batches` batches the
+    # mix of span lengths moves from the first level to seq_len; each batch keeps the token budget
+    # batch_size * seq_len, so a batch of spans 4x shorter holds 4x more samples. [] = off.
+    curriculum: list = field(default_factory=list)
+    curriculum_batches: int = 0
+    # Phase 1: the first this-many batches are reconstruction only, whatever `continuation` says.
+    reconstruction_only_batches: int = 0
+    # Held-out sets: skip documents already seen (SQuAD repeats a paragraph per question), and
+    # keep at most this many samples per document (0: all).
+    distinct: bool = False
+    samples_per_document: int = 0
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
@@ -69,6 +84,22 @@ class PretrainDataConfig(DictConfig):
         if not 0.0 <= self.continuation <= 1.0:
             raise ValueError(f"continuation must be a share in [0, 1], got {self.continuation!r}")
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
+        for name in ("curriculum_batches", "reconstruction_only_batches", "samples_per_document"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        levels = self.curriculum
+        if levels:
+            if not all(isinstance(n, int) and n >= 1 for n in levels) or levels != sorted(set(levels)):
+                raise ValueError(f"curriculum must be increasing span lengths >= 1, got {levels!r}")
+            if levels[-1] > self.seq_len:
+                raise ValueError(f"curriculum level {levels[-1]} is longer than seq_len={self.seq_len}")
+            if self.curriculum_batches < 1:
+                raise ValueError("a curriculum needs curriculum_batches >= 1 (the batches it spans)")
+            if self.batch_size * self.seq_len // levels[0] < 1:
+                raise ValueError("curriculum: batch_size * seq_len must hold at least one shortest span")
+        elif self.curriculum_batches:
+            raise ValueError("curriculum_batches is set but curriculum (the span lengths) is empty")
 
 
 
@@ -128,6 +159,22 @@ def continuation_samples(doc: DecoderText, encoder: EncoderView, compress: int, 
     return samples
 
 
+def curriculum_mix(levels: list[int], seq_len: int, served: int, total: int) -> dict[int, float]:
+    """Share of each span length after `served` of the curriculum's `total` batches.
+
+    The lengths are levels + [seq_len]; progress u = served / total walks linearly over them, and
+    between two neighbouring levels the mix interpolates: at u = 0 every span has the first
+    length, at u >= 1 every span has seq_len.
+    """
+    lengths = list(levels) + ([seq_len] if not levels or levels[-1] != seq_len else [])
+    x = min(max(served / total, 0.0), 1.0) * (len(lengths) - 1) if total else len(lengths) - 1
+    low = min(int(x), len(lengths) - 1)
+    frac = x - low
+    if frac == 0 or low == len(lengths) - 1:
+        return {lengths[low]: 1.0}
+    return {lengths[low]: 1.0 - frac, lengths[low + 1]: frac}
+
+
 # ----------------------------------------------------------------------------------- pipeline
 
 
@@ -150,9 +197,12 @@ class PretrainData:
         self.stream = open_mixture(config.sources, text_field(config.text_field), rank, world_size,
                                    config.loop, config.on_bad_line, config.shuffle_buffer, config.seed)
         self.task_rng = seeded_rng(config.seed, rank, "task")
+        # Samples waiting for a full batch, per task; reconstruction spans per curriculum length.
         self.pending = [{t: [] for t in PRETRAIN_TASKS} for _ in tokenizers]
         self.ready: list[deque[Batch]] = [deque() for _ in tokenizers]
         self.exhausted = False
+        self.served = 0  # batches handed out (all decoders): the curriculum's and phases' clock
+        self.seen: set[int] = set()  # hashes of documents read, with `distinct`
         # Documents per task and samples made, for logs and for checking the task share.
         self.stats = {"documents": {t: 0 for t in PRETRAIN_TASKS}, "samples": {t: 0 for t in PRETRAIN_TASKS}}
 
@@ -167,22 +217,44 @@ class PretrainData:
         """Completed passes over each source."""
         return self.stream.epochs
 
-    def document_samples(self, text: str, task: str, decoder: int = 0) -> list[Sample]:
-        """All samples of one document for one task, cut in decoder `decoder`'s tokens."""
+    def document_samples(self, text: str, task: str, decoder: int = 0, seq_len: int | None = None) -> list[Sample]:
+        """All samples of one document for one task, cut in decoder `decoder`'s tokens
+        (reconstruction spans of `seq_len` tokens, default the config's)."""
         c = self.config
         doc = decoder_text(text, self.decoder_tokenizers[decoder], self.decoder_bos[decoder], c.add_eos)
         if task == "reconstruction":
-            return reconstruction_samples(doc, self.encoder, c.seq_len, c.min_encoder_tokens)
-        prefix = c.prefix_tokens if c.prefix else 0
-        return continuation_samples(doc, self.encoder, c.compress_tokens, c.target_tokens, prefix,
-                                    c.min_encoder_tokens)
+            samples = reconstruction_samples(doc, self.encoder, seq_len or c.seq_len, c.min_encoder_tokens)
+        else:
+            prefix = c.prefix_tokens if c.prefix else 0
+            samples = continuation_samples(doc, self.encoder, c.compress_tokens, c.target_tokens, prefix,
+                                           c.min_encoder_tokens)
+        return samples[: c.samples_per_document] if c.samples_per_document else samples
+
+    def _draw(self) -> tuple[str, int]:
+        """Task and reconstruction span length of the next document, from the current schedule."""
+        c = self.config
+        share = 0.0 if self.served < c.reconstruction_only_batches else c.continuation
+        task = "continuation" if self.task_rng.random() < share else "reconstruction"
+        seq_len = c.seq_len
+        if task == "reconstruction" and c.curriculum:
+            mix = curriculum_mix(c.curriculum, c.seq_len, self.served, c.curriculum_batches)
+            r, seq_len = self.task_rng.random(), max(mix)
+            for length, weight in mix.items():
+                if r < weight:
+                    seq_len = length
+                    break
+                r -= weight
+        return task, seq_len
+
+    def _queue_key(self, task: str, seq_len: int) -> str:
+        return task if task == "continuation" or seq_len == self.config.seq_len else f"{task}@{seq_len}"
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
             raise ValueError(f"decoder {decoder!r} does not exist; this pipeline has "
                              f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
         ready, pending = self.ready[decoder], self.pending[decoder]
-        size = self.config.batch_size
+        budget = self.config.batch_size * self.config.seq_len  # decoder tokens per reconstruction batch
         barren = 0
         while not ready:
             if self.exhausted:
@@ -192,26 +264,33 @@ class PretrainData:
             except StopIteration:
                 self.exhausted = True
                 break
-            task = "continuation" if self.task_rng.random() < self.config.continuation else "reconstruction"
-            samples = self.document_samples(record.value, task, decoder)
+            if self.config.distinct:
+                key = int(hashlib.blake2b(record.value.encode(), digest_size=8).hexdigest(), 16)
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+            task, seq_len = self._draw()
+            samples = self.document_samples(record.value, task, decoder, seq_len)
             barren = 0 if samples else barren + 1
             if barren == MAX_BARREN_DOCUMENTS:
                 raise ValueError(f"{barren} documents in a row gave no sample (the last: {record.where}); "
                                  "are the documents shorter than 2 tokens?")
             self.stats["documents"][task] += 1
             self.stats["samples"][task] += len(samples)
-            queue = pending[task]
+            queue = pending.setdefault(self._queue_key(task, seq_len), [])
             queue.extend(samples)
+            size = self.config.batch_size if task == "continuation" else max(1, budget // seq_len)
             while len(queue) >= size:
                 ready.append(Batch(queue[:size], task))
                 del queue[:size]
         if not ready and self.exhausted:  # one pass done: hand out what is left, then stop
-            for task in PRETRAIN_TASKS:
-                if pending[task]:
-                    ready.append(Batch(pending[task], task))
-                    pending[task] = []
+            for key in list(pending):
+                if pending[key]:
+                    ready.append(Batch(pending[key], key.split("@")[0]))
+                    pending[key] = []
         if not ready:
             raise StopIteration
+        self.served += 1
         return ready.popleft()
 
     # ------------------------------------------------------------------------------- resume
@@ -220,7 +299,8 @@ class PretrainData:
             "config": self.config.to_dict(), "rank": self.rank, "world_size": self.world_size,
             "decoders": len(self.decoder_tokenizers), "stream": self.stream.state_dict(),
             "task_rng": rng_state(self.task_rng), "exhausted": self.exhausted,
-            "pending": [{t: [sample_to_dict(s) for s in q[t]] for t in PRETRAIN_TASKS} for q in self.pending],
+            "pending": [{k: [sample_to_dict(s) for s in v] for k, v in q.items()} for q in self.pending],
+            "served": self.served, "seen": sorted(self.seen),
             "ready": [[{"task": b.task, "samples": [sample_to_dict(s) for s in b.samples]} for b in r]
                       for r in self.ready],
             "stats": {k: dict(v) for k, v in self.stats.items()},
@@ -232,7 +312,9 @@ class PretrainData:
         self.stream.load_state_dict(state["stream"])
         set_rng_state(self.task_rng, state["task_rng"])
         self.exhausted = state["exhausted"]
-        self.pending = [{t: [sample_from_dict(s) for s in q[t]] for t in PRETRAIN_TASKS} for q in state["pending"]]
+        self.pending = [{k: [sample_from_dict(s) for s in v] for k, v in q.items()} for q in state["pending"]]
+        self.served = state.get("served", 0)
+        self.seen = set(state.get("seen", []))
         self.ready = [deque(Batch([sample_from_dict(s) for s in b["samples"]], b["task"]) for b in r)
                       for r in state["ready"]]
         self.stats = {k: dict(v) for k, v in state["stats"].items()}

@@ -209,11 +209,12 @@ class ARCModel(nn.Module):
         return blocks
 
     # ----------------------------------------------------------------------------- training
-    def loss(self, samples: list[Sample], decoder: int = 0, special: str = "cont"):
+    def loss(self, samples: list[Sample], decoder: int = 0, special: str = "cont", with_accuracy: bool = False):
         """Summed next-token loss over supervised text tokens, and how many there are.
 
         Returns (loss_sum, n_tokens); divide for the mean. Summing lets gradient accumulation and
-        data-parallel ranks weight every token equally.
+        data-parallel ranks weight every token equally. `with_accuracy` adds a third value: how
+        many supervised tokens are the decoder's argmax (teacher-forced accuracy).
         """
         self._check_decoder(decoder)
         dec = self.decoders[decoder]
@@ -229,8 +230,11 @@ class ARCModel(nn.Module):
         index, labels = loss_positions(batch, samples, self.config.supervise_first_token)
         if index.numel() == 0:
             raise ValueError("no supervised token in this batch")
-        loss = next_token_loss(dec, batch.embeds, batch.attention_mask, batch.position_ids, index, labels)
-        return loss, index.numel()
+        args = (dec, batch.embeds, batch.attention_mask, batch.position_ids, index, labels)
+        if with_accuracy:
+            loss, correct = next_token_loss(*args, with_accuracy=True)
+            return loss, index.numel(), correct
+        return next_token_loss(*args), index.numel()
 
     # ----------------------------------------------------------------------------- generation
     def build_prompts(self, prompts: list[list], decoder: int, special: str = "cont"):

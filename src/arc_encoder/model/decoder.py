@@ -30,8 +30,9 @@ def decoder_logits(decoder: PreTrainedModel, hidden: torch.Tensor) -> torch.Tens
     return logits
 
 
-def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels):
-    """Summed cross-entropy of `labels` predicted at flat positions `index` of [B*L].
+def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels, with_accuracy=False):
+    """Summed cross-entropy of `labels` predicted at flat positions `index` of [B*L]
+    (and, `with_accuracy`, how many of them are the argmax: teacher-forced token accuracy).
 
     Logits are computed only at those positions: over a 49k-256k vocabulary, logits everywhere
     would be the largest cost of a training step.
@@ -41,7 +42,10 @@ def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels
     ).last_hidden_state  # [B, L, d] after the final norm
     picked = hidden.reshape(-1, hidden.shape[-1])[index]  # [T, d]
     logits = decoder_logits(decoder, picked).float()  # [T, V]
-    return F.cross_entropy(logits, labels, reduction="sum")
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    if with_accuracy:
+        return loss, int((logits.argmax(-1) == labels).sum())
+    return loss
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:

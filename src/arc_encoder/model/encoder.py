@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from ..config import ARCConfig
-from .pooling import pool
+from .pooling import group_index, pool
 
 
 def backbone_config(path: str, drop_layers: int, attn_implementation: str) -> PretrainedConfig:
@@ -61,6 +61,8 @@ class Encoder(nn.Module):
         self.rotary_emb = base.rotary_emb
         self.causal = cfg.causal
         self.mode = cfg.pooling
+        self.receptive_field = cfg.pooled_receptive_field
+        self.pooled_positions = cfg.pooled_positions
         n = len(self.layers)
         if len(cfg.pooling_factors) > n:
             raise ValueError(f"{len(cfg.pooling_factors)} pooling factors for {n} encoder blocks")
@@ -142,8 +144,14 @@ class Encoder(nn.Module):
         pooled, counts, ends = pool(h, lengths, factor, self.mode)  # [S, M, d]
         M = pooled.shape[1]
         x = torch.cat([h, pooled], dim=1)  # [S, N+M, d]
-        # Unpooled tokens keep positions 0..n-1; pooled query j takes position j (spec 2.5).
-        positions = torch.cat([torch.arange(N), torch.arange(M)]).to(h.device)[None].expand(S, -1)
+        # Unpooled tokens keep positions 0..n-1; pooled query j takes position j (spec 2.5), or
+        # with pooled_positions="group" the position of its group's first token.
+        if self.pooled_positions == "group":
+            starts = [[0] + [e + 1 for e in seg[:-1]] + [0] * (M - len(seg)) for seg in ends]
+            query_pos = torch.tensor(starts, device=h.device)  # [S, M]
+        else:
+            query_pos = torch.arange(M, device=h.device)[None].expand(S, M)
+        positions = torch.cat([torch.arange(N, device=h.device)[None].expand(S, N), query_pos], dim=1)
         keys = torch.arange(N + M, device=h.device)
         real_key = (keys[None, :] < torch.tensor(lengths, device=h.device)[:, None])  # [S, N+M]
         allowed = real_key[:, None, :].expand(S, N + M, N + M).clone()
@@ -154,6 +162,16 @@ class Encoder(nn.Module):
                 torch.tensor([e + [N - 1] * (M - len(e)) for e in ends]),
             ], dim=1).to(h.device)  # [S, N+M]
             allowed &= keys[None, None, :] <= last_key[:, :, None]
+        if self.receptive_field is not None:
+            # pooled row j sees only the tokens of groups j-w .. j+w (padding keys are blocked above)
+            ids, _ = group_index(lengths, factor)
+            key_group = torch.full((S, N + M), -N - M, dtype=torch.long)
+            for s, row in enumerate(ids):
+                key_group[s, : len(row)] = torch.tensor(row)
+            key_group = key_group.to(h.device)
+            query_group = torch.arange(M, device=h.device)
+            near = (key_group[:, None, :] - query_group[None, :, None]).abs() <= self.receptive_field  # [S, M, N+M]
+            allowed[:, N:] &= near
         out = layer(
             x,
             attention_mask=additive_mask(allowed, h.dtype),

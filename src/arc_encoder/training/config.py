@@ -131,6 +131,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     # New-decoder adaptation: the encoder is frozen; projectors and special tokens train.
     freeze_encoder: bool = False
+    # Train only the encoder's last k blocks (None: all). The embeddings and the blocks below stay
+    # frozen, so the backward pass stops at block n-k: on CPU this buys steps.
+    train_encoder_blocks: int | None = None
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     # Which decoder a step trains (decisions #7): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
@@ -151,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be < steps ({self.steps})")
         if self.data.get("kind") not in DATA_KINDS:
             raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.data.get('kind')!r}")
+        if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
+            raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
         if self.decoder_weights is not None:
             if any(w < 0 for w in self.decoder_weights) or sum(self.decoder_weights) <= 0:
                 raise ValueError(f"decoder_weights must be >= 0 with a positive sum, got {self.decoder_weights}")

@@ -61,7 +61,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path:
-    """Training loss, held-out losses and learning rates against the step."""
+    """Training loss, held-out losses, the held-out content gap and learning rates against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,16 +70,22 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path:
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
-                                         gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax_loss, ax_gap, ax_lr) = plt.subplots(3, 1, figsize=(8, 9), sharex=True,
+                                                 gridspec_kw={"height_ratios": [3, 2, 1]})
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss_avg"] for r in train], label="train", lw=1)
     for name in sorted({k for r in evals for k in r["eval"]}):
+        if "/accuracy" in name:
+            continue
         points = [(r["step"], r["eval"][name]) for r in evals if name in r["eval"]]
-        ax_loss.plot(*zip(*points), marker="o", ms=3, label=f"held-out {name}")
+        ax = ax_gap if name.endswith("/gap") else ax_loss
+        ax.plot(*zip(*points), marker="o", ms=3, label=f"held-out {name}")
     ax_loss.set_ylabel("loss (nats / token)")
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
+    ax_gap.set_ylabel("content gap\n(mismatched - right)")
+    for ax in (ax_loss, ax_gap):
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     for group in sorted({g for r in train for g in r["lr"]}):
         ax_lr.plot([r["step"] for r in train], [r["lr"][group] for r in train], label=group)
     ax_lr.set_yscale("log")

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.batch import Batch
+from ..evaluation.content import content_sums, content_summary, flat_summary
 from ..model.arc import ARCModel
 from . import checkpoint as ckpt
 from .config import TrainConfig, resume_differences, save_config
@@ -74,6 +75,16 @@ def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
     return [{"name": name, "params": params, "lr": lr} for name, params, lr in groups if params]
 
 
+def freeze_lower_blocks(encoder, trained: int) -> None:
+    """Freeze the embeddings and every block but the last `trained` (no backward below them)."""
+    n = len(encoder.layers)
+    if trained > n:
+        raise ValueError(f"train_encoder_blocks={trained}, but the encoder has only {n} blocks")
+    encoder.embed_tokens.requires_grad_(False)
+    for layer in list(encoder.layers)[: n - trained]:
+        layer.requires_grad_(False)
+
+
 def input_tokens(batch: Batch) -> int:
     """Encoder and decoder tokens a batch feeds in (for tokens/s)."""
     return sum(len(s.text_ids) + sum(len(seg) for seg in s.segments) for s in batch.samples)
@@ -110,6 +121,8 @@ class Trainer:
         arc.to(device)
         if config.freeze_encoder:
             arc.encoder.requires_grad_(False)
+        elif config.train_encoder_blocks is not None:
+            freeze_lower_blocks(arc.encoder, config.train_encoder_blocks)
         if config.activation_checkpointing:
             enable_activation_checkpointing(arc)
         arc.train()
@@ -239,7 +252,8 @@ class Trainer:
     # ------------------------------------------------------------------------- held-out loss
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Token-weighted held-out loss per decoder and task, over all ranks."""
+        """Held-out content measures per decoder and task, over all ranks (evaluation.content):
+        "d0/reconstruction" is the loss with the right document, ".../gap" the content gap, etc."""
         if not self.eval_batches:
             return {}
         self.arc.eval()
@@ -248,18 +262,18 @@ class Trainer:
         # fewest held-out batches (of its shard) sets the count.
         counts = [min(c) for c in zip(*gather_objects([len(b) for b in self.eval_batches]))]
         for decoder, (batches, count) in enumerate(zip(self.eval_batches, counts)):
-            for batch in batches[:count]:
+            def loss_fn(samples, special, decoder=decoder):
                 with self.autocast:
-                    loss_sum, n = self.module(batch.samples, decoder, batch.special)
-                key = f"d{decoder}/{batch.task}"
-                sums[key] = sums.get(key, torch.zeros(2, dtype=torch.float64)) + torch.tensor(
-                    [loss_sum.item(), n], dtype=torch.float64)
+                    return self.module(samples, decoder, special, with_accuracy=True)
+
+            for key, value in content_sums(loss_fn, self.arc, batches[:count], decoder).items():
+                sums[f"d{decoder}/{key}"] = value
         self.arc.train()
         # Every rank must reduce the same keys in the same order, even if its batches differ.
         keys = sorted({k for ks in gather_objects(sorted(sums)) for k in ks})
-        stacked = torch.stack([sums.get(k, torch.zeros(2, dtype=torch.float64)) for k in keys])
+        stacked = torch.stack([sums.get(k, torch.zeros(3, dtype=torch.float64)) for k in keys])
         stacked = all_reduce_sum(stacked.to(self.runtime.device)).cpu()
-        return {k: (s[0] / s[1]).item() for k, s in zip(keys, stacked) if s[1] > 0}
+        return flat_summary(content_summary({k: s for k, s in zip(keys, stacked) if s[1] > 0}))
 
     # ------------------------------------------------------------------------- the loop
     def fit(self) -> Path:

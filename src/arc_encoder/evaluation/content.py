@@ -1,0 +1,174 @@
+"""Do the compressed vectors carry their document? One measurement, used everywhere.
+
+For held-out samples (reconstruction and continuation of prose, or fine-tuning prompts) the
+frozen decoder's loss on the supervised tokens is measured under four conditions:
+
+  right      the sample's own compressed document (what training optimises);
+  mismatched its last document replaced by another sample's (same format, wrong content);
+  none       no document at all;
+  text       the documents written out as decoder tokens (the open-book ceiling).
+
+The **content gap** `mismatched - right` (nats per token) is what reading the right document is
+worth. A loss that falls while the gap stays 0 is the model learning the format, not the content.
+Teacher-forced token accuracy (argmax = target) is reported under `right` and `none`, and a few
+documents can be reconstructed greedily and scored with ROUGE-L against the original.
+
+Training (`Trainer.evaluate`), the quickstart, `arc-encoder eval --content` and
+`benchmarks/document_use.py` all call `content_sums` / `content_summary` below.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..model.splice import Sample
+
+CONDITIONS = ("right", "mismatched", "none", "text")
+# loss_fn(samples, special) -> (loss_sum, supervised tokens, correct argmax tokens)
+LossFn = Callable[[list[Sample], str], tuple]
+
+
+def without_documents(s: Sample) -> Sample:
+    return Sample(s.text_ids, [], [], s.targets)
+
+
+def documents_as_text(s: Sample, arc, decoder: int) -> Sample:
+    """Each segment decoded from encoder tokens and re-tokenized for the decoder, unsupervised."""
+    ids, targets, previous = [], [], 0
+    for segment, offset in zip(s.segments, s.offsets):
+        text = arc.encoder_tokenizer.decode(segment, skip_special_tokens=True)
+        tokens = arc.decoder_tokenizers[decoder](text, add_special_tokens=False)["input_ids"]
+        ids += s.text_ids[previous:offset] + tokens
+        targets += s.targets[previous:offset] + [False] * len(tokens)
+        previous = offset
+    return Sample(ids + s.text_ids[previous:], [], [], targets + s.targets[previous:])
+
+
+def mismatched(samples: list[Sample]) -> list[Sample]:
+    """Each sample's last segment swapped for the next sample's that differs (wrapping around)."""
+    out = []
+    for i, s in enumerate(samples):
+        others = (samples[(i + k) % len(samples)] for k in range(1, len(samples)))
+        other = next((o for o in others if o.segments and o.segments[-1] != s.segments[-1]), None)
+        if other is None:
+            raise ValueError("every held-out sample has the same document: nothing to swap in")
+        out.append(Sample(s.text_ids, s.segments[:-1] + [other.segments[-1]], s.offsets, s.targets))
+    return out
+
+
+def distinct_documents(samples: list[Sample]) -> list[Sample]:
+    """The first sample of each distinct compressed document (its last segment), in order."""
+    seen, out = set(), []
+    for s in samples:
+        key = tuple(s.segments[-1]) if s.segments else None
+        if key is not None and key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def condition_samples(samples: list[Sample], arc, decoder: int,
+                      conditions: tuple[str, ...] = CONDITIONS) -> dict[str, list[Sample]]:
+    build = {"right": lambda: samples, "mismatched": lambda: mismatched(samples),
+             "none": lambda: [without_documents(s) for s in samples],
+             "text": lambda: [documents_as_text(s, arc, decoder) for s in samples]}
+    return {c: build[c]() for c in conditions}
+
+
+@torch.no_grad()
+def content_sums(loss_fn: LossFn, arc, batches, decoder: int = 0, batch_size: int = 8,
+                 conditions: tuple[str, ...] = CONDITIONS) -> dict[str, torch.Tensor]:
+    """{"task/condition": float64 [loss sum, supervised tokens, correct tokens]} over held-out
+    batches, one sample per distinct document. Sums, so data-parallel ranks can add them up."""
+    by_task: dict[str, tuple[str, list[Sample]]] = {}
+    for b in batches:
+        special, samples = by_task.setdefault(b.task, (b.special, []))
+        samples.extend(s for s in b.samples if s.segments)
+    sums = {}
+    for task, (special, samples) in by_task.items():
+        samples = distinct_documents(samples)
+        if len(samples) < 2:
+            continue  # no other document to swap in: the gap is undefined
+        for condition, group in condition_samples(samples, arc, decoder, conditions).items():
+            total = torch.zeros(3, dtype=torch.float64)
+            for i in range(0, len(group), batch_size):
+                loss, n, correct = loss_fn(group[i : i + batch_size], special)
+                total += torch.tensor([loss.item(), n, correct], dtype=torch.float64)
+            sums[f"{task}/{condition}"] = total
+    return sums
+
+
+def content_summary(sums: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Sums -> {task: {right, mismatched, none, text (nats/token), gap, accuracy, accuracy_none,
+    documents}}; gap = mismatched - right."""
+    out: dict[str, dict[str, float]] = {}
+    for key, (loss, tokens, correct) in sums.items():
+        task, condition = key.rsplit("/", 1)
+        row = out.setdefault(task, {})
+        row[condition] = (loss / tokens).item()
+        if condition in ("right", "none"):
+            row["accuracy" if condition == "right" else "accuracy_none"] = (correct / tokens).item()
+    for row in out.values():
+        if "right" in row and "mismatched" in row:
+            row["gap"] = row["mismatched"] - row["right"]
+    return out
+
+
+def flat_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
+    """{task: {name: value}} -> {"prefix+task/name": value}; the right loss keeps the bare task key."""
+    flat = {}
+    for task, row in summary.items():
+        for name, value in row.items():
+            flat[f"{prefix}{task}" if name == "right" else f"{prefix}{task}/{name}"] = value
+    return flat
+
+
+@torch.no_grad()
+def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int = 96) -> list[dict]:
+    """Greedy reconstruction of each text from its vectors (<Rec>), scored by ROUGE-L."""
+    from .metrics import rouge_l
+
+    compressed = arc.compress(texts, decoder)
+    out = []
+    for text, c in zip(texts, compressed):
+        budget = min(max_new_tokens, c.document_tokens + 8)
+        generated = arc.generate([[c]], decoder=decoder, max_new_tokens=budget, special="rec")[0].text
+        out.append({"original": text, "reconstruction": generated, "rouge_l": rouge_l(generated, text),
+                    "tokens": c.document_tokens, "vectors": c.n_vectors})
+    return out
+
+
+def content_report(arc, batches, decoder: int = 0, reconstruct: list[str] | None = None,
+                   batch_size: int = 8) -> dict:
+    """The whole measurement for one model: losses, gaps, accuracies, and reconstructions."""
+    was_training = arc.training
+    arc.eval()
+
+    def loss_fn(samples, special):
+        return arc.loss(samples, decoder, special, with_accuracy=True)
+
+    report = {"tasks": content_summary(content_sums(loss_fn, arc, batches, decoder, batch_size))}
+    if reconstruct:
+        rows = reconstructions(arc, reconstruct, decoder)
+        report["reconstructions"] = rows
+        report["rouge_l"] = sum(r["rouge_l"] for r in rows) / len(rows)
+    arc.train(was_training)
+    return report
+
+
+def describe(summary: dict[str, dict[str, float]]) -> list[str]:
+    """Plain-words lines: what the vectors carry, per task."""
+    lines = []
+    for task, row in summary.items():
+        if "gap" not in row:
+            continue
+        line = (f"{task}: the vectors carry {row['gap']:.2f} nats per token of their own document "
+                f"(loss {row['right']:.2f} with it, {row['mismatched']:.2f} with another's, "
+                f"{row.get('none', float('nan')):.2f} with none, {row.get('text', float('nan')):.2f} "
+                f"reading the text)")
+        if "accuracy" in row:
+            line += f"; next-token accuracy {row['accuracy']:.0%} (no document: {row['accuracy_none']:.0%})"
+        lines.append(line)
+    return lines
