@@ -51,7 +51,7 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     trained = []
     real = quickstart.train_stage
     monkeypatch.setattr(quickstart, "train_stage",
-                        lambda config, *a: trained.append(config.out_dir) or real(config, *a))
+                        lambda build, *a: trained.append(build(2).out_dir) or real(build, *a))
     with pytest.raises(ValueError, match="pretrain_steps"):  # other settings: not the same run
         run_quickstart(dataclasses.replace(q, resume=True, pretrain_steps=4))
     resumed = run_quickstart(dataclasses.replace(q, resume=True, eval_questions=3))
@@ -59,6 +59,20 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert resumed["pretrain"] == saved["pretrain"] | {"seconds": 0.0}
     assert resumed["finetune"]["4"]["checkpoint"] == saved["finetune"]["4"]["checkpoint"]
     assert json.loads((out / "report.json").read_text())["evaluation"]["4"]["questions"] == 3
+
+
+def test_stage_schedules_follow_the_calibrated_steps(tmp_path):
+    """Warm-up and curriculum are set from the real step count, not a placeholder."""
+    q = QuickstartConfig()
+    long = quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 300)
+    assert long.optim.warmup_steps == quickstart.PRETRAIN_WARMUP
+    assert long.data["curriculum_batches"] == 120 and long.data["curriculum"] == quickstart.CURRICULUM
+    assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 40).optim.warmup_steps == 8
+    held = long.eval.data
+    assert held["distinct"] and held["samples_per_document"] == 1 and held["curriculum"] == []
+    ft = quickstart.finetune_config(q, tmp_path, tmp_path / "p", 4, tmp_path / "f", 100)
+    assert ft.optim.warmup_steps == quickstart.FINETUNE_WARMUP
+    assert ft.model.arc["pooled_receptive_field"] == 0 and ft.model.arc["pooling_factors"] == [4]
 
 
 def test_missing_data_says_what_to_do(tmp_path, monkeypatch):

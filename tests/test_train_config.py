@@ -176,3 +176,11 @@ def test_every_shipped_config_validates(path):
     cls = data.PretrainDataConfig if config.data["kind"] == "pretrain" else data.FinetuneDataConfig
     for section in (config.data, {**config.data, **config.eval.data}):
         cls.from_dict({k: v for k, v in section.items() if k != "kind"})
+
+
+def test_constant_schedule_holds_the_peak_after_warm_up():
+    from arc_encoder.training.schedule import lr_at
+
+    assert [lr_at(s, 1.0, 6, warmup_steps=2, decay="none") for s in range(6)] == [0.5, 1, 1, 1, 1, 1]
+    with pytest.raises(TypeError, match="optim.decay"):
+        load_config(None, ["optim.decay=linear"])

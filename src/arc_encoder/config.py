@@ -48,6 +48,9 @@ class ARCConfig(DictConfig):
     # Positions (RoPE) of the pooled queries: "index" = 0..m-1 (paper), "group" = the position of
     # the first token of their group, beside the keys they summarise.
     pooled_positions: str = "index"
+    # What the projector reads: "raw" encoder outputs (paper), or "standardize"d ones (each
+    # dimension centred and scaled by statistics measured once on training text, then fixed).
+    projector_input: str = "raw"
     # Number of memory tokens per segment when pooling == "memory".
     memory_tokens: int = 0
     # Frozen decoders fed by this encoder; each gets its own projector and special tokens.
@@ -78,6 +81,8 @@ class ARCConfig(DictConfig):
             raise ValueError("memory_tokens is only used with pooling='memory'")
         if self.pooled_receptive_field is not None and self.pooled_receptive_field < 0:
             raise ValueError(f"pooled_receptive_field must be None or >= 0, got {self.pooled_receptive_field}")
+        if self.projector_input not in ("raw", "standardize"):
+            raise ValueError(f"projector_input must be 'raw' or 'standardize', got {self.projector_input!r}")
         if self.pooled_positions not in ("index", "group"):
             raise ValueError(f"pooled_positions must be 'index' or 'group', got {self.pooled_positions!r}")
         if any((not isinstance(f, int)) or f < 1 for f in self.pooling_factors):

@@ -1,7 +1,8 @@
 """The quickstart recipe: train an ARC-Encoder on CPU within a time budget and show it works.
 
-Stages (each prints what it does and why):
-  1. pretrain at pooling factor 8 on prose: reconstruction + continuation (paper recipe);
+Stages (each prints what it does and why, and how much of its document the vectors carry):
+  1. pretrain at pooling factor 4 on prose: reconstruction of short spans, through a length
+     curriculum, with pooled queries that read their own group only (docs/training.md);
   2. fine-tune at factor 4 on few-shot SQuAD prompts whose documents are all compressed;
   3. evaluate on held-out SQuAD questions (articles never seen in training): closed-book,
      open-book, ARC and truncation to the same budget;
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .evaluation.content import describe, reconstructions, summary_from_flat
 from .evaluation.metrics import gain_kept, mean_with_stderr
 from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
@@ -31,7 +33,8 @@ from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
 from .training.distributed import Runtime, pick_device
 from .training.model_init import build_model
-from .training.trainer import Trainer, build_data, held_out_batches, seed_everything
+from .training.trainer import (Trainer, build_data, calibrate_projector_inputs, held_out_batches,
+                               seed_everything)
 
 DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
 
@@ -41,8 +44,9 @@ class QuickstartConfig:
     budget_minutes: float = 30.0
     out: str = "runs/quickstart"
     data: str | None = None  # folder with prose/ and squad/ (see find_data)
-    preset: str = "smollm2-arc8"  # the pretraining model: pooling factor 8
-    arc: dict = field(default_factory=dict)  # ARCConfig overrides (tests use tiny models)
+    preset: str = "smollm2-arc4"  # the pretraining model: pooling factor 4
+    # ARCConfig overrides on top of RECIPE_ARC (tests use tiny models)
+    arc: dict = field(default_factory=dict)
     pretrained: bool = True
     finetune_factors: list[int] = field(default_factory=lambda: [4])
     # In-context examples in fine-tuning prompts. Every shot's document goes through the encoder
@@ -68,6 +72,18 @@ class QuickstartConfig:
     # holds a checkpoint) are reused, an unfinished one is trained again, evaluation runs again.
     resume: bool = False
 
+
+# The encoder settings of the recipe: each pooled query reads its own group of tokens only, at
+# that group's position. Without them the vectors collapse onto one direction every document
+# shares, and the decoder learns to ignore them (docs/experiments.md).
+RECIPE_ARC = {"pooled_receptive_field": 0, "pooled_positions": "group"}
+# Pretraining: reconstruction of spans this long, reached through shorter ones over the first
+# CURRICULUM_SHARE of the steps; decoder tokens per step = batch * PRETRAIN_SPAN.
+PRETRAIN_SPAN = 32
+CURRICULUM = [8, 16]
+CURRICULUM_SHARE = 0.4
+PRETRAIN_WARMUP = 20
+FINETUNE_WARMUP = 5
 
 # Settings that change what the training stages produce: a resumed run must match them.
 TRAINING_FIELDS = ("preset", "arc", "pretrained", "finetune_shots", "finetune_freeze_encoder",
@@ -103,19 +119,30 @@ def stage(n: int, title: str, why: str) -> None:
 
 
 # ----------------------------------------------------------------------------- training stages
+def arc_overrides(q: QuickstartConfig, **extra) -> dict:
+    return {**RECIPE_ARC, **q.arc, **extra}
+
+
+def held_out_prose(data: Path) -> dict:
+    """Held-out pretraining data: distinct SQuAD dev paragraphs (articles absent from the prose),
+    one span each, half reconstruction and half continuation."""
+    return {"sources": [str(data / "squad/dev.jsonl")], "text_field": "context", "shuffle_buffer": 0,
+            "distinct": True, "samples_per_document": 1, "continuation": 0.5,
+            "curriculum": [], "curriculum_batches": 0}
+
+
 def pretrain_config(q: QuickstartConfig, data: Path, out: Path, steps: int) -> TrainConfig:
     return config_from_dict({
-        "model": {"preset": q.preset, "arc": dict(q.arc), "pretrained": q.pretrained},
-        "data": {"kind": "pretrain", "sources": [str(data / "prose/wiki.txt")], "seq_len": 128,
-                 "compress_tokens": 128, "target_tokens": 128, "prefix": False,
-                 "continuation": 0.8, "shuffle_buffer": 256},
-        "optim": {"lr_encoder": 5e-5, "lr_projector": 5e-4, "lr_special": 5e-4,
-                  "weight_decay": 0.1, "warmup_steps": min(10, steps - 1), "final_lr": 1e-6},
+        "model": {"preset": q.preset, "arc": arc_overrides(q), "pretrained": q.pretrained},
+        "data": {"kind": "pretrain", "sources": [str(data / "prose/wiki.txt")], "seq_len": PRETRAIN_SPAN,
+                 "compress_tokens": PRETRAIN_SPAN, "target_tokens": PRETRAIN_SPAN, "prefix": False,
+                 "continuation": 0.0, "curriculum": CURRICULUM,
+                 "curriculum_batches": max(1, int(CURRICULUM_SHARE * steps)), "shuffle_buffer": 256},
+        "optim": {"lr_encoder": 1e-4, "lr_projector": 1e-3, "lr_special": 1e-3,
+                  "weight_decay": 0.1, "warmup_steps": min(PRETRAIN_WARMUP, steps // 5), "final_lr": 1e-5},
         "steps": steps, "batch_size": q.pretrain_batch, "seed": q.seed, "device": q.device,
         "checkpoint": {"every": 0, "keep": 1},
-        "eval": {"every": max(1, steps // 4), "batches": 4,
-                 "data": {"sources": [str(data / "squad/dev.jsonl")], "text_field": "context",
-                          "shuffle_buffer": 0}},
+        "eval": {"every": max(1, steps // 4), "batches": 4, "data": held_out_prose(data)},
         "log": {"every": max(1, min(10, steps // 10)), "plot": True},
         "out_dir": str(out),
     })
@@ -124,13 +151,13 @@ def pretrain_config(q: QuickstartConfig, data: Path, out: Path, steps: int) -> T
 def finetune_config(q: QuickstartConfig, data: Path, init_from: Path, factor: int, out: Path,
                     steps: int) -> TrainConfig:
     return config_from_dict({
-        "model": {"init_from": str(init_from), "arc": {**q.arc, "pooling_factors": [factor]},
+        "model": {"init_from": str(init_from), "arc": arc_overrides(q, pooling_factors=[factor]),
                   "pretrained": q.pretrained},
         "data": {"kind": "finetune", "sources": [str(data / "squad/train.jsonl")],
                  "n_shots": q.finetune_shots, "max_doc_tokens": 1024, "shuffle_buffer": 512,
                  "chunk_tokens": q.arc.get("chunk_tokens")},
         "optim": {"lr_encoder": 2e-5, "lr_projector": 2e-4, "lr_special": 2e-4,
-                  "weight_decay": 0.05, "warmup_steps": min(5, steps - 1), "final_lr": 1e-6},
+                  "weight_decay": 0.05, "warmup_steps": min(FINETUNE_WARMUP, steps // 5), "final_lr": 1e-6},
         "steps": steps, "batch_size": q.finetune_batch, "seed": q.seed, "device": q.device,
         "freeze_encoder": q.finetune_freeze_encoder,
         "checkpoint": {"every": 0, "keep": 1},
@@ -156,38 +183,48 @@ def seconds_per_step(arc: ARCModel, data, n: int = 3) -> float:
     return sum(times[1:]) / (n - 1) * 1.25
 
 
-def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
-    """Build model and data, size the run to the budget, train. Returns (checkpoint, steps, s)."""
+def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
+    """Size the run to the budget, then train `build(steps)` (a TrainConfig: warm-up and
+    curriculum are shares of the steps). Returns (checkpoint, steps, seconds)."""
     start = time.perf_counter()
+    config = build(fixed_steps or 2)
     seed_everything(config.seed)
     runtime = Runtime(0, 1, pick_device(config.device))
     arc = build_model(config, log=lambda *_: None).to(runtime.device)
-    data = build_data(config, arc, runtime)
     steps = fixed_steps
     if steps is None:
         probe = build_data(config, arc, runtime)  # a separate pipeline: training data untouched
         if config.freeze_encoder:  # as the Trainer will: no encoder backward to time
             arc.encoder.requires_grad_(False)
         per_step = seconds_per_step(arc, probe)
+        arc.encoder.requires_grad_(True)
         steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step))
         say(f"   one step takes ~{per_step:.1f}s here: {steps} steps fit the {budget_s / 60:.1f}-minute budget")
-    config.steps = steps
-    if fixed_steps is None:  # the calibration is an estimate: never overrun the budget
+        config = build(steps)
+        # the calibration is an estimate: never overrun the budget
         config.time_limit_minutes = max(0.1, (budget_s - (time.perf_counter() - start)) / 60)
-    config.optim.warmup_steps = min(config.optim.warmup_steps, steps - 1)
-    config.eval.every = max(1, steps // 4)
-    config.log.every = max(1, min(10, steps // 10))
+    seed_everything(config.seed)
+    calibrate_projector_inputs(config, arc, runtime)
+    data = build_data(config, arc, runtime)
     held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
     trainer = Trainer(config, arc, data, held_out_batches(held_out, [1.0] * len(arc.decoders),
                                                           config.eval.batches), runtime)
     final = trainer.fit()
+    say_content(Path(config.out_dir))
     return final, steps, time.perf_counter() - start
 
 
-def reuse_or_train(q: QuickstartConfig, config: TrainConfig, budget_s: float,
+def say_content(run_dir: Path) -> None:
+    """The last held-out content measure of a run, in plain words."""
+    evals = [r["eval"] for r in read_metrics(run_dir) if "eval" in r]
+    if evals:
+        for line in describe(summary_from_flat(evals[-1])):
+            say("   " + line)
+
+
+def reuse_or_train(q: QuickstartConfig, build, run_dir: Path, budget_s: float,
                    fixed_steps: int | None) -> tuple[Path, int, float]:
     """train_stage, unless --resume finds this stage finished (it checkpoints only at its end)."""
-    run_dir = Path(config.out_dir)
     if q.resume:
         done = list_checkpoints(run_dir)
         if done:
@@ -196,7 +233,7 @@ def reuse_or_train(q: QuickstartConfig, config: TrainConfig, budget_s: float,
             return path, steps, 0.0
         if run_dir.exists():  # interrupted mid-stage: only partial curves, nothing to reuse
             shutil.rmtree(run_dir)
-    return train_stage(config, budget_s, fixed_steps)
+    return train_stage(build, budget_s, fixed_steps)
 
 
 def prepare_out(q: QuickstartConfig) -> Path:
@@ -254,21 +291,20 @@ def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
     right = [i for i, r in arc_rows.items() if r.get("em")]
     pick = next((i for i in right if not control.get(i, {}).get("em")), next(iter(right), next(iter(arc_rows))))
     ex = examples_by_id[pick]
-    compressed = arc.compress([ex.passages[0]])[0]
-    recon = arc.generate([[compressed]], max_new_tokens=min(96, compressed.document_tokens + 8),
-                         special="rec")[0].text
+    (recon,) = reconstructions(arc, [ex.passages[0]])
     shown = {
         "id": pick, "paragraph": ex.passages[0], "question": ex.question, "gold": ex.answers,
-        "paragraph_tokens": compressed.document_tokens, "vectors": compressed.n_vectors,
+        "paragraph_tokens": recon["tokens"], "vectors": recon["vectors"],
         "answers": {name: rows[name][pick]["prediction"] for name in rows if pick in rows[name]},
-        "reconstruction": recon,
+        "reconstruction": recon["reconstruction"], "reconstruction_rouge_l": recon["rouge_l"],
     }
     say(f"\n   paragraph ({shown['paragraph_tokens']} decoder tokens -> {shown['vectors']} vectors):")
     say("   " + ex.passages[0][:400] + ("..." if len(ex.passages[0]) > 400 else ""))
     say(f"   question: {ex.question}   gold: {ex.answers[0]!r}")
     for name, answer in shown["answers"].items():
         say(f"   {name:>9}: {answer!r}")
-    say(f"   reconstruction from the vectors with <Rec>: {recon[:300]!r}")
+    say(f"   reconstruction from the vectors with <Rec> (ROUGE-L {recon['rouge_l']:.2f} against the "
+        f"paragraph's start): {recon['reconstruction'][:300]!r}")
     return shown
 
 
@@ -353,10 +389,12 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     say(f"arc-encoder quickstart: budget {q.budget_minutes:.0f} min, data {data}, output {out}")
 
     stage(1, f"pretraining at pooling factor {pretrain_factor(q)} on prose",
-          "The encoder learns to squeeze 128-token spans into a few vectors that the frozen decoder\n"
-          "   can read back (reconstruction, 20%) or continue from (continuation, 80%).")
+          f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
+          f"   reads back (reconstruction), starting from {CURRICULUM[0]}-token spans: short spans first teach\n"
+          "   the decoder to read the vectors at all, instead of learning to ignore them.")
     pre_ckpt, pre_steps, pre_s = reuse_or_train(
-        q, pretrain_config(q, data, out / "pretrain", 2), budget * q.pretrain_share, q.pretrain_steps)
+        q, lambda steps: pretrain_config(q, data, out / "pretrain", steps), out / "pretrain",
+        budget * q.pretrain_share, q.pretrain_steps)
 
     results, finetune_runs, evaluation = {}, {}, {}
     dev = load_jsonl(data / "squad/dev.jsonl")
@@ -368,7 +406,8 @@ def run_quickstart(q: QuickstartConfig) -> dict:
               "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).")
         run_dir = out / f"finetune-x{factor}"
         ckpt, steps, seconds = reuse_or_train(
-            q, finetune_config(q, data, pre_ckpt, factor, run_dir, 2), ft_budget, q.finetune_steps)
+            q, lambda steps: finetune_config(q, data, pre_ckpt, factor, run_dir, steps), run_dir,
+            ft_budget, q.finetune_steps)
         finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
 
     for i, factor in enumerate(q.finetune_factors):

@@ -125,6 +125,17 @@ def flat_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> dict
     return flat
 
 
+def summary_from_flat(flat: dict[str, float], decoder: int = 0) -> dict[str, dict[str, float]]:
+    """A training log's eval record ({"d0/reconstruction/gap": ...}) -> {task: {name: value}}."""
+    prefix, out = f"d{decoder}/", {}
+    for key, value in flat.items():
+        if not key.startswith(prefix):
+            continue
+        task, _, name = key[len(prefix):].partition("/")
+        out.setdefault(task, {})[name or "right"] = value
+    return out
+
+
 @torch.no_grad()
 def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int = 96) -> list[dict]:
     """Greedy reconstruction of each text from its vectors (<Rec>), scored by ROUGE-L."""

@@ -14,8 +14,17 @@ SPECIAL_KINDS = ("rec", "cont")  # <Rec> for reconstruction batches, <Cont> for 
 
 
 class DecoderAdapter(nn.Module):
-    def __init__(self, encoder_dim: int, bottleneck: int, decoder_dim: int, memory_tokens: int = 0):
+    def __init__(self, encoder_dim: int, bottleneck: int, decoder_dim: int, memory_tokens: int = 0,
+                 standardize: bool = False):
         super().__init__()
+        if standardize:
+            # Per-dimension mean and spread of the encoder's pooled outputs, measured once on
+            # training text (ARCModel.calibrate_projector_inputs) and then fixed. A few outlier
+            # dimensions shared by every document carry most of the raw output's energy; removing
+            # them leaves the projector only what differs between documents.
+            self.register_buffer("input_mean", torch.zeros(encoder_dim))
+            self.register_buffer("input_scale", torch.ones(encoder_dim))
+            self.register_buffer("calibrated", torch.tensor(False))
         self.down = nn.Linear(encoder_dim, bottleneck, bias=False)
         self.up = nn.Linear(bottleneck, decoder_dim, bias=False)
         # <Rec>, <Cont> live in encoder space and go through the projector like pooled vectors.
@@ -27,6 +36,8 @@ class DecoderAdapter(nn.Module):
 
     def compress(self, pooled: torch.Tensor) -> torch.Tensor:
         """[..., encoder_dim] -> [..., bottleneck]: the vectors a store keeps."""
+        if hasattr(self, "input_mean"):
+            pooled = (pooled - self.input_mean) / self.input_scale
         return self.down(pooled)
 
     def special_bottleneck(self, kind: str) -> torch.Tensor:

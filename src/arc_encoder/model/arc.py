@@ -82,7 +82,7 @@ class ARCModel(nn.Module):
         self.encoder = encoder
         self.adapters = nn.ModuleList(
             DecoderAdapter(encoder.hidden_size, config.bottleneck, d.config.hidden_size,
-                           config.memory_tokens)
+                           config.memory_tokens, config.projector_input == "standardize")
             for d in decoders
         )
         # Registered so .to() and FSDP see them; frozen, kept in eval mode, never saved.
@@ -160,6 +160,12 @@ class ARCModel(nn.Module):
     def encode_segments(self, segments: list[list[int]], decoder: int) -> list[torch.Tensor]:
         """Encoder token ids per segment -> bottleneck vectors per segment [m_i, bottleneck]."""
         adapter = self.adapters[self._check_decoder(decoder)]
+        pooled, counts = self._pooled(segments, adapter)
+        bottleneck = adapter.compress(pooled)  # [S, M, d_b]
+        return [bottleneck[i, :m] for i, m in enumerate(counts)]
+
+    def _pooled(self, segments: list[list[int]], adapter) -> tuple[torch.Tensor, list[int]]:
+        """Encoder token ids per segment -> right-padded pooled outputs [S, M, d_e] and counts."""
         lengths = [len(s) for s in segments]
         if min(lengths) < 1:
             raise ValueError("cannot compress an empty segment")
@@ -167,9 +173,28 @@ class ARCModel(nn.Module):
         ids = torch.full((len(segments), max(lengths)), pad, dtype=torch.long)
         for i, seg in enumerate(segments):
             ids[i, : len(seg)] = torch.tensor(seg)
-        pooled, counts = self.encoder(ids.to(self.device), lengths, adapter.memory)  # [S, M, d_e]
-        bottleneck = adapter.compress(pooled)  # [S, M, d_b]
-        return [bottleneck[i, :m] for i, m in enumerate(counts)]
+        return self.encoder(ids.to(self.device), lengths, adapter.memory)
+
+    @torch.no_grad()
+    def calibrate_projector_inputs(self, segments: list[list[int]], batch_size: int = 16) -> bool:
+        """Measure the per-dimension mean and spread of the pooled encoder outputs on these
+        segments (encoder token ids) for every adapter that standardizes its input and has not
+        been calibrated. Returns whether any adapter was."""
+        todo = [a for a in self.adapters if hasattr(a, "calibrated") and not bool(a.calibrated)]
+        if not todo:
+            return False
+        if not segments:
+            raise ValueError("calibrating the projector inputs needs at least one segment")
+        for adapter in todo:
+            rows = []
+            for start in range(0, len(segments), batch_size):
+                pooled, counts = self._pooled(segments[start : start + batch_size], adapter)
+                rows += [pooled[i, :m] for i, m in enumerate(counts)]
+            pooled = torch.cat(rows).float()  # [R, d_e]
+            adapter.input_mean.copy_(pooled.mean(0))
+            adapter.input_scale.copy_(pooled.std(0, correction=0).clamp(min=1e-3))
+            adapter.calibrated.fill_(True)
+        return True
 
     @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:

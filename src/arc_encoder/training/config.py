@@ -66,6 +66,7 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup: Literal["linear", "cosine"] = "linear"
     final_lr: float = 0.0
+    decay: Literal["cosine", "none"] = "cosine"  # "none": hold the peak after the warm-up
     grad_clip: float = 1.0  # global L2 norm; 0 turns clipping off
     grad_accum: int = 1  # micro-batches per optimizer step
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedule (decisions #5): warm-up to the peak, then cosine decay to `final_lr`.
+"""Learning-rate schedule (decisions #5): warm-up to the peak, then cosine decay to `final_lr`
+(or, with decay "none", the peak held to the end).
 
 Step s = 0, 1, ..., steps-1 is the optimizer step being taken. Warm-up covers steps 0..W-1 and
 reaches the peak exactly at step W-1 (linear: peak*(s+1)/W; cosine: peak*(1-cos(pi*(s+1)/W))/2).
@@ -14,7 +15,7 @@ from .config import OptimConfig
 
 
 def lr_at(step: int, peak: float, steps: int, warmup_steps: int = 0, warmup: str = "linear",
-          final_lr: float = 0.0) -> float:
+          final_lr: float = 0.0, decay: str = "cosine") -> float:
     """The learning rate of optimizer step `step` (0-based) for a group whose peak is `peak`."""
     if not 0 <= step < steps:
         raise ValueError(f"step {step} is outside a schedule of {steps} steps")
@@ -25,6 +26,10 @@ def lr_at(step: int, peak: float, steps: int, warmup_steps: int = 0, warmup: str
         if warmup == "cosine":
             return peak * (1 - math.cos(math.pi * frac)) / 2
         raise ValueError(f"warmup must be 'linear' or 'cosine', got {warmup!r}")
+    if decay == "none":  # constant at the peak after the warm-up
+        return peak
+    if decay != "cosine":
+        raise ValueError(f"decay must be 'cosine' or 'none', got {decay!r}")
     start = max(warmup_steps - 1, 0)  # the step at which the decay starts from the peak
     span = steps - 1 - start
     progress = (step - start) / span if span > 0 else 1.0
@@ -37,6 +42,6 @@ def lr_lambda(peak: float, steps: int, optim: OptimConfig):
     def factor(step: int) -> float:
         # LambdaLR asks for one step past the end after the last optimizer step; hold the end.
         return lr_at(min(step, steps - 1), peak, steps, optim.warmup_steps, optim.warmup,
-                     optim.final_lr) / peak
+                     optim.final_lr, optim.decay) / peak
 
     return factor

@@ -271,6 +271,8 @@ class Trainer:
         self.arc.train()
         # Every rank must reduce the same keys in the same order, even if its batches differ.
         keys = sorted({k for ks in gather_objects(sorted(sums)) for k in ks})
+        if not keys:  # fewer than two distinct held-out documents: nothing to compare
+            return {}
         stacked = torch.stack([sums.get(k, torch.zeros(3, dtype=torch.float64)) for k in keys])
         stacked = all_reduce_sum(stacked.to(self.runtime.device)).cpu()
         return flat_summary(content_summary({k: s for k, s in zip(keys, stacked) if s[1] > 0}))
@@ -353,6 +355,17 @@ def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: 
                     rank=runtime.rank, world_size=runtime.world_size)
 
 
+def calibrate_projector_inputs(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4) -> None:
+    """Standardizing projectors measure their input statistics on a few training batches (drawn
+    from a separate pipeline, so the training data stream is untouched) before the first step."""
+    if not any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters):
+        return
+    # rank 0's first batches on every rank: each computes the same statistics
+    probe = build_data(config, arc, Runtime(0, 1, runtime.device))
+    segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
+    arc.to(runtime.device).calibrate_projector_inputs(segments)
+
+
 def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
     """Up to n batches per decoder that trains (fewer if a one-pass source runs out)."""
     out = []
@@ -376,6 +389,8 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         seed_everything(config.seed)
         say = print if runtime.is_main else (lambda *_: None)
         arc = build_model(config, log=say)
+        if not resume:
+            calibrate_projector_inputs(config, arc, runtime)
         data = build_data(config, arc, runtime)
         eval_batches = None
         if config.eval.every:

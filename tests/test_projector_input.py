@@ -1,0 +1,47 @@
+"""Standardized projector inputs: statistics measured once, applied before the projector, saved."""
+
+import pytest
+import torch
+
+from arc_encoder.config import ARCConfig
+from arc_encoder.model.arc import ARCModel
+
+
+def segments_of(arc, n=6):
+    tok = arc.encoder_tokenizer
+    words = "the river runs past the old mill and the town where bakers sell bread at dawn".split()
+    return [tok(" ".join(words[i : i + 6 + i]), add_special_tokens=False)["input_ids"] for i in range(n)]
+
+
+def test_calibration_matches_a_hand_computation_and_survives_saving(tiny_arc, tmp_path):
+    arc = tiny_arc(projector_input="standardize").eval()
+    segs = segments_of(arc)
+    assert arc.calibrate_projector_inputs(segs) is True
+    assert arc.calibrate_projector_inputs(segs) is False  # once only
+    # reference: every pooled vector, one segment at a time
+    with torch.no_grad():
+        rows = torch.cat([arc.encoder(torch.tensor([s]), [len(s)])[0][0] for s in segs])
+    adapter = arc.adapters[0]
+    torch.testing.assert_close(adapter.input_mean, rows.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.input_scale, rows.std(0, correction=0).clamp(min=1e-3), atol=1e-5, rtol=1e-4)
+    # what the projector reads has mean 0 and spread 1 in every dimension on those segments
+    with torch.no_grad():
+        z = (rows - adapter.input_mean) / adapter.input_scale
+        torch.testing.assert_close(arc.encode_segments([segs[0]], 0)[0],
+                                   adapter.down(z[: len(arc.encode_segments([segs[0]], 0)[0])]))
+    assert z.mean(0).abs().max() < 1e-4
+    arc.save_pretrained(tmp_path / "m")
+    again = ARCModel.from_pretrained(tmp_path / "m")
+    assert bool(again.adapters[0].calibrated)
+    torch.testing.assert_close(again.adapters[0].input_mean, adapter.input_mean)
+
+
+def test_raw_projectors_keep_the_paper_state_dict(tiny_arc):
+    arc = tiny_arc()
+    assert not any("input_mean" in k for k in arc.state_dict())
+    assert arc.calibrate_projector_inputs([]) is False
+
+
+def test_unknown_projector_input_is_refused():
+    with pytest.raises(ValueError, match="projector_input"):
+        ARCConfig(projector_input="whiten")
