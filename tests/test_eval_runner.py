@@ -278,6 +278,19 @@ def test_cli_two_models_json_table_and_plot(saved_models, data_file, tmp_path):
                [r["document_positions"] for r in run["predictions"]["arc"]]
 
 
+def test_cli_content_measure(saved_models, data_file, tmp_path):
+    out = tmp_path / "content.json"
+    result = invoke("--model", saved_models[0], "--task", "squad", "--data", str(data_file), "--methods",
+                    "closed", "--shots", "1", "--limit", "4", "--max-new-tokens", "2", "--no-progress",
+                    "--content", "--content-span", "6", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "nats per token of their own document" in result.output
+    content = json.loads(out.read_text())["runs"][0]["content"]
+    rec = content["tasks"]["reconstruction"]
+    assert rec["gap"] == pytest.approx(rec["mismatched"] - rec["right"])
+    assert len(content["reconstructions"]) >= 1 and 0 <= content["rouge_l"] <= 1
+
+
 def test_cli_long_documents_in_chunks(saved_models, data_file, tmp_path):
     out = tmp_path / "chunks.json"
     args = ["--model", saved_models[0], "--task", "squad", "--data", str(data_file), "--methods",

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from arc_encoder.evaluation.content import content_report, describe, text_batches
 from arc_encoder.evaluation.methods import check_methods
 from arc_encoder.evaluation.report import markdown_table, plot_scores
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
@@ -37,6 +38,8 @@ def eval_command(
     llmlingua_rate: Optional[float] = typer.Option(None, help="share of tokens LLMLingua keeps (default 1 / pooling factor)"),
     llmlingua_scorer: Optional[str] = typer.Option(None, help="causal LM scoring tokens for LLMLingua-1 (default: the embedded SmolLM2)"),
     llmlingua2_model: Optional[str] = typer.Option(None, help="LLMLingua-2 token-classifier folder (switches to LLMLingua-2)"),
+    content: bool = typer.Option(False, help="also measure how much of each document the vectors carry: held-out losses with the right, a mismatched, no and the raw document on the task's passages (evaluation/content.py)"),
+    content_span: int = typer.Option(32, help="decoder tokens per reconstruction/continuation span for --content"),
     out: Optional[Path] = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
     progress: bool = typer.Option(True, help="show progress bars"),
@@ -82,6 +85,10 @@ def eval_command(
         if shared is not None:
             run = _with_shared(run, shared, names, task)
         run["config"].update(model=name, data=str(data), seconds=time.perf_counter() - start)
+        if content:
+            run["content"] = measure_content(arc, examples, content_span, decoder, limit)
+            for line in describe(run["content"]["tasks"]):
+                typer.echo(f"{name}: {line}")
         runs.append(run)
         del arc
 
@@ -94,6 +101,12 @@ def eval_command(
             typer.echo(f"plot: {result['plot']}")
         out.write_text(json.dumps(result, indent=1))
         typer.echo(f"results: {out}")
+
+
+def measure_content(arc, examples, span: int, decoder: int, limit: int | None) -> dict:
+    passages = [p for e in examples[: limit or len(examples)] for p in e.passages[:1]]
+    return content_report(arc, text_batches(arc, passages, span, decoder), decoder,
+                          reconstruct=list(dict.fromkeys(passages))[:3])
 
 
 def _with_shared(run: dict, shared: dict, order: list[str], task: str) -> dict:

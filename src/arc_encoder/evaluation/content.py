@@ -125,6 +125,27 @@ def flat_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> dict
     return flat
 
 
+def text_batches(arc, texts: list[str], span: int, decoder: int = 0) -> list:
+    """Held-out batches from plain texts, one sample per distinct text and task: reconstruction of
+    its first `span` decoder tokens, and continuation of `span` tokens after `span` compressed ones
+    (texts too short for a full continuation give a shorter one)."""
+    from ..data.batch import Batch
+    from ..data.pretrain import continuation_samples, reconstruction_samples
+    from ..data.tokens import EncoderView, added_prefix, decoder_text
+
+    if span < 1:
+        raise ValueError(f"span must be >= 1 decoder token, got {span}")
+    tokenizer = arc.decoder_tokenizers[decoder]
+    encoder = EncoderView(arc.encoder_tokenizer, special_tokens=False)
+    bos = added_prefix(tokenizer)
+    rec, cont = [], []
+    for text in dict.fromkeys(texts):  # distinct, in order
+        doc = decoder_text(text, tokenizer, bos, add_eos=False)
+        rec += reconstruction_samples(doc, encoder, span)[:1]
+        cont += continuation_samples(doc, encoder, span, span, 0)[:1]
+    return [Batch(rec, "reconstruction"), Batch(cont, "continuation")]
+
+
 def summary_from_flat(flat: dict[str, float], decoder: int = 0) -> dict[str, dict[str, float]]:
     """A training log's eval record ({"d0/reconstruction/gap": ...}) -> {task: {name: value}}."""
     prefix, out = f"d{decoder}/", {}
