@@ -55,8 +55,9 @@ class ARCConfig(DictConfig):
     memory_tokens: int = 0
     # Frozen decoders fed by this encoder; each gets its own projector and special tokens.
     decoders: list[str] = field(default_factory=lambda: ["smollm2-135m"])
-    # Width of the projector's middle layer; these are the vectors a store keeps.
-    bottleneck: int = 512
+    # Width of the projector's middle layer; these are the vectors a store keeps. None: one linear
+    # map from encoder to decoder width, and the store keeps the encoder's outputs.
+    bottleneck: int | None = 512
     # Append a learned <Rec>/<Cont> vector after every compressed segment.
     special_tokens: bool = True
     # Paper (decisions #8): the special token's output predicts the first text token after its
@@ -91,6 +92,9 @@ class ARCConfig(DictConfig):
             raise ValueError("at least one decoder is needed")
         if self.drop_layers < 0:
             raise ValueError("drop_layers must be >= 0")
+        if self.bottleneck is not None and (isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int)
+                                            or self.bottleneck < 1):
+            raise ValueError(f"bottleneck must be an integer >= 1 or None, got {self.bottleneck!r}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ValueError("chunk_tokens must be >= 1 or None")
 

@@ -618,6 +618,14 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     if config.causal and any(f > 1 for f in config.pooling_factors):
         raise ValueError(f"{src}: a causal encoder with pooling cannot be exported faithfully: the "
                          "official pooled block masks keys differently (spec 2.3)")
+    if config.bottleneck is None:
+        raise ValueError(f"{src}: the official projector is a two-layer bottleneck; this model has one "
+                         "linear map (bottleneck: null)")
+    recipe = {"pooled_receptive_field": None, "pooled_positions": "index", "projector_input": "raw"}
+    changed = {k: getattr(config, k) for k, v in recipe.items() if getattr(config, k) != v}
+    if changed:
+        raise ValueError(f"{src}: the official encoder has no equivalent of {changed}; only "
+                         f"{recipe} can be exported")
     dims = list(meta["decoder_dims"])
     if len(set(dims)) > 1:
         raise ValueError(f"{src}: the official multi-decoder projector has one output width, "

@@ -3,6 +3,12 @@
 The projector is two bias-free linear maps with no activation in between (encoder width ->
 bottleneck -> decoder width). Being linear, `up(down(z))` lets a store keep only the bottleneck
 `down(z)` and apply `up` when the vectors are used.
+
+With `bottleneck=None` the projector is one linear map (encoder width -> decoder width) and the
+store keeps the encoder's outputs themselves. A product of two small random maps learns its
+strongest input direction first and the rest only much later (the incremental learning of deep
+linear networks); the strongest direction of the encoder's output is the one every document
+shares, so the product form can sit for a long time passing only that.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ SPECIAL_KINDS = ("rec", "cont")  # <Rec> for reconstruction batches, <Cont> for 
 
 
 class DecoderAdapter(nn.Module):
-    def __init__(self, encoder_dim: int, bottleneck: int, decoder_dim: int, memory_tokens: int = 0,
+    def __init__(self, encoder_dim: int, bottleneck: int | None, decoder_dim: int, memory_tokens: int = 0,
                  standardize: bool = False):
         super().__init__()
         if standardize:
@@ -25,8 +31,10 @@ class DecoderAdapter(nn.Module):
             self.register_buffer("input_mean", torch.zeros(encoder_dim))
             self.register_buffer("input_scale", torch.ones(encoder_dim))
             self.register_buffer("calibrated", torch.tensor(False))
-        self.down = nn.Linear(encoder_dim, bottleneck, bias=False)
-        self.up = nn.Linear(bottleneck, decoder_dim, bias=False)
+        # down is the identity when there is no bottleneck: the stored vectors are the encoder's
+        self.down = nn.Linear(encoder_dim, bottleneck, bias=False) if bottleneck else nn.Identity()
+        self.vector_dim = bottleneck or encoder_dim  # width of the vectors a store keeps
+        self.up = nn.Linear(self.vector_dim, decoder_dim, bias=False)
         # <Rec>, <Cont> live in encoder space and go through the projector like pooled vectors.
         # Two parameters, not one [2, d] table: the unused one then has no gradient, and AdamW
         # leaves it alone (weight decay included).

@@ -123,6 +123,11 @@ class ARCModel(nn.Module):
     def device(self) -> torch.device:
         return self.adapters[0].rec.device
 
+    @property
+    def vector_dim(self) -> int:
+        """Width of the compressed vectors compress() returns and a store keeps."""
+        return self.adapters[0].vector_dim
+
     def trainable_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("decoders.")]
 

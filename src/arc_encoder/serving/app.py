@@ -53,7 +53,7 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
     with (model, decoder index), returning generate(prompts, decoder, DecodeParams) -> list[Generation].
     """
     store_path = Path(store_path)
-    bottleneck = model.config.bottleneck
+    bottleneck = model.vector_dim
     info: dict = {}
 
     def open_resources() -> Resources:

@@ -91,7 +91,7 @@ def open_store(path: str | os.PathLike, model, decoder: int | None = None, chunk
         if not create:
             raise FileNotFoundError(f"no vector store at {path}")
         settings = resolve_settings(model, decoder, chunk_tokens)
-        store = VectorStore.create(path, fingerprint, model.config.bottleneck, codec)
+        store = VectorStore.create(path, fingerprint, model.vector_dim, codec)
         settings.save(path)
         return store, settings
     store = VectorStore.open(path, fingerprint=fingerprint)
@@ -254,7 +254,7 @@ def index_corpus(model, corpus: str | os.PathLike, store_path: str | os.PathLike
     """
     started = time.perf_counter()
     store_path = Path(store_path)
-    make_codec(codec, model.config.bottleneck)  # an unknown codec or a PQ rate the dim forbids fails here
+    make_codec(codec, model.vector_dim)  # an unknown codec or a PQ rate the dim forbids fails here
     if write_every < 1:
         raise ValueError("write_every must be >= 1")
     if documents is None:

@@ -1,4 +1,5 @@
-"""Standardized projector inputs: statistics measured once, applied before the projector, saved."""
+"""The projector: bottleneck or one linear map; standardized inputs (statistics measured once,
+applied before the projector, saved)."""
 
 import pytest
 import torch
@@ -45,3 +46,31 @@ def test_raw_projectors_keep_the_paper_state_dict(tiny_arc):
 def test_unknown_projector_input_is_refused():
     with pytest.raises(ValueError, match="projector_input"):
         ARCConfig(projector_input="whiten")
+
+
+def test_no_bottleneck_is_one_linear_map_and_stores_encoder_outputs(tiny_arc, tmp_path):
+    arc = tiny_arc(bottleneck=None).eval()
+    adapter = arc.adapters[0]
+    width = arc.encoder.hidden_size
+    assert isinstance(adapter.down, torch.nn.Identity) and arc.vector_dim == width
+    assert adapter.up.weight.shape == (arc.decoders[0].config.hidden_size, width)
+    seg = segments_of(arc, 1)[0]
+    with torch.no_grad():
+        pooled = arc.encoder(torch.tensor([seg]), [len(seg)])[0][0]  # [m, d_e]
+        (vectors,) = arc.encode_segments([seg], 0)
+        torch.testing.assert_close(vectors, pooled)  # the store keeps the encoder's outputs
+        (block,) = arc.decoder_blocks([vectors], 0, "rec")
+        torch.testing.assert_close(block[:-1], pooled @ adapter.up.weight.T)
+        torch.testing.assert_close(block[-1], adapter.up.weight @ adapter.rec)
+    (compressed,) = arc.compress("the river runs past the old mill")
+    assert compressed.chunks[0].shape[-1] == width
+    arc.save_pretrained(tmp_path / "m")
+    again = ARCModel.from_pretrained(tmp_path / "m")
+    assert again.config.bottleneck is None
+    torch.testing.assert_close(again.compress("the river runs past the old mill")[0].chunks[0], compressed.chunks[0])
+
+
+@pytest.mark.parametrize("value", [0, -3, "32", True, 2.5])
+def test_a_bad_bottleneck_is_refused(value):
+    with pytest.raises(ValueError, match="bottleneck"):
+        ARCConfig(bottleneck=value)
