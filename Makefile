@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(BIN)/arc-encoder quickstart --out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -25,7 +25,7 @@ from pathlib import Path
 from arc_encoder.cli import quiet_transformers
 from arc_encoder.evaluation.content import CONDITIONS, content_report, describe
 from arc_encoder.model.arc import ARCModel
-from arc_encoder.quickstart import QuickstartConfig, finetune_config, find_data, pretrain_config
+from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_config, pretrain_config
 from arc_encoder.training.distributed import Runtime, pick_device
 from arc_encoder.training.trainer import build_data, held_out_batches
 
@@ -46,16 +46,20 @@ def main():
     runtime = Runtime(0, 1, arc.device)
     q = QuickstartConfig(finetune_shots=args.shots)
     factor = arc.config.pooling_factor
-    configs = [pretrain_config(q, data, Path("unused"), 2),
-               finetune_config(q, data, Path(args.model), factor, Path("unused"), 2)]
+    configs = [
+        pretrain_config(q, data, Path("unused"), 2),
+        finetune_config(q, data, Path(args.model), factor, Path("unused"), 2),
+    ]
     table, reconstructions = {}, None
     for config in configs:
         held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
         batches = held_out_batches(held, [1.0], args.batches)[0]
         texts = None
         if config.data["kind"] == "pretrain" and args.reconstruct:
-            texts = [arc.encoder_tokenizer.decode(b.samples[0].segments[0], skip_special_tokens=True)
-                     for b in batches[: args.reconstruct]]
+            texts = [
+                arc.encoder_tokenizer.decode(b.samples[0].segments[0], skip_special_tokens=True)
+                for b in batches[: args.reconstruct]
+            ]
         report = content_report(arc, batches, reconstruct=texts)
         table.update(report["tasks"])
         reconstructions = report.get("reconstructions", reconstructions)
@@ -64,11 +68,15 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for task, row in table.items():
         kept = (row["none"] - row["right"]) / (row["none"] - row["text"])
-        print(f"| {task} | " + " | ".join(f"{row[c]:.3f}" for c in CONDITIONS)
-              + f" | {row['mismatched'] - row['right']:+.3f} | {kept:.0%} |")
+        print(
+            f"| {task} | "
+            + " | ".join(f"{row[c]:.3f}" for c in CONDITIONS)
+            + f" | {row['mismatched'] - row['right']:+.3f} | {kept:.0%} |"
+        )
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "losses": table,
-                                        "reconstructions": reconstructions}, indent=2))
+        args.out.write_text(
+            json.dumps({"model": args.model, "losses": table, "reconstructions": reconstructions}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def run(model: ARCModel, examples, methods, questions: int, shots: int, share: b
     model._prefix_memo = None
     model.generate = functools.partial(ARCModel.generate, model, share_prefix=share)
     start = time.perf_counter()
-    result = evaluate(model, "squad", examples, methods, shots=shots, limit=questions, seed=0,
-                      shuffle=True, progress=False)
+    result = evaluate(
+        model, "squad", examples, methods, shots=shots, limit=questions, seed=0, shuffle=True, progress=False
+    )
     return result, time.perf_counter() - start
 
 
@@ -48,8 +49,9 @@ def main():
     quiet_transformers()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the same untrained projector for both runs
-    model = (ARCModel.from_pretrained(args.model) if Path(args.model).is_dir()
-             else ARCModel.from_config(args.model)).eval()
+    model = (
+        ARCModel.from_pretrained(args.model) if Path(args.model).is_dir() else ARCModel.from_config(args.model)
+    ).eval()
     examples = load_jsonl(args.data)
     methods = args.methods.split(",")
     whole, whole_s = run(model, examples, methods, args.questions, args.shots, share=False)
@@ -60,8 +62,9 @@ def main():
     print("|---|---|---|---|---|")
     for name in methods:
         a, b = whole["metrics"][name]["seconds_per_example"], shared["metrics"][name]["seconds_per_example"]
-        same = sum(x["prediction"] == y["prediction"]
-                   for x, y in zip(whole["predictions"][name], shared["predictions"][name]))
+        same = sum(
+            x["prediction"] == y["prediction"] for x, y in zip(whole["predictions"][name], shared["predictions"][name])
+        )
         rows.append({"method": name, "whole_s": a, "shared_s": b, "same": same, "questions": args.questions})
         print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {same}/{args.questions} |")
     print(f"total: {whole_s:.0f} s -> {shared_s:.0f} s ({whole_s / shared_s:.2f}x)")

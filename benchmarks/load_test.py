@@ -40,9 +40,14 @@ DOCUMENTS = [
     "Marie Curie was the first person to win Nobel Prizes in two different sciences, physics and chemistry.",
     "The Nile flows north through eleven countries and empties into the Mediterranean Sea in Egypt.",
 ]
-QUESTIONS = ["Who is the tower named after?", "Which country holds most of the forest?",
-             "What is the highest mountain?", "Where is the coral reef?", "Who won two Nobel Prizes?",
-             "Where does the Nile end?"]
+QUESTIONS = [
+    "Who is the tower named after?",
+    "Which country holds most of the forest?",
+    "What is the highest mountain?",
+    "Where is the coral reef?",
+    "Who won two Nobel Prizes?",
+    "Where does the Nile end?",
+]
 
 
 def free_port() -> int:
@@ -63,15 +68,31 @@ def build_tiny_model(folder: Path) -> str:
     quiet_transformers()
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     base = folder / "tiny-llama"
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    arc = ARCModel.from_config(ARCConfig(backbone=str(base), drop_layers=0, decoders=[str(base)], bottleneck=32,
-                                         pooling_factors=[4], chunk_tokens=128))
+    arc = ARCModel.from_config(
+        ARCConfig(
+            backbone=str(base),
+            drop_layers=0,
+            decoders=[str(base)],
+            bottleneck=32,
+            pooling_factors=[4],
+            chunk_tokens=128,
+        )
+    )
     arc.save_pretrained(folder / "arc")
     return str(folder / "arc")
 
@@ -79,9 +100,26 @@ def build_tiny_model(folder: Path) -> str:
 def start_server(model: str, store: Path, port: int, max_batch: int, log_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_SRC), os.environ.get("PYTHONPATH", "")]))
     env.pop("ARC_ENCODER_API_KEY", None)
-    command = [sys.executable, "-m", "arc_encoder", "serve", "--model", model, "--store", str(store),
-               "--host", HOST, "--port", str(port), "--device", "cpu", "--max-batch", str(max_batch),
-               "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "arc_encoder",
+        "serve",
+        "--model",
+        model,
+        "--store",
+        str(store),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-batch",
+        str(max_batch),
+        "--log-level",
+        "warning",
+    ]
     return subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -106,8 +144,13 @@ def request_for(i: int, max_new_tokens: int) -> tuple[str, str, dict]:
     if kind == "generate-document":
         body = {"prompt": [{"text": "Document: "}, {"document": doc}, {"text": f"\nQuestion: {question}\nAnswer:"}]}
     elif kind == "generate-stored":
-        body = {"prompt": [{"text": "Document: "}, {"stored_id": f"doc-{i % len(DOCUMENTS)}"},
-                           {"text": f"\nQuestion: {question}\nAnswer:"}]}
+        body = {
+            "prompt": [
+                {"text": "Document: "},
+                {"stored_id": f"doc-{i % len(DOCUMENTS)}"},
+                {"text": f"\nQuestion: {question}\nAnswer:"},
+            ]
+        }
     elif kind == "ask":
         body = {"question": question, "k": 2}
     else:
@@ -116,8 +159,9 @@ def request_for(i: int, max_new_tokens: int) -> tuple[str, str, dict]:
     return kind, "/v1/ask" if kind == "ask" else "/v1/generate", body
 
 
-async def run_clients(base_url: str, clients: int, requests: int, max_new_tokens: int,
-                      request_timeout: float, time_limit: float) -> dict:
+async def run_clients(
+    base_url: str, clients: int, requests: int, max_new_tokens: int, request_timeout: float, time_limit: float
+) -> dict:
     records: list[dict] = []  # one per request sent
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
@@ -157,12 +201,19 @@ async def run_clients(base_url: str, clients: int, requests: int, max_new_tokens
         values = np.array([r["latency"] for r in ok if r["kind"] == kind]) * 1000
         by_kind[kind] = {"n": len(values), "p50_ms": round(float(np.percentile(values, 50)), 1)}
     return {
-        "clients": clients, "requests_per_client": requests, "planned": planned, "sent": len(records),
-        "answered": len(answered), "ok": len(ok), "errors": len(failed),
+        "clients": clients,
+        "requests_per_client": requests,
+        "planned": planned,
+        "sent": len(records),
+        "answered": len(answered),
+        "ok": len(ok),
+        "errors": len(failed),
         "lost": planned - len(answered),  # never answered: timed out, cut by the time limit, or never sent
         "cut_by_time_limit": len(unanswered) + planned - len(records),
         "latency_ms": {"p50": round(pct(50), 1), "p90": round(pct(90), 1), "p99": round(pct(99), 1)},
-        "throughput_rps": round(len(ok) / wall, 2), "wall_s": round(wall, 2), "by_kind": by_kind,
+        "throughput_rps": round(len(ok) / wall, 2),
+        "wall_s": round(wall, 2),
+        "by_kind": by_kind,
         "first_errors": [r["error"] for r in failed[:3]],
     }
 
@@ -194,8 +245,11 @@ def main() -> None:
                 startup = time.monotonic() - t0
                 docs = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(DOCUMENTS)]
                 http.post("/v1/documents", json={"documents": docs}, timeout=args.request_timeout).raise_for_status()
-            result = asyncio.run(run_clients(base_url, args.clients, args.requests, args.max_new_tokens,
-                                             args.request_timeout, args.time_limit))
+            result = asyncio.run(
+                run_clients(
+                    base_url, args.clients, args.requests, args.max_new_tokens, args.request_timeout, args.time_limit
+                )
+            )
             with httpx.Client(base_url=base_url) as http:
                 health = http.get("/health", timeout=10).json()
         finally:
@@ -205,9 +259,13 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-    result.update(model="tiny" if args.tiny else args.model, server_startup_s=round(startup, 1),
-                  server_batches=health["batches"], server_batched_jobs=health["batched_jobs"],
-                  server_largest_batch=health["largest_batch"])
+    result.update(
+        model="tiny" if args.tiny else args.model,
+        server_startup_s=round(startup, 1),
+        server_batches=health["batches"],
+        server_batched_jobs=health["batched_jobs"],
+        server_largest_batch=health["largest_batch"],
+    )
     print(json.dumps(result, indent=2))
 
 

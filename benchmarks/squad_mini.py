@@ -33,14 +33,24 @@ def main():
     parser.add_argument("--resume", action="store_true", help="reuse the finished training stages in --out")
     args = parser.parse_args()
     quiet_transformers()
-    run_quickstart(QuickstartConfig(
-        budget_minutes=args.budget_minutes, out=args.out, data=args.data,
-        finetune_factors=args.factors, finetune_shots=args.finetune_shots,
-        eval_shots=args.eval_shots, eval_questions=args.questions,
-        pretrain_share=args.pretrain_share, finetune_share=args.finetune_share,
-        pretrain_batch=args.pretrain_batch, finetune_batch=args.finetune_batch,
-        seed=args.seed, device=args.device, resume=args.resume,
-    ))
+    run_quickstart(
+        QuickstartConfig(
+            budget_minutes=args.budget_minutes,
+            out=args.out,
+            data=args.data,
+            finetune_factors=args.factors,
+            finetune_shots=args.finetune_shots,
+            eval_shots=args.eval_shots,
+            eval_questions=args.questions,
+            pretrain_share=args.pretrain_share,
+            finetune_share=args.finetune_share,
+            pretrain_batch=args.pretrain_batch,
+            finetune_batch=args.finetune_batch,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+        )
+    )
 
 
 if __name__ == "__main__":

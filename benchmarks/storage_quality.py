@@ -30,7 +30,11 @@ import torch
 from arc_encoder.cli import load_model, quiet_transformers
 from arc_encoder.evaluation.methods import StoredARC, build_method, example_docs
 from arc_encoder.evaluation.runner import (
-    answer_examples, max_new_tokens_for, select_examples, summarise, warm_up,
+    answer_examples,
+    max_new_tokens_for,
+    select_examples,
+    summarise,
+    warm_up,
 )
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
 from arc_encoder.model.arc import ARCModel
@@ -41,8 +45,12 @@ from arc_encoder.training.distributed import pick_device
 
 REFERENCE_CODEC = "float32"  # the codec whose answers ARC on the fly must reproduce
 TARGET_EM_KEPT = 0.9  # share of the float32 store's exact match a cheaper codec must keep
-TIMED = (("stored_float32", f"stored-{REFERENCE_CODEC}"), ("on_the_fly", "arc"), ("open_book", "open"),
-         ("closed_book", "closed"))
+TIMED = (
+    ("stored_float32", f"stored-{REFERENCE_CODEC}"),
+    ("on_the_fly", "arc"),
+    ("open_book", "open"),
+    ("closed_book", "closed"),
+)
 
 
 def stored_name(codec: str) -> str:
@@ -55,8 +63,10 @@ def parse_codecs(text: str, dim: int) -> list[str]:
     if len(set(codecs)) != len(codecs):
         raise ValueError(f"codec listed twice in {codecs}")
     if REFERENCE_CODEC not in codecs:
-        raise ValueError(f"--codecs must include {REFERENCE_CODEC}: it is the reference the other "
-                         f"codecs and on-the-fly compression are compared with (got {codecs})")
+        raise ValueError(
+            f"--codecs must include {REFERENCE_CODEC}: it is the reference the other "
+            f"codecs and on-the-fly compression are compared with (got {codecs})"
+        )
     for codec in codecs:
         make_codec(codec, dim)  # unknown name, or a PQ rate this bottleneck width forbids
     return codecs
@@ -73,8 +83,10 @@ def whole_paragraph_chunk_tokens(model: ARCModel, texts) -> int:
     longest = max(len(model.encoder_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     limit = model.encoder.hf_config.max_position_embeddings
     if longest > limit:
-        raise ValueError(f"a paragraph of {longest} encoder tokens exceeds the encoder's {limit} "
-                         "positions: give --chunk-tokens to store paragraphs in chunks")
+        raise ValueError(
+            f"a paragraph of {longest} encoder tokens exceeds the encoder's {limit} "
+            "positions: give --chunk-tokens to store paragraphs in chunks"
+        )
     return longest
 
 
@@ -83,7 +95,10 @@ def storage_figures(store: VectorStore, seconds: float, training_vectors: int | 
     return {
         "codec": store.codec.name,
         "bytes_per_vector": store.codec.bytes_per_vector,
-        "n_docs": s.n_docs, "n_chunks": s.n_chunks, "n_vectors": s.n_vectors, "n_tokens": s.n_tokens,
+        "n_docs": s.n_docs,
+        "n_chunks": s.n_chunks,
+        "n_vectors": s.n_vectors,
+        "n_tokens": s.n_tokens,
         "tokens_per_vector": s.n_tokens / s.n_vectors,
         "payload_bytes": s.payload_bytes,
         "shard_file_bytes": s.vector_bytes,
@@ -92,15 +107,24 @@ def storage_figures(store: VectorStore, seconds: float, training_vectors: int | 
         "file_bytes_per_token": s.vector_bytes / s.n_tokens,
         "bytes_per_token_with_codebook": (s.payload_bytes + s.codebook_bytes) / s.n_tokens,
         "pq_training_vectors": training_vectors,
-        "pq_training_vectors_per_centroid": (training_vectors / (1 << PQ_CODE_BITS)
-                                             if training_vectors is not None else None),
+        "pq_training_vectors_per_centroid": (
+            training_vectors / (1 << PQ_CODE_BITS) if training_vectors is not None else None
+        ),
         "build_seconds": seconds,
     }
 
 
-def build_stores(model: ARCModel, paragraphs: dict[str, str], root: Path, codecs: list[str],
-                 chunk_tokens: int, decoder: int, pq_sample: int, seed: int,
-                 progress: bool) -> tuple[dict[str, Path], dict]:
+def build_stores(
+    model: ARCModel,
+    paragraphs: dict[str, str],
+    root: Path,
+    codecs: list[str],
+    chunk_tokens: int,
+    decoder: int,
+    pq_sample: int,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, Path], dict]:
     """Index the paragraphs into root/float32, quantize that store into root/<codec> for the others.
 
     Returns (codec -> store folder, codec -> storage figures plus "text": the raw text's).
@@ -108,14 +132,21 @@ def build_stores(model: ARCModel, paragraphs: dict[str, str], root: Path, codecs
     documents = [(doc_id, text) for text, doc_id in paragraphs.items()]
     paths = {c: root / c for c in codecs}
     reference = paths[REFERENCE_CODEC]
-    report = index_corpus(model, None, reference, codec=REFERENCE_CODEC, decoder=decoder,
-                          chunk_tokens=chunk_tokens, progress=progress, documents=documents)
+    report = index_corpus(
+        model,
+        None,
+        reference,
+        codec=REFERENCE_CODEC,
+        decoder=decoder,
+        chunk_tokens=chunk_tokens,
+        progress=progress,
+        documents=documents,
+    )
     storage = {}
     with VectorStore.open(reference) as store:
         storage[REFERENCE_CODEC] = storage_figures(store, report.seconds, None)
         s = store.stats()
-        storage["text"] = {"bytes": s.text_bytes, "n_tokens": s.n_tokens,
-                           "bytes_per_token": s.text_bytes_per_token}
+        storage["text"] = {"bytes": s.text_bytes, "n_tokens": s.n_tokens, "bytes_per_token": s.text_bytes_per_token}
     n_vectors = storage[REFERENCE_CODEC]["n_vectors"]
     for codec in codecs:
         if codec == REFERENCE_CODEC:
@@ -124,8 +155,9 @@ def build_stores(model: ARCModel, paragraphs: dict[str, str], root: Path, codecs
         try:
             store = quantize_store(reference, paths[codec], codec, sample_size=pq_sample, seed=seed)
         except ValueError as err:
-            raise ValueError(f"cannot build the {codec} store from {n_vectors} vectors ({err}): "
-                             "use more --questions") from err
+            raise ValueError(
+                f"cannot build the {codec} store from {n_vectors} vectors ({err}): use more --questions"
+            ) from err
         with store:
             trained = min(pq_sample, n_vectors) if store.codec.needs_training else None
             storage[codec] = storage_figures(store, time.perf_counter() - start, trained)
@@ -134,16 +166,17 @@ def build_stores(model: ARCModel, paragraphs: dict[str, str], root: Path, codecs
 
 def answer_agreement(reference_rows: list[dict], other_rows: list[dict]) -> dict:
     """How many examples got the very same generated text (and prompt length) from two methods."""
-    differing = [a["id"] for a, b in zip(reference_rows, other_rows, strict=True)
-                 if (a["raw"], a["positions"]) != (b["raw"], b["positions"])]
+    differing = [
+        a["id"]
+        for a, b in zip(reference_rows, other_rows, strict=True)
+        if (a["raw"], a["positions"]) != (b["raw"], b["positions"])
+    ]
     n = len(reference_rows)
-    return {"n": n, "identical": n - len(differing), "rate": (n - len(differing)) / n,
-            "differing_ids": differing}
+    return {"n": n, "identical": n - len(differing), "rate": (n - len(differing)) / n, "differing_ids": differing}
 
 
 @torch.no_grad()
-def vector_difference(model: ARCModel, store: VectorStore, paragraphs: dict[str, str], texts,
-                      decoder: int) -> float:
+def vector_difference(model: ARCModel, store: VectorStore, paragraphs: dict[str, str], texts, decoder: int) -> float:
     """Largest |stored float32 - compressed now| over the given documents' vectors."""
     texts = list(dict.fromkeys(texts))
     fresh = model.compress(texts, decoder)
@@ -164,8 +197,10 @@ def targets(metrics: dict, storage: dict, codecs: list[str]) -> dict:
         kept = metrics[stored_name(codec)].get("em_kept")
         bpt = storage[codec]["bytes_per_token"]
         out[codec] = {
-            "bytes_per_token": bpt, "text_bytes_per_token": text_bpt,
-            "bytes_at_most_text": bpt <= text_bpt, "em_kept": kept,
+            "bytes_per_token": bpt,
+            "text_bytes_per_token": text_bpt,
+            "bytes_at_most_text": bpt <= text_bpt,
+            "em_kept": kept,
             "em_kept_at_least": None if kept is None else kept >= TARGET_EM_KEPT,
             "met": bpt <= text_bpt and kept is not None and kept >= TARGET_EM_KEPT,
         }
@@ -182,8 +217,9 @@ def run(args) -> dict:
     model = load_model(args.model).to(pick_device(args.device)).eval()
     codecs = parse_codecs(args.codecs, model.config.bottleneck)
     model._check_decoder(args.decoder)
-    shots, scored = select_examples(load_task(args.task, args.data), args.shots, args.seed,
-                                    limit=args.questions, shuffle=True)
+    shots, scored = select_examples(
+        load_task(args.task, args.data), args.shots, args.seed, limit=args.questions, shuffle=True
+    )
     paragraphs = unique_paragraphs(shots + scored)
     model_chunk_tokens = model.config.chunk_tokens
     chunk_tokens = args.chunk_tokens or whole_paragraph_chunk_tokens(model, paragraphs)
@@ -196,34 +232,42 @@ def run(args) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="storage-quality-") as tmp:
         root = Path(args.store_dir) if args.store_dir else Path(tmp)
-        paths, storage = build_stores(model, paragraphs, root, codecs, chunk_tokens, args.decoder,
-                                      args.pq_sample, args.seed, args.progress)
+        paths, storage = build_stores(
+            model, paragraphs, root, codecs, chunk_tokens, args.decoder, args.pq_sample, args.seed, args.progress
+        )
         warm_up(model, args.decoder)
         table, predictions = {}, {}
         open_stores = {c: VectorStore.open(paths[c]) for c in codecs}
         try:
-            methods = [(name, lambda name=name: build_method(name, model, args.decoder, shots))
-                       for name in ("closed", "open", "arc")]
-            methods += [(stored_name(c), lambda c=c: StoredARC(model, args.decoder, shots,
-                                                                open_stores[c], paragraphs))
-                        for c in codecs]
+            methods = [
+                (name, lambda name=name: build_method(name, model, args.decoder, shots))
+                for name in ("closed", "open", "arc")
+            ]
+            methods += [
+                (stored_name(c), lambda c=c: StoredARC(model, args.decoder, shots, open_stores[c], paragraphs))
+                for c in codecs
+            ]
             for name, make in methods:
                 start = time.perf_counter()
                 method = make()
                 setup = time.perf_counter() - start  # shot documents compressed (or read) once
-                rows = answer_examples(model, method, scored, args.task, args.decoder, max_new_tokens,
-                                       args.batch_size, args.progress)
-                table[name] = {**summarise(args.task, rows, args.seed), "setup_seconds": setup,
-                               "prompt_seconds_per_example": sum(r["prompt_seconds"] for r in rows) / len(rows)}
+                rows = answer_examples(
+                    model, method, scored, args.task, args.decoder, max_new_tokens, args.batch_size, args.progress
+                )
+                table[name] = {
+                    **summarise(args.task, rows, args.seed),
+                    "setup_seconds": setup,
+                    "prompt_seconds_per_example": sum(r["prompt_seconds"] for r in rows) / len(rows),
+                }
                 predictions[name] = rows
 
             agreement = answer_agreement(predictions[stored_name(REFERENCE_CODEC)], predictions["arc"])
             differing = set(agreement["differing_ids"])
-            checked = [d.text for ex in shots + [e for e in scored if e.id in differing]
-                       for d in example_docs(ex)]
+            checked = [d.text for ex in shots + [e for e in scored if e.id in differing] for d in example_docs(ex)]
             agreement["vector_check_documents"] = len(set(checked))
             agreement["vector_max_abs_diff"] = vector_difference(
-                model, open_stores[REFERENCE_CODEC], paragraphs, checked, args.decoder)
+                model, open_stores[REFERENCE_CODEC], paragraphs, checked, args.decoder
+            )
         finally:
             for store in open_stores.values():
                 store.close()
@@ -233,16 +277,28 @@ def run(args) -> dict:
         table[name]["em_kept"] = table[name]["em"]["mean"] / reference_em if reference_em else None
     return {
         "config": {
-            "model": args.model, "fingerprint": model.fingerprint(), "data": str(args.data),
-            "task": args.task, "questions": len(scored), "shots": args.shots,
-            "shot_ids": [s.id for s in shots], "seed": args.seed, "codecs": codecs,
-            "paragraphs": len(paragraphs), "chunk_tokens": chunk_tokens,
+            "model": args.model,
+            "fingerprint": model.fingerprint(),
+            "data": str(args.data),
+            "task": args.task,
+            "questions": len(scored),
+            "shots": args.shots,
+            "shot_ids": [s.id for s in shots],
+            "seed": args.seed,
+            "codecs": codecs,
+            "paragraphs": len(paragraphs),
+            "chunk_tokens": chunk_tokens,
             "chunks_whole_paragraphs": args.chunk_tokens is None,
-            "model_config_chunk_tokens": model_chunk_tokens, "pq_sample": args.pq_sample,
-            "max_new_tokens": max_new_tokens, "batch_size": args.batch_size, "decoder": args.decoder,
+            "model_config_chunk_tokens": model_chunk_tokens,
+            "pq_sample": args.pq_sample,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": args.batch_size,
+            "decoder": args.decoder,
             "decoder_name": model.config.decoders[args.decoder],
-            "bottleneck": model.config.bottleneck, "pooling_factors": model.config.pooling_factors,
-            "device": str(model.device), "torch_threads": torch.get_num_threads(),
+            "bottleneck": model.config.bottleneck,
+            "pooling_factors": model.config.pooling_factors,
+            "device": str(model.device),
+            "torch_threads": torch.get_num_threads(),
             "target": {"em_kept": TARGET_EM_KEPT, "bytes_per_token": "at most the raw UTF-8 text's"},
         },
         "storage": storage,
@@ -277,16 +333,27 @@ def markdown(report: dict) -> str:
         "| system | bytes / token | with codebook | EM | F1 | EM kept vs float32 | s / answer | of which prompt |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows = [("open-book (raw UTF-8 text)", "open", f"{text_bpt:.2f}", "–"),
-            ("closed-book", "closed", "0", "–"),
-            ("ARC, compressed on the fly", "arc", "–", "–")]
-    rows += [(f"ARC, stored {c}", stored_name(c), f"{storage[c]['bytes_per_token']:.2f}",
-              f"{storage[c]['bytes_per_token_with_codebook']:.2f}") for c in cfg["codecs"]]
+    rows = [
+        ("open-book (raw UTF-8 text)", "open", f"{text_bpt:.2f}", "–"),
+        ("closed-book", "closed", "0", "–"),
+        ("ARC, compressed on the fly", "arc", "–", "–"),
+    ]
+    rows += [
+        (
+            f"ARC, stored {c}",
+            stored_name(c),
+            f"{storage[c]['bytes_per_token']:.2f}",
+            f"{storage[c]['bytes_per_token_with_codebook']:.2f}",
+        )
+        for c in cfg["codecs"]
+    ]
     for label, name, bpt, with_codebook in rows:
-        lines.append(f"| {label} | {bpt} | {with_codebook} | {_score(metrics[name], 'em')} | "
-                     f"{_score(metrics[name], 'f1')} | {kept(name)} | "
-                     f"{metrics[name]['seconds_per_example']:.3f} | "
-                     f"{metrics[name]['prompt_seconds_per_example']:.4f} |")
+        lines.append(
+            f"| {label} | {bpt} | {with_codebook} | {_score(metrics[name], 'em')} | "
+            f"{_score(metrics[name], 'f1')} | {kept(name)} | "
+            f"{metrics[name]['seconds_per_example']:.3f} | "
+            f"{metrics[name]['prompt_seconds_per_example']:.4f} |"
+        )
     agreement = report["agreement_on_the_fly_vs_float32"]
     sec, prompt = report["seconds_per_answer"], report["prompt_seconds_per_answer"]
     lines += [
@@ -299,17 +366,23 @@ def markdown(report: dict) -> str:
         f"(batches of {cfg['batch_size']}); building the prompt alone: stored "
         f"{prompt['stored_float32']:.3f}, on the fly {prompt['on_the_fly']:.3f}, open-book {prompt['open_book']:.3f}.",
         f"Chunks of {cfg['chunk_tokens']} encoder tokens"
-        + (" (each paragraph whole)" if cfg["chunks_whole_paragraphs"] else "") + ".",
+        + (" (each paragraph whole)" if cfg["chunks_whole_paragraphs"] else "")
+        + ".",
     ]
-    trained = [(c, storage[c]["pq_training_vectors"]) for c in cfg["codecs"]
-               if storage[c]["pq_training_vectors"] is not None]
+    trained = [
+        (c, storage[c]["pq_training_vectors"]) for c in cfg["codecs"] if storage[c]["pq_training_vectors"] is not None
+    ]
     if trained:
-        lines.append("PQ codebooks trained on the store's own vectors: "
-                     + ", ".join(f"{c} {n:,} ({n / (1 << PQ_CODE_BITS):.0f} per centroid)" for c, n in trained)
-                     + ".")
+        lines.append(
+            "PQ codebooks trained on the store's own vectors: "
+            + ", ".join(f"{c} {n:,} ({n / (1 << PQ_CODE_BITS):.0f} per centroid)" for c, n in trained)
+            + "."
+        )
     met = [c for c, t in report["target"].items() if t["met"]]
-    lines.append(f"Target (<= {text_bpt:.2f} bytes/token and >= {100 * TARGET_EM_KEPT:.0f}% of float32 EM): "
-                 + (f"met by {', '.join(met)}." if met else "met by no codec."))
+    lines.append(
+        f"Target (<= {text_bpt:.2f} bytes/token and >= {100 * TARGET_EM_KEPT:.0f}% of float32 EM): "
+        + (f"met by {', '.join(met)}." if met else "met by no codec.")
+    )
     return "\n".join(lines)
 
 
@@ -324,8 +397,12 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--seed", type=int, default=0, help="shots, question shuffle, PQ sample")
     parser.add_argument("--pq-sample", type=int, default=65536, help="most vectors to train PQ on")
-    parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="encoder tokens per stored chunk (default: every paragraph whole)")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="encoder tokens per stored chunk (default: every paragraph whole)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (64)")
     parser.add_argument("--decoder", type=int, default=0)

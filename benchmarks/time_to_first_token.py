@@ -44,8 +44,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="compress long documents in parallel chunks of this many tokens")
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=None, help="compress long documents in parallel chunks of this many tokens"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     quiet_transformers()
@@ -62,21 +63,26 @@ def main():
         row = {"doc_tokens": n}
         with torch.no_grad():
             row["encoder_tok_per_s"] = enc_tokens / timed(lambda: models[4].compress([doc]), args.repeats)
-            row["open_ttft_s"] = timed(lambda: models[4].generate(
-                [f"Document: {doc}{question}"], max_new_tokens=1), args.repeats)
+            row["open_ttft_s"] = timed(
+                lambda: models[4].generate([f"Document: {doc}{question}"], max_new_tokens=1), args.repeats
+            )
             for f, m in models.items():
-                row[f"arc{f}_ttft_s"] = timed(lambda: m.generate(
-                    ["Document: ", Doc(doc), question], max_new_tokens=1), args.repeats)
+                row[f"arc{f}_ttft_s"] = timed(
+                    lambda: m.generate(["Document: ", Doc(doc), question], max_new_tokens=1), args.repeats
+                )
                 row[f"arc{f}_speedup"] = row["open_ttft_s"] / row[f"arc{f}_ttft_s"]
         rows.append(row)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
-              flush=True)
-    print("\n| document tokens | encoder tok/s | open-book TTFT | ARC4 TTFT | ARC8 TTFT | ARC4 speed-up | ARC8 speed-up |")
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    print(
+        "\n| document tokens | encoder tok/s | open-book TTFT | ARC4 TTFT | ARC8 TTFT | ARC4 speed-up | ARC8 speed-up |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['doc_tokens']:,} | {r['encoder_tok_per_s']:,.0f} | {r['open_ttft_s']:.2f} s | "
-              f"{r['arc4_ttft_s']:.2f} s | {r['arc8_ttft_s']:.2f} s | {r['arc4_speedup']:.2f}x | "
-              f"{r['arc8_speedup']:.2f}x |")
+        print(
+            f"| {r['doc_tokens']:,} | {r['encoder_tok_per_s']:,.0f} | {r['open_ttft_s']:.2f} s | "
+            f"{r['arc4_ttft_s']:.2f} s | {r['arc8_ttft_s']:.2f} s | {r['arc4_speedup']:.2f}x | "
+            f"{r['arc8_speedup']:.2f}x |"
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

@@ -85,22 +85,32 @@ def main() -> None:
     torch.manual_seed(0)
 
     arc = ARCModel.from_config(args.preset)
-    config = config_from_dict({"model": {"preset": args.preset}, "data": {"kind": "pretrain"},
-                               "steps": args.steps + args.warmup, "device": "cpu",
-                               "out_dir": "/tmp/arc-train-step-bench", "log": {"progress": False}})
+    config = config_from_dict(
+        {
+            "model": {"preset": args.preset},
+            "data": {"kind": "pretrain"},
+            "steps": args.steps + args.warmup,
+            "device": "cpu",
+            "out_dir": "/tmp/arc-train-step-bench",
+            "log": {"progress": False},
+        }
+    )
     batch = continuation_batch(arc, args.batch, args.compressed, args.target)
     trainer = Trainer(config, arc, FixedBatches(batch))
     ours = timed(trainer.train_step, args.steps, args.warmup)
 
     # ---- baseline: stock HF modules, same depth, widths and tokens
     factor = arc.config.pooling_factor
-    encoder = AutoModel.from_pretrained(resolve_model(arc.config.backbone),
-                                        num_hidden_layers=len(arc.encoder.layers), dtype=torch.float32)
+    encoder = AutoModel.from_pretrained(
+        resolve_model(arc.config.backbone), num_hidden_layers=len(arc.encoder.layers), dtype=torch.float32
+    )
     encoder.train()
     decoder = arc.decoders[0]  # frozen, eval mode, as in ours
     d_enc, d_dec = encoder.config.hidden_size, decoder.config.hidden_size
-    projector = torch.nn.Sequential(torch.nn.Linear(d_enc, arc.config.bottleneck, bias=False),
-                                    torch.nn.Linear(arc.config.bottleneck, d_dec, bias=False))
+    projector = torch.nn.Sequential(
+        torch.nn.Linear(d_enc, arc.config.bottleneck, bias=False),
+        torch.nn.Linear(arc.config.bottleneck, d_dec, bias=False),
+    )
     optimizer = torch.optim.AdamW([*encoder.parameters(), *projector.parameters()], lr=1e-5)
     enc_ids = torch.tensor([s.segments[0] for s in batch.samples])  # [B, C]
     text_ids = torch.tensor([s.text_ids for s in batch.samples])  # [B, T]
@@ -124,14 +134,28 @@ def main() -> None:
     baseline = timed(baseline_step, args.steps, args.warmup)
     ours_s, base_s = statistics.median(ours), statistics.median(baseline)
     tokens = args.batch * (args.compressed + args.target)
-    print(f"{args.preset}, batch {args.batch} x ({args.compressed} compressed + {args.target} target), "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(
+        f"{args.preset}, batch {args.batch} x ({args.compressed} compressed + {args.target} target), "
+        f"{torch.get_num_threads()} threads, median of {args.steps} steps"
+    )
     print(f"  ARC trainer step      {ours_s:7.3f} s  ({tokens / ours_s:6.0f} tokens/s)")
     print(f"  plain HF fwd+bwd+step {base_s:7.3f} s  ({tokens / base_s:6.0f} tokens/s)")
     print(f"  overhead              {ours_s / base_s:7.3f}x  (target <= 1.15)")
-    print(json.dumps({"preset": args.preset, "batch": args.batch, "compressed": args.compressed,
-                      "target": args.target, "threads": torch.get_num_threads(), "steps": args.steps,
-                      "ours_s": ours, "baseline_s": baseline, "ratio": ours_s / base_s}))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "batch": args.batch,
+                "compressed": args.compressed,
+                "target": args.target,
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "ours_s": ours,
+                "baseline_s": baseline,
+                "ratio": ours_s / base_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

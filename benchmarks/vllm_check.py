@@ -77,13 +77,18 @@ def main() -> None:
     (hf_out, hf_s), (vllm_out, vllm_s) = results["hf"], results["vllm"]
     prefix = [common_prefix(a.token_ids, b.token_ids) for a, b in zip(hf_out, vllm_out)]
     report = {
-        "model": args.model, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "vllm_dtype": args.dtype,
+        "model": args.model,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "vllm_dtype": args.dtype,
         "identical_answers": sum(a.token_ids == b.token_ids for a, b in zip(hf_out, vllm_out)),
-        "same_first_token": sum(p >= 1 or (not a.token_ids and not b.token_ids)
-                                for p, a, b in zip(prefix, hf_out, vllm_out)),
+        "same_first_token": sum(
+            p >= 1 or (not a.token_ids and not b.token_ids) for p, a, b in zip(prefix, hf_out, vllm_out)
+        ),
         "mean_common_prefix": sum(prefix) / len(prefix),
         "prompt_lengths_equal": all(a.prompt_length == b.prompt_length for a, b in zip(hf_out, vllm_out)),
-        "hf_seconds": round(hf_s, 3), "vllm_seconds": round(vllm_s, 3),
+        "hf_seconds": round(hf_s, 3),
+        "vllm_seconds": round(vllm_s, 3),
         "hf_tokens_per_s": round(sum(len(o.token_ids) for o in hf_out) / hf_s, 1),
         "vllm_tokens_per_s": round(sum(len(o.token_ids) for o in vllm_out) / vllm_s, 1),
         "example": {"hf": hf_out[0].text, "vllm": vllm_out[0].text},

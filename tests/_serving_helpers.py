@@ -1,10 +1,6 @@
-"""Shared by the indexing and serving tests: a saved tiny model and a small JSONL corpus."""
+"""Shared by the indexing and serving tests: a small JSONL corpus (the saved model is in conftest)."""
 
 import json
-
-import pytest
-
-from arc_encoder.model.arc import ARCModel
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -13,8 +9,20 @@ SENTENCES = [
     "Numbers like 1887 and 1889 appear in history texts about towers and bridges.",
     "The author of the story wrote the book in a small house by the sea.",
 ]
-UNIQUE = ["zebra", "volcano", "saxophone", "glacier", "lighthouse", "cactus", "harpsichord",
-          "tornado", "penguin", "meteor", "quartz", "walrus"]
+UNIQUE = [
+    "zebra",
+    "volcano",
+    "saxophone",
+    "glacier",
+    "lighthouse",
+    "cactus",
+    "harpsichord",
+    "tornado",
+    "penguin",
+    "meteor",
+    "quartz",
+    "walrus",
+]
 
 
 def corpus_docs(n: int = 12) -> list[tuple[str, str]]:
@@ -31,11 +39,3 @@ def write_corpus(path, docs) -> str:
         for doc_id, text in docs:
             f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
     return str(path)
-
-
-@pytest.fixture
-def saved_model(tiny_arc, tmp_path):
-    """(folder, model loaded back from it): a tiny ARC model chunking documents at 16 tokens."""
-    folder = tmp_path / "model"
-    tiny_arc(seed=11, chunk_tokens=16).save_pretrained(folder)
-    return str(folder), ARCModel.from_pretrained(folder).eval()

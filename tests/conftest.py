@@ -34,19 +34,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=384, special_tokens=["<pad>", "<bos>", "<eos>"],
+        vocab_size=384,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
 def tiny_config(family: str, hidden: int = 64, layers: int = 4, vocab: int = 384):
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                  tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     if family == "llama":
         return transformers.LlamaConfig(**common)
     if family == "mistral":
@@ -56,8 +65,7 @@ def tiny_config(family: str, hidden: int = 64, layers: int = 4, vocab: int = 384
     if family == "qwen3":
         return transformers.Qwen3Config(**common, head_dim=16)
     if family == "gemma3":
-        return transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
-                                             query_pre_attn_scalar=16)
+        return transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=8, query_pre_attn_scalar=16)
     raise ValueError(family)
 
 
@@ -92,8 +100,13 @@ def tiny_arc(tiny_models):
     from arc_encoder.model.arc import ARCModel
 
     def build(seed: int = 0, **overrides) -> ARCModel:
-        values = dict(backbone=tiny_models["llama"], drop_layers=1, decoders=[tiny_models["llama"]],
-                      bottleneck=32, pooling_factors=[2])
+        values = dict(
+            backbone=tiny_models["llama"],
+            drop_layers=1,
+            decoders=[tiny_models["llama"]],
+            bottleneck=32,
+            pooling_factors=[2],
+        )
         values.update(overrides)
         torch.manual_seed(seed)
         return ARCModel.from_config(ARCConfig(**values))
@@ -109,3 +122,13 @@ def real_model_available() -> bool:
         return True
     except md.PackageNotFoundError:
         return os.path.isdir(os.path.expanduser("~/.cache/arc-encoder/smollm2-135m"))
+
+
+@pytest.fixture
+def saved_model(tiny_arc, tmp_path):
+    """(folder, model loaded back from it): a tiny ARC model chunking documents at 16 tokens."""
+    folder = tmp_path / "model"
+    tiny_arc(seed=11, chunk_tokens=16).save_pretrained(folder)
+    from arc_encoder.model.arc import ARCModel
+
+    return str(folder), ARCModel.from_pretrained(folder).eval()

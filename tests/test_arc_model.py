@@ -10,8 +10,10 @@ from conftest import FAMILIES
 
 
 def tokens(model, text):
-    return (model.decoder_tokenizers[0](text)["input_ids"],
-            model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+    return (
+        model.decoder_tokenizers[0](text)["input_ids"],
+        model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"],
+    )
 
 
 def reconstruction_sample(model, text):
@@ -19,9 +21,11 @@ def reconstruction_sample(model, text):
     return Sample(dec, [enc], [0], [True] * len(dec))
 
 
-TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank.",
-         "Paris is the capital of France and its largest city.",
-         "Numbers like 1887 appear in history texts."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Paris is the capital of France and its largest city.",
+    "Numbers like 1887 appear in history texts.",
+]
 
 
 def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
@@ -35,8 +39,9 @@ def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
     for k in before:
         if k.startswith("decoders."):
             assert torch.equal(before[k], after[k]), f"frozen decoder weight {k} changed"
-    assert not torch.equal(before["encoder.layers.0.self_attn.q_proj.weight"],
-                           after["encoder.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        before["encoder.layers.0.self_attn.q_proj.weight"], after["encoder.layers.0.self_attn.q_proj.weight"]
+    )
     assert not torch.equal(before["adapters.0.down.weight"], after["adapters.0.down.weight"])
     assert not torch.equal(before["adapters.0.rec"], after["adapters.0.rec"])
     assert torch.equal(before["adapters.0.cont"], after["adapters.0.cont"])
@@ -86,20 +91,32 @@ def test_generate_with_cache_equals_recompute_loop(tiny_arc):
 
 def test_batched_generate_equals_single(tiny_arc):
     model = tiny_arc(seed=4).eval()
-    prompts = [["Document: ", Doc(TEXTS[0]), "\nAnswer:"], ["Question: where?\nAnswer:"],
-               ["Document: ", Doc(TEXTS[1]), " and ", Doc(TEXTS[2]), "\nAnswer:"]]
+    prompts = [
+        ["Document: ", Doc(TEXTS[0]), "\nAnswer:"],
+        ["Question: where?\nAnswer:"],
+        ["Document: ", Doc(TEXTS[1]), " and ", Doc(TEXTS[2]), "\nAnswer:"],
+    ]
     together = model.generate(prompts, max_new_tokens=6)
     for p, t in zip(prompts, together):
         assert model.generate([p], max_new_tokens=6)[0].token_ids == t.token_ids
 
 
-SHOTS = ["Document: ", Doc(TEXTS[0]), "\nQuestion: what jumps?\nAnswer: the fox\n\n",
-         "Document: ", Doc(TEXTS[1]), "\nQuestion: capital of France?\nAnswer: Paris\n\n"]
+SHOTS = [
+    "Document: ",
+    Doc(TEXTS[0]),
+    "\nQuestion: what jumps?\nAnswer: the fox\n\n",
+    "Document: ",
+    Doc(TEXTS[1]),
+    "\nQuestion: capital of France?\nAnswer: Paris\n\n",
+]
 
 
 def test_common_prefix_length_by_hand():
-    rows = [torch.tensor([[1.0], [2.0], [3.0], [4.0]]), torch.tensor([[1.0], [2.0], [5.0]]),
-            torch.tensor([[1.0], [2.0], [3.0], [9.0], [9.0]])]
+    rows = [
+        torch.tensor([[1.0], [2.0], [3.0], [4.0]]),
+        torch.tensor([[1.0], [2.0], [5.0]]),
+        torch.tensor([[1.0], [2.0], [3.0], [9.0], [9.0]]),
+    ]
     assert common_prefix_length(rows) == 2
     # identical rows still leave one position each to run with the batch
     assert common_prefix_length([rows[0], rows[0].clone()]) == 3
@@ -107,10 +124,20 @@ def test_common_prefix_length_by_hand():
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: sliding layers, never split
 def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
-    model = ARCModel.from_config(ARCConfig(backbone=tiny_models[family], drop_layers=1, bottleneck=32,
-                                           decoders=[tiny_models[family]], pooling_factors=[2])).eval()
-    questions = [["Document: ", Doc(TEXTS[2]), "\nQuestion: which number?\nAnswer:"],
-                 ["Question: who?\nAnswer:"], ["Document: ", Doc(TEXTS[0][:20]), "\nAnswer:"]]
+    model = ARCModel.from_config(
+        ARCConfig(
+            backbone=tiny_models[family],
+            drop_layers=1,
+            bottleneck=32,
+            decoders=[tiny_models[family]],
+            pooling_factors=[2],
+        )
+    ).eval()
+    questions = [
+        ["Document: ", Doc(TEXTS[2]), "\nQuestion: which number?\nAnswer:"],
+        ["Question: who?\nAnswer:"],
+        ["Document: ", Doc(TEXTS[0][:20]), "\nAnswer:"],
+    ]
     prompts = [SHOTS + q for q in questions]
     whole = model.generate(prompts, max_new_tokens=8, share_prefix=False)
     assert model._prefix_memo is None
@@ -124,11 +151,13 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
     batch, _ = model._splice_prompts(prompts, 0)
     dec = model.decoders[0]
     with torch.no_grad():
-        full = dec(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits[:, -1]
+        full = dec(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits[:, -1]
         embeds, mask, positions, cache = model._split_shared_prefix(batch, 0)
-        split = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=True).logits[:, -1]
+        split = dec(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        ).logits[:, -1]
     assert embeds.shape[1] < batch.embeds.shape[1]
     torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)
     memo = model._prefix_memo
@@ -184,9 +213,15 @@ def test_sampling_is_seeded_and_stop_strings_cut(tiny_arc):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_runs_forward_backward_generate(tiny_models, family):
     torch.manual_seed(0)
-    model = ARCModel.from_config(ARCConfig(backbone=tiny_models[family], drop_layers=1,
-                                           decoders=[tiny_models[family]], bottleneck=16,
-                                           pooling_factors=[2]))
+    model = ARCModel.from_config(
+        ARCConfig(
+            backbone=tiny_models[family],
+            drop_layers=1,
+            decoders=[tiny_models[family]],
+            bottleneck=16,
+            pooling_factors=[2],
+        )
+    )
     loss, n = model.loss([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     assert torch.isfinite(loss) and n > 0
     (loss / n).backward()
@@ -196,9 +231,14 @@ def test_every_family_runs_forward_backward_generate(tiny_models, family):
 
 
 def test_two_decoders_of_different_widths(tiny_models):
-    model = ARCModel.from_config(ARCConfig(backbone=tiny_models["llama"], drop_layers=1,
-                                           decoders=[tiny_models["llama"], tiny_models["llama-wide"]],
-                                           bottleneck=16))
+    model = ARCModel.from_config(
+        ARCConfig(
+            backbone=tiny_models["llama"],
+            drop_layers=1,
+            decoders=[tiny_models["llama"], tiny_models["llama-wide"]],
+            bottleneck=16,
+        )
+    )
     assert model.adapters[1].up.weight.shape == (96, 16)
     out = model.generate(["Document: ", Doc(TEXTS[0]), "\nAnswer:"], decoder=1, max_new_tokens=3)
     assert len(out) == 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _serving_helpers import SENTENCES  # noqa: E402  (words the tiny tokenizer knows)
 from arc_encoder.data.batch import Batch
 from arc_encoder.evaluation import content as document_use
 from arc_encoder.model.splice import Sample
-
-from _serving_helpers import SENTENCES  # noqa: E402  (words the tiny tokenizer knows)
 
 
 def qa_sample(arc, document: str, question: str, answer: str) -> Sample:
@@ -46,7 +45,8 @@ def test_conditions_build_the_samples_they_claim(tiny_arc):
         return arc.loss(group, 0, special, with_accuracy=True)
 
     table = document_use.content_summary(
-        document_use.content_sums(loss_fn, arc, [Batch(samples, "finetune")], batch_size=2))["finetune"]
+        document_use.content_sums(loss_fn, arc, [Batch(samples, "finetune")], batch_size=2)
+    )["finetune"]
     with torch.no_grad():
         loss, n = arc.loss(samples, 0, "cont")
         plain, m = arc.loss([document_use.without_documents(s) for s in samples], 0, "cont")
@@ -57,13 +57,24 @@ def test_conditions_build_the_samples_they_claim(tiny_arc):
 
 
 def test_summary_of_a_hand_built_case():
-    sums = {"rec/right": torch.tensor([6.0, 3, 2], dtype=torch.float64),
-            "rec/mismatched": torch.tensor([12.0, 3, 0], dtype=torch.float64),
-            "rec/none": torch.tensor([9.0, 3, 1], dtype=torch.float64),
-            "rec/text": torch.tensor([1.5, 3, 3], dtype=torch.float64)}
+    sums = {
+        "rec/right": torch.tensor([6.0, 3, 2], dtype=torch.float64),
+        "rec/mismatched": torch.tensor([12.0, 3, 0], dtype=torch.float64),
+        "rec/none": torch.tensor([9.0, 3, 1], dtype=torch.float64),
+        "rec/text": torch.tensor([1.5, 3, 3], dtype=torch.float64),
+    }
     row = document_use.content_summary(sums)["rec"]
-    assert row == pytest.approx({"right": 2.0, "mismatched": 4.0, "none": 3.0, "text": 0.5, "gap": 2.0,
-                                 "accuracy": 2 / 3, "accuracy_none": 1 / 3})
+    assert row == pytest.approx(
+        {
+            "right": 2.0,
+            "mismatched": 4.0,
+            "none": 3.0,
+            "text": 0.5,
+            "gap": 2.0,
+            "accuracy": 2 / 3,
+            "accuracy_none": 1 / 3,
+        }
+    )
     flat = document_use.flat_summary({"rec": row}, "d0/")
     assert flat["d0/rec"] == 2.0 and flat["d0/rec/gap"] == 2.0
 
@@ -74,13 +85,16 @@ def test_a_loss_that_reads_the_document_gives_the_known_gap():
     samples.append(Sample([1, 2, 3], [[11, 20]], [0], [True] * 3))  # same document as sample 1
 
     def loss_fn(group, special):
-        per_token = [5.0 if not s.segments else 1.0 if s.segments[-1][0] == 10 + s.text_ids[0] else 3.0
-                     for s in group]
-        return torch.tensor(sum(p * len(s.text_ids) for p, s in zip(per_token, group))), \
-            sum(len(s.text_ids) for s in group), sum(p == 1.0 for p in per_token)
+        per_token = [5.0 if not s.segments else 1.0 if s.segments[-1][0] == 10 + s.text_ids[0] else 3.0 for s in group]
+        return (
+            torch.tensor(sum(p * len(s.text_ids) for p, s in zip(per_token, group))),
+            sum(len(s.text_ids) for s in group),
+            sum(p == 1.0 for p in per_token),
+        )
 
-    sums = document_use.content_sums(loss_fn, None, [Batch(samples, "reconstruction")], batch_size=2,
-                                     conditions=("right", "mismatched", "none"))
+    sums = document_use.content_sums(
+        loss_fn, None, [Batch(samples, "reconstruction")], batch_size=2, conditions=("right", "mismatched", "none")
+    )
     table = document_use.content_summary(sums)["reconstruction"]
     assert sums["reconstruction/right"][1] == 12  # the duplicate document is measured once
     assert table["right"] == 1.0 and table["mismatched"] == 3.0 and table["none"] == 5.0

@@ -29,11 +29,30 @@ from arc_encoder.convert.kyutai import (
 from arc_encoder.model.arc import ARCModel
 
 # Tiny official configuration: 4 backbone layers, the last one truncated -> 3 encoder blocks.
-MODEL_ARGS = dict(dim=64, n_layers=4, head_dim=16, hidden_dim=192, n_heads=4, n_kv_heads=2,
-                  norm_eps=1e-5, vocab_size=384, rope_theta=500000.0)
+MODEL_ARGS = dict(
+    dim=64,
+    n_layers=4,
+    head_dim=16,
+    hidden_dim=192,
+    n_heads=4,
+    n_kv_heads=2,
+    norm_eps=1e-5,
+    vocab_size=384,
+    rope_theta=500000.0,
+)
 # Meta's original params.json form of the same backbone: hidden_dim = 32*ceil(int(8*64/3)/32) = 192
-META_PARAMS = dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=384, multiple_of=32,
-                   ffn_dim_multiplier=1.0, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True)
+META_PARAMS = dict(
+    dim=64,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=2,
+    vocab_size=384,
+    multiple_of=32,
+    ffn_dim_multiplier=1.0,
+    norm_eps=1e-5,
+    rope_theta=500000.0,
+    use_scaled_rope=True,
+)
 N_TRUNCATED = 1
 BOTTLENECK = 24
 DECODER_DIM = 64  # the tiny llama / mistral decoders of conftest
@@ -70,8 +89,9 @@ def official_block(w, i, queries, keys_in, q_pos, k_pos, a):
     out = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(len(queries), H * hd)
     h = queries + out @ w[p + "attention.wo.weight"].T
     y = rms_norm(h, w[p + "ffn_norm.weight"], a["norm_eps"])
-    ffn = (torch.nn.functional.silu(y @ w[p + "feed_forward.w1.weight"].T)
-           * (y @ w[p + "feed_forward.w3.weight"].T)) @ w[p + "feed_forward.w2.weight"].T
+    ffn = (
+        torch.nn.functional.silu(y @ w[p + "feed_forward.w1.weight"].T) * (y @ w[p + "feed_forward.w3.weight"].T)
+    ) @ w[p + "feed_forward.w2.weight"].T
     return h + ffn
 
 
@@ -102,7 +122,7 @@ def official_forward(w, a, rates, pool, ids, cont, layer1, layer2):
             continue
         groups, start = [], 0
         for size in split_groups(n, rate):
-            member = h[start:start + size]
+            member = h[start : start + size]
             groups.append(member.mean(0) if pool == "mean" else member[-1])
             start += size
         pooled = torch.stack(groups)  # pre-norm residual stream of each group
@@ -124,47 +144,67 @@ def random_official(slots, seed=0, legacy_special=False):
     emb = {"tok_embeddings.weight": rnd(a["vocab_size"], d, scale=1.0)}
     for i in range(a["n_layers"] - N_TRUNCATED):
         p = f"layers.{i}."
-        emb.update({
-            p + "attention.wq.weight": rnd(q, d, scale=d ** -0.5),
-            p + "attention.wk.weight": rnd(kv, d, scale=d ** -0.5),
-            p + "attention.wv.weight": rnd(kv, d, scale=d ** -0.5),
-            p + "attention.wo.weight": rnd(d, q, scale=q ** -0.5),
-            p + "feed_forward.w1.weight": rnd(f, d, scale=d ** -0.5),
-            p + "feed_forward.w3.weight": rnd(f, d, scale=d ** -0.5),
-            p + "feed_forward.w2.weight": rnd(d, f, scale=f ** -0.5),
-            p + "attention_norm.weight": 1 + rnd(d, scale=0.2),
-            p + "ffn_norm.weight": 1 + rnd(d, scale=0.2),
-        })
+        emb.update(
+            {
+                p + "attention.wq.weight": rnd(q, d, scale=d**-0.5),
+                p + "attention.wk.weight": rnd(kv, d, scale=d**-0.5),
+                p + "attention.wv.weight": rnd(kv, d, scale=d**-0.5),
+                p + "attention.wo.weight": rnd(d, q, scale=q**-0.5),
+                p + "feed_forward.w1.weight": rnd(f, d, scale=d**-0.5),
+                p + "feed_forward.w3.weight": rnd(f, d, scale=d**-0.5),
+                p + "feed_forward.w2.weight": rnd(d, f, scale=f**-0.5),
+                p + "attention_norm.weight": 1 + rnd(d, scale=0.2),
+                p + "ffn_norm.weight": 1 + rnd(d, scale=0.2),
+            }
+        )
     bridge = {}
     for k in range(slots):
         suffix = "" if legacy_special else f".{k}"
         emb[f"rec_tok{suffix}.weight"] = rnd(1, d, scale=1.0)
         emb[f"cont_tok{suffix}.weight"] = rnd(1, d, scale=1.0)
         prefix = f"{k}." if slots > 1 else ""
-        bridge[prefix + "layer1.weight"] = rnd(BOTTLENECK, d, scale=d ** -0.5)
-        bridge[prefix + "layer2.weight"] = rnd(DECODER_DIM, BOTTLENECK, scale=BOTTLENECK ** -0.5)
+        bridge[prefix + "layer1.weight"] = rnd(BOTTLENECK, d, scale=d**-0.5)
+        bridge[prefix + "layer2.weight"] = rnd(DECODER_DIM, BOTTLENECK, scale=BOTTLENECK**-0.5)
     return emb, bridge
 
 
 def embedder_args(rates, pool="mean"):
-    return {"n_truncated_layers": N_TRUNCATED,
-            "pooling_module": {"pool_type": f"{pool}_pooled_queries", "where": "before"},
-            "memory_tokens": 0, "rec_tok": True, "cont_tok": True, "compress_rates": list(rates),
-            "trained_layers": 27, "causal_embedder": False, "train_embedding_mtx": True}
+    return {
+        "n_truncated_layers": N_TRUNCATED,
+        "pooling_module": {"pool_type": f"{pool}_pooled_queries", "where": "before"},
+        "memory_tokens": 0,
+        "rec_tok": True,
+        "cont_tok": True,
+        "compress_rates": list(rates),
+        "trained_layers": 27,
+        "causal_embedder": False,
+        "train_embedding_mtx": True,
+    }
 
 
 def bridge_args(slots):
-    return {"bridge_type": "multi_module" if slots > 1 else "mlp", "in_dim": MODEL_ARGS["dim"],
-            "hidden_dim": BOTTLENECK, "out_dim": DECODER_DIM}
+    return {
+        "bridge_type": "multi_module" if slots > 1 else "mlp",
+        "in_dim": MODEL_ARGS["dim"],
+        "hidden_dim": BOTTLENECK,
+        "out_dim": DECODER_DIM,
+    }
 
 
 def write_hub(folder, emb, bridge, slots, rates, pool="mean", dtype=torch.float32, config=None):
     """The PyTorchModelHubMixin export: constructor arguments + one prefixed safetensors file."""
     folder.mkdir(parents=True)
-    config = config if config is not None else {
-        "bridge_args": bridge_args(slots), "embedder_args": embedder_args(rates, pool),
-        "empty_init": slots, "llms": [], "model_args": {**MODEL_ARGS, "max_batch_size": 1},
-    }
+    config = (
+        config
+        if config is not None
+        else {
+            "bridge_args": bridge_args(slots),
+            "embedder_args": embedder_args(rates, pool),
+            "empty_init": slots,
+            "llms": [],
+            "model_args": {**MODEL_ARGS, "max_batch_size": 1},
+        }
+    )
     (folder / "config.json").write_text(json.dumps(config))
     state = {f"embedder.{k}": v.to(dtype) for k, v in emb.items()}
     state.update({f"bridge_module.{k}": v.to(dtype) for k, v in bridge.items()})
@@ -176,8 +216,11 @@ def write_converted(folder, emb, bridge, slots, rates, pool="mean"):
     """`load_and_save_released_models` output: params.json without model arguments."""
     (folder / "embedder").mkdir(parents=True)
     (folder / "bridge_module").mkdir()
-    params = {"param_dtype": "float32", "embedder_params": embedder_args(rates, pool),
-              "bridge_module": bridge_args(slots)}
+    params = {
+        "param_dtype": "float32",
+        "embedder_params": embedder_args(rates, pool),
+        "bridge_module": bridge_args(slots),
+    }
     (folder / "params.json").write_text(json.dumps(params, indent=4))
     save_file(emb, str(folder / "embedder" / "consolidated.safetensors"))
     save_file(bridge, str(folder / "bridge_module" / "consolidated.safetensors"))
@@ -205,9 +248,16 @@ def assert_matches_reference(model, emb, bridge, slots, rates, pool, cast=None):
             vectors = model.encode_segments(segs, decoder=k)  # one padded batch
             blocks = model.decoder_blocks(vectors, k, "cont")
         for ids, got in zip(segs, blocks):
-            want = official_forward(w, MODEL_ARGS, rates, pool, ids, cont,
-                                    cast(bridge[prefix + "layer1.weight"]),
-                                    cast(bridge[prefix + "layer2.weight"]))
+            want = official_forward(
+                w,
+                MODEL_ARGS,
+                rates,
+                pool,
+                ids,
+                cont,
+                cast(bridge[prefix + "layer1.weight"]),
+                cast(bridge[prefix + "layer2.weight"]),
+            )
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -238,8 +288,12 @@ def test_permuted_projection_rotates_like_the_official_rope():
     wq = torch.randn(heads * hd, 32)
     pos = torch.arange(T)
     official = rope_interleaved((x @ wq.T).view(T, heads, hd), pos, 500000.0)
-    config = LlamaConfig(hidden_size=32, num_attention_heads=heads, head_dim=hd,
-                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    config = LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=heads,
+        head_dim=hd,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
     cos, sin = LlamaRotaryEmbedding(config)(x[None], pos[None])
     q = (x @ interleaved_to_half(wq, heads).T).view(1, T, heads, hd).transpose(1, 2)
     hf, _ = apply_rotary_pos_emb(q, q, cos, sin)
@@ -248,34 +302,40 @@ def test_permuted_projection_rotates_like_the_official_rope():
     torch.testing.assert_close(back, official, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rates, factors", [([-8], [8]), ([-2, -2, -2], [2, 2, 2]), ([-1], [1]),
-                                            ([-2, -1, -2], [2, 1, 2]), ([], [])])
+@pytest.mark.parametrize(
+    "rates, factors", [([-8], [8]), ([-2, -2, -2], [2, 2, 2]), ([-1], [1]), ([-2, -1, -2], [2, 1, 2]), ([], [])]
+)
 def test_compress_rates_map_to_pooling_factors(rates, factors):
     assert pooling_from_official(embedder_args(rates)) == ("mean", factors)
     assert pooling_from_official(embedder_args(rates, "last"))[0] == "last"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"compress_rates": [3]}, "compress rate"),
-    ({"compress_rates": [0]}, "compress rate"),
-    ({"pooling_module": {"pool_type": "sum_pooled_queries", "where": "before"}}, "pool_type"),
-    ({"pooling_module": {"pool_type": "mean", "where": "before"}}, "pool_type"),
-    ({"pooling_module": {"pool_type": "mean_pooled_queries", "where": "between"}}, "where"),
-    ({"memory_tokens": 8, "compress_rates": []}, "memory"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"compress_rates": [3]}, "compress rate"),
+        ({"compress_rates": [0]}, "compress rate"),
+        ({"pooling_module": {"pool_type": "sum_pooled_queries", "where": "before"}}, "pool_type"),
+        ({"pooling_module": {"pool_type": "mean", "where": "before"}}, "pool_type"),
+        ({"pooling_module": {"pool_type": "mean_pooled_queries", "where": "between"}}, "where"),
+        ({"memory_tokens": 8, "compress_rates": []}, "memory"),
+    ],
+)
 def test_unsupported_official_pooling_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         pooling_from_official({**embedder_args([-4]), **change})
 
 
 # ------------------------------------------------------------------------ import vs reference
-@pytest.mark.parametrize("layout, rates, pool, dtype, legacy", [
-    ("hub", [-4], "mean", torch.float32, False),
-    ("hub", [-4], "last", torch.bfloat16, True),  # bf16 weights, old keys without the slot index
-    ("converted", [-2, -1, -2], "mean", torch.float32, False),
-])
-def test_single_decoder_import_matches_official_forward(tmp_path, tiny_models, layout, rates,
-                                                        pool, dtype, legacy):
+@pytest.mark.parametrize(
+    "layout, rates, pool, dtype, legacy",
+    [
+        ("hub", [-4], "mean", torch.float32, False),
+        ("hub", [-4], "last", torch.bfloat16, True),  # bf16 weights, old keys without the slot index
+        ("converted", [-2, -1, -2], "mean", torch.float32, False),
+    ],
+)
+def test_single_decoder_import_matches_official_forward(tmp_path, tiny_models, layout, rates, pool, dtype, legacy):
     emb, bridge = random_official(1, legacy_special=legacy)
     src = tmp_path / "ARC4_Encoder_Llama"
     extra = {}
@@ -284,13 +344,17 @@ def test_single_decoder_import_matches_official_forward(tmp_path, tiny_models, l
     else:
         write_converted(src, emb, bridge, 1, rates, pool)
         extra["backbone_params"] = write_meta_params(tmp_path / "params.json")
-    summary = import_kyutai(src, tmp_path / "ours", tokenizer_dir(tiny_models),
-                            decoders=[tiny_models["llama"]], **extra)
+    summary = import_kyutai(
+        src, tmp_path / "ours", tokenizer_dir(tiny_models), decoders=[tiny_models["llama"]], **extra
+    )
     assert summary["pooling_factors"] == [-r for r in rates] and summary["drop_layers"] == 1
     model = ARCModel.from_pretrained(tmp_path / "ours", decoders=[tiny_models["llama"]]).eval()
     assert model.config.pooling == pool and not model.config.causal
     assert model.encoder.hf_config.rope_parameters == {"rope_type": "default", "rope_theta": 500000.0}
-    cast = (lambda t: t.to(dtype).float())  # the reference sees the stored (rounded) values
+
+    def cast(t):  # the reference sees the stored (rounded) values
+        return t.to(dtype).float()
+
     assert_matches_reference(model, emb, bridge, 1, rates, pool, cast)
 
 
@@ -325,8 +389,9 @@ def test_single_decoder_default_comes_from_the_release_name(tmp_path, tiny_model
     src = write_hub(tmp_path / "ARC8_Encoder_Mistral", emb, bridge, 1, [-8])
     summary = import_kyutai(src, tmp_path / "ours", tokenizer_dir(tiny_models))
     assert summary["decoders"] == ["mistralai/Mistral-7B-v0.3"]
-    cached = write_hub(tmp_path / "models--kyutai--ARC4_Encoder_Llama" / "snapshots" / "abc123",
-                       emb, bridge, 1, [-4])  # the hub cache layout
+    cached = write_hub(
+        tmp_path / "models--kyutai--ARC4_Encoder_Llama" / "snapshots" / "abc123", emb, bridge, 1, [-4]
+    )  # the hub cache layout
     summary = import_kyutai(cached, tmp_path / "ours_cached", tokenizer_dir(tiny_models))
     assert summary["decoders"] == ["meta-llama/Llama-3.1-8B"]
     other = write_hub(tmp_path / "somewhere", emb, bridge, 1, [-8])
@@ -340,8 +405,7 @@ def test_pooling_factor_override_and_missing_rates(tmp_path, tiny_models):
     src = write_hub(tmp_path / "hub", emb, bridge, 1, [], config=config)
     with pytest.raises(ValueError, match="--pooling-factor"):
         import_kyutai(src, tmp_path / "a", tokenizer_dir(tiny_models), [tiny_models["llama"]])
-    summary = import_kyutai(src, tmp_path / "b", tokenizer_dir(tiny_models), [tiny_models["llama"]],
-                            pooling_factor=4)
+    summary = import_kyutai(src, tmp_path / "b", tokenizer_dir(tiny_models), [tiny_models["llama"]], pooling_factor=4)
     # without n_truncated_layers the depth comes from the blocks in the file
     assert summary["pooling_factors"] == [4] and summary["drop_layers"] == 1
     model = ARCModel.from_pretrained(tmp_path / "b", decoders=[tiny_models["llama"]]).eval()
@@ -390,15 +454,24 @@ def test_exported_folder_runs_the_official_forward(tmp_path, tiny_models, tiny_a
     emb = load_file(str(tmp_path / "official" / "embedder" / "consolidated.safetensors"))
     bridge = load_file(str(tmp_path / "official" / "bridge_module" / "consolidated.safetensors"))
     hf = model.encoder.hf_config
-    args = dict(dim=64, n_layers=4, head_dim=16, hidden_dim=hf.intermediate_size, n_heads=4,
-                n_kv_heads=2, norm_eps=hf.rms_norm_eps, vocab_size=384,
-                rope_theta=hf.rope_parameters["rope_theta"])
+    args = dict(
+        dim=64,
+        n_layers=4,
+        head_dim=16,
+        hidden_dim=hf.intermediate_size,
+        n_heads=4,
+        n_kv_heads=2,
+        norm_eps=hf.rms_norm_eps,
+        vocab_size=384,
+        rope_theta=hf.rope_parameters["rope_theta"],
+    )
     segs = segments()
     with torch.no_grad():
         blocks = model.decoder_blocks(model.encode_segments(segs, 0), 0, "cont")
     for ids, got in zip(segs, blocks):
-        want = official_forward(emb, args, [-4], "mean", ids, emb["cont_tok.0.weight"],
-                                bridge["layer1.weight"], bridge["layer2.weight"])
+        want = official_forward(
+            emb, args, [-4], "mean", ids, emb["cont_tok.0.weight"], bridge["layer1.weight"], bridge["layer2.weight"]
+        )
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -412,21 +485,29 @@ def hub_with(tmp_path, edit):
     return src
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("embedder.layers.1.attention.wk.weight"), r"missing.*layers\.1\.attention\.wk"),
-    (lambda s: s.update({"embedder.norm.weight": torch.ones(64)}), r"unknown.*norm\.weight"),
-    (lambda s: s.update({"llms.0.x": torch.ones(1)}), r"unknown.*llms\.0\.x"),
-    (lambda s: s.update({"bridge_module.layer3.weight": torch.ones(1)}), r"unknown.*layer3"),
-    (lambda s: s.update({"embedder.layers.2.attention.wk.weight": torch.ones(16, 64)}),
-     r"layers\.2\.attention\.wk\.weight: expected \(32, 64\), found \(16, 64\)"),
-    (lambda s: s.update({"bridge_module.layer2.weight": torch.ones(64, 7)}),
-     r"0\.layer2\.weight: expected \(64, 24\), found \(64, 7\)"),
-    (lambda s: s.update({"embedder.cont_tok.0.weight": torch.ones(2, 64)}),
-     r"cont_tok\.0\.weight: expected \(1, 64\), found \(2, 64\)"),
-    (lambda s: s.update({"embedder.mem_embeddings.0.weight": torch.ones(4, 64)}), "memory"),
-    (lambda s: s.update({"embedder.layers.3.ffn_norm.weight": torch.ones(64)}),
-     r"unknown.*layers\.3\.ffn_norm"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("embedder.layers.1.attention.wk.weight"), r"missing.*layers\.1\.attention\.wk"),
+        (lambda s: s.update({"embedder.norm.weight": torch.ones(64)}), r"unknown.*norm\.weight"),
+        (lambda s: s.update({"llms.0.x": torch.ones(1)}), r"unknown.*llms\.0\.x"),
+        (lambda s: s.update({"bridge_module.layer3.weight": torch.ones(1)}), r"unknown.*layer3"),
+        (
+            lambda s: s.update({"embedder.layers.2.attention.wk.weight": torch.ones(16, 64)}),
+            r"layers\.2\.attention\.wk\.weight: expected \(32, 64\), found \(16, 64\)",
+        ),
+        (
+            lambda s: s.update({"bridge_module.layer2.weight": torch.ones(64, 7)}),
+            r"0\.layer2\.weight: expected \(64, 24\), found \(64, 7\)",
+        ),
+        (
+            lambda s: s.update({"embedder.cont_tok.0.weight": torch.ones(2, 64)}),
+            r"cont_tok\.0\.weight: expected \(1, 64\), found \(2, 64\)",
+        ),
+        (lambda s: s.update({"embedder.mem_embeddings.0.weight": torch.ones(4, 64)}), "memory"),
+        (lambda s: s.update({"embedder.layers.3.ffn_norm.weight": torch.ones(64)}), r"unknown.*layers\.3\.ffn_norm"),
+    ],
+)
 def test_bad_hub_files_are_refused(tmp_path, tiny_models, edit, message):
     src = hub_with(tmp_path, edit)
     with pytest.raises(ValueError, match=message):
@@ -472,8 +553,7 @@ def test_decoder_mismatches_are_refused(tmp_path, tiny_models):
     emb, bridge = random_official(1)
     src = write_hub(tmp_path / "hub", emb, bridge, 1, [-4])
     with pytest.raises(ValueError, match="1 projector"):
-        import_kyutai(src, tmp_path / "a", tokenizer_dir(tiny_models),
-                      [tiny_models["llama"], tiny_models["mistral"]])
+        import_kyutai(src, tmp_path / "a", tokenizer_dir(tiny_models), [tiny_models["llama"], tiny_models["mistral"]])
     with pytest.raises(ValueError, match="width 96.*outputs 64"):
         import_kyutai(src, tmp_path / "b", tokenizer_dir(tiny_models), [tiny_models["llama-wide"]])
     (tmp_path / "full").mkdir()
@@ -484,18 +564,24 @@ def test_decoder_mismatches_are_refused(tmp_path, tiny_models):
 
 def test_causal_checkpoint_imports_with_a_warning(tmp_path, tiny_models):
     emb, bridge = random_official(1)
-    config = {"model_args": MODEL_ARGS, "bridge_args": bridge_args(1),
-              "embedder_args": {**embedder_args([-4]), "causal_embedder": True}}
+    config = {
+        "model_args": MODEL_ARGS,
+        "bridge_args": bridge_args(1),
+        "embedder_args": {**embedder_args([-4]), "causal_embedder": True},
+    }
     src = write_hub(tmp_path / "hub", emb, bridge, 1, [-4], config=config)
     with pytest.warns(UserWarning, match="causal"):
         summary = import_kyutai(src, tmp_path / "a", tokenizer_dir(tiny_models), [tiny_models["llama"]])
     assert summary["causal"] is True
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(pooling="memory", pooling_factors=[], memory_tokens=4), "pooling 'memory'"),
-    (dict(causal=True), "causal"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(pooling="memory", pooling_factors=[], memory_tokens=4), "pooling 'memory'"),
+        (dict(causal=True), "causal"),
+    ],
+)
 def test_export_refuses_what_the_official_code_cannot_express(tmp_path, tiny_arc, overrides, message):
     tiny_arc(**overrides).save_pretrained(tmp_path / "ours")
     with pytest.raises(ValueError, match=message):
@@ -517,9 +603,14 @@ def test_export_refuses_scaled_rope_and_mixed_widths(tmp_path, tiny_models, tiny
     tiny_arc().save_pretrained(tmp_path / "b")
     config_file = tmp_path / "b" / "encoder" / "config.json"
     values = json.loads(config_file.read_text())
-    values["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                 "original_max_position_embeddings": 64}
+    values["rope_parameters"] = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     config_file.write_text(json.dumps(values))
     with pytest.raises(ValueError, match="plain RoPE"):
         export_kyutai(tmp_path / "b", tmp_path / "b_out")
@@ -535,8 +626,13 @@ def scaled_llama(tmp_path, tiny_models, v5_style=False):
     shutil.copytree(tiny_models["llama"], folder)
     values = json.loads((folder / "config.json").read_text())
     values.pop("rope_parameters", None)
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     if v5_style:
         values["rope_parameters"] = {**scaling, "rope_theta": 500000.0}
     else:
@@ -561,16 +657,22 @@ def test_import_with_unscaled_rope_records_the_views(tmp_path, tiny_models):
     emb, bridge = random_official(2)
     src = write_hub(tmp_path / "hub", emb, bridge, 2, [-4])
     scaled = scaled_llama(tmp_path, tiny_models)
-    summary = import_kyutai(src, tmp_path / "ours", tokenizer_dir(tiny_models),
-                            [str(scaled), tiny_models["mistral"]], unscaled_rope=True)
+    summary = import_kyutai(
+        src, tmp_path / "ours", tokenizer_dir(tiny_models), [str(scaled), tiny_models["mistral"]], unscaled_rope=True
+    )
     view = tmp_path / "ours" / "decoders" / "0"
     assert summary["decoders"] == [str(view.resolve()), tiny_models["mistral"]]  # mistral untouched
     model = ARCModel.from_pretrained(tmp_path / "ours")
     rope = model.decoders[0].config.rope_parameters
     assert rope["rope_type"] == "default" and rope["rope_theta"] == 500000.0
     with pytest.raises(ValueError, match="local decoder folders"):
-        import_kyutai(src, tmp_path / "b", tokenizer_dir(tiny_models),
-                      ["meta-llama/Llama-3.1-8B", tiny_models["mistral"]], unscaled_rope=True)
+        import_kyutai(
+            src,
+            tmp_path / "b",
+            tokenizer_dir(tiny_models),
+            ["meta-llama/Llama-3.1-8B", tiny_models["mistral"]],
+            unscaled_rope=True,
+        )
 
 
 # ------------------------------------------------------------------------ CLI
@@ -582,8 +684,19 @@ def test_cli_convert_both_ways(tmp_path, tiny_models, tiny_arc, monkeypatch):
     src = write_hub(tmp_path / "hub", emb, bridge, 1, [-4])
     decoder = Path(tiny_models["llama"])
     monkeypatch.chdir(decoder.parent)  # a relative --decoder is recorded as an absolute path
-    result = runner.invoke(app, ["convert", "kyutai", str(src), str(tmp_path / "ours"),
-                                 "--tokenizer", tokenizer_dir(tiny_models), "--decoder", decoder.name])
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "kyutai",
+            str(src),
+            str(tmp_path / "ours"),
+            "--tokenizer",
+            tokenizer_dir(tiny_models),
+            "--decoder",
+            decoder.name,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["pooling_factors"] == [4]
     recorded = json.loads((tmp_path / "ours" / "arc_config.json").read_text())["config"]["decoders"]
@@ -591,6 +704,15 @@ def test_cli_convert_both_ways(tmp_path, tiny_models, tiny_arc, monkeypatch):
     result = runner.invoke(app, ["convert", "to-kyutai", str(tmp_path / "ours"), str(tmp_path / "off")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "off" / "embedder" / "consolidated.safetensors").is_file()
-    result = runner.invoke(app, ["convert", "kyutai", str(tmp_path / "nothing"), str(tmp_path / "x"),
-                                 "--tokenizer", tokenizer_dir(tiny_models)])
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "kyutai",
+            str(tmp_path / "nothing"),
+            str(tmp_path / "x"),
+            "--tokenizer",
+            tokenizer_dir(tiny_models),
+        ],
+    )
     assert result.exit_code == 1 and "error:" in result.output

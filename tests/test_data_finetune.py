@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import random
 from collections import Counter
 
@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from arc_encoder.data.finetune import (
-    FinetuneData, FinetuneDataConfig, Shot, choose_passages, parse_example,
+    FinetuneData,
+    FinetuneDataConfig,
+    Shot,
+    choose_passages,
+    parse_example,
 )
 from arc_encoder.data.sources import BadRecord
 from conftest import SHARED_DATA, tiny_tokenizer
@@ -59,16 +63,22 @@ def test_both_schemas_parse():
     assert parse_example({"passage": "p", "answer": "a"}, "w")["question"] == ""
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"question": "q", "answer": "a"}, "need exactly one of 'passage', 'passages', 'context' \\(found none\\)"),
-    ({"passage": "p", "passages": ["p"], "answer": "a"}, "need exactly one of .* \\(found passage and passages\\)"),
-    ({"passage": "p", "question": "q"}, "need one of 'answer', 'answers' \\(found none\\)"),
-    ({"passage": "p", "answer": 3}, "field 'answer' must be a string or a list of strings"),
-    ({"passage": "p", "answer": []}, "field 'answer' is empty"),
-    ({"passage": ["p", ""], "answer": "a"}, "field 'passage' is empty or holds an empty string"),
-    ({"passage": "p", "answer": "a", "question": 1}, "field 'question' must be a string"),
-    ({"passage": "p", "answer": "a", "instruction": "no bars"}, "field 'instruction' must be a string 'prefix\\|\\|instruction\\|\\|suffix'"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"question": "q", "answer": "a"}, "need exactly one of 'passage', 'passages', 'context' \\(found none\\)"),
+        ({"passage": "p", "passages": ["p"], "answer": "a"}, "need exactly one of .* \\(found passage and passages\\)"),
+        ({"passage": "p", "question": "q"}, "need one of 'answer', 'answers' \\(found none\\)"),
+        ({"passage": "p", "answer": 3}, "field 'answer' must be a string or a list of strings"),
+        ({"passage": "p", "answer": []}, "field 'answer' is empty"),
+        ({"passage": ["p", ""], "answer": "a"}, "field 'passage' is empty or holds an empty string"),
+        ({"passage": "p", "answer": "a", "question": 1}, "field 'question' must be a string"),
+        (
+            {"passage": "p", "answer": "a", "instruction": "no bars"},
+            "field 'instruction' must be a string 'prefix\\|\\|instruction\\|\\|suffix'",
+        ),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path, tiny, record, message):
     good = {"passage": "p", "question": "q", "answer": "a"}
     data = pipeline(tmp_path, tiny, tiny, [good, good, record], batch_size=3)
@@ -79,8 +89,9 @@ def test_bad_records_name_file_and_line(tmp_path, tiny, record, message):
 def test_skip_bad_records(tmp_path, tiny, caplog):
     good = {"passage": "p", "question": "q", "answer": "a"}
     with caplog.at_level(logging.WARNING):
-        data = pipeline(tmp_path, tiny, tiny, [good, {"passage": "p"}, good], batch_size=2,
-                        on_bad_line="skip", loop=False)
+        data = pipeline(
+            tmp_path, tiny, tiny, [good, {"passage": "p"}, good], batch_size=2, on_bad_line="skip", loop=False
+        )
         assert len(next(data).samples) == 2
     assert "line 2" in caplog.text
 
@@ -121,7 +132,10 @@ def test_prompt_accounting_spec_16_3(tmp_path, chars):
     assert sample.text_ids[0] == 1 and sample.text_ids.count(1) == 1  # BOS on the first piece only
     assert [len(s) for s in sample.segments] == [9, 10, 400]  # documents: encoder tokens, no BOS/EOS
     assert chars.decode(sample.segments[1]) == "second doc"
-    assert chars.decode(sample.text_ids[:47], skip_special_tokens=True) == "Document: \nQuestion: q1\nAnswer: a1\n\nDocument: "
+    assert (
+        chars.decode(sample.text_ids[:47], skip_special_tokens=True)
+        == "Document: \nQuestion: q1\nAnswer: a1\n\nDocument: "
+    )
 
 
 def test_template_strings_inside_documents_and_answers(tmp_path, chars):
@@ -184,7 +198,8 @@ def test_chat_mode(tmp_path):
     assert sample.offsets == [len(head), len(head) + len("\nQuestion: q1\nAnswer: a1\n\nDocument: ")]
     assert chat.decode(sample.text_ids[: sample.offsets[0]]) == head  # no BOS: the template decides
     assert chat.decode(sample.text_ids) == (
-        head + "\nQuestion: q1\nAnswer: a1\n\nDocument: \nQuestion: q<eos>\n<|assistant|>the answer<eos>")
+        head + "\nQuestion: q1\nAnswer: a1\n\nDocument: \nQuestion: q<eos>\n<|assistant|>the answer<eos>"
+    )
     assert chat.decode(supervised(sample)) == "the answer<eos>"  # reply and end of turn; "\n" cut
     # an instruction: prefix before the document, {question} after it, suffix leads the reply
     current = Shot("story text", "who?", "nobody", "Story:\n||\nAnswer this: {question}||Answer:\n")
@@ -202,11 +217,17 @@ def test_chat_mode(tmp_path):
 
 
 def test_resume_gives_the_same_batches(tmp_path, tiny):
-    a = write_jsonl(tmp_path / "a.jsonl", [
-        {"passages": [f"passage {i} one", f"passage {i} two"], "question": f"q{i}", "answer": [f"a{i}", f"b{i}"]}
-        for i in range(20)])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"context": f"context {i}", "question": f"w{i}", "answers": [f"c{i}"]}
-                                           for i in range(15)])
+    a = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"passages": [f"passage {i} one", f"passage {i} two"], "question": f"q{i}", "answer": [f"a{i}", f"b{i}"]}
+            for i in range(20)
+        ],
+    )
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"context": f"context {i}", "question": f"w{i}", "answers": [f"c{i}"]} for i in range(15)],
+    )
     config = FinetuneDataConfig([f"{a}:2:3", f"{b}:1:1"], batch_size=3, max_passages=2, shuffle_buffer=4, seed=5)
     uninterrupted = FinetuneData(config, tiny, tiny)
     expected = [next(uninterrupted) for _ in range(7)]
@@ -267,7 +288,8 @@ def test_real_smollm2_prompts(tmp_path, tiny):
     shots, current = [Shot("d1", "Who?", "Ann")], Shot("d", "Where?", "in Paris")
     base = pipeline(tmp_path, tiny, smol).build(shots, current)
     assert smol.decode(base.text_ids) == (
-        "Document: \nQuestion: Who?\nAnswer: Ann\n\nDocument: \nQuestion: Where?\nAnswer: in Paris" + smol.eos_token)
+        "Document: \nQuestion: Who?\nAnswer: Ann\n\nDocument: \nQuestion: Where?\nAnswer: in Paris" + smol.eos_token
+    )
     assert smol.decode(supervised(base)) == " in Paris" + smol.eos_token
     chat = pipeline(tmp_path, tiny, smol, chat=True).build(shots, current)
     text = smol.decode(chat.text_ids)

@@ -10,7 +10,11 @@ import torch
 
 from arc_encoder.data.batch import Batch
 from arc_encoder.data.pretrain import (
-    PretrainData, PretrainDataConfig, continuation_plan, continuation_samples, reconstruction_plan,
+    PretrainData,
+    PretrainDataConfig,
+    continuation_plan,
+    continuation_samples,
+    reconstruction_plan,
     reconstruction_samples,
 )
 from arc_encoder.data.sources import BadRecord
@@ -177,7 +181,9 @@ def test_continuation_share_and_homogeneous_batches(tmp_path, tiny):
             if batch.task == "reconstruction":
                 assert s.offsets == [0] and all(s.targets)
             else:
-                assert batch.task == "continuation" and s.targets[s.offsets[0]:] == [True] * (len(s.text_ids) - s.offsets[0])
+                assert batch.task == "continuation" and s.targets[s.offsets[0] :] == [True] * (
+                    len(s.text_ids) - s.offsets[0]
+                )
                 assert not any(s.targets[: s.offsets[0]])
     assert {b.task for b in batches} == {"reconstruction", "continuation"}
     assert sum(len(b.samples) for b in batches) == sum(data.stats["samples"].values())
@@ -186,8 +192,12 @@ def test_continuation_share_and_homogeneous_batches(tmp_path, tiny):
 
 def test_task_share_extremes(tmp_path, tiny):
     f = write_docs(tmp_path / "d.txt", [f"Short document {i} about rivers." for i in range(40)])
-    assert {b.task for b in PretrainData(small_config([f], continuation=0.0, loop=False), tiny, tiny)} == {"reconstruction"}
-    assert {b.task for b in PretrainData(small_config([f], continuation=1.0, loop=False), tiny, tiny)} == {"continuation"}
+    assert {b.task for b in PretrainData(small_config([f], continuation=0.0, loop=False), tiny, tiny)} == {
+        "reconstruction"
+    }
+    assert {b.task for b in PretrainData(small_config([f], continuation=1.0, loop=False), tiny, tiny)} == {
+        "continuation"
+    }
 
 
 def test_long_documents_are_cut_without_waste(tmp_path, chars):
@@ -212,7 +222,9 @@ def test_ranks_partition_documents(tmp_path, tiny):
 def test_resume_gives_the_same_batches(tmp_path, tiny):
     fa = write_docs(tmp_path / "a.txt", [ascii_text(40 + 7 * i) for i in range(25)])
     fb = tmp_path / "b.jsonl"
-    fb.write_text("\n".join(json.dumps({"text": f"Numbers like {i} appear in texts. " * (i % 5 + 1)}) for i in range(30)))
+    fb.write_text(
+        "\n".join(json.dumps({"text": f"Numbers like {i} appear in texts. " * (i % 5 + 1)}) for i in range(30))
+    )
     config = small_config([f"{fa}:2", f"{fb}:1"], shuffle_buffer=5, seed=7)
     uninterrupted = PretrainData(config, tiny, tiny, rank=1, world_size=2)
     expected = [next(uninterrupted) for _ in range(7)]
@@ -225,8 +237,9 @@ def test_resume_gives_the_same_batches(tmp_path, tiny):
     with pytest.raises(ValueError, match="rank 1 of 2"):
         PretrainData(config, tiny, tiny, rank=0, world_size=2).load_state_dict(state)
     with pytest.raises(ValueError, match="config changed.*seq_len"):
-        PretrainData(small_config([f"{fa}:2", f"{fb}:1"], shuffle_buffer=5, seed=7, seq_len=64),
-                     tiny, tiny, rank=1, world_size=2).load_state_dict(state)
+        PretrainData(
+            small_config([f"{fa}:2", f"{fb}:1"], shuffle_buffer=5, seed=7, seq_len=64), tiny, tiny, rank=1, world_size=2
+        ).load_state_dict(state)
 
 
 def test_multi_decoder_batches_and_resume(tmp_path, tiny, chars):
@@ -240,7 +253,9 @@ def test_multi_decoder_batches_and_resume(tmp_path, tiny, chars):
         for s in batch.samples:
             assert max(s.text_ids) < len(tok)
             if batch.task == "reconstruction":  # decoder text and encoder text are the same characters
-                assert tok.decode(s.text_ids, skip_special_tokens=True) == tiny.decode(s.segments[0], skip_special_tokens=True)
+                assert tok.decode(s.text_ids, skip_special_tokens=True) == tiny.decode(
+                    s.segments[0], skip_special_tokens=True
+                )
     again = PretrainData(config, tiny, [tiny, chars])
     [again.next_batch(k) for k in order[:3]]
     state = again.state_dict()
@@ -275,8 +290,16 @@ def test_batches_train_a_tiny_model(tiny_arc, tiny_models):
 
     model = tiny_arc()
     tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
-    config = PretrainDataConfig([str(WIKI)], seq_len=48, compress_tokens=48, target_tokens=32,
-                                prefix_tokens=16, batch_size=3, continuation=0.5, seed=1)
+    config = PretrainDataConfig(
+        [str(WIKI)],
+        seq_len=48,
+        compress_tokens=48,
+        target_tokens=32,
+        prefix_tokens=16,
+        batch_size=3,
+        continuation=0.5,
+        seed=1,
+    )
     data = PretrainData(config, model.encoder_tokenizer, tok)
     tasks = set()
     for _ in range(4):
@@ -305,8 +328,7 @@ def test_curriculum_mix_by_hand():
 
 def test_curriculum_keeps_the_token_budget_and_moves_to_long_spans(tmp_path, chars):
     f = write_docs(tmp_path / "d.txt", [ascii_text(200 + i) for i in range(400)])
-    config = small_config([f], continuation=0.0, batch_size=4, seq_len=32, curriculum=[8, 16],
-                          curriculum_batches=40)
+    config = small_config([f], continuation=0.0, batch_size=4, seq_len=32, curriculum=[8, 16], curriculum_batches=40)
     data = PretrainData(config, chars, chars)
     batches = [next(data) for _ in range(80)]
     for b in batches:
@@ -323,8 +345,15 @@ def test_curriculum_keeps_the_token_budget_and_moves_to_long_spans(tmp_path, cha
 
 def test_curriculum_resume_restores_the_schedule(tmp_path, chars):
     f = write_docs(tmp_path / "d.txt", [ascii_text(120 + 3 * i) for i in range(300)])
-    config = small_config([f], continuation=0.5, batch_size=4, seq_len=32, curriculum=[8, 16],
-                          curriculum_batches=20, reconstruction_only_batches=6)
+    config = small_config(
+        [f],
+        continuation=0.5,
+        batch_size=4,
+        seq_len=32,
+        curriculum=[8, 16],
+        curriculum_batches=20,
+        reconstruction_only_batches=6,
+    )
     uninterrupted = PretrainData(config, chars, chars)
     expected = [next(uninterrupted) for _ in range(30)]
     assert {b.task for b in expected[:6]} == {"reconstruction"}  # phase 1
@@ -336,14 +365,17 @@ def test_curriculum_resume_restores_the_schedule(tmp_path, chars):
     assert [next(resumed) for _ in range(18)] == expected[12:]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"curriculum": [16, 8]}, "increasing"),
-    ({"curriculum": [8, 64], "curriculum_batches": 5}, "longer than seq_len"),
-    ({"curriculum": [8]}, "curriculum_batches >= 1"),
-    ({"curriculum_batches": 10}, "curriculum .*empty"),
-    ({"reconstruction_only_batches": -1}, "reconstruction_only_batches"),
-    ({"curriculum_step": 3}, "curriculum_step"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"curriculum": [16, 8]}, "increasing"),
+        ({"curriculum": [8, 64], "curriculum_batches": 5}, "longer than seq_len"),
+        ({"curriculum": [8]}, "curriculum_batches >= 1"),
+        ({"curriculum_batches": 10}, "curriculum .*empty"),
+        ({"reconstruction_only_batches": -1}, "reconstruction_only_batches"),
+        ({"curriculum_step": 3}, "curriculum_step"),
+    ],
+)
 def test_impossible_or_misspelt_schedules_are_refused_by_name(bad, message):
     with pytest.raises(ValueError, match=message):
         PretrainDataConfig.from_dict({"sources": ["x.txt"], "seq_len": 32, **bad})
@@ -351,9 +383,24 @@ def test_impossible_or_misspelt_schedules_are_refused_by_name(bad, message):
 
 def test_distinct_held_out_documents(tmp_path, chars):
     f = tmp_path / "d.jsonl"
-    f.write_text("\n".join(json.dumps({"context": c}) for c in ["A cat sat.", "A cat sat.", "A dog ran far.",
-                                                                  "A cat sat.", "A bird flew off."]))
-    data = PretrainData(small_config([str(f)], continuation=0.0, loop=False, distinct=True,
-                                     text_field="context", samples_per_document=1, batch_size=10), chars, chars)
+    f.write_text(
+        "\n".join(
+            json.dumps({"context": c})
+            for c in ["A cat sat.", "A cat sat.", "A dog ran far.", "A cat sat.", "A bird flew off."]
+        )
+    )
+    data = PretrainData(
+        small_config(
+            [str(f)],
+            continuation=0.0,
+            loop=False,
+            distinct=True,
+            text_field="context",
+            samples_per_document=1,
+            batch_size=10,
+        ),
+        chars,
+        chars,
+    )
     (batch,) = list(data)
     assert len(batch.samples) == 3

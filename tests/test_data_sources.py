@@ -9,8 +9,16 @@ from collections import Counter
 import pytest
 
 from arc_encoder.data.sources import (
-    BadRecord, FileStream, Mixture, SourceSpec, open_mixture, open_source, parse_source, parse_sources,
-    seeded_rng, text_field,
+    BadRecord,
+    FileStream,
+    Mixture,
+    SourceSpec,
+    open_mixture,
+    open_source,
+    parse_source,
+    parse_sources,
+    seeded_rng,
+    text_field,
 )
 
 
@@ -58,7 +66,7 @@ def test_jsonl_and_folder(tmp_path):
     sub.mkdir()
     write(sub / "c.txt", "c1\n\nc2")
     write(tmp_path / "ignored.csv", "not,read\n")
-    write(tmp_path / "meta.json", "{\"not\": \"read\"}\n")
+    write(tmp_path / "meta.json", '{"not": "read"}\n')
     got = texts(FileStream(tmp_path, text_field(), loop=False))
     assert got == ["b1", "b2", "c1", "c2"]  # sorted paths: b.jsonl < sub/c.txt
 
@@ -68,7 +76,7 @@ def test_sharding_partitions_documents(tmp_path):
     everything = texts(FileStream(f, text_field(), loop=False))
     shards = [texts(FileStream(f, text_field(), rank=r, world_size=4, loop=False)) for r in range(4)]
     assert sorted(sum(shards, [])) == sorted(everything)
-    assert all(not set(a) & set(b) for i, a in enumerate(shards) for b in shards[i + 1:])
+    assert all(not set(a) & set(b) for i, a in enumerate(shards) for b in shards[i + 1 :])
     assert shards[1] == [f"doc {i}" for i in range(1, 23, 4)]  # rank r takes i % W == r
 
 

@@ -54,8 +54,7 @@ def make_encoder(**overrides):
     return Encoder(hf, cfg).eval(), hf
 
 
-def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None, field=None,
-                  group_positions=False):
+def naive_encoder(enc, hf, h, groups, mode="mean", causal=False, schedule=None, field=None, group_positions=False):
     """Run the plain blocks then pooled blocks naively, for one segment."""
     n_plain = len(enc.layers) - len(schedule)
     n = h.shape[0]
@@ -97,14 +96,23 @@ def test_pooled_encoder_matches_naive_loop(mode, causal):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("group_positions", [False, True])
 def test_local_receptive_field_and_group_positions_match_naive_loop(field, causal, group_positions):
-    enc, hf = make_encoder(causal=causal, pooled_receptive_field=field,
-                           pooled_positions="group" if group_positions else "index")
+    enc, hf = make_encoder(
+        causal=causal, pooled_receptive_field=field, pooled_positions="group" if group_positions else "index"
+    )
     ids = torch.randint(3, 300, (2, 14))
     out, lengths = enc(ids, [14, 9])  # 14 by 4 -> [4, 4, 3, 3]; 9 by 4 -> [3, 3, 3]
     assert lengths == [4, 3]
     for row, (n, groups) in enumerate([(14, [4, 4, 3, 3]), (9, [3, 3, 3])]):
-        want = naive_encoder(enc, hf, enc.embed_tokens(ids[row, :n]), [groups], causal=causal,
-                             schedule=[4], field=field, group_positions=group_positions)
+        want = naive_encoder(
+            enc,
+            hf,
+            enc.embed_tokens(ids[row, :n]),
+            [groups],
+            causal=causal,
+            schedule=[4],
+            field=field,
+            group_positions=group_positions,
+        )
         torch.testing.assert_close(out[row, : len(groups)], want, atol=1e-5, rtol=1e-5)
 
 

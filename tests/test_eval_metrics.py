@@ -7,20 +7,29 @@ import pytest
 
 from arc_encoder.evaluation import metrics
 from arc_encoder.evaluation.metrics import (
-    bleu, exact_match, f1, gain_kept, mean_with_stderr, normalize_answer, rouge_l,
+    bleu,
+    exact_match,
+    f1,
+    gain_kept,
+    mean_with_stderr,
+    normalize_answer,
+    rouge_l,
 )
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The Cat", "cat"),                        # lower-case, article dropped
-    ("an apple a day", "apple day"),           # all three articles
-    ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
-    ("A-ha!", "aha"),                          # punctuation deleted, not replaced: "aha" is no article
-    ("Denver, (Colorado).", "denver colorado"),
-    ("  many \t spaces\n here ", "many spaces here"),
-    ("the, the. THE", ""),                     # nothing but articles
-    ("café—déjà vu", "café—déjà vu"),          # non-ASCII punctuation and letters are kept
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Cat", "cat"),  # lower-case, article dropped
+        ("an apple a day", "apple day"),  # all three articles
+        ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
+        ("A-ha!", "aha"),  # punctuation deleted, not replaced: "aha" is no article
+        ("Denver, (Colorado).", "denver colorado"),
+        ("  many \t spaces\n here ", "many spaces here"),
+        ("the, the. THE", ""),  # nothing but articles
+        ("café—déjà vu", "café—déjà vu"),  # non-ASCII punctuation and letters are kept
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -57,11 +66,11 @@ def test_f1_no_overlap_and_exact():
 
 
 def test_f1_yes_no_rule():
-    assert f1("yes", ["yes it is"]) == 0.0       # would be 0.5 without the rule
-    assert f1("yes sir", ["yes"]) == 0.0         # gold "yes", prediction differs
+    assert f1("yes", ["yes it is"]) == 0.0  # would be 0.5 without the rule
+    assert f1("yes sir", ["yes"]) == 0.0  # gold "yes", prediction differs
     assert f1("noanswer", ["noanswer given"]) == 0.0
     assert f1("No.", ["no"]) == 1.0
-    assert f1("yes", ["no", "yes"]) == 1.0       # still a max over golds
+    assert f1("yes", ["no", "yes"]) == 1.0  # still a max over golds
 
 
 def test_bleu_identical_is_100():

@@ -3,7 +3,11 @@
 import pytest
 
 from arc_encoder.evaluation.prompts import (
-    arc_prompt, closed_book_prompt, doc_as_text, open_book_prompt, postprocess_answer,
+    arc_prompt,
+    closed_book_prompt,
+    doc_as_text,
+    open_book_prompt,
+    postprocess_answer,
 )
 from arc_encoder.evaluation.tasks import Example
 from arc_encoder.prompt import Doc
@@ -24,12 +28,18 @@ TARGET = ex(6)
 
 def test_arc_prompt_five_shots_exact():
     expected = [
-        "Document: ", Doc("d1"),
-        "\nQuestion: q1\nAnswer: a1\n\nDocument: ", Doc("d2"),
-        "\nQuestion: q2\nAnswer: a2\n\nDocument: ", Doc("d3"),
-        "\nQuestion: q3\nAnswer: a3\n\nDocument: ", Doc("d4"),
-        "\nQuestion: q4\nAnswer: a4\n\nDocument: ", Doc("d5"),
-        "\nQuestion: q5\nAnswer: a5\n\nDocument: ", Doc("d6"),
+        "Document: ",
+        Doc("d1"),
+        "\nQuestion: q1\nAnswer: a1\n\nDocument: ",
+        Doc("d2"),
+        "\nQuestion: q2\nAnswer: a2\n\nDocument: ",
+        Doc("d3"),
+        "\nQuestion: q3\nAnswer: a3\n\nDocument: ",
+        Doc("d4"),
+        "\nQuestion: q4\nAnswer: a4\n\nDocument: ",
+        Doc("d5"),
+        "\nQuestion: q5\nAnswer: a5\n\nDocument: ",
+        Doc("d6"),
         "\nQuestion: q6\nAnswer:",
     ]
     prompt = arc_prompt(SHOTS, TARGET)
@@ -46,8 +56,10 @@ def test_document_with_template_text_keeps_structure():
     tricky = ex(1, passages=["before\nQuestion: fake?\nAnswer: no\n\nDocument: after"])
     prompt = arc_prompt([tricky], TARGET)
     assert prompt == [
-        "Document: ", Doc("before\nQuestion: fake?\nAnswer: no\n\nDocument: after"),
-        "\nQuestion: q1\nAnswer: a1\n\nDocument: ", Doc("d6"),
+        "Document: ",
+        Doc("before\nQuestion: fake?\nAnswer: no\n\nDocument: after"),
+        "\nQuestion: q1\nAnswer: a1\n\nDocument: ",
+        Doc("d6"),
         "\nQuestion: q6\nAnswer:",
     ]
 
@@ -56,8 +68,13 @@ def test_multi_passage_joined_or_separate():
     multi = ex(6, passages=["p1", "p2", "p3"])
     assert arc_prompt([], multi) == ["Document: ", Doc("p1\np2\np3"), "\nQuestion: q6\nAnswer:"]
     assert arc_prompt([ex(1, passages=["s1", "s2"])], multi, separate_passages=True) == [
-        "Document: ", Doc("s1"), Doc("s2"),
-        "\nQuestion: q1\nAnswer: a1\n\nDocument: ", Doc("p1"), Doc("p2"), Doc("p3"),
+        "Document: ",
+        Doc("s1"),
+        Doc("s2"),
+        "\nQuestion: q1\nAnswer: a1\n\nDocument: ",
+        Doc("p1"),
+        Doc("p2"),
+        Doc("p3"),
         "\nQuestion: q6\nAnswer:",
     ]
 
@@ -82,9 +99,7 @@ def test_open_book_prompt_exact():
 
 def test_closed_book_prompt_exact():
     assert closed_book_prompt(SHOTS[:2], TARGET) == (
-        "Question: q1\nAnswer: a1\n\n"
-        "Question: q2\nAnswer: a2\n\n"
-        "Question: q6\nAnswer:"
+        "Question: q1\nAnswer: a1\n\nQuestion: q2\nAnswer: a2\n\nQuestion: q6\nAnswer:"
     )
     assert closed_book_prompt([], TARGET) == "Question: q6\nAnswer:"
 
@@ -100,20 +115,24 @@ def test_translation_prompt_uses_same_template():
     shot = Example("Translate the previous document into French.", ["Bonjour."], ["Hello."], "1")
     target = Example("Translate the previous document into French.", ["Merci."], ["Thanks."], "2")
     assert arc_prompt([shot], target) == [
-        "Document: ", Doc("Hello."),
+        "Document: ",
+        Doc("Hello."),
         "\nQuestion: Translate the previous document into French.\nAnswer: Bonjour.\n\nDocument: ",
         Doc("Thanks."),
         "\nQuestion: Translate the previous document into French.\nAnswer:",
     ]
 
 
-@pytest.mark.parametrize("generated, answer", [
-    (" Denver Broncos\n\nDocument: next", "Denver Broncos"),
-    (" Paris", "Paris"),
-    ("line one\nline two\n\nmore", "line one\nline two"),   # a single newline is kept
-    ("\n\nanswer after blank", ""),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "generated, answer",
+    [
+        (" Denver Broncos\n\nDocument: next", "Denver Broncos"),
+        (" Paris", "Paris"),
+        ("line one\nline two\n\nmore", "line one\nline two"),  # a single newline is kept
+        ("\n\nanswer after blank", ""),
+        ("", ""),
+    ],
+)
 def test_postprocess_answer(generated, answer):
     assert postprocess_answer(generated) == answer
 

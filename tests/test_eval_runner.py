@@ -23,16 +23,29 @@ CONTEXTS = [
     "Compressed vectors replace token embeddings in a frozen language model near the river.",
     "The author of the story wrote the book about towers and bridges in 1889.",
 ]
-QUESTIONS = [("who jumps over the dog?", "the quick brown fox"), ("what is the capital?", "Paris"),
-             ("what replaces token embeddings?", "compressed vectors"), ("who wrote it?", "the author")]
+QUESTIONS = [
+    ("who jumps over the dog?", "the quick brown fox"),
+    ("what is the capital?", "Paris"),
+    ("what replaces token embeddings?", "compressed vectors"),
+    ("who wrote it?", "the author"),
+]
 
 
 def write_fixture(path, n=10):
     with open(path, "w") as f:
         for i in range(n):
             question, answer = QUESTIONS[i % len(QUESTIONS)]
-            f.write(json.dumps({"id": f"q{i}", "question": question, "answers": [answer, "Paris"],
-                                "context": CONTEXTS[i % len(CONTEXTS)] + f" Item {i}."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": question,
+                        "answers": [answer, "Paris"],
+                        "context": CONTEXTS[i % len(CONTEXTS)] + f" Item {i}.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -104,17 +117,25 @@ def test_shuffle_samples_the_file_deterministically(tiny_arc, data_file):
     ordered, examples = run(model, data_file, ["closed"], limit=4, seed=3)
     shuffled, _ = run(model, data_file, ["closed"], limit=4, seed=3, shuffle=True)
     again, _ = run(model, data_file, ["closed"], limit=4, seed=3, shuffle=True)
-    ids = lambda report: [r["id"] for r in report["predictions"]["closed"]]
+
+    def ids(report):
+        return [r["id"] for r in report["predictions"]["closed"]]
+
     shots, rest = split_shots(examples, 2, seed=3)
     assert ids(ordered) == [e.id for e in rest[:4]]
     assert ids(shuffled) == ids(again) != ids(ordered)
     assert not set(ids(shuffled)) & {s.id for s in shots}
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"pooling_factors": [2, 2]}, {"chunk_tokens": 7},
-    {"pooling": "memory", "pooling_factors": [], "memory_tokens": 3},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"pooling_factors": [2, 2]},
+        {"chunk_tokens": 7},
+        {"pooling": "memory", "pooling_factors": [], "memory_tokens": 3},
+    ],
+)
 def test_truncation_budget_equals_arc_vector_count(tiny_arc, data_file, overrides):
     model = tiny_arc(**overrides)
     report, examples = run(model, data_file, ["arc", "truncate"], limit=4)
@@ -164,13 +185,25 @@ def test_pooling_factor_hand_check(tiny_arc, data_file):
 
 
 def test_summaries_for_translation_and_summaries():
-    rows = [{"prediction": p, "answers": [r], "seconds": 1.0, "positions": 10,
-             "document_tokens": 8, "document_positions": 2}
-            for p, r in [("le chat est noir", "le chat est noir"), ("un chien", "le chien dort"),
-                         ("bonjour le monde", "bonjour tout le monde")]]
+    rows = [
+        {
+            "prediction": p,
+            "answers": [r],
+            "seconds": 1.0,
+            "positions": 10,
+            "document_tokens": 8,
+            "document_positions": 2,
+        }
+        for p, r in [
+            ("le chat est noir", "le chat est noir"),
+            ("un chien", "le chien dort"),
+            ("bonjour le monde", "bonjour tout le monde"),
+        ]
+    ]
     out = summarise("flores-french", rows)
-    assert out["bleu"]["mean"] == pytest.approx(metrics.bleu([r["prediction"] for r in rows],
-                                                             [r["answers"][0] for r in rows]))
+    assert out["bleu"]["mean"] == pytest.approx(
+        metrics.bleu([r["prediction"] for r in rows], [r["answers"][0] for r in rows])
+    )
     assert out["bleu"]["stderr"] > 0
     assert out["pooling_factor"] == 4.0
     for r in rows:
@@ -181,21 +214,36 @@ def test_summaries_for_translation_and_summaries():
 def write_tiny_bert_classifier(folder):
     """A random 1-layer BERT token classifier with a WordPiece vocabulary of the test corpus."""
     import torch
-    from conftest import CORPUS
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    from conftest import CORPUS
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok.train_from_iterator(
+        CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(0)
-    BertForTokenClassification(BertConfig(
-        vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=2)).save_pretrained(folder)
+    BertForTokenClassification(
+        BertConfig(
+            vocab_size=fast.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+        )
+    ).save_pretrained(folder)
     fast.save_pretrained(folder)
     return str(folder)
 
@@ -207,8 +255,7 @@ def test_llmlingua2_through_a_token_classifier(tiny_arc, data_file, tmp_path):
     with pytest.raises(ValueError, match="recognises its model by name"):
         build_method("llmlingua", model, 0, [], llmlingua2_model=str(tmp_path / "my-classifier"))
     folder = write_tiny_bert_classifier(tmp_path / "tiny-bert-base-multilingual-cased")
-    report, _ = run(model, data_file, ["open", "llmlingua"], limit=3, llmlingua_rate=0.5,
-                    llmlingua2_model=folder)
+    report, _ = run(model, data_file, ["open", "llmlingua"], limit=3, llmlingua_rate=0.5, llmlingua2_model=folder)
     assert report["config"]["method_settings"]["llmlingua"]["variant"] == "llmlingua-2"
     for o, c in zip(report["predictions"]["open"], report["predictions"]["llmlingua"]):
         assert c["document_tokens"] == o["document_tokens"]
@@ -258,9 +305,27 @@ def flat_output(result) -> str:
 
 def test_cli_two_models_json_table_and_plot(saved_models, data_file, tmp_path):
     out = tmp_path / "res" / "results.json"
-    result = invoke("--model", saved_models[0], "--model", saved_models[1], "--task", "squad",
-                    "--data", str(data_file), "--methods", "closed,open,arc,truncate", "--shots", "2",
-                    "--limit", "3", "--max-new-tokens", "3", "--out", str(out), "--no-progress")
+    result = invoke(
+        "--model",
+        saved_models[0],
+        "--model",
+        saved_models[1],
+        "--task",
+        "squad",
+        "--data",
+        str(data_file),
+        "--methods",
+        "closed,open,arc,truncate",
+        "--shots",
+        "2",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "| model | method | em | f1 |" in result.output
     saved = json.loads(out.read_text())
@@ -274,15 +339,33 @@ def test_cli_two_models_json_table_and_plot(saved_models, data_file, tmp_path):
     for run in saved["runs"]:
         assert list(run["metrics"]) == ["closed", "open", "arc", "truncate"]
         rows = run["predictions"]["truncate"]
-        assert [r["document_positions"] for r in rows] == \
-               [r["document_positions"] for r in run["predictions"]["arc"]]
+        assert [r["document_positions"] for r in rows] == [r["document_positions"] for r in run["predictions"]["arc"]]
 
 
 def test_cli_content_measure(saved_models, data_file, tmp_path):
     out = tmp_path / "content.json"
-    result = invoke("--model", saved_models[0], "--task", "squad", "--data", str(data_file), "--methods",
-                    "closed", "--shots", "1", "--limit", "4", "--max-new-tokens", "2", "--no-progress",
-                    "--content", "--content-span", "6", "--out", str(out))
+    result = invoke(
+        "--model",
+        saved_models[0],
+        "--task",
+        "squad",
+        "--data",
+        str(data_file),
+        "--methods",
+        "closed",
+        "--shots",
+        "1",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--content",
+        "--content-span",
+        "6",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "nats per token of their own document" in result.output
     content = json.loads(out.read_text())["runs"][0]["content"]
@@ -293,8 +376,23 @@ def test_cli_content_measure(saved_models, data_file, tmp_path):
 
 def test_cli_long_documents_in_chunks(saved_models, data_file, tmp_path):
     out = tmp_path / "chunks.json"
-    args = ["--model", saved_models[0], "--task", "squad", "--data", str(data_file), "--methods",
-            "arc,truncate", "--shots", "1", "--limit", "2", "--max-new-tokens", "2", "--no-progress"]
+    args = [
+        "--model",
+        saved_models[0],
+        "--task",
+        "squad",
+        "--data",
+        str(data_file),
+        "--methods",
+        "arc,truncate",
+        "--shots",
+        "1",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+    ]
     result = invoke(*args, "--chunk-size", "8", "--max-chunks", "8", "--out", str(out))
     assert result.exit_code == 0, result.output
     run = json.loads(out.read_text())["runs"][0]
@@ -310,19 +408,32 @@ def test_cli_long_documents_in_chunks(saved_models, data_file, tmp_path):
     assert "more than max_chunks=2" in flat_output(result)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "squadx"], "known tasks"),
-    (["--methods", "closed,foo"], "known methods"),
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--decoder", "3"], "decoder index 3 does not exist"),
-    (["--threads", "0"], "--threads must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "squadx"], "known tasks"),
+        (["--methods", "closed,foo"], "known methods"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--decoder", "3"], "decoder index 3 does not exist"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
 def test_cli_bad_arguments(saved_models, data_file, args, message):
     base = {"--task": "squad", "--methods": "closed", "--limit": "1", "--decoder": "0"}
     base.update(dict(zip(args[::2], args[1::2])))
     flat = [x for kv in base.items() for x in kv]
-    result = invoke("--model", saved_models[0], "--data", str(data_file), "--shots", "1",
-                    "--max-new-tokens", "1", "--no-progress", *flat)
+    result = invoke(
+        "--model",
+        saved_models[0],
+        "--data",
+        str(data_file),
+        "--shots",
+        "1",
+        "--max-new-tokens",
+        "1",
+        "--no-progress",
+        *flat,
+    )
     assert result.exit_code != 0
     assert message in flat_output(result)
 
@@ -331,11 +442,16 @@ def test_cli_bad_files(saved_models, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     wrong = tmp_path / "wrong.jsonl"
-    wrong.write_text(json.dumps({"question": "q", "answers": ["a"], "context": "c"}) + "\n"
-                     + json.dumps({"question": "q", "answer_text": "a", "context": "c"}) + "\n")
+    wrong.write_text(
+        json.dumps({"question": "q", "answers": ["a"], "context": "c"})
+        + "\n"
+        + json.dumps({"question": "q", "answer_text": "a", "context": "c"})
+        + "\n"
+    )
     for path, message in ((empty, "no examples in file"), (wrong, "line 2: missing field 'answers'")):
-        result = invoke("--model", saved_models[0], "--task", "squad", "--data", str(path),
-                        "--methods", "closed", "--no-progress")
+        result = invoke(
+            "--model", saved_models[0], "--task", "squad", "--data", str(path), "--methods", "closed", "--no-progress"
+        )
         assert result.exit_code != 0
         assert message in flat_output(result)
 

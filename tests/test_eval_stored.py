@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _serving_helpers import corpus_docs, saved_model, write_corpus  # noqa: F401  (fixture)
+from _serving_helpers import corpus_docs, write_corpus
 from arc_encoder.evaluation.methods import ARC, StoredARC
 from arc_encoder.evaluation.tasks import Example
 from arc_encoder.model.arc import Compressed
@@ -57,8 +57,10 @@ def test_stored_arc_refuses_other_models_decoders_and_unknown_documents(indexed,
 def test_quantize_store_keeps_the_index_settings(saved_model, tmp_path):
     _, model = saved_model
     index_corpus(model, write_corpus(tmp_path / "c.jsonl", corpus_docs(4)), tmp_path / "f32", progress=False)
-    with quantize_store(tmp_path / "f32", tmp_path / "f16", "float16") as f16, \
-            VectorStore.open(tmp_path / "f32") as f32:
+    with (
+        quantize_store(tmp_path / "f32", tmp_path / "f16", "float16") as f16,
+        VectorStore.open(tmp_path / "f32") as f32,
+    ):
         assert f16.codec.name == "float16" and f16.doc_ids() == f32.doc_ids()
         assert f16.stats().payload_bytes * 2 == f32.stats().payload_bytes
     assert IndexSettings.load(tmp_path / "f16") == IndexSettings.load(tmp_path / "f32")

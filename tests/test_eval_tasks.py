@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from arc_encoder.evaluation.tasks import (
-    CNN_QUESTION, Example, load_cnn_dailymail, load_flores, load_hotpotqa, load_jsonl,
-    load_nq_open, load_squad_json, load_task, load_triviaqa, metric_for_task, split_shots,
+    CNN_QUESTION,
+    Example,
+    load_cnn_dailymail,
+    load_flores,
+    load_hotpotqa,
+    load_jsonl,
+    load_nq_open,
+    load_squad_json,
+    load_task,
+    load_triviaqa,
+    metric_for_task,
+    split_shots,
 )
 
 SQUAD_DEV = Path("/work/shared/data/squad/dev.jsonl")
@@ -24,11 +34,20 @@ def write_jsonl(path, records):
 
 
 def test_load_jsonl_context_and_passages(tmp_path):
-    path = write_jsonl(tmp_path / "qa.jsonl", [
-        {"id": "q1", "title": "T", "question": "Who?", "answers": ["Ann", "Anne"], "context": "Ann did.",
-         "answer_starts": [0, 0]},
-        {"question": "Where?", "answers": "Paris", "passages": ["p1", "p2"]},
-    ])
+    path = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {
+                "id": "q1",
+                "title": "T",
+                "question": "Who?",
+                "answers": ["Ann", "Anne"],
+                "context": "Ann did.",
+                "answer_starts": [0, 0],
+            },
+            {"question": "Where?", "answers": "Paris", "passages": ["p1", "p2"]},
+        ],
+    )
     first, second = load_jsonl(path)
     assert first == Example(question="Who?", answers=["Ann", "Anne"], passages=["Ann did."], id="q1", title="T")
     assert second == Example(question="Where?", answers=["Paris"], passages=["p1", "p2"], id="qa-2")
@@ -42,25 +61,29 @@ def test_load_jsonl_keeps_line_separator_characters(tmp_path):
 
 def test_load_jsonl_skips_blank_lines_and_counts_lines(tmp_path):
     path = tmp_path / "qa.jsonl"
-    path.write_text('{"question": "q", "answers": "a", "context": "c"}\n\n'
-                    '{"question": "q", "answers": 3, "context": "c"}\n')
+    path.write_text(
+        '{"question": "q", "answers": "a", "context": "c"}\n\n{"question": "q", "answers": 3, "context": "c"}\n'
+    )
     with pytest.raises(ValueError, match=r"qa\.jsonl, line 3: field 'answers'"):
         load_jsonl(path)
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"question": "q", "context": "c"}', r"line 2: missing field 'answers'"),
-    ('{"answers": "a", "context": "c"}', r"line 2: missing field 'question'"),
-    ('{"question": 7, "answers": "a", "context": "c"}', r"line 2: field 'question' must be a string"),
-    ('{"question": "q", "answers": ["a", 1], "context": "c"}', r"line 2: field 'answers'"),
-    ('{"question": "q", "answers": [], "context": "c"}', r"line 2: field 'answers' is empty"),
-    ('{"question": "q", "answers": "a"}', r"line 2: need exactly one of 'context', 'passages'"),
-    ('{"question": "q", "answers": "a", "context": ["c"]}', r"line 2: field 'context' must be a string"),
-    ('{"question": "q", "answers": "a", "passages": [1]}', r"line 2: field 'passages'"),
-    ('{"question": "q", "answers": "a", "context": "c", "id": [1]}', r"line 2: field 'id'"),
-    ('{"question": "q", "answers": "a", "context": "c"', r"line 2: invalid JSON"),
-    ('["not", "an", "object"]', r"line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": "q", "context": "c"}', r"line 2: missing field 'answers'"),
+        ('{"answers": "a", "context": "c"}', r"line 2: missing field 'question'"),
+        ('{"question": 7, "answers": "a", "context": "c"}', r"line 2: field 'question' must be a string"),
+        ('{"question": "q", "answers": ["a", 1], "context": "c"}', r"line 2: field 'answers'"),
+        ('{"question": "q", "answers": [], "context": "c"}', r"line 2: field 'answers' is empty"),
+        ('{"question": "q", "answers": "a"}', r"line 2: need exactly one of 'context', 'passages'"),
+        ('{"question": "q", "answers": "a", "context": ["c"]}', r"line 2: field 'context' must be a string"),
+        ('{"question": "q", "answers": "a", "passages": [1]}', r"line 2: field 'passages'"),
+        ('{"question": "q", "answers": "a", "context": "c", "id": [1]}', r"line 2: field 'id'"),
+        ('{"question": "q", "answers": "a", "context": "c"', r"line 2: invalid JSON"),
+        ('["not", "an", "object"]', r"line 2: expected a JSON object"),
+    ],
+)
 def test_load_jsonl_errors_name_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answers": "a", "context": "c"}\n' + line + "\n")
@@ -105,10 +128,17 @@ def squad_file(tmp_path, qas):
 
 
 def test_load_squad_json_skips_unanswerable(tmp_path):
-    path = squad_file(tmp_path, [
-        {"id": "a", "question": "Q1?", "answers": [{"text": "x", "answer_start": 0}, {"text": "y", "answer_start": 1}]},
-        {"id": "b", "question": "Q2?", "answers": [], "is_impossible": True},
-    ])
+    path = squad_file(
+        tmp_path,
+        [
+            {
+                "id": "a",
+                "question": "Q1?",
+                "answers": [{"text": "x", "answer_start": 0}, {"text": "y", "answer_start": 1}],
+            },
+            {"id": "b", "question": "Q2?", "answers": [], "is_impossible": True},
+        ],
+    )
     assert load_squad_json(path) == [Example("Q1?", ["x", "y"], ["Ctx."], "a", "Art")]
 
 
@@ -134,14 +164,17 @@ def test_load_squad_json_all_unanswerable_is_empty(tmp_path):
 
 
 def test_load_nq_open_takes_top_k(tmp_path):
-    path = write_jsonl(tmp_path / "nq.jsonl", [
-        {"question": "q1", "answers": ["a", "b"], "ctxs": [{"title": "t1", "text": "p1"}, {"text": "p2"}]},
-        {"question": "q2", "answer": ["c"], "passages": ["p3", "p4", "p5"]},
-    ])
+    path = write_jsonl(
+        tmp_path / "nq.jsonl",
+        [
+            {"question": "q1", "answers": ["a", "b"], "ctxs": [{"title": "t1", "text": "p1"}, {"text": "p2"}]},
+            {"question": "q2", "answer": ["c"], "passages": ["p3", "p4", "p5"]},
+        ],
+    )
     one = load_nq_open(path)
     assert [e.passages for e in one] == [["p1"], ["p3"]]
     assert one[0].answers == ["a", "b"]  # all golds kept
-    assert one[1].answers == ["c"]       # "answer" accepted as the key
+    assert one[1].answers == ["c"]  # "answer" accepted as the key
     two = load_nq_open(path, n_passages=2)
     assert [e.passages for e in two] == [["p1", "p2"], ["p3", "p4"]]
     with pytest.raises(ValueError, match="n_passages"):
@@ -149,10 +182,13 @@ def test_load_nq_open_takes_top_k(tmp_path):
 
 
 def test_load_triviaqa_errors(tmp_path):
-    path = write_jsonl(tmp_path / "tqa.jsonl", [
-        {"question": "q", "answers": ["alias one", "alias two"], "ctxs": ["p"]},
-        {"question": "q", "answers": ["x"], "ctxs": [{"title": "no text"}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "tqa.jsonl",
+        [
+            {"question": "q", "answers": ["alias one", "alias two"], "ctxs": ["p"]},
+            {"question": "q", "answers": ["x"], "ctxs": [{"title": "no text"}]},
+        ],
+    )
     with pytest.raises(ValueError, match=r"tqa\.jsonl, line 2: field 'ctxs'"):
         load_triviaqa(path)
     path = write_jsonl(tmp_path / "tqa.jsonl", [{"question": "q", "answers": ["x"], "ctxs": []}])
@@ -163,9 +199,14 @@ def test_load_triviaqa_errors(tmp_path):
 # --- HotpotQA -----------------------------------------------------------------------------------
 
 HOTPOT_RECORD = {
-    "_id": "h1", "question": "Which came first?", "answer": "Arthur's Magazine", "type": "comparison",
-    "context": [["Arthur's Magazine", ["Arthur's Magazine was a periodical.", " It ran in 1844."]],
-                ["First for Women", ["First for Women is a magazine."]]],
+    "_id": "h1",
+    "question": "Which came first?",
+    "answer": "Arthur's Magazine",
+    "type": "comparison",
+    "context": [
+        ["Arthur's Magazine", ["Arthur's Magazine was a periodical.", " It ran in 1844."]],
+        ["First for Women", ["First for Women is a magazine."]],
+    ],
     "supporting_facts": [["Arthur's Magazine", 0]],
 }
 
@@ -181,8 +222,12 @@ def test_load_hotpotqa_official_json(tmp_path):
 
 
 def test_load_hotpotqa_hub_rows_as_jsonl(tmp_path):
-    row = {"id": "h2", "question": "q", "answer": "yes",
-           "context": {"title": ["A", "B"], "sentences": [["s1.", " s2."], ["s3."]]}}
+    row = {
+        "id": "h2",
+        "question": "q",
+        "answer": "yes",
+        "context": {"title": ["A", "B"], "sentences": [["s1.", " s2."], ["s3."]]},
+    }
     path = write_jsonl(tmp_path / "hotpot.jsonl", [row])
     assert load_hotpotqa(path) == [Example("q", ["yes"], ["s1.  s2.\ns3."], "h2")]
 
@@ -336,11 +381,18 @@ def test_split_shots_bounds():
         split_shots(examples, -1, seed=0)
 
 
-@pytest.mark.parametrize("name, metrics", [
-    ("squad", ("em", "f1")), ("nq", ("em", "f1")), ("triviaqa", ("em", "f1")),
-    ("hotpotqa", ("em", "f1")), ("jsonl", ("em", "f1")),
-    ("flores-danish", ("bleu",)), ("cnn", ("rougeL",)),
-])
+@pytest.mark.parametrize(
+    "name, metrics",
+    [
+        ("squad", ("em", "f1")),
+        ("nq", ("em", "f1")),
+        ("triviaqa", ("em", "f1")),
+        ("hotpotqa", ("em", "f1")),
+        ("jsonl", ("em", "f1")),
+        ("flores-danish", ("bleu",)),
+        ("cnn", ("rougeL",)),
+    ],
+)
 def test_metric_for_task(name, metrics):
     assert metric_for_task(name) == metrics
 

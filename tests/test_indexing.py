@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from _serving_helpers import corpus_docs, saved_model, write_corpus  # noqa: F401  (fixture)
+from _serving_helpers import corpus_docs, write_corpus
 from arc_encoder.storage import VectorStore, indexing
 from arc_encoder.storage.indexing import IndexSettings, index_corpus, read_corpus
 
@@ -14,8 +14,9 @@ from arc_encoder.storage.indexing import IndexSettings, index_corpus, read_corpu
 def test_float32_vectors_equal_on_the_fly_compression(saved_model, tmp_path):
     _, model = saved_model
     docs = corpus_docs()
-    report = index_corpus(model, write_corpus(tmp_path / "c.jsonl", docs), tmp_path / "store",
-                          batch_size=5, progress=False)
+    report = index_corpus(
+        model, write_corpus(tmp_path / "c.jsonl", docs), tmp_path / "store", batch_size=5, progress=False
+    )
     assert (report.documents_added, report.documents_skipped) == (len(docs), 0)
     dec_tok = model.decoder_tokenizers[0]
     with VectorStore.open(tmp_path / "store", fingerprint=model.fingerprint()) as store:
@@ -68,8 +69,7 @@ def test_pq_store_holds_the_quantized_float32_vectors(saved_model, tmp_path):
         assert report.stats.bytes_per_token < f32.stats().bytes_per_token / 8
     # More documents go straight into the PQ store, encoded with its codebook.
     more = docs + [("late", "A late walrus document about bridges and towers.")]
-    again = index_corpus(model, write_corpus(tmp_path / "c2.jsonl", more), tmp_path / "pq", codec="pq2",
-                         progress=False)
+    again = index_corpus(model, write_corpus(tmp_path / "c2.jsonl", more), tmp_path / "pq", codec="pq2", progress=False)
     assert (again.documents_added, again.documents_skipped) == (1, len(docs))
 
 
@@ -144,16 +144,19 @@ def test_replace_recompresses_and_mismatches_are_refused(saved_model, tiny_arc, 
         index_corpus(model, corpus, tmp_path / "new", codec="int8", progress=False)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "c.jsonl, line 2: invalid JSON"),
-    ('["a", "b"]', "c.jsonl, line 2: expected a JSON object"),
-    ('{"text": "x"}', "c.jsonl, line 2: missing field 'id'"),
-    ('{"id": "b"}', "c.jsonl, line 2: missing field 'text'"),
-    ('{"id": 1.5, "text": "x"}', "c.jsonl, line 2: field 'id' must be a string or an integer"),
-    ('{"id": "b", "text": 3}', "c.jsonl, line 2: field 'text' must be a string"),
-    ('{"id": "b", "text": "  "}', "c.jsonl, line 2: field 'text' is empty"),
-    ('{"id": "a", "text": "again"}', "c.jsonl, line 2: document id 'a' appears twice"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "c.jsonl, line 2: invalid JSON"),
+        ('["a", "b"]', "c.jsonl, line 2: expected a JSON object"),
+        ('{"text": "x"}', "c.jsonl, line 2: missing field 'id'"),
+        ('{"id": "b"}', "c.jsonl, line 2: missing field 'text'"),
+        ('{"id": 1.5, "text": "x"}', "c.jsonl, line 2: field 'id' must be a string or an integer"),
+        ('{"id": "b", "text": 3}', "c.jsonl, line 2: field 'text' must be a string"),
+        ('{"id": "b", "text": "  "}', "c.jsonl, line 2: field 'text' is empty"),
+        ('{"id": "a", "text": "again"}', "c.jsonl, line 2: document id 'a' appears twice"),
+    ],
+)
 def test_bad_corpus_lines_are_named(tmp_path, line, message):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"id": "a", "text": "fine"}) + "\n" + line + "\n")
@@ -186,7 +189,7 @@ def test_chunks_never_exceed_the_chunk_size(saved_model):
     whole = model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert [i for p in plans for i in p.encoder_ids] == whole  # every token, once, in order
     assert all(1 <= len(p.encoder_ids) <= 7 for p in plans)
-    assert "".join(text[p.start:p.end] for p in plans) == text
+    assert "".join(text[p.start : p.end] for p in plans) == text
     vectors = indexing.compress_chunks(model, plans, 0, batch_size=4)
     pooled = [(len(p.encoder_ids) + 1) // 2 for p in plans]  # pooling factor 2, last group partial
     assert [v.shape for v in vectors] == [torch.Size([m, 32]) for m in pooled]

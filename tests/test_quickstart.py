@@ -16,16 +16,37 @@ from conftest import SHARED_DATA
 @pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
 def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     q = QuickstartConfig(
-        out=str(tmp_path / "qs"), data=str(SHARED_DATA), preset="smollm2-arc8",
-        arc={"backbone": tiny_models["llama"], "decoders": [tiny_models["llama"]], "drop_layers": 1,
-             "bottleneck": 16, "chunk_tokens": 256},
-        pretrained=False, finetune_factors=[4, 8], finetune_shots=1, eval_shots=2, eval_questions=6,
-        pretrain_steps=3, finetune_steps=2, pretrain_batch=2, finetune_batch=2,
+        out=str(tmp_path / "qs"),
+        data=str(SHARED_DATA),
+        preset="smollm2-arc8",
+        arc={
+            "backbone": tiny_models["llama"],
+            "decoders": [tiny_models["llama"]],
+            "drop_layers": 1,
+            "bottleneck": 16,
+            "chunk_tokens": 256,
+        },
+        pretrained=False,
+        finetune_factors=[4, 8],
+        finetune_shots=1,
+        eval_shots=2,
+        eval_questions=6,
+        pretrain_steps=3,
+        finetune_steps=2,
+        pretrain_batch=2,
+        finetune_batch=2,
     )
     report = run_quickstart(q)
     out = tmp_path / "qs"
-    for name in ("report.json", "report.png", "model/arc_config.json", "model/model.safetensors",
-                 "predictions-x4.json", "predictions-x8.json", "pretrain/metrics.jsonl"):
+    for name in (
+        "report.json",
+        "report.png",
+        "model/arc_config.json",
+        "model/model.safetensors",
+        "predictions-x4.json",
+        "predictions-x8.json",
+        "pretrain/metrics.jsonl",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "report.json").read_text())
     assert saved["pretrain"]["steps"] == 3
@@ -50,8 +71,9 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     shutil.rmtree(out / "finetune-x8" / "checkpoints")  # as if stopped while fine-tuning at x8
     trained = []
     real = quickstart.train_stage
-    monkeypatch.setattr(quickstart, "train_stage",
-                        lambda build, *a: trained.append(build(2).out_dir) or real(build, *a))
+    monkeypatch.setattr(
+        quickstart, "train_stage", lambda build, *a: trained.append(build(2).out_dir) or real(build, *a)
+    )
     with pytest.raises(ValueError, match="pretrain_steps"):  # other settings: not the same run
         run_quickstart(dataclasses.replace(q, resume=True, pretrain_steps=4))
     resumed = run_quickstart(dataclasses.replace(q, resume=True, eval_questions=3))

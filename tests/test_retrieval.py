@@ -5,7 +5,6 @@ import pytest
 
 from _store_helpers import make_doc, make_text
 from arc_encoder.storage import BM25Index, VectorStore
-from arc_encoder.storage import retrieval as retrieval_module
 
 pytest.importorskip("bm25s")
 DIM = 8

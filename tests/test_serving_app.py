@@ -8,14 +8,15 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from _serving_helpers import corpus_docs, saved_model  # noqa: E402,F401  (fixture)
+from _serving_helpers import corpus_docs  # noqa: E402
 from arc_encoder import Doc  # noqa: E402
 from arc_encoder.serving.app import create_app  # noqa: E402
 from arc_encoder.serving.schemas import ServeLimits  # noqa: E402
 from arc_encoder.storage import VectorStore  # noqa: E402
 
-LIMITS = ServeLimits(max_texts=4, max_chars=400, max_new_tokens=16, max_parts=6, max_vectors=64, max_k=5,
-                     max_request_bytes=200_000)
+LIMITS = ServeLimits(
+    max_texts=4, max_chars=400, max_new_tokens=16, max_parts=6, max_vectors=64, max_k=5, max_request_bytes=200_000
+)
 QUESTION = "\nQuestion: what is mentioned?\nAnswer:"
 
 
@@ -35,7 +36,7 @@ def serve(saved_model, tmp_path):
 def add_corpus(client, n=6):
     docs = corpus_docs(n)
     for first in range(0, n, LIMITS.max_texts):
-        batch = [{"id": d, "text": t} for d, t in docs[first:first + LIMITS.max_texts]]
+        batch = [{"id": d, "text": t} for d, t in docs[first : first + LIMITS.max_texts]]
         r = client.post("/v1/documents", json={"documents": batch})
         assert r.status_code == 200, r.text
     return dict(docs)
@@ -90,8 +91,9 @@ def test_generate_from_text_document_stored_id_and_vectors_agree(serve, saved_mo
             assert out["token_ids"] == direct.token_ids, name
             assert out["text"] == direct.text and out["prompt_length"] == direct.prompt_length
             assert out["compressed_vectors"] == direct.compressed_vectors
-        closed = client.post("/v1/generate", json={"prompt": [{"text": "Question: who?\nAnswer:"}],
-                                                   "max_new_tokens": 5}).json()
+        closed = client.post(
+            "/v1/generate", json={"prompt": [{"text": "Question: who?\nAnswer:"}], "max_new_tokens": 5}
+        ).json()
         assert closed["token_ids"] == model.generate(["Question: who?\nAnswer:"], max_new_tokens=5)[0].token_ids
         assert closed["compressed_vectors"] == 0 and closed["compression_ratio"] is None
 
@@ -107,13 +109,14 @@ def test_documents_add_get_replace_delete(serve, saved_model, tmp_path):
         assert [c["n_vectors"] for c in got["chunks"]] == [v.shape[0] for v in stored]
         for c, v in zip(got["chunks"], stored):
             np.testing.assert_array_equal(np.array(c["vectors"]["data"], dtype=np.float32), v)
-        assert "".join(docs["doc-1"][c["start"]:c["end"]] for c in got["chunks"]) == docs["doc-1"]
+        assert "".join(docs["doc-1"][c["start"] : c["end"]] for c in got["chunks"]) == docs["doc-1"]
         assert client.get("/v1/documents/doc-1").json()["chunks"][0]["vectors"] is None
 
         again = client.post("/v1/documents", json={"documents": [{"id": "doc-1", "text": "A walrus."}]})
         assert again.status_code == 409 and "doc-1" in again.json()["detail"]
-        replaced = client.post("/v1/documents", json={"documents": [{"id": "doc-1", "text": "A walrus."}],
-                                                      "replace": True})
+        replaced = client.post(
+            "/v1/documents", json={"documents": [{"id": "doc-1", "text": "A walrus."}], "replace": True}
+        )
         assert replaced.status_code == 200 and replaced.json()["added"][0]["chunks"] == 1
         assert client.get("/v1/documents/doc-1").json()["text"] == "A walrus."
 
@@ -144,38 +147,61 @@ def test_ask_answers_from_the_store_with_sources(serve, saved_model):
         assert again["sources"][0]["doc_id"] == "new"
 
 
-@pytest.mark.parametrize("method, url, body, status, message", [
-    ("post", "/v1/compress", {"texts": []}, 422, "texts: List should have at least 1 item"),
-    ("post", "/v1/compress", {"texts": ["a"] * 5}, 413, "number of texts: 5 exceeds the server's limit of 4"),
-    ("post", "/v1/compress", {"texts": ["a" * 401]}, 413, "texts[0] length in characters: 401"),
-    ("post", "/v1/compress", {"texts": ["   "]}, 400, "empty"),
-    ("post", "/v1/compress", {"texts": ["a"], "encoding": "hex"}, 422, "encoding"),
-    ("post", "/v1/compress", {"texts": ["a"], "colour": 1}, 422, "colour: Extra inputs are not permitted"),
-    ("post", "/v1/generate", {"prompt": []}, 422, "prompt: List should have at least 1 item"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a", "document": "b"}]}, 422, "exactly one of"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}] * 7}, 413, "number of prompt parts: 7"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}], "max_new_tokens": 17}, 422,
-     "max_new_tokens=17 exceeds the server's cap of 16"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}], "max_new_tokens": 0}, 422, "max_new_tokens"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}], "temperature": -1}, 422, "temperature"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}], "top_p": 0}, 422, "top_p"),
-    ("post", "/v1/generate", {"prompt": [{"text": "a"}], "stop": [""]}, 422, "stop strings"),
-    ("post", "/v1/generate", {"prompt": [{"stored_id": "ghost"}]}, 404, "stored_id 'ghost' is not in the store"),
-    ("post", "/v1/generate", {"prompt": [{"vectors": {"chunks": [{"data": [[0.0] * 31]}]}}]}, 422,
-     "expected shape [m >= 1, 32]"),
-    ("post", "/v1/generate", {"prompt": [{"vectors": {"chunks": [{"data": [[0.0] * 32] * 65}]}}]}, 413,
-     "number of vectors: 65"),
-    ("post", "/v1/generate", {"prompt": [{"vectors": {"chunks": [{"base64": "AAAA", "shape": [1, 32]}]}}]}, 422,
-     "base64 holds 3 bytes"),
-    ("post", "/v1/generate", {"prompt": [{"vectors": {"chunks": [{"base64": "AAAA"}]}}]}, 422, "needs its 'shape'"),
-    ("post", "/v1/generate", {"prompt": [{"text": ""}]}, 400, "empty prompt"),
-    ("post", "/v1/documents", {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, 422, "unique"),
-    ("post", "/v1/documents", {"documents": [{"id": "a", "text": " "}]}, 422, "empty text"),
-    ("post", "/v1/documents", {"documents": [{"id": "", "text": "x"}]}, 422, "documents.0.id"),
-    ("get", "/v1/documents/a?vectors=hex", None, 422, "vectors"),
-    ("post", "/v1/ask", {"question": "q", "k": 6}, 422, "k=6 exceeds the server's cap of 5"),
-    ("post", "/v1/ask", {"question": ""}, 422, "question"),
-])
+@pytest.mark.parametrize(
+    "method, url, body, status, message",
+    [
+        ("post", "/v1/compress", {"texts": []}, 422, "texts: List should have at least 1 item"),
+        ("post", "/v1/compress", {"texts": ["a"] * 5}, 413, "number of texts: 5 exceeds the server's limit of 4"),
+        ("post", "/v1/compress", {"texts": ["a" * 401]}, 413, "texts[0] length in characters: 401"),
+        ("post", "/v1/compress", {"texts": ["   "]}, 400, "empty"),
+        ("post", "/v1/compress", {"texts": ["a"], "encoding": "hex"}, 422, "encoding"),
+        ("post", "/v1/compress", {"texts": ["a"], "colour": 1}, 422, "colour: Extra inputs are not permitted"),
+        ("post", "/v1/generate", {"prompt": []}, 422, "prompt: List should have at least 1 item"),
+        ("post", "/v1/generate", {"prompt": [{"text": "a", "document": "b"}]}, 422, "exactly one of"),
+        ("post", "/v1/generate", {"prompt": [{"text": "a"}] * 7}, 413, "number of prompt parts: 7"),
+        (
+            "post",
+            "/v1/generate",
+            {"prompt": [{"text": "a"}], "max_new_tokens": 17},
+            422,
+            "max_new_tokens=17 exceeds the server's cap of 16",
+        ),
+        ("post", "/v1/generate", {"prompt": [{"text": "a"}], "max_new_tokens": 0}, 422, "max_new_tokens"),
+        ("post", "/v1/generate", {"prompt": [{"text": "a"}], "temperature": -1}, 422, "temperature"),
+        ("post", "/v1/generate", {"prompt": [{"text": "a"}], "top_p": 0}, 422, "top_p"),
+        ("post", "/v1/generate", {"prompt": [{"text": "a"}], "stop": [""]}, 422, "stop strings"),
+        ("post", "/v1/generate", {"prompt": [{"stored_id": "ghost"}]}, 404, "stored_id 'ghost' is not in the store"),
+        (
+            "post",
+            "/v1/generate",
+            {"prompt": [{"vectors": {"chunks": [{"data": [[0.0] * 31]}]}}]},
+            422,
+            "expected shape [m >= 1, 32]",
+        ),
+        (
+            "post",
+            "/v1/generate",
+            {"prompt": [{"vectors": {"chunks": [{"data": [[0.0] * 32] * 65}]}}]},
+            413,
+            "number of vectors: 65",
+        ),
+        (
+            "post",
+            "/v1/generate",
+            {"prompt": [{"vectors": {"chunks": [{"base64": "AAAA", "shape": [1, 32]}]}}]},
+            422,
+            "base64 holds 3 bytes",
+        ),
+        ("post", "/v1/generate", {"prompt": [{"vectors": {"chunks": [{"base64": "AAAA"}]}}]}, 422, "needs its 'shape'"),
+        ("post", "/v1/generate", {"prompt": [{"text": ""}]}, 400, "empty prompt"),
+        ("post", "/v1/documents", {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, 422, "unique"),
+        ("post", "/v1/documents", {"documents": [{"id": "a", "text": " "}]}, 422, "empty text"),
+        ("post", "/v1/documents", {"documents": [{"id": "", "text": "x"}]}, 422, "documents.0.id"),
+        ("get", "/v1/documents/a?vectors=hex", None, 422, "vectors"),
+        ("post", "/v1/ask", {"question": "q", "k": 6}, 422, "k=6 exceeds the server's cap of 5"),
+        ("post", "/v1/ask", {"question": ""}, 422, "question"),
+    ],
+)
 def test_invalid_requests_are_refused_clearly(serve, method, url, body, status, message):
     with serve() as client:
         r = getattr(client, method)(url, **({"json": body} if body is not None else {}))
@@ -185,8 +211,11 @@ def test_invalid_requests_are_refused_clearly(serve, method, url, body, status, 
 
 def test_oversized_body_and_malformed_json(serve):
     with serve() as client:
-        huge = client.post("/v1/compress", content=b'{"texts": ["' + b"a" * 200_001 + b'"]}',
-                           headers={"content-type": "application/json"})
+        huge = client.post(
+            "/v1/compress",
+            content=b'{"texts": ["' + b"a" * 200_001 + b'"]}',
+            headers={"content-type": "application/json"},
+        )
         assert huge.status_code == 413 and "exceeds the limit of 200000 bytes" in huge.json()["detail"]
         broken = client.post("/v1/compress", content=b'{"texts": [', headers={"content-type": "application/json"})
         assert broken.status_code == 422 and "invalid request" in broken.json()["detail"]
@@ -232,6 +261,7 @@ def test_generate_requests_in_flight_together_are_batched(serve, saved_model):
     _, model = saved_model
     texts = [t for _, t in corpus_docs(6)]
     with serve(window_s=0.3, max_batch=4) as client:
+
         def one(text):
             body = {"prompt": [{"text": "Document: "}, {"document": text}, {"text": QUESTION}], "max_new_tokens": 5}
             return client.post("/v1/generate", json=body).json()

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 from typer.testing import CliRunner
 
-from _serving_helpers import corpus_docs, saved_model, write_corpus  # noqa: F401  (fixture)
+from _serving_helpers import corpus_docs, write_corpus
 from arc_encoder.cli import app
 from arc_encoder.storage import VectorStore
 
@@ -31,8 +31,10 @@ def test_index_store_info_and_ask(saved_model, tmp_path):
         assert f"model fingerprint {s.fingerprint}, codec float32" in info.output
     assert "chunks of 16 encoder tokens" in info.output
 
-    ask = runner.invoke(app, ["ask", "--model", folder, "--store", store, "Where is the harpsichord?",
-                              "--k", "2", "--max-new-tokens", "4"])
+    ask = runner.invoke(
+        app,
+        ["ask", "--model", folder, "--store", store, "Where is the harpsichord?", "--k", "2", "--max-new-tokens", "4"],
+    )
     assert ask.exit_code == 0, ask.output
     assert "sources (" in ask.output and "1. doc-6 chunk" in ask.output and "harpsichord" in ask.output
 
@@ -51,8 +53,7 @@ def test_cli_errors_are_reported_without_a_traceback(saved_model, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_serve_with_vllm_backend_says_how_to_install_it(tmp_path):
-    r = runner.invoke(app, ["serve", "--model", "no-model-needed", "--store", str(tmp_path / "s"),
-                            "--backend", "vllm"])
+    r = runner.invoke(app, ["serve", "--model", "no-model-needed", "--store", str(tmp_path / "s"), "--backend", "vllm"])
     assert r.exit_code == 2
     assert "pip install vllm" in r.output and "--backend hf" in r.output
     assert not (tmp_path / "s").exists()

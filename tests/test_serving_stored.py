@@ -4,7 +4,7 @@ BM25 `ask`; the spliced prompt embeddings that an external engine (vLLM) receive
 import pytest
 import torch
 
-from _serving_helpers import corpus_docs, saved_model, write_corpus  # noqa: F401  (fixture)
+from _serving_helpers import corpus_docs, write_corpus
 from arc_encoder import Doc
 from arc_encoder.model.decoder import generate_ids
 from arc_encoder.serving.ask import ask, ask_prompt, open_retrieval, retrieve
@@ -90,19 +90,27 @@ class GreedyHFEngine:
             embeds = item["prompt_embeds"]  # [L, d]
             self.seen.append(embeds)
             L = embeds.shape[0]
-            ids = generate_ids(dec, embeds[None].float(), torch.ones(1, L, dtype=torch.long),
-                               torch.arange(L)[None], sampling["max_tokens"], {tok.eos_token_id}, 0)[0]
-            completion = type("Completion", (), {"text": tok.decode(ids, skip_special_tokens=True),
-                                                 "token_ids": ids})
+            ids = generate_ids(
+                dec,
+                embeds[None].float(),
+                torch.ones(1, L, dtype=torch.long),
+                torch.arange(L)[None],
+                sampling["max_tokens"],
+                {tok.eos_token_id},
+                0,
+            )[0]
+            completion = type("Completion", (), {"text": tok.decode(ids, skip_special_tokens=True), "token_ids": ids})
             outs.append(type("Output", (), {"outputs": [completion]}))
         return outs
 
 
 def test_prompt_embeddings_drive_an_external_engine_like_generate(indexed):
     model, store, docs = indexed
-    prompts = [["Document: ", stored_document(store, "doc-1", 0), "\nAnswer:"],
-               ["Question: who?\nAnswer:"],
-               ["Document: ", Doc(docs["doc-4"]), "\nAnswer:"]]
+    prompts = [
+        ["Document: ", stored_document(store, "doc-1", 0), "\nAnswer:"],
+        ["Question: who?\nAnswer:"],
+        ["Document: ", Doc(docs["doc-4"]), "\nAnswer:"],
+    ]
     engine = GreedyHFEngine(model)
     backend = VLLMBackend(model, 0, engine=engine, sampling_params=dict, dtype="float32")
     got = backend.generate(prompts, 0, DecodeParams(max_new_tokens=6))

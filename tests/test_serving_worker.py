@@ -4,9 +4,7 @@ import time
 
 import pytest
 
-from _serving_helpers import saved_model  # noqa: F401  (fixture)
-from arc_encoder.serving.worker import (BatchingWorker, CallJob, CompressJob, DecodeParams, GenerateJob,
-                                        Resources)
+from arc_encoder.serving.worker import BatchingWorker, CallJob, CompressJob, DecodeParams, GenerateJob, Resources
 from arc_encoder.storage.indexing import open_store
 
 
@@ -54,9 +52,14 @@ def test_jobs_are_batched_by_parameters_in_arrival_order(worker_for):
     greedy4, greedy5 = DecodeParams(max_new_tokens=4), DecodeParams(max_new_tokens=5)
     seeded = DecodeParams(max_new_tokens=4, temperature=1.0, seed=7)
     worker.submit(CallJob(lambda res: time.sleep(0.3)))  # keeps the worker busy while jobs queue up
-    jobs = [text_job("Question: a?\nAnswer:", greedy4), text_job("Question: b?\nAnswer:", greedy4),
-            text_job("Question: c?\nAnswer:", seeded), text_job("", greedy4),  # "" -> empty prompt
-            text_job("Question: d?\nAnswer:", greedy5), text_job("Question: e?\nAnswer:", greedy4)]
+    jobs = [
+        text_job("Question: a?\nAnswer:", greedy4),
+        text_job("Question: b?\nAnswer:", greedy4),
+        text_job("Question: c?\nAnswer:", seeded),
+        text_job("", greedy4),  # "" -> empty prompt
+        text_job("Question: d?\nAnswer:", greedy5),
+        text_job("Question: e?\nAnswer:", greedy4),
+    ]
     futures = [worker.submit(j) for j in jobs]
     compress = [worker.submit(CompressJob([t])) for t in ("One text.", "Another text.")]
     results = [f.exception(timeout=60) or f.result() for f in futures]

@@ -29,8 +29,7 @@ def test_left_padding():
 
 def test_loss_positions_paper_and_official():
     d = 2
-    s = Sample(text_ids=[10, 11, 12, 13], segments=[[1], [2]], offsets=[1, 1],
-               targets=[True, True, True, False])
+    s = Sample(text_ids=[10, 11, 12, 13], segments=[[1], [2]], offsets=[1, 1], targets=[True, True, True, False])
     batch = splice([torch.zeros(4, d)], [[torch.zeros(2, d), torch.zeros(2, d)]], [[1, 1]])
     # spliced: t0 A A B B t1 t2 t3 -> t1 (pos 5) follows a block, t2 (6) follows t1
     index, labels = loss_positions(batch, [s], supervise_first_token=True)
@@ -57,6 +56,5 @@ def test_splicing_own_embeddings_reproduces_plain_logits(tiny_models):
     # text = ids minus [2:5], which come back as a block; and a second block at the end
     text = torch.cat([emb[:2], emb[5:7]])
     out = splice([text], [[emb[2:5], emb[7:]]], [[2, 4]])
-    spliced = dec(inputs_embeds=out.embeds, attention_mask=out.attention_mask,
-                  position_ids=out.position_ids).logits[0]
+    spliced = dec(inputs_embeds=out.embeds, attention_mask=out.attention_mask, position_ids=out.position_ids).logits[0]
     torch.testing.assert_close(spliced, plain, atol=1e-5, rtol=1e-5)

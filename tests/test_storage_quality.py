@@ -20,8 +20,13 @@ spec.loader.exec_module(storage_quality)
 # Words the tiny tokenizer knows: three sentences make a paragraph of ~90 tokens, ~45 vectors at
 # pooling factor 2, so 9 paragraphs give the >= 256 vectors a PQ codebook needs.
 from _serving_helpers import SENTENCES  # noqa: E402  (words the tiny tokenizer knows)
-QUESTIONS = [("who jumps over the dog?", "the quick brown fox"), ("what is the capital?", "Paris"),
-             ("what replaces token embeddings?", "compressed vectors"), ("who wrote it?", "the author")]
+
+QUESTIONS = [
+    ("who jumps over the dog?", "the quick brown fox"),
+    ("what is the capital?", "Paris"),
+    ("what replaces token embeddings?", "compressed vectors"),
+    ("who wrote it?", "the author"),
+]
 CODECS = ["float32", "float16", "pq2", "pq1", "pq0.5"]
 BYTES_PER_VECTOR = {"float32": 4 * 32, "float16": 2 * 32, "pq2": 32 // 4, "pq1": 32 // 8, "pq0.5": 32 // 16}
 
@@ -31,8 +36,17 @@ def write_records(path: Path, n: int = 12, sentences: int = 3) -> Path:
         for i in range(n):
             question, answer = QUESTIONS[i % len(QUESTIONS)]
             context = " ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(sentences))
-            f.write(json.dumps({"id": f"q{i}", "question": question, "answers": [answer],
-                                "context": f"{context} Item {i} is here."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": question,
+                        "answers": [answer],
+                        "context": f"{context} Item {i} is here.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -45,8 +59,16 @@ def saved_tiny(tiny_arc, tmp_path):
 
 
 def argv(folder, data, out, **extra):
-    values = {"--model": folder, "--data": data, "--questions": 6, "--shots": 3,
-              "--codecs": ",".join(CODECS), "--out": out, "--max-new-tokens": 4, "--batch-size": 4}
+    values = {
+        "--model": folder,
+        "--data": data,
+        "--questions": 6,
+        "--shots": 3,
+        "--codecs": ",".join(CODECS),
+        "--out": out,
+        "--max-new-tokens": 4,
+        "--batch-size": 4,
+    }
     values.update(extra)
     return [str(x) for kv in values.items() for x in kv] + ["--no-progress"]
 
@@ -82,7 +104,8 @@ def test_storage_quality_report(saved_tiny, tmp_path):
         codebook = 32 * 256 * 4 if codec.startswith("pq") else 0  # dim x 256 centroids x float32
         assert figures["codebook_bytes"] >= codebook  # the safetensors file: codebook + header
         assert figures["bytes_per_token_with_codebook"] == pytest.approx(
-            (n_vectors * BYTES_PER_VECTOR[codec] + figures["codebook_bytes"]) / n_tokens)
+            (n_vectors * BYTES_PER_VECTOR[codec] + figures["codebook_bytes"]) / n_tokens
+        )
         assert figures["pq_training_vectors"] == (n_vectors if codec.startswith("pq") else None)
         per_token.append(figures["bytes_per_token"])
     assert per_token == sorted(per_token, reverse=True) and len(set(per_token)) == len(CODECS)
@@ -135,5 +158,6 @@ def test_too_few_vectors_for_pq_names_the_fix(saved_tiny, tmp_path):
     folder, _ = saved_tiny
     data = write_records(tmp_path / "qa.jsonl", n=4, sentences=1)
     with pytest.raises(ValueError, match="use more --questions"):
-        storage_quality.main(argv(folder, data, tmp_path / "r.json", **{"--questions": 1, "--shots": 1,
-                                                                       "--codecs": "float32,pq1"}))
+        storage_quality.main(
+            argv(folder, data, tmp_path / "r.json", **{"--questions": 1, "--shots": 1, "--codecs": "float32,pq1"})
+        )

@@ -34,8 +34,9 @@ def assert_doc_equal(store, doc_id, text, chunks):
     assert store.text(doc_id) == text
     infos = store.chunks(doc_id)
     assert [i.index for i in infos] == list(range(len(chunks)))
-    assert [(i.start, i.end, i.n_tokens, i.text) for i in infos] == \
-        [(c.start, c.end, c.n_tokens, text[c.start:c.end]) for c in chunks]
+    assert [(i.start, i.end, i.n_tokens, i.text) for i in infos] == [
+        (c.start, c.end, c.n_tokens, text[c.start : c.end]) for c in chunks
+    ]
 
 
 def test_float32_round_trip_is_bit_exact(tmp_path):
@@ -73,7 +74,7 @@ def test_float16_within_half_precision_error(tmp_path):
         # Round-to-nearest fp16: relative error <= 2**-11 for normal values (|x| >= 2**-14),
         # absolute error <= 2**-25 below that.
         err = np.abs(got - x)
-        bound = np.maximum(np.abs(x) * 2.0 ** -11, 2.0 ** -25)
+        bound = np.maximum(np.abs(x) * 2.0**-11, 2.0**-25)
         assert np.all(err <= bound)
         assert not np.array_equal(got, x)  # really stored in half precision
     assert store.stats().payload_bytes == sum(len(c.vectors) for c in chunks) * DIM * 2
@@ -141,8 +142,9 @@ def test_replace_delete_compact_keep_the_others(tmp_path):
             assert [c.id for c in store.chunks(d)] == ids_before[d]  # compaction keeps chunk ids
     # Every shard on disk is referenced and holds no dead chunks.
     con = sqlite3.connect(store.path / "meta.sqlite")
-    rows = con.execute("SELECT s.file, s.n_chunks, COUNT(c.id) FROM shards s "
-                       "LEFT JOIN chunks c ON c.shard = s.id GROUP BY s.id").fetchall()
+    rows = con.execute(
+        "SELECT s.file, s.n_chunks, COUNT(c.id) FROM shards s LEFT JOIN chunks c ON c.shard = s.id GROUP BY s.id"
+    ).fetchall()
     assert sorted(r[0] for r in rows) == shard_files(store.path)
     assert all(n_written == n_live for _, n_written, n_live in rows)
     assert store.stats().n_chunks == sum(len(c) for _, c in docs.values())
@@ -175,8 +177,10 @@ def test_interrupted_indexing_then_resume(tmp_path, monkeypatch):
         store.add_many(items[6:9], batch_docs=3)
     monkeypatch.undo()
     assert len(store) == 6  # the failed batch left no rows
-    assert not any(f.endswith(".safetensors") and f not in {"shard-00001.safetensors", "shard-00002.safetensors"}
-                   for f in os.listdir(store.path))
+    assert not any(
+        f.endswith(".safetensors") and f not in {"shard-00001.safetensors", "shard-00002.safetensors"}
+        for f in os.listdir(store.path)
+    )
     # A crashed process can also leave a temp file and a renamed but uncommitted shard.
     (store.path / "shard-00007.safetensors.tmp-99999").write_bytes(b"junk")
     (store.path / "shard-00008.safetensors").write_bytes(b"never committed")

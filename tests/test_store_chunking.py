@@ -82,9 +82,11 @@ def test_real_tokenizer_chunks_cover_the_text():
         enc = tok(t, return_offsets_mapping=True, add_special_tokens=True)
         return enc["input_ids"], enc["offset_mapping"]
 
-    text = ("Product quantization splits a vector into sub-vectors and replaces each by the index of "
-            "its nearest centroid. Naïve café prices — 12.5 € — and emoji 🙂 test multi-byte text.\n\n"
-            "A second paragraph follows, with more words to make several chunks. ") * 3
+    text = (
+        "Product quantization splits a vector into sub-vectors and replaces each by the index of "
+        "its nearest centroid. Naïve café prices — 12.5 € — and emoji 🙂 test multi-byte text.\n\n"
+        "A second paragraph follows, with more words to make several chunks. "
+    ) * 3
     n_total = len([1 for s, e in tokenize(text)[1] if e > s])
     for max_tokens in (5, 16, 64):
         chunks = chunk_text(text, tokenize, max_tokens)

@@ -93,8 +93,9 @@ def test_pq_error_is_small_beats_random_codebook_and_falls_with_bits(data, train
         # Baseline: a codebook of random points with the data's per-dimension mean and spread.
         rng = np.random.default_rng(1)
         mean, std = train.mean(0), train.std(0)
-        random_cents = rng.standard_normal((codec.n_sub, 256, codec.dsub)) * std.reshape(codec.n_sub, 1, -1) \
-            + mean.reshape(codec.n_sub, 1, -1)
+        random_cents = rng.standard_normal((codec.n_sub, 256, codec.dsub)) * std.reshape(
+            codec.n_sub, 1, -1
+        ) + mean.reshape(codec.n_sub, 1, -1)
         baseline = PQCodec(DIM, bits)
         baseline.set_centroids(random_cents)
         assert errors[bits] < 0.75 * rel_error(baseline, held)

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from arc_encoder.training.config import (
-    OptimConfig, config_from_dict, load_config, resume_differences,
+    OptimConfig,
+    config_from_dict,
+    load_config,
+    resume_differences,
 )
 from arc_encoder.training.schedule import lr_at, lr_lambda
 
@@ -61,13 +64,16 @@ def test_lambda_lr_gives_each_group_its_schedule():
 BASE = {"data": {"kind": "pretrain", "sources": ["x.txt"]}}
 
 
-@pytest.mark.parametrize("tree, names", [
-    ({"stepz": 10}, ["'stepz'", "top level"]),
-    ({"optim": {"lr_encodr": 1e-4}}, ["'lr_encodr'", "'optim'"]),
-    ({"checkpoint": {"evry": 5}}, ["'evry'", "'checkpoint'"]),
-    ({"model": {"arc": {"pooling_factor": [4]}}}, ["'pooling_factor'", "'model.arc'"]),
-    ({"eval": {"data": {}, "batchs": 3}}, ["'batchs'", "'eval'"]),
-])
+@pytest.mark.parametrize(
+    "tree, names",
+    [
+        ({"stepz": 10}, ["'stepz'", "top level"]),
+        ({"optim": {"lr_encodr": 1e-4}}, ["'lr_encodr'", "'optim'"]),
+        ({"checkpoint": {"evry": 5}}, ["'evry'", "'checkpoint'"]),
+        ({"model": {"arc": {"pooling_factor": [4]}}}, ["'pooling_factor'", "'model.arc'"]),
+        ({"eval": {"data": {}, "batchs": 3}}, ["'batchs'", "'eval'"]),
+    ],
+)
 def test_misspelled_key_is_named_with_its_section(tree, names):
     with pytest.raises(ValueError) as err:
         config_from_dict({**BASE, **tree})
@@ -75,19 +81,22 @@ def test_misspelled_key_is_named_with_its_section(tree, names):
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("tree, message", [
-    ({"steps": "many"}, "steps"),
-    ({"steps": 2.5}, "steps"),
-    ({"optim": {"betas": 0.9}}, "optim.betas"),
-    ({"optim": {"warmup": "quadratic"}}, "optim.warmup"),
-    ({"freeze_encoder": "no"}, "freeze_encoder"),
-    ({"model": {"arc": {"pooling_factors": "4"}}}, "model.arc.pooling_factors"),
-    ({"optim": {"warmup_steps": 100}, "steps": 100}, "warmup_steps"),
-    ({"optim": {"lr_special": 0}}, "lr_special"),
-    ({"data": {"sources": ["x"]}}, "data.kind"),
-    ({"model": {"preset": "nope"}}, "preset"),
-    ({"optim": "fast"}, "optim"),
-])
+@pytest.mark.parametrize(
+    "tree, message",
+    [
+        ({"steps": "many"}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"optim": {"betas": 0.9}}, "optim.betas"),
+        ({"optim": {"warmup": "quadratic"}}, "optim.warmup"),
+        ({"freeze_encoder": "no"}, "freeze_encoder"),
+        ({"model": {"arc": {"pooling_factors": "4"}}}, "model.arc.pooling_factors"),
+        ({"optim": {"warmup_steps": 100}, "steps": 100}, "warmup_steps"),
+        ({"optim": {"lr_special": 0}}, "lr_special"),
+        ({"data": {"sources": ["x"]}}, "data.kind"),
+        ({"model": {"preset": "nope"}}, "preset"),
+        ({"optim": "fast"}, "optim"),
+    ],
+)
 def test_bad_values_are_named(tree, message):
     with pytest.raises((TypeError, ValueError), match=message.replace(".", r"\.")):
         config_from_dict({**BASE, **tree})
@@ -96,9 +105,18 @@ def test_bad_values_are_named(tree, message):
 def test_overrides_are_parsed_and_typed(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  kind: pretrain\n  sources: [a.txt]\noptim:\n  lr_encoder: 1.0e-5\n")
-    config = load_config(path, ["optim.lr_encoder=1e-4", "steps=200", "optim.betas=[0.8, 0.9]",
-                                "model.arc.pooling_factors=[4]", "data.seq_len=64", "freeze_encoder=true",
-                                "eval.data.sources=[dev.jsonl]"])
+    config = load_config(
+        path,
+        [
+            "optim.lr_encoder=1e-4",
+            "steps=200",
+            "optim.betas=[0.8, 0.9]",
+            "model.arc.pooling_factors=[4]",
+            "data.seq_len=64",
+            "freeze_encoder=true",
+            "eval.data.sources=[dev.jsonl]",
+        ],
+    )
     assert config.optim.lr_encoder == 1e-4 and isinstance(config.optim.lr_encoder, float)
     assert config.steps == 200 and isinstance(config.steps, int)
     assert config.optim.betas == [0.8, 0.9]
@@ -119,8 +137,9 @@ def test_overrides_are_parsed_and_typed(tmp_path):
 
 def test_environment_variables_and_bad_files(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
-    path.write_text('data:\n  kind: pretrain\n  sources: ["${ARC_T_DATA:-/default}/wiki.txt"]\n'
-                    'out_dir: "${ARC_T_OUT}"\n')
+    path.write_text(
+        'data:\n  kind: pretrain\n  sources: ["${ARC_T_DATA:-/default}/wiki.txt"]\nout_dir: "${ARC_T_OUT}"\n'
+    )
     monkeypatch.delenv("ARC_T_DATA", raising=False)
     monkeypatch.setenv("ARC_T_OUT", "/runs/x")
     config = load_config(path)
@@ -144,8 +163,9 @@ def test_resume_differences_allow_only_safe_changes():
     a = config_from_dict({**BASE, "steps": 100}).to_dict()
     b = config_from_dict({**BASE, "steps": 300, "log": {"every": 1}, "checkpoint": {"keep": 5}}).to_dict()
     assert resume_differences(a, b) == []
-    c = config_from_dict({**BASE, "optim": {"lr_encoder": 2e-5}, "batch_size": 4,
-                          "model": {"arc": {"pooling_factors": [8]}}}).to_dict()
+    c = config_from_dict(
+        {**BASE, "optim": {"lr_encoder": 2e-5}, "batch_size": 4, "model": {"arc": {"pooling_factors": [8]}}}
+    ).to_dict()
     diffs = resume_differences(a, c)
     assert any(d.startswith("optim.lr_encoder: 1e-05 -> 2e-05") for d in diffs)
     assert any(d.startswith("batch_size: 8 -> 4") for d in diffs)
@@ -155,10 +175,17 @@ def test_resume_differences_allow_only_safe_changes():
 # ----------------------------------------------------------------------------- shipped files
 def test_configs_are_shipped():
     names = {p.relative_to(p.parents[1] if p.parent.name == "paper" else p.parent).as_posix() for p in CONFIGS}
-    for name in ["smollm2-pretrain-cpu.yaml", "smollm2-finetune-cpu.yaml", "paper/llama3-arc8-pretrain.yaml",
-                 "paper/llama3-arc4-finetune.yaml", "paper/mistral-arc4-finetune.yaml",
-                 "paper/llama3-arc8-finetune.yaml", "paper/multi-decoder-finetune.yaml",
-                 "paper/olmo-adapt.yaml", "paper/llama2-chat-long-context.yaml"]:
+    for name in [
+        "smollm2-pretrain-cpu.yaml",
+        "smollm2-finetune-cpu.yaml",
+        "paper/llama3-arc8-pretrain.yaml",
+        "paper/llama3-arc4-finetune.yaml",
+        "paper/mistral-arc4-finetune.yaml",
+        "paper/llama3-arc8-finetune.yaml",
+        "paper/multi-decoder-finetune.yaml",
+        "paper/olmo-adapt.yaml",
+        "paper/llama2-chat-long-context.yaml",
+    ]:
         assert name in names
 
 
@@ -169,10 +196,12 @@ def test_every_shipped_config_validates(path):
         config.arc_config()  # the model section builds a valid ARCConfig
     else:
         from arc_encoder.config import ARCConfig
+
         ARCConfig.from_dict({**ARCConfig().to_dict(), **config.model.arc})
     # the data section is what the pipeline of its kind accepts
-    data = pytest.importorskip("arc_encoder.data.pretrain" if config.data["kind"] == "pretrain"
-                               else "arc_encoder.data.finetune")
+    data = pytest.importorskip(
+        "arc_encoder.data.pretrain" if config.data["kind"] == "pretrain" else "arc_encoder.data.finetune"
+    )
     cls = data.PretrainDataConfig if config.data["kind"] == "pretrain" else data.FinetuneDataConfig
     for section in (config.data, {**config.data, **config.eval.data}):
         cls.from_dict({k: v for k, v in section.items() if k != "kind"})

@@ -20,11 +20,23 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def two_ranks(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE),
-                                                        os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "train_worker.py"), str(out), tiny_models["llama"], tiny_models["llama-wide"]]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(HERE / "train_worker.py"),
+        str(out),
+        tiny_models["llama"],
+        tiny_models["llama-wide"],
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out
@@ -35,8 +47,9 @@ def one_rank(tiny_models, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = distributed_config(tmp_path_factory.mktemp("one") / "run", tiny_models["llama"],
-                                    tiny_models["llama-wide"], "ddp", 4)
+        config = distributed_config(
+            tmp_path_factory.mktemp("one") / "run", tiny_models["llama"], tiny_models["llama-wide"], "ddp", 4
+        )
         trainer = make_trainer(config)
         start = {k: v.clone() for k, v in trainer.arc.state_dict().items()}
         trainer.fit()
@@ -55,8 +68,7 @@ def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
         assert torch.equal(ranks[0][name], ranks[1][name]), f"{parallel}: ranks disagree on {name}"
         # the same global batch: equal up to float summation order, which Adam amplifies a little
         # (an update is ~lr = 2e-3 per step; a rank-local gradient would be off by that much)
-        torch.testing.assert_close(ranks[0][name], value, rtol=0, atol=1e-5,
-                                   msg=lambda m: f"{parallel} {name}: {m}")
+        torch.testing.assert_close(ranks[0][name], value, rtol=0, atol=1e-5, msg=lambda m: f"{parallel} {name}: {m}")
     # both decoders were trained (round robin), and <Rec> moved for each
     for name in ("adapters.0.rec", "adapters.1.rec", "adapters.0.up.weight", "adapters.1.up.weight"):
         assert not torch.equal(expected[name], start[name]), name

@@ -34,12 +34,22 @@ def sharp(tmp_path_factory):
 
 def make_config(tmp_path, backbone, decoders=None, **overrides):
     tree = {
-        "model": {"arc": {"backbone": backbone, "drop_layers": 1, "decoders": decoders or [backbone],
-                          "bottleneck": 32, "pooling_factors": [2]}},
+        "model": {
+            "arc": {
+                "backbone": backbone,
+                "drop_layers": 1,
+                "decoders": decoders or [backbone],
+                "bottleneck": 32,
+                "pooling_factors": [2],
+            }
+        },
         "data": {"kind": "pretrain"},
         "optim": {"lr_encoder": 1e-3, "lr_projector": 3e-3, "lr_special": 3e-3, "weight_decay": 0.1},
-        "steps": 4, "batch_size": 4, "out_dir": str(tmp_path / "run"),
-        "checkpoint": {"every": 0}, "log": {"every": 1, "progress": False, "plot": False},
+        "steps": 4,
+        "batch_size": 4,
+        "out_dir": str(tmp_path / "run"),
+        "checkpoint": {"every": 0},
+        "log": {"every": 1, "progress": False, "plot": False},
     }
     for key, value in overrides.items():
         node = tree
@@ -62,9 +72,18 @@ def snapshot(arc):
 
 
 def test_reconstruction_loss_falls_on_cpu(sharp, tmp_path):
-    config = make_config(tmp_path, sharp, steps=200, optim__warmup_steps=10, optim__final_lr=3e-4,
-                         optim__weight_decay=0.0, log__every=10, log__plot=True,
-                         eval__every=100, eval__batches=2)
+    config = make_config(
+        tmp_path,
+        sharp,
+        steps=200,
+        optim__warmup_steps=10,
+        optim__final_lr=3e-4,
+        optim__weight_decay=0.0,
+        log__every=10,
+        log__plot=True,
+        eval__every=100,
+        eval__batches=2,
+    )
     eval_batches = [[TokenBatches(TEXTS, 4).batch(0), TokenBatches(TEXTS, 4, "continuation").batch(1)]]
     trainer = new_trainer(config, eval_batches=eval_batches)
     first = trainer.train_step()["loss"]
@@ -79,7 +98,8 @@ def test_reconstruction_loss_falls_on_cpu(sharp, tmp_path):
     assert set(held_out) == {f"d0/{task}{n}" for task in ("reconstruction", "continuation") for n in names}
     # the content gap is the mismatched-document loss minus the right one
     assert held_out["d0/reconstruction/gap"] == pytest.approx(
-        held_out["d0/reconstruction/mismatched"] - held_out["d0/reconstruction"])
+        held_out["d0/reconstruction/mismatched"] - held_out["d0/reconstruction"]
+    )
     assert 0 <= held_out["d0/reconstruction/accuracy"] <= 1
     assert {"lr", "grad_norm", "tokens_per_s", "decoder", "task"} <= set(train[-1])
     assert set(train[-1]["lr"]) == {"encoder", "projector", "special"}
@@ -110,15 +130,19 @@ def test_a_step_moves_encoder_projector_and_used_special_only(tiny_models, tmp_p
 
 
 def test_only_the_chosen_decoders_adapter_and_adam_state_move(tiny_models, tmp_path):
-    config = make_config(tmp_path, tiny_models["llama"], [tiny_models["llama"], tiny_models["llama-wide"]],
-                         decoder_order="round_robin")
+    config = make_config(
+        tmp_path, tiny_models["llama"], [tiny_models["llama"], tiny_models["llama-wide"]], decoder_order="round_robin"
+    )
     trainer = new_trainer(config)
     adapters = trainer.arc.adapters
     start = snapshot(adapters)
     assert trainer.train_step()["decoder"] == 0
     after_a = snapshot(adapters)
-    moments_a = {id(p): {k: v.clone() for k, v in trainer.optimizer.state[p].items()}
-                 for p in adapters[0].parameters() if p in trainer.optimizer.state}
+    moments_a = {
+        id(p): {k: v.clone() for k, v in trainer.optimizer.state[p].items()}
+        for p in adapters[0].parameters()
+        if p in trainer.optimizer.state
+    }
     for name in start:
         assert torch.equal(start[name], after_a[name]) == (name.startswith("1.") or name == "0.cont"), name
     assert not any(p in trainer.optimizer.state for p in adapters[1].parameters())
@@ -151,15 +175,15 @@ def test_freeze_encoder_trains_adapter_only(tiny_models, tmp_path):
     after = snapshot(trainer.arc)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["projector", "special"]
     for name in before:
-        assert torch.equal(before[name], after[name]) == (not name.startswith("adapters.") or
-                                                          name == "adapters.0.cont"), name
+        assert torch.equal(before[name], after[name]) == (
+            not name.startswith("adapters.") or name == "adapters.0.cont"
+        ), name
 
 
 def test_activation_checkpointing_saves_memory_not_results(tiny_models, tmp_path):
     results = []
     for flag in (False, True):
-        trainer = new_trainer(make_config(tmp_path / str(flag), tiny_models["llama"],
-                                          activation_checkpointing=flag))
+        trainer = new_trainer(make_config(tmp_path / str(flag), tiny_models["llama"], activation_checkpointing=flag))
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             trainer.train_step()
@@ -172,9 +196,17 @@ def test_activation_checkpointing_saves_memory_not_results(tiny_models, tmp_path
 
 def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
     def config(name):
-        return make_config(tmp_path / name, tiny_models["llama"], steps=6, optim__grad_accum=2,
-                           optim__warmup_steps=2, checkpoint__every=2, checkpoint__keep=2,
-                           eval__every=3, eval__batches=1)
+        return make_config(
+            tmp_path / name,
+            tiny_models["llama"],
+            steps=6,
+            optim__grad_accum=2,
+            optim__warmup_steps=2,
+            checkpoint__every=2,
+            checkpoint__keep=2,
+            eval__every=3,
+            eval__batches=1,
+        )
 
     texts = random_texts(11, 16, seed=5)  # 11 texts: no two of the first 12 batches are alike
     evals = [[TokenBatches(texts, 4, "continuation").batch(0)]]
@@ -199,8 +231,11 @@ def test_kill_and_resume_is_bit_identical(tiny_models, tmp_path):
     expected, got = snapshot(whole.arc), snapshot(resumed.arc)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "run" / "metrics.jsonl").read_text()
-             .splitlines() if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "killed" / "run" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]  # records after the checkpoint were not kept twice
 
 
@@ -212,8 +247,9 @@ def test_resume_refuses_other_configs_and_allows_more_steps(tiny_models, tmp_pat
     trainer.fit()
     with pytest.raises(FileExistsError, match="--resume"):
         new_trainer(make_config(tmp_path, tiny_models["llama"], **base)).fit()
-    changed = new_trainer(make_config(tmp_path, tiny_models["llama"], optim__lr_special=1e-2,
-                                      model__arc__pooling_factors=[4], **base))
+    changed = new_trainer(
+        make_config(tmp_path, tiny_models["llama"], optim__lr_special=1e-2, model__arc__pooling_factors=[4], **base)
+    )
     with pytest.raises(ValueError) as err:
         changed.resume()
     assert "optim.lr_special: 0.003 -> 0.01" in str(err.value)
@@ -251,8 +287,9 @@ def test_warm_start_with_another_pooling_factor_and_a_new_decoder(tiny_models, t
     source.save_pretrained(tmp_path / "saved")
     saved = snapshot(source)
 
-    config = make_config(tmp_path, "unused", model__init_from=str(tmp_path / "saved"),
-                         model__arc={"pooling_factors": [4]})
+    config = make_config(
+        tmp_path, "unused", model__init_from=str(tmp_path / "saved"), model__arc={"pooling_factors": [4]}
+    )
     arc = build_model(config, log=lambda *_: None)
     assert arc.config.pooling_factors == [4] and arc.config.backbone == tiny_models["llama"]
     for name, tensor in snapshot(arc).items():
@@ -260,9 +297,14 @@ def test_warm_start_with_another_pooling_factor_and_a_new_decoder(tiny_models, t
             assert torch.equal(tensor, saved[name]), name
 
     # new-decoder adaptation: a wider decoder, fresh projector, special tokens from decoder 0
-    config = make_config(tmp_path, "unused", model__init_from=str(tmp_path / "saved"),
-                         model__arc={"decoders": [tiny_models["llama-wide"]]}, model__new_special_from=0,
-                         freeze_encoder=True)
+    config = make_config(
+        tmp_path,
+        "unused",
+        model__init_from=str(tmp_path / "saved"),
+        model__arc={"decoders": [tiny_models["llama-wide"]]},
+        model__new_special_from=0,
+        freeze_encoder=True,
+    )
     notes = []
     arc = build_model(config, log=notes.append)
     assert "new projector; special tokens from saved decoder 0" in notes[0]
@@ -271,8 +313,9 @@ def test_warm_start_with_another_pooling_factor_and_a_new_decoder(tiny_models, t
     assert torch.equal(arc.encoder.embed_tokens.weight, saved["encoder.embed_tokens.weight"])
 
     with pytest.raises(ValueError, match="drop_layers"):
-        build_model(make_config(tmp_path, "unused", model__init_from=str(tmp_path / "saved"),
-                                model__arc={"drop_layers": 2}))
+        build_model(
+            make_config(tmp_path, "unused", model__init_from=str(tmp_path / "saved"), model__arc={"drop_layers": 2})
+        )
     with pytest.raises(FileNotFoundError, match="init_from"):
         build_model(make_config(tmp_path, "unused", model__init_from=str(tmp_path / "nothing")))
 
@@ -315,8 +358,7 @@ def test_bf16_autocast_step_runs(tiny_models, tmp_path):
 def test_time_limit_stops_early_with_a_checkpoint(tiny_models, tmp_path):
     from arc_encoder.training import checkpoint as ckpt
 
-    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=1000,
-                                      time_limit_minutes=1e-6))
+    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=1000, time_limit_minutes=1e-6))
     final = trainer.fit()
     assert trainer.step == 1  # the limit is checked after each step
     assert final == ckpt.latest_checkpoint(tmp_path / "run")

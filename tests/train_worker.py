@@ -28,17 +28,37 @@ GLOBAL_BATCH = 4
 
 def distributed_config(out_dir, model: str, wide: str, parallel: str, steps: int):
     lr = 2e-3  # the same constant rate for every group, so a resume may change `steps`
-    return config_from_dict({
-        "model": {"arc": {"backbone": model, "drop_layers": 1, "decoders": [model, wide],
-                          "bottleneck": 32, "pooling_factors": [2]}},
-        "data": {"kind": "pretrain"},
-        "optim": {"lr_encoder": lr, "lr_projector": lr, "lr_special": lr, "final_lr": lr,
-                  "weight_decay": 0.1, "grad_accum": 2},
-        "decoder_order": "round_robin", "parallel": parallel, "device": "cpu",
-        "steps": steps, "batch_size": GLOBAL_BATCH, "out_dir": str(out_dir),
-        "checkpoint": {"every": 0}, "eval": {"every": 2},
-        "log": {"every": 1, "progress": False, "plot": False},
-    })
+    return config_from_dict(
+        {
+            "model": {
+                "arc": {
+                    "backbone": model,
+                    "drop_layers": 1,
+                    "decoders": [model, wide],
+                    "bottleneck": 32,
+                    "pooling_factors": [2],
+                }
+            },
+            "data": {"kind": "pretrain"},
+            "optim": {
+                "lr_encoder": lr,
+                "lr_projector": lr,
+                "lr_special": lr,
+                "final_lr": lr,
+                "weight_decay": 0.1,
+                "grad_accum": 2,
+            },
+            "decoder_order": "round_robin",
+            "parallel": parallel,
+            "device": "cpu",
+            "steps": steps,
+            "batch_size": GLOBAL_BATCH,
+            "out_dir": str(out_dir),
+            "checkpoint": {"every": 0},
+            "eval": {"every": 2},
+            "log": {"every": 1, "progress": False, "plot": False},
+        }
+    )
 
 
 def make_trainer(config, runtime=None, seed: int = 0) -> Trainer:

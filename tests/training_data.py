@@ -32,8 +32,15 @@ class TokenBatches:
     """Batches cycling over fixed texts. Global batch g holds texts g*B .. g*B+B-1 (mod n); rank r
     of W takes its W-th slice, so W ranks together see exactly what one rank with batch B sees."""
 
-    def __init__(self, texts, batch_size: int = 4, task: str = "reconstruction", rank: int = 0,
-                 world_size: int = 1, fail_at: int | None = None):
+    def __init__(
+        self,
+        texts,
+        batch_size: int = 4,
+        task: str = "reconstruction",
+        rank: int = 0,
+        world_size: int = 1,
+        fail_at: int | None = None,
+    ):
         if batch_size % world_size:
             raise ValueError("batch_size must split evenly over ranks")
         self.texts, self.batch_size, self.task = texts, batch_size, task
@@ -69,8 +76,9 @@ def write_sharp_model(path, seed: int = 0, hidden: int = 64, init: float = 0.2) 
     cannot fall much below log(vocab) whatever the inputs are; a trained model has no such cap.
     """
     import torch
-    from conftest import tiny_config, tiny_tokenizer
     from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config, tiny_tokenizer
 
     config = tiny_config("llama", hidden=hidden)
     config.initializer_range = init

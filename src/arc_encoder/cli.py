@@ -6,12 +6,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="ARC-Encoder: compress contexts for frozen Hugging Face LLMs.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="ARC-Encoder: compress contexts for frozen Hugging Face LLMs."
+)
 
 
 def quiet_transformers() -> None:
@@ -32,8 +32,7 @@ def load_model(model: str):
         return ARCModel.from_pretrained(model)
     if model in PRESETS:
         return ARCModel.from_config(model)
-    raise typer.BadParameter(f"{model!r} is neither a saved model folder nor a preset "
-                             f"({', '.join(sorted(PRESETS))})")
+    raise typer.BadParameter(f"{model!r} is neither a saved model folder nor a preset ({', '.join(sorted(PRESETS))})")
 
 
 DEMO_DOCUMENT = (
@@ -51,16 +50,19 @@ def demo(
     question: str = typer.Option("Who is the tower named after?"),
 ):
     """Compress a document and answer a question about it, next to the open-book answer."""
-    from .prompt import Doc
 
     t0 = time.perf_counter()
     arc = load_model(model)
-    print(f"loaded {model} in {time.perf_counter() - t0:.1f}s "
-          f"(encoder {sum(p.numel() for p in arc.encoder.parameters()) / 1e6:.0f}M parameters, "
-          f"decoder {arc.config.decoders[0]})")
+    print(
+        f"loaded {model} in {time.perf_counter() - t0:.1f}s "
+        f"(encoder {sum(p.numel() for p in arc.encoder.parameters()) / 1e6:.0f}M parameters, "
+        f"decoder {arc.config.decoders[0]})"
+    )
     compressed = arc.compress([DEMO_DOCUMENT])[0]
-    print(f"document: {compressed.document_tokens} decoder tokens -> {compressed.n_vectors} vectors "
-          f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})")
+    print(
+        f"document: {compressed.document_tokens} decoder tokens -> {compressed.n_vectors} vectors "
+        f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})"
+    )
     asks = {
         "closed-book": [f"Question: {question}\nAnswer:"],
         "open-book": [f"Document: {DEMO_DOCUMENT}\nQuestion: {question}\nAnswer:"],
@@ -69,8 +71,7 @@ def demo(
     for name, prompt in asks.items():
         t = time.perf_counter()
         out = arc.generate(prompt, max_new_tokens=24, stop=["\n"])[0]
-        print(f"{name:>12}: {out.text.strip()!r}  ({out.prompt_length} positions, "
-              f"{time.perf_counter() - t:.2f}s)")
+        print(f"{name:>12}: {out.text.strip()!r}  ({out.prompt_length} positions, {time.perf_counter() - t:.2f}s)")
     if not Path(model).is_dir():
         print("note: this projector is untrained; `arc-encoder quickstart` trains one.")
 
@@ -89,17 +90,27 @@ def compress(
         text = Path(text[1:]).read_text(encoding="utf-8")
     arc = load_model(model)
     c = arc.compress([text], decoder=decoder)[0]
-    save_file({f"chunk_{i}": v.contiguous() for i, v in enumerate(c.chunks)}, str(out),
-              metadata={"decoder": str(decoder), "document_tokens": str(c.document_tokens),
-                        "fingerprint": arc.fingerprint()})
-    print(json.dumps({"vectors": c.n_vectors, "document_tokens": c.document_tokens,
-                      "compression_ratio": round(c.compression_ratio, 2), "out": str(out)}))
+    save_file(
+        {f"chunk_{i}": v.contiguous() for i, v in enumerate(c.chunks)},
+        str(out),
+        metadata={"decoder": str(decoder), "document_tokens": str(c.document_tokens), "fingerprint": arc.fingerprint()},
+    )
+    print(
+        json.dumps(
+            {
+                "vectors": c.n_vectors,
+                "document_tokens": c.document_tokens,
+                "compression_ratio": round(c.compression_ratio, 2),
+                "out": str(out),
+            }
+        )
+    )
 
 
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="training YAML (see configs/)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides: optim.lr_encoder=1e-4 steps=200"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides: optim.lr_encoder=1e-4 steps=200"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in out_dir"),
 ):
     """Train or fine-tune an ARC-Encoder; the same command runs under torchrun --nproc-per-node N."""
@@ -126,23 +137,30 @@ app.command("eval")(eval_command)
 def quickstart(
     budget_minutes: float = typer.Option(30.0, help="total wall-time budget for all stages"),
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (must be new or empty)"),
-    data: Optional[Path] = typer.Option(None, help="folder with prose/wiki.txt and squad/*.jsonl "
-                                        "(default: $ARC_ENCODER_DATA, then ../shared/data)"),
+    data: Path | None = typer.Option(
+        None, help="folder with prose/wiki.txt and squad/*.jsonl (default: $ARC_ENCODER_DATA, then ../shared/data)"
+    ),
     finetune_shots: int = typer.Option(1, help="in-context examples in fine-tuning prompts"),
     eval_shots: int = typer.Option(5, help="in-context examples in evaluation prompts"),
-    eval_questions: Optional[int] = typer.Option(None, help="held-out questions (default: what the budget allows)"),
-    resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished "
-                                "training stages"),
+    eval_questions: int | None = typer.Option(None, help="held-out questions (default: what the budget allows)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished training stages"),
 ):
     """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
     from .quickstart import QuickstartConfig, run_quickstart
 
     quiet_transformers()
     try:
-        run_quickstart(QuickstartConfig(budget_minutes=budget_minutes, out=str(out),
-                                        data=str(data) if data else None,
-                                        finetune_shots=finetune_shots, eval_shots=eval_shots,
-                                        eval_questions=eval_questions, resume=resume))
+        run_quickstart(
+            QuickstartConfig(
+                budget_minutes=budget_minutes,
+                out=str(out),
+                data=str(data) if data else None,
+                finetune_shots=finetune_shots,
+                eval_shots=eval_shots,
+                eval_questions=eval_questions,
+                resume=resume,
+            )
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -92,8 +92,9 @@ class ARCConfig(DictConfig):
             raise ValueError("at least one decoder is needed")
         if self.drop_layers < 0:
             raise ValueError("drop_layers must be >= 0")
-        if self.bottleneck is not None and (isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int)
-                                            or self.bottleneck < 1):
+        if self.bottleneck is not None and (
+            isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1
+        ):
             raise ValueError(f"bottleneck must be an integer >= 1 or None, got {self.bottleneck!r}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ValueError("chunk_tokens must be >= 1 or None")
@@ -107,7 +108,6 @@ class ARCConfig(DictConfig):
         return total
 
 
-
 # Named starting points. Paths of large models are hub names; point them at local folders.
 PRESETS: dict[str, ARCConfig] = {
     "smollm2-arc4": ARCConfig(),
@@ -116,15 +116,24 @@ PRESETS: dict[str, ARCConfig] = {
     "smollm2-memory": ARCConfig(pooling="memory", pooling_factors=[], memory_tokens=16),
     # The paper's released configuration: Llama-3.2-3B minus 2 blocks, PF 8, 3072 -> 2048 -> 4096.
     "llama3-arc8": ARCConfig(
-        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[8],
-        decoders=["meta-llama/Llama-3.1-8B"], bottleneck=2048,
+        backbone="meta-llama/Llama-3.2-3B",
+        drop_layers=2,
+        pooling_factors=[8],
+        decoders=["meta-llama/Llama-3.1-8B"],
+        bottleneck=2048,
     ),
     "llama3-arc4": ARCConfig(
-        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[4],
-        decoders=["meta-llama/Llama-3.1-8B"], bottleneck=2048,
+        backbone="meta-llama/Llama-3.2-3B",
+        drop_layers=2,
+        pooling_factors=[4],
+        decoders=["meta-llama/Llama-3.1-8B"],
+        bottleneck=2048,
     ),
     "llama3-mistral-arc4": ARCConfig(
-        backbone="meta-llama/Llama-3.2-3B", drop_layers=2, pooling_factors=[4],
-        decoders=["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], bottleneck=2048,
+        backbone="meta-llama/Llama-3.2-3B",
+        drop_layers=2,
+        pooling_factors=[4],
+        decoders=["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"],
+        bottleneck=2048,
     ),
 }

@@ -10,4 +10,5 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Doc:
     """A document the encoder compresses; in a prompt it stands where its vectors go."""
+
     text: str

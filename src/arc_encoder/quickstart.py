@@ -28,13 +28,11 @@ from .evaluation.metrics import gain_kept, mean_with_stderr
 from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .model.arc import ARCModel
-from .prompt import Doc
 from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
 from .training.distributed import Runtime, pick_device
 from .training.model_init import build_model
-from .training.trainer import (Trainer, build_data, calibrate_projector_inputs, held_out_batches,
-                               seed_everything)
+from .training.trainer import Trainer, build_data, calibrate_projector_inputs, held_out_batches, seed_everything
 
 DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
 
@@ -86,9 +84,20 @@ PRETRAIN_WARMUP = 20
 FINETUNE_WARMUP = 5
 
 # Settings that change what the training stages produce: a resumed run must match them.
-TRAINING_FIELDS = ("preset", "arc", "pretrained", "finetune_shots", "finetune_freeze_encoder",
-                   "pretrain_share", "finetune_share", "pretrain_steps", "finetune_steps",
-                   "pretrain_batch", "finetune_batch", "seed")
+TRAINING_FIELDS = (
+    "preset",
+    "arc",
+    "pretrained",
+    "finetune_shots",
+    "finetune_freeze_encoder",
+    "pretrain_share",
+    "finetune_share",
+    "pretrain_steps",
+    "finetune_steps",
+    "pretrain_batch",
+    "finetune_batch",
+    "seed",
+)
 SETTINGS_FILE = "quickstart-config.json"
 
 
@@ -126,46 +135,95 @@ def arc_overrides(q: QuickstartConfig, **extra) -> dict:
 def held_out_prose(data: Path) -> dict:
     """Held-out pretraining data: distinct SQuAD dev paragraphs (articles absent from the prose),
     one span each, half reconstruction and half continuation."""
-    return {"sources": [str(data / "squad/dev.jsonl")], "text_field": "context", "shuffle_buffer": 0,
-            "distinct": True, "samples_per_document": 1, "continuation": 0.5,
-            "curriculum": [], "curriculum_batches": 0}
+    return {
+        "sources": [str(data / "squad/dev.jsonl")],
+        "text_field": "context",
+        "shuffle_buffer": 0,
+        "distinct": True,
+        "samples_per_document": 1,
+        "continuation": 0.5,
+        "curriculum": [],
+        "curriculum_batches": 0,
+    }
 
 
 def pretrain_config(q: QuickstartConfig, data: Path, out: Path, steps: int) -> TrainConfig:
-    return config_from_dict({
-        "model": {"preset": q.preset, "arc": arc_overrides(q), "pretrained": q.pretrained},
-        "data": {"kind": "pretrain", "sources": [str(data / "prose/wiki.txt")], "seq_len": PRETRAIN_SPAN,
-                 "compress_tokens": PRETRAIN_SPAN, "target_tokens": PRETRAIN_SPAN, "prefix": False,
-                 "continuation": 0.0, "curriculum": CURRICULUM,
-                 "curriculum_batches": max(1, int(CURRICULUM_SHARE * steps)), "shuffle_buffer": 256},
-        "optim": {"lr_encoder": 1e-4, "lr_projector": 1e-3, "lr_special": 1e-3,
-                  "weight_decay": 0.1, "warmup_steps": min(PRETRAIN_WARMUP, steps // 5), "final_lr": 1e-5},
-        "steps": steps, "batch_size": q.pretrain_batch, "seed": q.seed, "device": q.device,
-        "checkpoint": {"every": 0, "keep": 1},
-        "eval": {"every": max(1, steps // 4), "batches": 4, "data": held_out_prose(data)},
-        "log": {"every": max(1, min(10, steps // 10)), "plot": True},
-        "out_dir": str(out),
-    })
+    return config_from_dict(
+        {
+            "model": {"preset": q.preset, "arc": arc_overrides(q), "pretrained": q.pretrained},
+            "data": {
+                "kind": "pretrain",
+                "sources": [str(data / "prose/wiki.txt")],
+                "seq_len": PRETRAIN_SPAN,
+                "compress_tokens": PRETRAIN_SPAN,
+                "target_tokens": PRETRAIN_SPAN,
+                "prefix": False,
+                "continuation": 0.0,
+                "curriculum": CURRICULUM,
+                "curriculum_batches": max(1, int(CURRICULUM_SHARE * steps)),
+                "shuffle_buffer": 256,
+            },
+            "optim": {
+                "lr_encoder": 1e-4,
+                "lr_projector": 1e-3,
+                "lr_special": 1e-3,
+                "weight_decay": 0.1,
+                "warmup_steps": min(PRETRAIN_WARMUP, steps // 5),
+                "final_lr": 1e-5,
+            },
+            "steps": steps,
+            "batch_size": q.pretrain_batch,
+            "seed": q.seed,
+            "device": q.device,
+            "checkpoint": {"every": 0, "keep": 1},
+            "eval": {"every": max(1, steps // 4), "batches": 4, "data": held_out_prose(data)},
+            "log": {"every": max(1, min(10, steps // 10)), "plot": True},
+            "out_dir": str(out),
+        }
+    )
 
 
-def finetune_config(q: QuickstartConfig, data: Path, init_from: Path, factor: int, out: Path,
-                    steps: int) -> TrainConfig:
-    return config_from_dict({
-        "model": {"init_from": str(init_from), "arc": arc_overrides(q, pooling_factors=[factor]),
-                  "pretrained": q.pretrained},
-        "data": {"kind": "finetune", "sources": [str(data / "squad/train.jsonl")],
-                 "n_shots": q.finetune_shots, "max_doc_tokens": 1024, "shuffle_buffer": 512,
-                 "chunk_tokens": q.arc.get("chunk_tokens")},
-        "optim": {"lr_encoder": 2e-5, "lr_projector": 2e-4, "lr_special": 2e-4,
-                  "weight_decay": 0.05, "warmup_steps": min(FINETUNE_WARMUP, steps // 5), "final_lr": 1e-6},
-        "steps": steps, "batch_size": q.finetune_batch, "seed": q.seed, "device": q.device,
-        "freeze_encoder": q.finetune_freeze_encoder,
-        "checkpoint": {"every": 0, "keep": 1},
-        "eval": {"every": max(1, steps // 4), "batches": 4,
-                 "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0}},
-        "log": {"every": max(1, min(10, steps // 10)), "plot": True},
-        "out_dir": str(out),
-    })
+def finetune_config(
+    q: QuickstartConfig, data: Path, init_from: Path, factor: int, out: Path, steps: int
+) -> TrainConfig:
+    return config_from_dict(
+        {
+            "model": {
+                "init_from": str(init_from),
+                "arc": arc_overrides(q, pooling_factors=[factor]),
+                "pretrained": q.pretrained,
+            },
+            "data": {
+                "kind": "finetune",
+                "sources": [str(data / "squad/train.jsonl")],
+                "n_shots": q.finetune_shots,
+                "max_doc_tokens": 1024,
+                "shuffle_buffer": 512,
+                "chunk_tokens": q.arc.get("chunk_tokens"),
+            },
+            "optim": {
+                "lr_encoder": 2e-5,
+                "lr_projector": 2e-4,
+                "lr_special": 2e-4,
+                "weight_decay": 0.05,
+                "warmup_steps": min(FINETUNE_WARMUP, steps // 5),
+                "final_lr": 1e-6,
+            },
+            "steps": steps,
+            "batch_size": q.finetune_batch,
+            "seed": q.seed,
+            "device": q.device,
+            "freeze_encoder": q.finetune_freeze_encoder,
+            "checkpoint": {"every": 0, "keep": 1},
+            "eval": {
+                "every": max(1, steps // 4),
+                "batches": 4,
+                "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0},
+            },
+            "log": {"every": max(1, min(10, steps // 10)), "plot": True},
+            "out_dir": str(out),
+        }
+    )
 
 
 def seconds_per_step(arc: ARCModel, data, n: int = 3) -> float:
@@ -207,8 +265,9 @@ def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, 
     calibrate_projector_inputs(config, arc, runtime)
     data = build_data(config, arc, runtime)
     held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
-    trainer = Trainer(config, arc, data, held_out_batches(held_out, [1.0] * len(arc.decoders),
-                                                          config.eval.batches), runtime)
+    trainer = Trainer(
+        config, arc, data, held_out_batches(held_out, [1.0] * len(arc.decoders), config.eval.batches), runtime
+    )
     final = trainer.fit()
     say_content(Path(config.out_dir))
     return final, steps, time.perf_counter() - start
@@ -222,8 +281,9 @@ def say_content(run_dir: Path) -> None:
             say("   " + line)
 
 
-def reuse_or_train(q: QuickstartConfig, build, run_dir: Path, budget_s: float,
-                   fixed_steps: int | None) -> tuple[Path, int, float]:
+def reuse_or_train(
+    q: QuickstartConfig, build, run_dir: Path, budget_s: float, fixed_steps: int | None
+) -> tuple[Path, int, float]:
     """train_stage, unless --resume finds this stage finished (it checkpoints only at its end)."""
     if q.resume:
         done = list_checkpoints(run_dir)
@@ -242,18 +302,22 @@ def prepare_out(q: QuickstartConfig) -> Path:
     settings = out / SETTINGS_FILE
     if out.exists() and any(out.iterdir()):
         if not q.resume:
-            raise FileExistsError(f"{out} is not empty: choose another --out, remove it, or pass "
-                                  "--resume to continue the run it holds")
+            raise FileExistsError(
+                f"{out} is not empty: choose another --out, remove it, or pass --resume to continue the run it holds"
+            )
         if settings.is_file():
             try:
                 saved = json.loads(settings.read_text())
             except json.JSONDecodeError as e:
-                raise ValueError(f"--resume: {settings} is not valid JSON ({e}); remove it to resume "
-                                 "without checking the settings") from None
+                raise ValueError(
+                    f"--resume: {settings} is not valid JSON ({e}); remove it to resume without checking the settings"
+                ) from None
             changed = [k for k in TRAINING_FIELDS if k in saved and saved[k] != current[k]]
             if changed:
-                raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}: "
-                                 f"{', '.join(repr(saved[k]) for k in changed)}); use another --out")
+                raise ValueError(
+                    f"--resume: {out} was trained with other settings ({', '.join(changed)}: "
+                    f"{', '.join(repr(saved[k]) for k in changed)}); use another --out"
+                )
     out.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(current, indent=2))
     return out
@@ -265,8 +329,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- evaluation stage
-def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, methods: int,
-                        batch: int = 8) -> int:
+def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, methods: int, batch: int = 8) -> int:
     """How many questions the remaining budget allows: time one batch of open-book and one of ARC
     answers, as the evaluation batches them (the shots' keys and values computed once, see
     ARCModel.generate; a first batch pays for that, so the estimate errs on the safe side)."""
@@ -293,18 +356,25 @@ def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
     ex = examples_by_id[pick]
     (recon,) = reconstructions(arc, [ex.passages[0]])
     shown = {
-        "id": pick, "paragraph": ex.passages[0], "question": ex.question, "gold": ex.answers,
-        "paragraph_tokens": recon["tokens"], "vectors": recon["vectors"],
+        "id": pick,
+        "paragraph": ex.passages[0],
+        "question": ex.question,
+        "gold": ex.answers,
+        "paragraph_tokens": recon["tokens"],
+        "vectors": recon["vectors"],
         "answers": {name: rows[name][pick]["prediction"] for name in rows if pick in rows[name]},
-        "reconstruction": recon["reconstruction"], "reconstruction_rouge_l": recon["rouge_l"],
+        "reconstruction": recon["reconstruction"],
+        "reconstruction_rouge_l": recon["rouge_l"],
     }
     say(f"\n   paragraph ({shown['paragraph_tokens']} decoder tokens -> {shown['vectors']} vectors):")
     say("   " + ex.passages[0][:400] + ("..." if len(ex.passages[0]) > 400 else ""))
     say(f"   question: {ex.question}   gold: {ex.answers[0]!r}")
     for name, answer in shown["answers"].items():
         say(f"   {name:>9}: {answer!r}")
-    say(f"   reconstruction from the vectors with <Rec> (ROUGE-L {recon['rouge_l']:.2f} against the "
-        f"paragraph's start): {recon['reconstruction'][:300]!r}")
+    say(
+        f"   reconstruction from the vectors with <Rec> (ROUGE-L {recon['rouge_l']:.2f} against the "
+        f"paragraph's start): {recon['reconstruction'][:300]!r}"
+    )
     return shown
 
 
@@ -323,14 +393,20 @@ def summary_table(results: dict[int, dict]) -> list[dict]:
         for name, m in result["metrics"].items():
             if name != "arc" and factor != next(iter(results)):
                 continue  # baselines once
-            rows.append({
-                "method": f"arc{factor}" if name == "arc" else name,
-                "em": m["em"]["mean"], "em_se": m["em"]["stderr"],
-                "f1": m["f1"]["mean"], "f1_se": m["f1"]["stderr"],
-                "pooling_factor": m.get("pooling_factor"), "positions": m["positions_per_example"],
-                "seconds": m["seconds_per_example"], "gain_kept_em": (m.get("gain_kept") or {}).get("em"),
-                "gain_kept_f1": (m.get("gain_kept") or {}).get("f1"),
-            })
+            rows.append(
+                {
+                    "method": f"arc{factor}" if name == "arc" else name,
+                    "em": m["em"]["mean"],
+                    "em_se": m["em"]["stderr"],
+                    "f1": m["f1"]["mean"],
+                    "f1_se": m["f1"]["stderr"],
+                    "pooling_factor": m.get("pooling_factor"),
+                    "positions": m["positions_per_example"],
+                    "seconds": m["seconds_per_example"],
+                    "gain_kept_em": (m.get("gain_kept") or {}).get("em"),
+                    "gain_kept_f1": (m.get("gain_kept") or {}).get("f1"),
+                }
+            )
     return rows
 
 
@@ -341,10 +417,15 @@ def print_table(rows: list[dict]) -> None:
         pf = f"{r['pooling_factor']:.2f}" if r["pooling_factor"] else "-"
         pos = f"{r['positions']:.0f}" if r["positions"] else "-"
         sec = f"{r['seconds']:.2f}" if r["seconds"] else "-"
-        kept = (f"{r['gain_kept_em']:.0%} / {r['gain_kept_f1']:.0%}"
-                if r["gain_kept_em"] is not None and r["gain_kept_f1"] is not None else "-")
-        say(f"| {r['method']} | {r['em']:.1f} ± {r['em_se']:.1f} | {r['f1']:.1f} ± {r['f1_se']:.1f} | "
-            f"{pf} | {pos} | {sec} | {kept} |")
+        kept = (
+            f"{r['gain_kept_em']:.0%} / {r['gain_kept_f1']:.0%}"
+            if r["gain_kept_em"] is not None and r["gain_kept_f1"] is not None
+            else "-"
+        )
+        say(
+            f"| {r['method']} | {r['em']:.1f} ± {r['em_se']:.1f} | {r['f1']:.1f} ± {r['f1_se']:.1f} | "
+            f"{pf} | {pos} | {sec} | {kept} |"
+        )
 
 
 def plot_report(path: Path, curves: dict[str, list[dict]], rows: list[dict]) -> None:
@@ -360,8 +441,12 @@ def plot_report(path: Path, curves: dict[str, list[dict]], rows: list[dict]) -> 
             ax.plot(*zip(*train), label="train loss")
         evals = [(r["step"], r["eval"]) for r in records if "eval" in r]
         for key in sorted({k for _, e in evals for k in e}):
-            ax.plot([s for s, e in evals if key in e], [e[key] for _, e in evals if key in e],
-                    marker="o", label=f"held-out {key}")
+            ax.plot(
+                [s for s, e in evals if key in e],
+                [e[key] for _, e in evals if key in e],
+                marker="o",
+                label=f"held-out {key}",
+            )
         ax.set_title(stage_name)
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
@@ -388,72 +473,102 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     torch.manual_seed(q.seed)
     say(f"arc-encoder quickstart: budget {q.budget_minutes:.0f} min, data {data}, output {out}")
 
-    stage(1, f"pretraining at pooling factor {pretrain_factor(q)} on prose",
-          f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
-          f"   reads back (reconstruction), starting from {CURRICULUM[0]}-token spans: short spans first teach\n"
-          "   the decoder to read the vectors at all, instead of learning to ignore them.")
+    stage(
+        1,
+        f"pretraining at pooling factor {pretrain_factor(q)} on prose",
+        f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
+        f"   reads back (reconstruction), starting from {CURRICULUM[0]}-token spans: short spans first teach\n"
+        "   the decoder to read the vectors at all, instead of learning to ignore them.",
+    )
     pre_ckpt, pre_steps, pre_s = reuse_or_train(
-        q, lambda steps: pretrain_config(q, data, out / "pretrain", steps), out / "pretrain",
-        budget * q.pretrain_share, q.pretrain_steps)
+        q,
+        lambda steps: pretrain_config(q, data, out / "pretrain", steps),
+        out / "pretrain",
+        budget * q.pretrain_share,
+        q.pretrain_steps,
+    )
 
     results, finetune_runs, evaluation = {}, {}, {}
     dev = load_jsonl(data / "squad/dev.jsonl")
     by_id = {e.id: e for e in dev}
     ft_budget = budget * q.finetune_share / len(q.finetune_factors)
     for factor in q.finetune_factors:
-        stage(2, f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts",
-              f"Every document in a {q.finetune_shots}-shot prompt is compressed; only the final answer is\n"
-              "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).")
+        stage(
+            2,
+            f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts",
+            f"Every document in a {q.finetune_shots}-shot prompt is compressed; only the final answer is\n"
+            "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).",
+        )
         run_dir = out / f"finetune-x{factor}"
         ckpt, steps, seconds = reuse_or_train(
-            q, lambda steps: finetune_config(q, data, pre_ckpt, factor, run_dir, steps), run_dir,
-            ft_budget, q.finetune_steps)
+            q,
+            lambda steps: finetune_config(q, data, pre_ckpt, factor, run_dir, steps),
+            run_dir,
+            ft_budget,
+            q.finetune_steps,
+        )
         finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
 
     for i, factor in enumerate(q.finetune_factors):
-        stage(3, f"evaluating ARC{factor} on held-out SQuAD questions",
-              "Articles of these questions never appear in training. Same prompt, shots and greedy\n"
-              "   decoding for every method; truncation keeps as many document tokens as ARC uses vectors;\n"
-              "   'mismatched' is ARC reading another question's document: what the format alone scores.")
+        stage(
+            3,
+            f"evaluating ARC{factor} on held-out SQuAD questions",
+            "Articles of these questions never appear in training. Same prompt, shots and greedy\n"
+            "   decoding for every method; truncation keeps as many document tokens as ARC uses vectors;\n"
+            "   'mismatched' is ARC reading another question's document: what the format alone scores.",
+        )
         arc = ARCModel.from_pretrained(finetune_runs[factor]["checkpoint"]).to(pick_device(q.device)).eval()
         methods = ["closed", "open", "arc", "mismatched", "truncate"] if i == 0 else ["arc"]
         remaining = budget - (time.perf_counter() - t0)
         n = q.eval_questions or eval_question_count(
-            arc, dev, q.eval_shots, remaining / (len(q.finetune_factors) - i) - 30, len(methods))
+            arc, dev, q.eval_shots, remaining / (len(q.finetune_factors) - i) - 30, len(methods)
+        )
         say(f"   {n} questions, {q.eval_shots} shots, methods: {', '.join(methods)}")
         t = time.perf_counter()
-        results[factor] = evaluate(arc, "squad", dev, methods, shots=q.eval_shots, limit=n, seed=q.seed,
-                                   shuffle=True, progress=True)
+        results[factor] = evaluate(
+            arc, "squad", dev, methods, shots=q.eval_shots, limit=n, seed=q.seed, shuffle=True, progress=True
+        )
         evaluation[factor] = {"questions": n, "seconds": time.perf_counter() - t}
         if i > 0:  # baselines come from the first factor's run
             first = results[q.finetune_factors[0]]["metrics"]
             m = results[factor]["metrics"]["arc"]
-            m["gain_kept"] = {k: gain_kept(m[k]["mean"], first["closed"][k]["mean"], first["open"][k]["mean"])
-                              for k in ("em", "f1")}
+            m["gain_kept"] = {
+                k: gain_kept(m[k]["mean"], first["closed"][k]["mean"], first["open"][k]["mean"]) for k in ("em", "f1")
+            }
 
     first = q.finetune_factors[0]
-    stage(4, "one example and a reconstruction",
-          "What the model saw, and what the decoder makes of the vectors alone.")
+    stage(4, "one example and a reconstruction", "What the model saw, and what the decoder makes of the vectors alone.")
     arc = ARCModel.from_pretrained(finetune_runs[first]["checkpoint"]).to(pick_device(q.device)).eval()
     example = show_example(arc, results[first], by_id)
 
     rows = summary_table(results)
     print_table(rows)
     model_dir = out / "model"
-    shutil.copytree(finetune_runs[first]["checkpoint"], model_dir, dirs_exist_ok=q.resume,
-                    ignore=shutil.ignore_patterns("trainer_state*", "optimizer*", "train_config*"))
-    curves = {"pretraining (factor %d)" % pretrain_factor(q): read_metrics(out / "pretrain"),
-              f"fine-tuning (factor {first})": read_metrics(out / f"finetune-x{first}")}
+    shutil.copytree(
+        finetune_runs[first]["checkpoint"],
+        model_dir,
+        dirs_exist_ok=q.resume,
+        ignore=shutil.ignore_patterns("trainer_state*", "optimizer*", "train_config*"),
+    )
+    curves = {
+        f"pretraining (factor {pretrain_factor(q)})": read_metrics(out / "pretrain"),
+        f"fine-tuning (factor {first})": read_metrics(out / f"finetune-x{first}"),
+    }
     plot_report(out / "report.png", curves, rows)
-    differences = {f"arc_minus_{other}_em": em_difference(results[first], "arc", other)
-                   for other in ("closed", "mismatched")}
+    differences = {
+        f"arc_minus_{other}_em": em_difference(results[first], "arc", other) for other in ("closed", "mismatched")
+    }
     report = {
-        "config": asdict(q), "data": str(data), "wall_seconds": time.perf_counter() - t0,
+        "config": asdict(q),
+        "data": str(data),
+        "wall_seconds": time.perf_counter() - t0,
         "pretrain": {"checkpoint": str(pre_ckpt), "steps": pre_steps, "seconds": pre_s},
         "finetune": {str(k): v for k, v in finetune_runs.items()},
         "evaluation": {str(k): v for k, v in evaluation.items()},
-        "table": rows, **differences,
-        "example": example, "model": str(model_dir),
+        "table": rows,
+        **differences,
+        "example": example,
+        "model": str(model_dir),
         "metrics": {str(k): r["metrics"] for k, r in results.items()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -462,8 +577,10 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     for name, d in differences.items():
         other = name.removeprefix("arc_minus_").removesuffix("_em")
         say(f"ARC{first} - {other} EM: {d['diff']:+.1f} ± {d['stderr']:.1f} (standard error)")
-    say(f"wall time {report['wall_seconds'] / 60:.1f} min. Saved: {model_dir} (load with "
-        f"ARCModel.from_pretrained), {out / 'report.json'}, {out / 'report.png'}")
+    say(
+        f"wall time {report['wall_seconds'] / 60:.1f} min. Saved: {model_dir} (load with "
+        f"ARCModel.from_pretrained), {out / 'report.json'}, {out / 'report.png'}"
+    )
     return report
 
 

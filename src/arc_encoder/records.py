@@ -7,8 +7,9 @@ Loaders pass a `where` string ("dev.jsonl, line 12") to every check, so a bad va
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def read_text(path: str | Path) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-convert_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                          help="Convert between the official Kyutai ARC-Encoder checkpoints and "
-                               "this library's format.")
+convert_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Convert between the official Kyutai ARC-Encoder checkpoints and this library's format.",
+)
 
 
 def _run(job):
@@ -24,30 +25,42 @@ def _run(job):
 
 @convert_app.command("kyutai")
 def kyutai(
-    src: Path = typer.Argument(..., help="official checkpoint: the hub download (config.json + "
-                                         "model.safetensors) or a converted folder (params.json)"),
+    src: Path = typer.Argument(
+        ...,
+        help="official checkpoint: the hub download (config.json + "
+        "model.safetensors) or a converted folder (params.json)",
+    ),
     dst: Path = typer.Argument(..., help="new folder for the converted model"),
-    tokenizer: Path = typer.Option(..., "--tokenizer",
-                                   help="Hugging Face tokenizer folder of the encoder backbone "
-                                        "(Llama-3.2-3B for the released encoders)"),
-    decoder: Optional[List[str]] = typer.Option(
-        None, "--decoder", help="decoder folder or hub name, once per projector (multi: "
-                                "Llama-3.1-8B then Mistral-7B)"),
-    backbone_params: Optional[Path] = typer.Option(
-        None, "--backbone-params", help="the backbone's params.json, when the checkpoint does not "
-                                        "record its model arguments"),
-    pooling_factor: Optional[int] = typer.Option(
-        None, "--pooling-factor", help="pool by this factor, overriding the recorded rate"),
+    tokenizer: Path = typer.Option(
+        ...,
+        "--tokenizer",
+        help="Hugging Face tokenizer folder of the encoder backbone (Llama-3.2-3B for the released encoders)",
+    ),
+    decoder: list[str] | None = typer.Option(
+        None, "--decoder", help="decoder folder or hub name, once per projector (multi: Llama-3.1-8B then Mistral-7B)"
+    ),
+    backbone_params: Path | None = typer.Option(
+        None,
+        "--backbone-params",
+        help="the backbone's params.json, when the checkpoint does not record its model arguments",
+    ),
+    pooling_factor: int | None = typer.Option(
+        None, "--pooling-factor", help="pool by this factor, overriding the recorded rate"
+    ),
     unscaled_rope: bool = typer.Option(
-        False, "--unscaled-rope", help="load Llama-3.x decoders without Llama-3 RoPE scaling, as "
-                                       "the official code trained them (needs local folders)"),
+        False,
+        "--unscaled-rope",
+        help="load Llama-3.x decoders without Llama-3 RoPE scaling, as "
+        "the official code trained them (needs local folders)",
+    ),
 ):
     """Import a released Kyutai ARC-Encoder (kyutai/ARC8_Encoder_Llama, ...)."""
     from .kyutai import import_kyutai
 
     quiet()
-    summary = _run(lambda: import_kyutai(src, dst, tokenizer, decoder or None, backbone_params,
-                                         pooling_factor, unscaled_rope))
+    summary = _run(
+        lambda: import_kyutai(src, dst, tokenizer, decoder or None, backbone_params, pooling_factor, unscaled_rope)
+    )
     typer.echo(json.dumps(summary))
 
 

@@ -70,7 +70,7 @@ class ModelArgs:
     rope_theta: float
 
     @classmethod
-    def from_dict(cls, values: dict, source: str) -> "ModelArgs":
+    def from_dict(cls, values: dict, source: str) -> ModelArgs:
         """Accept the official `ModelArgs` fields or Meta's original `params.json` (where
         `head_dim` and `hidden_dim` are derived from `dim`, `multiple_of`, `ffn_dim_multiplier`)."""
         values = dict(values)
@@ -97,8 +97,17 @@ class ModelArgs:
 
 
 # The backbone of every released encoder (spec 1); used when a folder does not say.
-LLAMA_3_2_3B = ModelArgs(dim=3072, n_layers=28, head_dim=128, hidden_dim=8192, n_heads=24,
-                         n_kv_heads=8, norm_eps=1e-5, vocab_size=128256, rope_theta=500000.0)
+LLAMA_3_2_3B = ModelArgs(
+    dim=3072,
+    n_layers=28,
+    head_dim=128,
+    hidden_dim=8192,
+    n_heads=24,
+    n_kv_heads=8,
+    norm_eps=1e-5,
+    vocab_size=128256,
+    rope_theta=500000.0,
+)
 
 
 # --------------------------------------------------------------------------------- RoPE layout
@@ -194,14 +203,16 @@ def read_official(src: str | Path) -> OfficialCheckpoint:
         embedder, bridge, unknown = {}, {}, []
         for key, value in state.items():
             if key.startswith("embedder."):
-                embedder[key[len("embedder."):]] = value
+                embedder[key[len("embedder.") :]] = value
             elif key.startswith("bridge_module."):
-                bridge[key[len("bridge_module."):]] = value
+                bridge[key[len("bridge_module.") :]] = value
             else:
                 unknown.append(key)
         if unknown:
-            raise ValueError(f"{src / HUB_WEIGHTS}: unknown key(s) {sorted(unknown)[:8]}; expected "
-                             "names starting with 'embedder.' or 'bridge_module.'")
+            raise ValueError(
+                f"{src / HUB_WEIGHTS}: unknown key(s) {sorted(unknown)[:8]}; expected "
+                "names starting with 'embedder.' or 'bridge_module.'"
+            )
         model_args = _section(config, "model_args")
         embedder_args = _section(config, "embedder_args", "embedder_params")
         bridge_args = _section(config, "bridge_args", "bridge_module")
@@ -216,8 +227,7 @@ def read_official(src: str | Path) -> OfficialCheckpoint:
         extra = _section(params, "arc_encoder") or {}
     encoder, special = _split_embedder(embedder, src)
     bridges = _split_bridge(bridge, src)
-    return OfficialCheckpoint(layout, encoder, special, bridges, model_args, embedder_args,
-                              bridge_args, extra)
+    return OfficialCheckpoint(layout, encoder, special, bridges, model_args, embedder_args, bridge_args, extra)
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)")
@@ -231,8 +241,10 @@ def _split_embedder(state: dict[str, torch.Tensor], src: Path):
         layer = _LAYER.fullmatch(key)
         tok = _SPECIAL.fullmatch(key)
         if key.startswith("mem_embeddings"):
-            raise ValueError(f"{src}: memory-token checkpoints ({key}) are not supported by this "
-                             "converter; the released encoders use pooling")
+            raise ValueError(
+                f"{src}: memory-token checkpoints ({key}) are not supported by this "
+                "converter; the released encoders use pooling"
+            )
         if key == "tok_embeddings.weight" or (layer and layer.group(2) in BLOCK_NAMES):
             encoder[key] = value
         elif tok:
@@ -255,8 +267,10 @@ def _split_bridge(state: dict[str, torch.Tensor], src: Path):
         indexed.add(match.group(1) is not None)
         bridges[(match.group(2), int(match.group(1) or 0))] = value
     if unknown:
-        raise ValueError(f"{src}: unknown projector key(s) {sorted(unknown)[:8]}; expected "
-                         "layer1.weight / layer2.weight, or {k}.layer1.weight per decoder")
+        raise ValueError(
+            f"{src}: unknown projector key(s) {sorted(unknown)[:8]}; expected "
+            "layer1.weight / layer2.weight, or {k}.layer1.weight per decoder"
+        )
     if not bridges:
         raise ValueError(f"{src}: no projector weights (bridge_module) found")
     if len(indexed) > 1:
@@ -265,13 +279,15 @@ def _split_bridge(state: dict[str, torch.Tensor], src: Path):
 
 
 # --------------------------------------------------------------------------------- checking
-def _check_tensors(found: dict[str, torch.Tensor], expected: dict[str, tuple], where: str,
-                   hint: str = "") -> None:
+def _check_tensors(found: dict[str, torch.Tensor], expected: dict[str, tuple], where: str, hint: str = "") -> None:
     """Every expected tensor present with its shape, nothing else."""
     missing = sorted(set(expected) - set(found))
     unknown = sorted(set(found) - set(expected))
-    shapes = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k].shape)}"
-              for k in sorted(expected) if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    shapes = [
+        f"{k}: expected {tuple(expected[k])}, found {tuple(found[k].shape)}"
+        for k in sorted(expected)
+        if k in found and tuple(found[k].shape) != tuple(expected[k])
+    ]
     if missing or unknown or shapes:
         raise ValueError(
             f"{where} does not match its configuration:"
@@ -285,12 +301,15 @@ def _check_tensors(found: dict[str, torch.Tensor], expected: dict[str, tuple], w
 def official_encoder_shapes(args: ModelArgs, kept: int) -> dict[str, tuple]:
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     block = {
-        "attention.wq.weight": (q, args.dim), "attention.wk.weight": (kv, args.dim),
-        "attention.wv.weight": (kv, args.dim), "attention.wo.weight": (args.dim, q),
+        "attention.wq.weight": (q, args.dim),
+        "attention.wk.weight": (kv, args.dim),
+        "attention.wv.weight": (kv, args.dim),
+        "attention.wo.weight": (args.dim, q),
         "feed_forward.w1.weight": (args.hidden_dim, args.dim),
         "feed_forward.w3.weight": (args.hidden_dim, args.dim),
         "feed_forward.w2.weight": (args.dim, args.hidden_dim),
-        "attention_norm.weight": (args.dim,), "ffn_norm.weight": (args.dim,),
+        "attention_norm.weight": (args.dim,),
+        "ffn_norm.weight": (args.dim,),
     }
     shapes = {"tok_embeddings.weight": (args.vocab_size, args.dim)}
     for i in range(kept):
@@ -306,8 +325,9 @@ def pooling_from_official(embedder_args: dict) -> tuple[str, list[int]]:
     if embedder_args.get("memory_tokens", 0):
         raise ValueError("memory-token checkpoints are not supported by this converter")
     if where != "before":
-        raise ValueError(f"pooling where={where!r} is not supported: this library pools before the "
-                         "block (where='before')")
+        raise ValueError(
+            f"pooling where={where!r} is not supported: this library pools before the block (where='before')"
+        )
     mode = pool_type.removesuffix("_pooled_queries")
     if not pool_type.endswith("_pooled_queries") or mode not in ("mean", "last"):
         raise ValueError(
@@ -317,8 +337,10 @@ def pooling_from_official(embedder_args: dict) -> tuple[str, list[int]]:
     factors = []
     for rate in embedder_args.get("compress_rates", []):
         if not isinstance(rate, int) or rate >= 0:
-            raise ValueError(f"compress rate {rate!r} is not supported: only negative rates (pool by "
-                             "|rate|, -1 = no pooling) map to pooling factors")
+            raise ValueError(
+                f"compress rate {rate!r} is not supported: only negative rates (pool by "
+                "|rate|, -1 = no pooling) map to pooling factors"
+            )
         factors.append(-rate)
     return mode, factors
 
@@ -333,8 +355,10 @@ def _default_decoders(src: Path, slots: int) -> list[str]:
             match = re.search(r"(?:^|-)arc\d+_encoder_(llama|mistral)$", part.lower())
             if match:
                 return [LLAMA_DECODER if match.group(1) == "llama" else MISTRAL_DECODER]
-    raise ValueError(f"cannot tell which decoder(s) {src} was trained for: pass --decoder "
-                     f"(one per projector; this checkpoint has {slots})")
+    raise ValueError(
+        f"cannot tell which decoder(s) {src} was trained for: pass --decoder "
+        f"(one per projector; this checkpoint has {slots})"
+    )
 
 
 def _decoder_width(decoder: str) -> int | None:
@@ -385,15 +409,26 @@ def _encoder_hf_config(args: ModelArgs, kept: int, tokenizer):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.hidden_dim,
-        num_hidden_layers=kept, num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, rms_norm_eps=args.norm_eps,
-        max_position_embeddings=MAX_POSITIONS, hidden_act="silu", attention_bias=False,
-        mlp_bias=False, tie_word_embeddings=False, use_cache=False,
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.hidden_dim,
+        num_hidden_layers=kept,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_dim,
+        rms_norm_eps=args.norm_eps,
+        max_position_embeddings=MAX_POSITIONS,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=False,
+        use_cache=False,
         # plain RoPE: the released encoders were trained without Llama-3 scaling
         rope_parameters={"rope_type": "default", "rope_theta": float(args.rope_theta)},
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, architectures=["LlamaForCausalLM"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["LlamaForCausalLM"],
     )
 
 
@@ -411,9 +446,15 @@ def _finish(staging: Path, dst: Path) -> None:
     staging.rename(dst)
 
 
-def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
-                  decoders: list[str] | None = None, backbone_params: str | Path | None = None,
-                  pooling_factor: int | None = None, unscaled_rope: bool = False) -> dict:
+def import_kyutai(
+    src: str | Path,
+    dst: str | Path,
+    tokenizer: str | Path,
+    decoders: list[str] | None = None,
+    backbone_params: str | Path | None = None,
+    pooling_factor: int | None = None,
+    unscaled_rope: bool = False,
+) -> dict:
     """Convert an official ARC-Encoder checkpoint into a folder `ARCModel.from_pretrained` loads.
 
     tokenizer: a Hugging Face tokenizer folder for the encoder (Llama-3.2-3B's for the releases).
@@ -447,11 +488,19 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
     else:
         kept = max(indices) + 1 if indices else 0
     if kept < 1:
-        raise ValueError(f"{where}: the configuration keeps no encoder block "
-                         f"(n_layers={args.n_layers}, n_truncated_layers="
-                         f"{embedder_args.get('n_truncated_layers')})")
-    hint = ("\n  (the checkpoint records no model arguments, so Llama-3.2-3B's were assumed; "
-            "pass --backbone-params with the backbone's params.json)") if assumed else ""
+        raise ValueError(
+            f"{where}: the configuration keeps no encoder block "
+            f"(n_layers={args.n_layers}, n_truncated_layers="
+            f"{embedder_args.get('n_truncated_layers')})"
+        )
+    hint = (
+        (
+            "\n  (the checkpoint records no model arguments, so Llama-3.2-3B's were assumed; "
+            "pass --backbone-params with the backbone's params.json)"
+        )
+        if assumed
+        else ""
+    )
     _check_tensors(ckpt.encoder, official_encoder_shapes(args, kept), f"{where} encoder", hint)
 
     # ---- pooling
@@ -460,12 +509,16 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
             raise ValueError(f"pooling factor must be >= 1, got {pooling_factor}")
         rates = embedder_args.get("compress_rates")
         if rates is not None and len(rates) > 1:
-            raise ValueError(f"{where} pools in {len(rates)} blocks ({rates}); a single pooling "
-                             "factor can only override a one-block schedule")
+            raise ValueError(
+                f"{where} pools in {len(rates)} blocks ({rates}); a single pooling "
+                "factor can only override a one-block schedule"
+            )
         embedder_args["compress_rates"] = [-pooling_factor]
     elif "compress_rates" not in embedder_args:
-        raise ValueError(f"{where} does not record its pooling (embedder compress_rates); pass "
-                         "--pooling-factor (8 for ARC8_*, 4 for ARC4_*)")
+        raise ValueError(
+            f"{where} does not record its pooling (embedder compress_rates); pass "
+            "--pooling-factor (8 for ARC8_*, 4 for ARC4_*)"
+        )
     mode, factors = pooling_from_official(embedder_args)
     if len(factors) > kept:
         raise ValueError(f"{where}: {len(factors)} compress rates for {kept} encoder blocks")
@@ -489,31 +542,33 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
         dims.append(out)
         bridge_shapes[f"{k}.layer1.weight"] = (bottleneck, dim)
         bridge_shapes[f"{k}.layer2.weight"] = (out, bottleneck)
-    _check_tensors({f"{k}.{name}.weight": v for (name, k), v in ckpt.bridges.items()}, bridge_shapes,
-                   f"{where} projectors")
+    _check_tensors(
+        {f"{k}.{name}.weight": v for (name, k), v in ckpt.bridges.items()}, bridge_shapes, f"{where} projectors"
+    )
     if ckpt.bridge_args:
         for name, want in (("in_dim", dim), ("hidden_dim", bottleneck), ("out_dim", dims[0])):
             have = ckpt.bridge_args.get(name)
             if have is not None and have != want:
-                raise ValueError(f"{where}: bridge {name}={have} in the configuration, but the "
-                                 f"weights say {want}")
+                raise ValueError(f"{where}: bridge {name}={have} in the configuration, but the weights say {want}")
     kinds = sorted({kind for kind, _ in ckpt.special})
     for kind, flag in (("rec", "rec_tok"), ("cont", "cont_tok")):
         if embedder_args.get(flag) is True and kind not in kinds:
-            raise ValueError(f"{where}: the configuration sets {flag} but the weights hold no "
-                             f"{flag} tensors")
+            raise ValueError(f"{where}: the configuration sets {flag} but the weights hold no {flag} tensors")
     special_shapes = {f"{kind}_tok.{k}.weight": (1, dim) for kind in kinds for k in range(slots)}
-    _check_tensors({f"{kind}_tok.{k}.weight": v for (kind, k), v in ckpt.special.items()},
-                   special_shapes, f"{where} special tokens")
+    _check_tensors(
+        {f"{kind}_tok.{k}.weight": v for (kind, k), v in ckpt.special.items()},
+        special_shapes,
+        f"{where} special tokens",
+    )
 
     # ---- decoders
     if decoders:
         # local folders are recorded as absolute paths: the model may be loaded from elsewhere
-        decoders = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().is_dir() else str(d)
-                    for d in decoders]
+        decoders = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().is_dir() else str(d) for d in decoders]
         if len(decoders) != slots:
-            raise ValueError(f"{where} has {slots} projector(s), one per decoder; got "
-                             f"{len(decoders)} --decoder value(s)")
+            raise ValueError(
+                f"{where} has {slots} projector(s), one per decoder; got {len(decoders)} --decoder value(s)"
+            )
     else:
         decoders = list(ckpt.extra.get("decoders") or []) or _default_decoders(src, slots)
         if len(decoders) != slots:
@@ -521,14 +576,14 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
     for k, (decoder, width) in enumerate(zip(decoders, dims)):
         have = _decoder_width(decoder)
         if have is not None and have != width:
-            raise ValueError(f"decoder {k} ({decoder}) has width {have}, but projector {k} of "
-                             f"{where} outputs {width}")
+            raise ValueError(f"decoder {k} ({decoder}) has width {have}, but projector {k} of {where} outputs {width}")
 
     # ---- tokenizer
     tok = AutoTokenizer.from_pretrained(str(tokenizer), split_special_tokens=True)
     if len(tok) > args.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer} has {len(tok)} tokens, more than the encoder's "
-                         f"{args.vocab_size} embeddings")
+        raise ValueError(
+            f"tokenizer {tokenizer} has {len(tok)} tokens, more than the encoder's {args.vocab_size} embeddings"
+        )
 
     # ---- our weights
     state = {"encoder.embed_tokens.weight": ckpt.encoder["tok_embeddings.weight"]}
@@ -547,8 +602,9 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
             ones = torch.ones(1, dim, dtype=ckpt.bridges[("layer1", k)].dtype)  # our init, unused
             state[f"adapters.{k}.{kind}"] = ckpt.special.get((kind, k), ones)[0].contiguous()
 
-    backbone = RELEASED_BACKBONE if args == LLAMA_3_2_3B else str(
-        ckpt.extra.get("backbone") or Path(tokenizer).resolve())
+    backbone = (
+        RELEASED_BACKBONE if args == LLAMA_3_2_3B else str(ckpt.extra.get("backbone") or Path(tokenizer).resolve())
+    )
     staging = _new_folder(dst)
     try:
         if unscaled_rope:
@@ -559,12 +615,18 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
                 if _rope_is_llama3(_read_json(folder / "config.json")):
                     unscaled_rope_view(folder, staging / "decoders" / str(k))
                     decoders[k] = str((dst / "decoders" / str(k)).resolve())
-        config = ARCConfig(backbone=backbone, drop_layers=args.n_layers - kept, causal=causal,
-                           pooling=mode, pooling_factors=factors, decoders=decoders,
-                           bottleneck=bottleneck, special_tokens=bool(kinds))
+        config = ARCConfig(
+            backbone=backbone,
+            drop_layers=args.n_layers - kept,
+            causal=causal,
+            pooling=mode,
+            pooling_factors=factors,
+            decoders=decoders,
+            bottleneck=bottleneck,
+            special_tokens=bool(kinds),
+        )
         save_file(state, str(staging / WEIGHTS_FILE))
-        meta = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "decoder_dims": dims,
-                "encoder_dim": dim}
+        meta = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "decoder_dims": dims, "encoder_dim": dim}
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         _encoder_hf_config(args, kept, tok).save_pretrained(staging / ENCODER_DIR)
         tok.save_pretrained(staging / ENCODER_DIR)
@@ -572,10 +634,19 @@ def import_kyutai(src: str | Path, dst: str | Path, tokenizer: str | Path,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"dst": str(dst), "layout": ckpt.layout, "decoders": decoders, "encoder_blocks": kept,
-            "drop_layers": args.n_layers - kept, "pooling": mode, "pooling_factors": factors,
-            "causal": causal, "bottleneck": bottleneck, "decoder_dims": dims,
-            "dtype": str(ckpt.encoder["tok_embeddings.weight"].dtype).removeprefix("torch.")}
+    return {
+        "dst": str(dst),
+        "layout": ckpt.layout,
+        "decoders": decoders,
+        "encoder_blocks": kept,
+        "drop_layers": args.n_layers - kept,
+        "pooling": mode,
+        "pooling_factors": factors,
+        "causal": causal,
+        "bottleneck": bottleneck,
+        "decoder_dims": dims,
+        "dtype": str(ckpt.encoder["tok_embeddings.weight"].dtype).removeprefix("torch."),
+    }
 
 
 # --------------------------------------------------------------------------------- export
@@ -600,8 +671,10 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
 
     # ---- what the official encoder can express
     if hf.model_type not in ("llama", "mistral"):
-        raise ValueError(f"the official ARC-Encoder code runs Llama-architecture encoders only; "
-                         f"{src} has a {hf.model_type!r} backbone")
+        raise ValueError(
+            f"the official ARC-Encoder code runs Llama-architecture encoders only; "
+            f"{src} has a {hf.model_type!r} backbone"
+        )
     if hf.model_type == "mistral" and getattr(hf, "sliding_window", None):
         raise ValueError(f"{src}: the official encoder has no sliding-window attention")
     if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
@@ -610,34 +683,47 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
         raise ValueError(f"{src}: the official encoder uses SiLU, this one {hf.hidden_act!r}")
     rope = getattr(hf, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"{src}: the official encoder has plain RoPE only, this one uses "
-                         f"{rope.get('rope_type')!r} scaling")
+        raise ValueError(
+            f"{src}: the official encoder has plain RoPE only, this one uses {rope.get('rope_type')!r} scaling"
+        )
     if config.pooling not in ("mean", "last"):
-        raise ValueError(f"{src}: pooling {config.pooling!r} cannot be exported; the official "
-                         "format here covers mean and last pooled queries")
+        raise ValueError(
+            f"{src}: pooling {config.pooling!r} cannot be exported; the official "
+            "format here covers mean and last pooled queries"
+        )
     if config.causal and any(f > 1 for f in config.pooling_factors):
-        raise ValueError(f"{src}: a causal encoder with pooling cannot be exported faithfully: the "
-                         "official pooled block masks keys differently (spec 2.3)")
+        raise ValueError(
+            f"{src}: a causal encoder with pooling cannot be exported faithfully: the "
+            "official pooled block masks keys differently (spec 2.3)"
+        )
     if config.bottleneck is None:
-        raise ValueError(f"{src}: the official projector is a two-layer bottleneck; this model has one "
-                         "linear map (bottleneck: null)")
+        raise ValueError(
+            f"{src}: the official projector is a two-layer bottleneck; this model has one linear map (bottleneck: null)"
+        )
     recipe = {"pooled_receptive_field": None, "pooled_positions": "index", "projector_input": "raw"}
     changed = {k: getattr(config, k) for k, v in recipe.items() if getattr(config, k) != v}
     if changed:
-        raise ValueError(f"{src}: the official encoder has no equivalent of {changed}; only "
-                         f"{recipe} can be exported")
+        raise ValueError(f"{src}: the official encoder has no equivalent of {changed}; only {recipe} can be exported")
     dims = list(meta["decoder_dims"])
     if len(set(dims)) > 1:
-        raise ValueError(f"{src}: the official multi-decoder projector has one output width, "
-                         f"these decoders differ ({dims})")
+        raise ValueError(
+            f"{src}: the official multi-decoder projector has one output width, these decoders differ ({dims})"
+        )
 
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     kv_heads = hf.num_key_value_heads or hf.num_attention_heads
     kept = hf.num_hidden_layers
-    args = ModelArgs(dim=hf.hidden_size, n_layers=kept + config.drop_layers, head_dim=head_dim,
-                     hidden_dim=hf.intermediate_size, n_heads=hf.num_attention_heads,
-                     n_kv_heads=kv_heads, norm_eps=float(hf.rms_norm_eps),
-                     vocab_size=hf.vocab_size, rope_theta=float(rope.get("rope_theta", 10000.0)))
+    args = ModelArgs(
+        dim=hf.hidden_size,
+        n_layers=kept + config.drop_layers,
+        head_dim=head_dim,
+        hidden_dim=hf.intermediate_size,
+        n_heads=hf.num_attention_heads,
+        n_kv_heads=kv_heads,
+        norm_eps=float(hf.rms_norm_eps),
+        vocab_size=hf.vocab_size,
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
+    )
     slots = len(config.decoders)
 
     state = _read_weights(src / WEIGHTS_FILE)
@@ -685,8 +771,12 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
             "causal_embedder": config.causal,
             "train_embedding_mtx": True,
         },
-        "bridge_module": {"bridge_type": "multi_module" if slots > 1 else "mlp",
-                          "in_dim": args.dim, "hidden_dim": config.bottleneck, "out_dim": dims[0]},
+        "bridge_module": {
+            "bridge_type": "multi_module" if slots > 1 else "mlp",
+            "in_dim": args.dim,
+            "hidden_dim": config.bottleneck,
+            "out_dim": dims[0],
+        },
         "model_args": asdict(args),
         "arc_encoder": {"backbone": config.backbone, "decoders": config.decoders},
     }
@@ -701,5 +791,10 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"dst": str(dst), "encoder_blocks": kept, "decoders": config.decoders,
-            "compress_rates": params["embedder_params"]["compress_rates"], "dtype": dtype}
+    return {
+        "dst": str(dst),
+        "encoder_blocks": kept,
+        "decoders": config.decoders,
+        "compress_rates": params["embedder_params"]["compress_rates"],
+        "dtype": dtype,
+    }

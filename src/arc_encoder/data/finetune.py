@@ -89,7 +89,6 @@ class FinetuneDataConfig(DictConfig):
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
 
 
-
 # ----------------------------------------------------------------------------------- records
 
 
@@ -168,8 +167,10 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
     for shot in [*shots, current]:
         for text in (shot.question, shot.answer, shot.instruction or ""):
             if "\ue000" in text or "\ue001" in text:
-                raise BadRecord(f"{shot.where}: text holds private-use characters U+E000/U+E001, "
-                                "which chat mode reserves to place documents")
+                raise BadRecord(
+                    f"{shot.where}: text holds private-use characters U+E000/U+E001, "
+                    "which chat mode reserves to place documents"
+                )
     marks = [DOC_MARK.format(i) for i in range(len(shots) + 1)]
     parts = [f"{FIRST_PIECE}{marks[i]}{_qa(s.question)} {s.answer}\n\n" for i, s in enumerate(shots)]
     lead = ""
@@ -184,10 +185,13 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
     user = {"role": "user", "content": message}
     prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True) + lead
     full = tokenizer.apply_chat_template(
-        [user, {"role": "assistant", "content": lead + current.answer}], tokenize=False)
+        [user, {"role": "assistant", "content": lead + current.answer}], tokenize=False
+    )
     if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the reply right after the generation "
-                         "prompt; chat mode cannot tell the reply's tokens apart")
+        raise ValueError(
+            "the chat template does not render the reply right after the generation "
+            "prompt; chat mode cannot tell the reply's tokens apart"
+        )
     texts, rest = [], prompt
     for mark in marks:
         if rest.count(mark) != 1:
@@ -195,7 +199,7 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
         before, rest = rest.split(mark)
         texts.append(before)
     texts.append(rest)
-    return texts, full[len(prompt):]
+    return texts, full[len(prompt) :]
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -208,8 +212,9 @@ class FinetuneData:
     decoder 0, `data.next_batch(k)` one for decoder k, tokenized from the text with its tokenizer.
     """
 
-    def __init__(self, config: FinetuneDataConfig, encoder_tokenizer, decoder_tokenizer,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, config: FinetuneDataConfig, encoder_tokenizer, decoder_tokenizer, rank: int = 0, world_size: int = 1
+    ):
         if isinstance(config, dict):
             config = FinetuneDataConfig.from_dict(config)
         self.config, self.rank, self.world_size = config, rank, world_size
@@ -219,8 +224,16 @@ class FinetuneData:
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers
         self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
-        self.stream = open_mixture(config.sources, parse_example, rank, world_size, config.loop,
-                                   config.on_bad_line, config.shuffle_buffer, config.seed)
+        self.stream = open_mixture(
+            config.sources,
+            parse_example,
+            rank,
+            world_size,
+            config.loop,
+            config.on_bad_line,
+            config.shuffle_buffer,
+            config.seed,
+        )
         self.rng = seeded_rng(config.seed, rank, "finetune")
         self.shots = [deque(maxlen=self._n_shots(s)) for s in config.sources]
         self.exhausted = False
@@ -254,15 +267,25 @@ class FinetuneData:
         size = c.chunk_tokens or c.max_doc_tokens
         limit = c.chunk_tokens * c.max_chunks if c.chunk_tokens else c.max_doc_tokens
         if len(ids) > limit:
-            what = (f"{c.max_chunks} chunks of {c.chunk_tokens} tokens" if c.chunk_tokens
-                    else f"max_doc_tokens={c.max_doc_tokens}")
+            what = (
+                f"{c.max_chunks} chunks of {c.chunk_tokens} tokens"
+                if c.chunk_tokens
+                else f"max_doc_tokens={c.max_doc_tokens}"
+            )
             if c.too_long == "error":
-                raise ValueError(f"{where}: document of {len(ids)} encoder tokens exceeds {what}; "
-                                 "raise the limit or set too_long='truncate'")
+                raise ValueError(
+                    f"{where}: document of {len(ids)} encoder tokens exceeds {what}; "
+                    "raise the limit or set too_long='truncate'"
+                )
             self.stats["truncated"] += 1
             if self.stats["truncated"] in (1, 10, 100, 1000, 10000):  # logged, never silent
-                log.warning("%s: document of %d encoder tokens cut to %s (%d cut(s) so far)",
-                            where, len(ids), what, self.stats["truncated"])
+                log.warning(
+                    "%s: document of %d encoder tokens cut to %s (%d cut(s) so far)",
+                    where,
+                    len(ids),
+                    what,
+                    self.stats["truncated"],
+                )
             ids = ids[:limit]
         return [ids[i : i + size] for i in range(0, len(ids), size)]
 
@@ -298,8 +321,7 @@ class FinetuneData:
         source, record = next(self.stream)
         current = self.read(record.value, record.where)
         buffer = self.shots[source]
-        shots = [s for s in buffer
-                 if (s.question, s.document) != (current.question, current.document)]
+        shots = [s for s in buffer if (s.question, s.document) != (current.question, current.document)]
         sample = self.build(shots, current, decoder)
         buffer.append(current)
         self.stats["examples"] += 1
@@ -307,8 +329,10 @@ class FinetuneData:
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
-            raise ValueError(f"decoder {decoder!r} does not exist; this pipeline has "
-                             f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
+            raise ValueError(
+                f"decoder {decoder!r} does not exist; this pipeline has "
+                f"{len(self.decoder_tokenizers)} decoder tokenizer(s)"
+            )
         samples = []
         while len(samples) < self.config.batch_size and not self.exhausted:
             try:
@@ -322,19 +346,30 @@ class FinetuneData:
     # ------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
         return {
-            "config": self.config.to_dict(), "rank": self.rank, "world_size": self.world_size,
-            "decoders": len(self.decoder_tokenizers), "stream": self.stream.state_dict(),
-            "rng": rng_state(self.rng), "exhausted": self.exhausted,
+            "config": self.config.to_dict(),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "decoders": len(self.decoder_tokenizers),
+            "stream": self.stream.state_dict(),
+            "rng": rng_state(self.rng),
+            "exhausted": self.exhausted,
             "shots": [[dataclasses.asdict(s) for s in buffer] for buffer in self.shots],
             "stats": dict(self.stats),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        check_same_run(state, self.config.to_dict(), self.rank, self.world_size,
-                       len(self.decoder_tokenizers), resumable_changes=("batch_size", "on_bad_line"))
+        check_same_run(
+            state,
+            self.config.to_dict(),
+            self.rank,
+            self.world_size,
+            len(self.decoder_tokenizers),
+            resumable_changes=("batch_size", "on_bad_line"),
+        )
         self.stream.load_state_dict(state["stream"])
         set_rng_state(self.rng, state["rng"])
         self.exhausted = state["exhausted"]
-        self.shots = [deque((Shot(**s) for s in saved), maxlen=buffer.maxlen)
-                      for buffer, saved in zip(self.shots, state["shots"])]
+        self.shots = [
+            deque((Shot(**s) for s in saved), maxlen=buffer.maxlen) for buffer, saved in zip(self.shots, state["shots"])
+        ]
         self.stats = dict(state["stats"])

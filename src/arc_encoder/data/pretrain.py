@@ -31,7 +31,13 @@ from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
 from .sources import check_reading_options, open_mixture, parse_sources, seeded_rng, text_field
 from .tokens import (
-    DecoderText, EncoderView, added_prefix, decoder_text, decoder_tokenizers, sample_from_dict, sample_to_dict,
+    DecoderText,
+    EncoderView,
+    added_prefix,
+    decoder_text,
+    decoder_tokenizers,
+    sample_from_dict,
+    sample_to_dict,
 )
 
 PRETRAIN_TASKS = ("reconstruction", "continuation")
@@ -102,7 +108,6 @@ class PretrainDataConfig(DictConfig):
             raise ValueError("curriculum_batches is set but curriculum (the span lengths) is empty")
 
 
-
 # ----------------------------------------------------------------------------------- cutting
 
 
@@ -132,8 +137,9 @@ def continuation_plan(n: int, compress: int, target: int, prefix: int) -> list[t
     return pieces
 
 
-def reconstruction_samples(doc: DecoderText, encoder: EncoderView, seq_len: int,
-                           min_encoder_tokens: int = 2) -> list[Sample]:
+def reconstruction_samples(
+    doc: DecoderText, encoder: EncoderView, seq_len: int, min_encoder_tokens: int = 2
+) -> list[Sample]:
     samples = []
     for a, b in reconstruction_plan(len(doc.ids), seq_len):
         segment = encoder.ids(doc, a, b)
@@ -144,8 +150,9 @@ def reconstruction_samples(doc: DecoderText, encoder: EncoderView, seq_len: int,
     return samples
 
 
-def continuation_samples(doc: DecoderText, encoder: EncoderView, compress: int, target: int,
-                         prefix: int, min_encoder_tokens: int = 2) -> list[Sample]:
+def continuation_samples(
+    doc: DecoderText, encoder: EncoderView, compress: int, target: int, prefix: int, min_encoder_tokens: int = 2
+) -> list[Sample]:
     samples = []
     for p, c, d, e in continuation_plan(len(doc.ids), compress, target, prefix):
         if len(set(doc.ids[c:d])) == 1:
@@ -185,8 +192,9 @@ class PretrainData:
     `next(data)` gives a batch for decoder 0, `data.next_batch(k)` one for decoder k.
     """
 
-    def __init__(self, config: PretrainDataConfig, encoder_tokenizer, decoder_tokenizer,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, config: PretrainDataConfig, encoder_tokenizer, decoder_tokenizer, rank: int = 0, world_size: int = 1
+    ):
         if isinstance(config, dict):
             config = PretrainDataConfig.from_dict(config)
         self.config, self.rank, self.world_size = config, rank, world_size
@@ -194,8 +202,16 @@ class PretrainData:
         self.decoder_tokenizers = tokenizers
         self.decoder_bos = [added_prefix(t) for t in tokenizers]
         self.encoder = EncoderView(encoder_tokenizer, config.encoder_special_tokens)
-        self.stream = open_mixture(config.sources, text_field(config.text_field), rank, world_size,
-                                   config.loop, config.on_bad_line, config.shuffle_buffer, config.seed)
+        self.stream = open_mixture(
+            config.sources,
+            text_field(config.text_field),
+            rank,
+            world_size,
+            config.loop,
+            config.on_bad_line,
+            config.shuffle_buffer,
+            config.seed,
+        )
         self.task_rng = seeded_rng(config.seed, rank, "task")
         # Samples waiting for a full batch, per task; reconstruction spans per curriculum length.
         self.pending = [{t: [] for t in PRETRAIN_TASKS} for _ in tokenizers]
@@ -226,8 +242,9 @@ class PretrainData:
             samples = reconstruction_samples(doc, self.encoder, seq_len or c.seq_len, c.min_encoder_tokens)
         else:
             prefix = c.prefix_tokens if c.prefix else 0
-            samples = continuation_samples(doc, self.encoder, c.compress_tokens, c.target_tokens, prefix,
-                                           c.min_encoder_tokens)
+            samples = continuation_samples(
+                doc, self.encoder, c.compress_tokens, c.target_tokens, prefix, c.min_encoder_tokens
+            )
         return samples[: c.samples_per_document] if c.samples_per_document else samples
 
     def _draw(self) -> tuple[str, int]:
@@ -251,8 +268,10 @@ class PretrainData:
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
-            raise ValueError(f"decoder {decoder!r} does not exist; this pipeline has "
-                             f"{len(self.decoder_tokenizers)} decoder tokenizer(s)")
+            raise ValueError(
+                f"decoder {decoder!r} does not exist; this pipeline has "
+                f"{len(self.decoder_tokenizers)} decoder tokenizer(s)"
+            )
         ready, pending = self.ready[decoder], self.pending[decoder]
         budget = self.config.batch_size * self.config.seq_len  # decoder tokens per reconstruction batch
         barren = 0
@@ -273,8 +292,10 @@ class PretrainData:
             samples = self.document_samples(record.value, task, decoder, seq_len)
             barren = 0 if samples else barren + 1
             if barren == MAX_BARREN_DOCUMENTS:
-                raise ValueError(f"{barren} documents in a row gave no sample (the last: {record.where}); "
-                                 "are the documents shorter than 2 tokens?")
+                raise ValueError(
+                    f"{barren} documents in a row gave no sample (the last: {record.where}); "
+                    "are the documents shorter than 2 tokens?"
+                )
             self.stats["documents"][task] += 1
             self.stats["samples"][task] += len(samples)
             queue = pending.setdefault(self._queue_key(task, seq_len), [])
@@ -296,25 +317,38 @@ class PretrainData:
     # ------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
         return {
-            "config": self.config.to_dict(), "rank": self.rank, "world_size": self.world_size,
-            "decoders": len(self.decoder_tokenizers), "stream": self.stream.state_dict(),
-            "task_rng": rng_state(self.task_rng), "exhausted": self.exhausted,
+            "config": self.config.to_dict(),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "decoders": len(self.decoder_tokenizers),
+            "stream": self.stream.state_dict(),
+            "task_rng": rng_state(self.task_rng),
+            "exhausted": self.exhausted,
             "pending": [{k: [sample_to_dict(s) for s in v] for k, v in q.items()} for q in self.pending],
-            "served": self.served, "seen": sorted(self.seen),
-            "ready": [[{"task": b.task, "samples": [sample_to_dict(s) for s in b.samples]} for b in r]
-                      for r in self.ready],
+            "served": self.served,
+            "seen": sorted(self.seen),
+            "ready": [
+                [{"task": b.task, "samples": [sample_to_dict(s) for s in b.samples]} for b in r] for r in self.ready
+            ],
             "stats": {k: dict(v) for k, v in self.stats.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        check_same_run(state, self.config.to_dict(), self.rank, self.world_size,
-                       len(self.decoder_tokenizers), resumable_changes=("batch_size", "on_bad_line"))
+        check_same_run(
+            state,
+            self.config.to_dict(),
+            self.rank,
+            self.world_size,
+            len(self.decoder_tokenizers),
+            resumable_changes=("batch_size", "on_bad_line"),
+        )
         self.stream.load_state_dict(state["stream"])
         set_rng_state(self.task_rng, state["task_rng"])
         self.exhausted = state["exhausted"]
         self.pending = [{k: [sample_from_dict(s) for s in v] for k, v in q.items()} for q in state["pending"]]
         self.served = state.get("served", 0)
         self.seen = set(state.get("seen", []))
-        self.ready = [deque(Batch([sample_from_dict(s) for s in b["samples"]], b["task"]) for b in r)
-                      for r in state["ready"]]
+        self.ready = [
+            deque(Batch([sample_from_dict(s) for s in b["samples"]], b["task"]) for b in r) for r in state["ready"]
+        ]
         self.stats = {k: dict(v) for k, v in state["stats"].items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def rng_state(rng: random.Random) -> list:
@@ -17,15 +17,20 @@ def set_rng_state(rng: random.Random, state: Sequence) -> None:
     rng.setstate((version, tuple(internal), gauss))
 
 
-def check_same_run(state: dict, config: dict, rank: int, world_size: int, decoders: int,
-                   resumable_changes: tuple[str, ...] = ()) -> None:
+def check_same_run(
+    state: dict, config: dict, rank: int, world_size: int, decoders: int, resumable_changes: tuple[str, ...] = ()
+) -> None:
     """Refuse to resume a data pipeline into a different one: its positions would mean nothing."""
     if (state["rank"], state["world_size"]) != (rank, world_size):
-        raise ValueError(f"data state was saved by rank {state['rank']} of {state['world_size']}, "
-                         f"cannot resume it as rank {rank} of {world_size}")
+        raise ValueError(
+            f"data state was saved by rank {state['rank']} of {state['world_size']}, "
+            f"cannot resume it as rank {rank} of {world_size}"
+        )
     if state["decoders"] != decoders:
         raise ValueError(f"data state was saved for {state['decoders']} decoder(s), this pipeline has {decoders}")
     changed = sorted(k for k in config if k not in resumable_changes and state["config"].get(k) != config[k])
     if changed:
-        raise ValueError(f"data config changed since the state was saved ({', '.join(changed)}); "
-                         "resuming would not continue the same stream")
+        raise ValueError(
+            f"data config changed since the state was saved ({', '.join(changed)}); "
+            "resuming would not continue the same stream"
+        )

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from ..records import json_object
 from .resume import rng_state, set_rng_state
@@ -146,8 +147,15 @@ def list_files(path: Path) -> list[Path]:
 class FileStream:
     """Records of one file or folder, for one rank: loops over epochs, or stops after one pass."""
 
-    def __init__(self, path: str | Path, parse: Callable[[dict, str], Any], rank: int = 0,
-                 world_size: int = 1, loop: bool = True, on_bad_line: str = "error"):
+    def __init__(
+        self,
+        path: str | Path,
+        parse: Callable[[dict, str], Any],
+        rank: int = 0,
+        world_size: int = 1,
+        loop: bool = True,
+        on_bad_line: str = "error",
+    ):
         self.files = list_files(Path(path))
         self.name = str(path)
         self.parse, self.rank, self.world_size, self.loop = parse, rank, world_size, loop
@@ -201,7 +209,8 @@ class FileStream:
         if s["kept"] == 0:
             raise ValueError(
                 f"{self.name}: no usable record for rank {self.rank} of {self.world_size} "
-                f"({s['index']} record(s) in the source, {s['bad']} bad)")
+                f"({s['index']} record(s) in the source, {s['bad']} bad)"
+            )
         if not self.loop:
             raise StopIteration
         s.update(epoch=s["epoch"] + 1, file=0, offset=0, line=0, index=0, kept=0, bad=0)
@@ -268,9 +277,12 @@ class FileStream:
         state = dict(state)
         path = state.pop("path", None)
         if state["file"] > len(self.files) or (
-                state["file"] < len(self.files) and str(self.files[state["file"]]) != path):
-            raise ValueError(f"{self.name}: the saved position is in {path}, which is not file "
-                             f"{state['file']} of this source any more; its files changed")
+            state["file"] < len(self.files) and str(self.files[state["file"]]) != path
+        ):
+            raise ValueError(
+                f"{self.name}: the saved position is in {path}, which is not file "
+                f"{state['file']} of this source any more; its files changed"
+            )
         self._close()
         self.state = state
 
@@ -278,8 +290,15 @@ class FileStream:
 class DatasetStream:
     """Rows of a Hugging Face `datasets` data set (saved folder or hub name), for one rank."""
 
-    def __init__(self, spec: SourceSpec, parse: Callable[[dict, str], Any], rank: int = 0,
-                 world_size: int = 1, loop: bool = True, on_bad_line: str = "error"):
+    def __init__(
+        self,
+        spec: SourceSpec,
+        parse: Callable[[dict, str], Any],
+        rank: int = 0,
+        world_size: int = 1,
+        loop: bool = True,
+        on_bad_line: str = "error",
+    ):
         try:
             import datasets
         except ImportError:
@@ -287,7 +306,7 @@ class DatasetStream:
                 f"reading {spec.path} needs the `datasets` package: pip install 'arc-encoder[data]'"
             ) from None
         if spec.path.startswith(HUB_PREFIX):
-            hub_name = spec.path[len(HUB_PREFIX):]
+            hub_name = spec.path[len(HUB_PREFIX) :]
             data = datasets.load_dataset(hub_name, spec.name, split=spec.split)
         else:
             data = datasets.load_from_disk(spec.path)
@@ -348,7 +367,8 @@ class DatasetStream:
 def is_dataset(spec: SourceSpec) -> bool:
     path = Path(spec.path)
     return spec.path.startswith(HUB_PREFIX) or (
-        path.is_dir() and any((path / m).is_file() for m in SAVED_DATASET_MARKERS))
+        path.is_dir() and any((path / m).is_file() for m in SAVED_DATASET_MARKERS)
+    )
 
 
 class ShuffleBuffer:
@@ -379,8 +399,12 @@ class ShuffleBuffer:
         return self.inner.epoch
 
     def state_dict(self) -> dict:
-        return dict(inner=self.inner.state_dict(), rng=rng_state(self.rng),
-                    buffer=[[r.value, r.where] for r in self.buffer], exhausted=self.exhausted)
+        return dict(
+            inner=self.inner.state_dict(),
+            rng=rng_state(self.rng),
+            buffer=[[r.value, r.where] for r in self.buffer],
+            exhausted=self.exhausted,
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state["inner"])
@@ -389,8 +413,16 @@ class ShuffleBuffer:
         self.exhausted = state["exhausted"]
 
 
-def open_source(spec: SourceSpec, parse: Callable[[dict, str], Any], rank: int = 0, world_size: int = 1,
-                loop: bool = True, on_bad_line: str = "error", shuffle_buffer: int = 0, seed: int = 0):
+def open_source(
+    spec: SourceSpec,
+    parse: Callable[[dict, str], Any],
+    rank: int = 0,
+    world_size: int = 1,
+    loop: bool = True,
+    on_bad_line: str = "error",
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+):
     """One source's record stream; shuffled through a buffer when `shuffle_buffer` > 0."""
     if on_bad_line not in BAD_LINE_POLICIES:
         raise ValueError(f"on_bad_line must be one of {BAD_LINE_POLICIES}, got {on_bad_line!r}")
@@ -438,8 +470,7 @@ class Mixture:
         return [s.epoch for s in self.streams]
 
     def state_dict(self) -> dict:
-        return dict(rng=rng_state(self.rng), active=list(self.active),
-                    streams=[s.state_dict() for s in self.streams])
+        return dict(rng=rng_state(self.rng), active=list(self.active), streams=[s.state_dict() for s in self.streams])
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["streams"]) != len(self.streams):
@@ -450,8 +481,16 @@ class Mixture:
             stream.load_state_dict(s)
 
 
-def open_mixture(specs: list[SourceSpec], parse: Callable[[dict, str], Any], rank: int, world_size: int,
-                 loop: bool, on_bad_line: str, shuffle_buffer: int, seed: int) -> Mixture:
+def open_mixture(
+    specs: list[SourceSpec],
+    parse: Callable[[dict, str], Any],
+    rank: int,
+    world_size: int,
+    loop: bool,
+    on_bad_line: str,
+    shuffle_buffer: int,
+    seed: int,
+) -> Mixture:
     streams = [open_source(s, parse, rank, world_size, loop, on_bad_line, shuffle_buffer, seed) for s in specs]
     return Mixture(streams, [s.weight for s in specs], seeded_rng(seed, rank, "mixture"))
 

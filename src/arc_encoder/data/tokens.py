@@ -98,8 +98,12 @@ class EncoderView:
 
 
 def sample_to_dict(sample: Sample) -> dict:
-    return dict(text_ids=list(sample.text_ids), segments=[list(s) for s in sample.segments],
-                offsets=list(sample.offsets), targets=None if sample.targets is None else list(sample.targets))
+    return dict(
+        text_ids=list(sample.text_ids),
+        segments=[list(s) for s in sample.segments],
+        offsets=list(sample.offsets),
+        targets=None if sample.targets is None else list(sample.targets),
+    )
 
 
 def sample_from_dict(values: dict) -> Sample:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -21,27 +20,43 @@ DECODER_ONLY = ("closed", "open")
 
 
 def eval_command(
-    model: List[str] = typer.Option(..., "--model", help="saved model folder or preset; repeat to compare models (e.g. x4 and x8)"),
+    model: list[str] = typer.Option(
+        ..., "--model", help="saved model folder or preset; repeat to compare models (e.g. x4 and x8)"
+    ),
     task: str = typer.Option(..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn or flores-<language>"),
     data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory)"),
-    methods: str = typer.Option("closed,open,arc,truncate", help="comma-separated: closed, open, arc, mismatched, truncate, llmlingua"),
+    methods: str = typer.Option(
+        "closed,open,arc,truncate", help="comma-separated: closed, open, arc, mismatched, truncate, llmlingua"
+    ),
     shots: int = typer.Option(5, help="fixed in-context examples, drawn from the data and never scored"),
-    limit: Optional[int] = typer.Option(None, help="score only the first N remaining examples"),
+    limit: int | None = typer.Option(None, help="score only the first N remaining examples"),
     shuffle: bool = typer.Option(False, help="shuffle the scored examples (with --seed) before --limit"),
     seed: int = typer.Option(0, help="seed of the shot draw and of --shuffle"),
     decoder: int = typer.Option(0, help="index of the decoder to evaluate"),
     batch_size: int = typer.Option(8, help="prompts generated together"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="default 64 (256 for cnn)"),
-    chunk_size: Optional[int] = typer.Option(None, help="compress documents longer than this many encoder tokens in chunks"),
-    max_chunks: Optional[int] = typer.Option(None, help="most chunks per document"),
+    max_new_tokens: int | None = typer.Option(None, help="default 64 (256 for cnn)"),
+    chunk_size: int | None = typer.Option(
+        None, help="compress documents longer than this many encoder tokens in chunks"
+    ),
+    max_chunks: int | None = typer.Option(None, help="most chunks per document"),
     n_passages: int = typer.Option(1, help="retrieved passages per question (nq, triviaqa)"),
-    llmlingua_rate: Optional[float] = typer.Option(None, help="share of tokens LLMLingua keeps (default 1 / pooling factor)"),
-    llmlingua_scorer: Optional[str] = typer.Option(None, help="causal LM scoring tokens for LLMLingua-1 (default: the embedded SmolLM2)"),
-    llmlingua2_model: Optional[str] = typer.Option(None, help="LLMLingua-2 token-classifier folder (switches to LLMLingua-2)"),
-    content: bool = typer.Option(False, help="also measure how much of each document the vectors carry: held-out losses with the right, a mismatched, no and the raw document on the task's passages (evaluation/content.py)"),
+    llmlingua_rate: float | None = typer.Option(
+        None, help="share of tokens LLMLingua keeps (default 1 / pooling factor)"
+    ),
+    llmlingua_scorer: str | None = typer.Option(
+        None, help="causal LM scoring tokens for LLMLingua-1 (default: the embedded SmolLM2)"
+    ),
+    llmlingua2_model: str | None = typer.Option(
+        None, help="LLMLingua-2 token-classifier folder (switches to LLMLingua-2)"
+    ),
+    content: bool = typer.Option(
+        False,
+        help="also measure how much of each document the vectors carry: held-out losses with the right, "
+        "a mismatched, no and the raw document on the task's passages (evaluation/content.py)",
+    ),
     content_span: int = typer.Option(32, help="decoder tokens per reconstruction/continuation span for --content"),
-    out: Optional[Path] = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
+    out: Path | None = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
@@ -64,22 +79,35 @@ def eval_command(
         raise typer.BadParameter(str(err)) from None
 
     runs = []
-    for i, name in enumerate(model):
+    for name in model:
         arc = load_model(name)
         if chunk_size is not None:
             arc.config.chunk_tokens = chunk_size
         if max_chunks is not None:
             arc.config.max_chunks = max_chunks
         shared = None
-        if runs and arc.config.decoders[decoder:decoder + 1] == [runs[0]["config"]["decoder_name"]]:
+        if runs and arc.config.decoders[decoder : decoder + 1] == [runs[0]["config"]["decoder_name"]]:
             shared = runs[0]
         todo = [m for m in names if shared is None or m not in DECODER_ONLY]
         start = time.perf_counter()
         try:
-            run = evaluate(arc, task, examples, todo, shots=shots, limit=limit, seed=seed,
-                           batch_size=batch_size, decoder=decoder, max_new_tokens=max_new_tokens,
-                           llmlingua_rate=llmlingua_rate, llmlingua_scorer=llmlingua_scorer,
-                           llmlingua2_model=llmlingua2_model, shuffle=shuffle, progress=progress)
+            run = evaluate(
+                arc,
+                task,
+                examples,
+                todo,
+                shots=shots,
+                limit=limit,
+                seed=seed,
+                batch_size=batch_size,
+                decoder=decoder,
+                max_new_tokens=max_new_tokens,
+                llmlingua_rate=llmlingua_rate,
+                llmlingua_scorer=llmlingua_scorer,
+                llmlingua2_model=llmlingua2_model,
+                shuffle=shuffle,
+                progress=progress,
+            )
         except (ValueError, ImportError) as err:
             raise typer.BadParameter(str(err)) from None
         if shared is not None:
@@ -105,8 +133,9 @@ def eval_command(
 
 def measure_content(arc, examples, span: int, decoder: int, limit: int | None) -> dict:
     passages = [p for e in examples[: limit or len(examples)] for p in e.passages[:1]]
-    return content_report(arc, text_batches(arc, passages, span, decoder), decoder,
-                          reconstruct=list(dict.fromkeys(passages))[:3])
+    return content_report(
+        arc, text_batches(arc, passages, span, decoder), decoder, reconstruct=list(dict.fromkeys(passages))[:3]
+    )
 
 
 def _with_shared(run: dict, shared: dict, order: list[str], task: str) -> dict:

@@ -19,7 +19,7 @@ Training (`Trainer.evaluate`), the quickstart, `arc-encoder eval --content` and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -69,17 +69,22 @@ def distinct_documents(samples: list[Sample]) -> list[Sample]:
     return out
 
 
-def condition_samples(samples: list[Sample], arc, decoder: int,
-                      conditions: tuple[str, ...] = CONDITIONS) -> dict[str, list[Sample]]:
-    build = {"right": lambda: samples, "mismatched": lambda: mismatched(samples),
-             "none": lambda: [without_documents(s) for s in samples],
-             "text": lambda: [documents_as_text(s, arc, decoder) for s in samples]}
+def condition_samples(
+    samples: list[Sample], arc, decoder: int, conditions: tuple[str, ...] = CONDITIONS
+) -> dict[str, list[Sample]]:
+    build = {
+        "right": lambda: samples,
+        "mismatched": lambda: mismatched(samples),
+        "none": lambda: [without_documents(s) for s in samples],
+        "text": lambda: [documents_as_text(s, arc, decoder) for s in samples],
+    }
     return {c: build[c]() for c in conditions}
 
 
 @torch.no_grad()
-def content_sums(loss_fn: LossFn, arc, batches, decoder: int = 0, batch_size: int = 8,
-                 conditions: tuple[str, ...] = CONDITIONS) -> dict[str, torch.Tensor]:
+def content_sums(
+    loss_fn: LossFn, arc, batches, decoder: int = 0, batch_size: int = 8, conditions: tuple[str, ...] = CONDITIONS
+) -> dict[str, torch.Tensor]:
     """{"task/condition": float64 [loss sum, supervised tokens, correct tokens]} over held-out
     batches, one sample per distinct document. Sums, so data-parallel ranks can add them up."""
     by_task: dict[str, tuple[str, list[Sample]]] = {}
@@ -152,7 +157,7 @@ def summary_from_flat(flat: dict[str, float], decoder: int = 0) -> dict[str, dic
     for key, value in flat.items():
         if not key.startswith(prefix):
             continue
-        task, _, name = key[len(prefix):].partition("/")
+        task, _, name = key[len(prefix) :].partition("/")
         out.setdefault(task, {})[name or "right"] = value
     return out
 
@@ -167,13 +172,19 @@ def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int
     for text, c in zip(texts, compressed):
         budget = min(max_new_tokens, c.document_tokens + 8)
         generated = arc.generate([[c]], decoder=decoder, max_new_tokens=budget, special="rec")[0].text
-        out.append({"original": text, "reconstruction": generated, "rouge_l": rouge_l(generated, text),
-                    "tokens": c.document_tokens, "vectors": c.n_vectors})
+        out.append(
+            {
+                "original": text,
+                "reconstruction": generated,
+                "rouge_l": rouge_l(generated, text),
+                "tokens": c.document_tokens,
+                "vectors": c.n_vectors,
+            }
+        )
     return out
 
 
-def content_report(arc, batches, decoder: int = 0, reconstruct: list[str] | None = None,
-                   batch_size: int = 8) -> dict:
+def content_report(arc, batches, decoder: int = 0, reconstruct: list[str] | None = None, batch_size: int = 8) -> dict:
     """The whole measurement for one model: losses, gaps, accuracies, and reconstructions."""
     was_training = arc.training
     arc.eval()
@@ -196,10 +207,12 @@ def describe(summary: dict[str, dict[str, float]]) -> list[str]:
     for task, row in summary.items():
         if "gap" not in row:
             continue
-        line = (f"{task}: the vectors carry {row['gap']:.2f} nats per token of their own document "
-                f"(loss {row['right']:.2f} with it, {row['mismatched']:.2f} with another's, "
-                f"{row.get('none', float('nan')):.2f} with none, {row.get('text', float('nan')):.2f} "
-                f"reading the text)")
+        line = (
+            f"{task}: the vectors carry {row['gap']:.2f} nats per token of their own document "
+            f"(loss {row['right']:.2f} with it, {row['mismatched']:.2f} with another's, "
+            f"{row.get('none', float('nan')):.2f} with none, {row.get('text', float('nan')):.2f} "
+            f"reading the text)"
+        )
         if "accuracy" in row:
             line += f"; next-token accuracy {row['accuracy']:.0%} (no document: {row['accuracy_none']:.0%})"
         lines.append(line)

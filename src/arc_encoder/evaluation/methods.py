@@ -22,8 +22,8 @@ which the runner times.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
 from arc_encoder.evaluation.tasks import Example
@@ -124,11 +124,13 @@ class TextMethod(Method):
             # An example whose document is also a shot's must still pay for its own rewrite.
             lookup = {**self.shot_texts, **own}
             text = doc_as_text(arc_prompt(self.shots, ex), lambda t: lookup[t])
-            built.append(BuiltPrompt(
-                [text],
-                sum(self.count_tokens(t) for t in own),
-                sum(self.positions(t, r) for t, r in own.items()),
-            ))
+            built.append(
+                BuiltPrompt(
+                    [text],
+                    sum(self.count_tokens(t) for t in own),
+                    sum(self.positions(t, r) for t, r in own.items()),
+                )
+            )
         return built
 
     def positions(self, original: str, rewritten: str) -> int:
@@ -180,13 +182,13 @@ class ARC(Method):
             own = {t: next(found) for t in texts}
             lookup = {**self.shot_vectors, **own}
             parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(self.shots, ex)]
-            built.append(BuiltPrompt(parts, sum(c.document_tokens for c in own.values()),
-                                     sum(c.n_vectors for c in own.values())))
+            built.append(
+                BuiltPrompt(parts, sum(c.document_tokens for c in own.values()), sum(c.n_vectors for c in own.values()))
+            )
         return built
 
     def describe(self):
-        return {"pooling_factors": list(self.model.config.pooling_factors),
-                "pooling": self.model.config.pooling}
+        return {"pooling_factors": list(self.model.config.pooling_factors), "pooling": self.model.config.pooling}
 
 
 class MismatchedARC(ARC):
@@ -207,7 +209,7 @@ class MismatchedARC(ARC):
         for p in passages:
             if p not in self.seen:
                 self.seen.insert(0, p)
-        del self.seen[self.REMEMBERED:]
+        del self.seen[self.REMEMBERED :]
 
     def prompts(self, examples):
         swapped = []
@@ -215,8 +217,10 @@ class MismatchedARC(ARC):
             others = [examples[(i + k) % len(examples)].passages for k in range(1, len(examples))]
             passages = next((p for p in others + self.seen if p != ex.passages), None)
             if passages is None:
-                raise ValueError("the mismatched control needs another document to swap in: "
-                                 "give it a batch of different documents or a shot")
+                raise ValueError(
+                    "the mismatched control needs another document to swap in: "
+                    "give it a batch of different documents or a shot"
+                )
             swapped.append(replace(ex, passages=passages))
         self._remember([ex.passages for ex in examples])  # the last one ends up first
         return super().prompts(swapped)
@@ -233,12 +237,16 @@ class StoredARC(ARC):
         from arc_encoder.storage.indexing import IndexSettings
 
         if store.fingerprint != model.fingerprint():
-            raise ValueError(f"store {store.path} holds vectors of model {store.fingerprint}, "
-                             f"not of this model ({model.fingerprint()})")
+            raise ValueError(
+                f"store {store.path} holds vectors of model {store.fingerprint}, "
+                f"not of this model ({model.fingerprint()})"
+            )
         settings = IndexSettings.load(store.path)
         if settings is not None and settings.decoder != decoder:
-            raise ValueError(f"store {store.path} holds vectors for decoder {settings.decoder} "
-                             f"({settings.decoder_name}), not decoder {decoder}")
+            raise ValueError(
+                f"store {store.path} holds vectors for decoder {settings.decoder} "
+                f"({settings.decoder_name}), not decoder {decoder}"
+            )
         self.store = store
         self.doc_ids = dict(doc_ids)
         super().__init__(model, decoder, shots)
@@ -305,8 +313,9 @@ class LLMLingua(TextMethod):
 
     name = "llmlingua"
 
-    def __init__(self, model, decoder, shots, rate: float, scorer: str | None = None,
-                 llmlingua2_model: str | None = None):
+    def __init__(
+        self, model, decoder, shots, rate: float, scorer: str | None = None, llmlingua2_model: str | None = None
+    ):
         if not 0 < rate <= 1:
             raise ValueError(f"llmlingua rate must be in (0, 1] (kept share of tokens), got {rate}")
         self.rate = rate
@@ -323,9 +332,9 @@ class LLMLingua(TextMethod):
             self.scorer_path = llmlingua2_model
         else:
             from arc_encoder.model.registry import resolve_model
+
             self.scorer_path = resolve_model(scorer or "smollm2-135m")
-        self.compressor = _llmlingua_compressor(self.scorer_path, model.decoder_tokenizers[decoder],
-                                                self.llmlingua2)
+        self.compressor = _llmlingua_compressor(self.scorer_path, model.decoder_tokenizers[decoder], self.llmlingua2)
         super().__init__(model, decoder, shots)
 
     def rewrite(self, text: str) -> str:
@@ -334,19 +343,27 @@ class LLMLingua(TextMethod):
         scorer_tokens = len(self.compressor.tokenizer(text, add_special_tokens=False)["input_ids"])
         limit = self.compressor.max_position_embeddings
         if scorer_tokens > limit:
-            raise ValueError(f"document of {scorer_tokens} tokens exceeds the LLMLingua scorer's "
-                             f"{limit} positions ({self.scorer_path})")
+            raise ValueError(
+                f"document of {scorer_tokens} tokens exceeds the LLMLingua scorer's "
+                f"{limit} positions ({self.scorer_path})"
+            )
         with warnings.catch_warnings():  # llmlingua passes the deprecated `past_key_values`
             warnings.simplefilter("ignore", FutureWarning)
             result = self.compressor.compress_prompt(
-                [text], instruction="", question="", rate=self.rate,
+                [text],
+                instruction="",
+                question="",
+                rate=self.rate,
                 iterative_size=max(scorer_tokens, 1),
             )
         return result["compressed_prompt"]
 
     def describe(self):
-        return {"rate": self.rate, "scorer": self.scorer_path,
-                "variant": "llmlingua-2" if self.llmlingua2 else "llmlingua-1"}
+        return {
+            "rate": self.rate,
+            "scorer": self.scorer_path,
+            "variant": "llmlingua-2" if self.llmlingua2 else "llmlingua-1",
+        }
 
 
 def check_methods(names: Sequence[str]) -> list[str]:
@@ -364,9 +381,15 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return names
 
 
-def build_method(name: str, model: ARCModel, decoder: int, shots: Sequence[Example],
-                 llmlingua_rate: float | None = None, llmlingua_scorer: str | None = None,
-                 llmlingua2_model: str | None = None) -> Method:
+def build_method(
+    name: str,
+    model: ARCModel,
+    decoder: int,
+    shots: Sequence[Example],
+    llmlingua_rate: float | None = None,
+    llmlingua_scorer: str | None = None,
+    llmlingua2_model: str | None = None,
+) -> Method:
     check_methods([name])
     if name == "closed":
         return ClosedBook(model, decoder, shots)
@@ -388,13 +411,25 @@ def build_method(name: str, model: ARCModel, decoder: int, shots: Sequence[Examp
 def generate_answers(model: ARCModel, built: list[BuiltPrompt], decoder: int, max_new_tokens: int):
     """Greedy answers for a batch of prompts, generation stopping at the first blank line."""
     prompts = [b.parts for b in built]  # each a list of parts, so one string is one prompt
-    return model.generate(prompts, decoder=decoder, max_new_tokens=max_new_tokens,
-                          stop=["\n\n"], batch_size=len(prompts))
+    return model.generate(
+        prompts, decoder=decoder, max_new_tokens=max_new_tokens, stop=["\n\n"], batch_size=len(prompts)
+    )
 
 
 __all__ = [
-    "ARC", "BuiltPrompt", "ClosedBook", "LLMLingua", "METHODS", "Method", "MismatchedARC", "OpenBook",
+    "ARC",
+    "BuiltPrompt",
+    "ClosedBook",
+    "LLMLingua",
+    "METHODS",
+    "Method",
+    "MismatchedARC",
+    "OpenBook",
     "StoredARC",
     "Truncate",
-    "arc_vector_count", "build_method", "check_methods", "example_docs", "generate_answers",
+    "arc_vector_count",
+    "build_method",
+    "check_methods",
+    "example_docs",
+    "generate_answers",
 ]

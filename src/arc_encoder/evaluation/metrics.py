@@ -14,7 +14,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 _PUNCTUATION = frozenset(string.punctuation)  # ASCII only, as in the SQuAD script
 # A regex with word boundaries (not a whitespace split) because that is what the SQuAD script

@@ -12,12 +12,12 @@ documents reach the decoder.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from arc_encoder.evaluation.tasks import Example
 from arc_encoder.prompt import Doc
 
-Piece = Union[str, Doc]
+Piece = str | Doc
 Prompt = list[Piece]
 
 

@@ -19,18 +19,22 @@ def markdown_table(runs: list[dict]) -> str:
     task = runs[0]["config"]["task"]
     names = metric_for_task(task)
     main = names[0]
-    header = (["model", "method", *names, "pooling factor", "positions/ex", "s/ex",
-               f"gain kept ({main})"])
+    header = ["model", "method", *names, "pooling factor", "positions/ex", "s/ex", f"gain kept ({main})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         label = run["config"].get("model", "")
         for method, values in run["metrics"].items():
             pf = values.get("pooling_factor")
             gain = values.get("gain_kept", {}).get(main)
-            row = [label, method, *(_score(values, n) for n in names),
-                   "-" if pf is None or method == "open" else f"{pf:.2f}",
-                   f"{values['positions_per_example']:.0f}", f"{values['seconds_per_example']:.2f}",
-                   "-" if gain is None else f"{100 * gain:.0f}%"]
+            row = [
+                label,
+                method,
+                *(_score(values, n) for n in names),
+                "-" if pf is None or method == "open" else f"{pf:.2f}",
+                f"{values['positions_per_example']:.0f}",
+                f"{values['seconds_per_example']:.2f}",
+                "-" if gain is None else f"{100 * gain:.0f}%",
+            ]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -47,16 +51,17 @@ def plot_scores(runs: list[dict], path: str | Path) -> Path:
     main = metric_for_task(task)[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ("arc", "truncate", "llmlingua"):
-        points = sorted((run["metrics"][method]["pooling_factor"], run["metrics"][method][main]["mean"])
-                        for run in runs if method in run["metrics"]
-                        and run["metrics"][method]["pooling_factor"] is not None)
+        points = sorted(
+            (run["metrics"][method]["pooling_factor"], run["metrics"][method][main]["mean"])
+            for run in runs
+            if method in run["metrics"] and run["metrics"][method]["pooling_factor"] is not None
+        )
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
     for method, style in (("open", "--"), ("closed", ":")):
         for run in runs:
             if method in run["metrics"]:
-                ax.axhline(run["metrics"][method][main]["mean"], linestyle=style, color="grey",
-                           label=f"{method}-book")
+                ax.axhline(run["metrics"][method][main]["mean"], linestyle=style, color="grey", label=f"{method}-book")
                 break
     ax.set_xlabel("pooling factor (document tokens / decoder positions)")
     ax.set_ylabel(main)

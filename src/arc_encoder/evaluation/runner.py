@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -64,8 +64,9 @@ def summarise(task: str, rows: list[dict], seed: int = 0) -> dict:
     out = {}
     for name in metric_for_task(task):
         if name == "bleu":
-            mean, stderr = corpus_bleu_with_stderr([r["prediction"] for r in rows],
-                                                   [r["answers"][0] for r in rows], seed)
+            mean, stderr = corpus_bleu_with_stderr(
+                [r["prediction"] for r in rows], [r["answers"][0] for r in rows], seed
+            )
         else:
             mean, stderr = metrics.mean_with_stderr([r[name] for r in rows])
         out[name] = {"mean": mean, "stderr": None if math.isnan(stderr) else stderr}
@@ -88,8 +89,9 @@ def add_gain_kept(metric_table: dict[str, dict], task: str) -> None:
         if method in ("closed", "open"):
             continue
         values["gain_kept"] = {
-            name: metrics.gain_kept(values[name]["mean"], metric_table["closed"][name]["mean"],
-                                    metric_table["open"][name]["mean"])
+            name: metrics.gain_kept(
+                values[name]["mean"], metric_table["closed"][name]["mean"], metric_table["open"][name]["mean"]
+            )
             for name in metric_for_task(task)
         }
 
@@ -99,8 +101,9 @@ def max_new_tokens_for(task: str) -> int:
     return MAX_NEW_TOKENS.get(task.lower(), DEFAULT_MAX_NEW_TOKENS)
 
 
-def select_examples(examples: Sequence[Example], shots: int, seed: int = 0, limit: int | None = None,
-                    shuffle: bool = False) -> tuple[list[Example], list[Example]]:
+def select_examples(
+    examples: Sequence[Example], shots: int, seed: int = 0, limit: int | None = None, shuffle: bool = False
+) -> tuple[list[Example], list[Example]]:
     """(fixed shots, examples to score), drawn as `evaluate` draws them.
 
     `shots` examples are picked with `seed` and never scored; the rest keep file order, are
@@ -124,9 +127,16 @@ def warm_up(model: ARCModel, decoder: int = 0) -> None:
     model.generate([["Question: warm-up\nAnswer:"]], decoder=decoder, max_new_tokens=2)
 
 
-def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example], task: str,
-                    decoder: int = 0, max_new_tokens: int | None = None, batch_size: int = 8,
-                    progress: bool = True) -> list[dict]:
+def answer_examples(
+    model: ARCModel,
+    method: Method,
+    examples: Sequence[Example],
+    task: str,
+    decoder: int = 0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
     """One row per example: the method's greedy answer, cut at the first blank line, its scores,
     prompt sizes and seconds: `seconds` from building the prompt (compression included) to the
     answer, `prompt_seconds` the building alone; a batch's time is shared by its examples."""
@@ -144,26 +154,43 @@ def answer_examples(model: ARCModel, method: Method, examples: Sequence[Example]
         seconds = (time.perf_counter() - start) / len(batch)
         for ex, prompt, gen in zip(batch, built, generations):
             prediction = postprocess_answer(gen.text)
-            rows.append({
-                "id": ex.id, "question": ex.question, "answers": ex.answers,
-                "prediction": prediction, "raw": gen.text,
-                **per_example_scores(task, prediction, ex.answers),
-                "positions": gen.prompt_length,
-                "document_tokens": prompt.document_tokens,
-                "document_positions": prompt.document_positions,
-                "seconds": seconds, "prompt_seconds": prompt_seconds,
-            })
+            rows.append(
+                {
+                    "id": ex.id,
+                    "question": ex.question,
+                    "answers": ex.answers,
+                    "prediction": prediction,
+                    "raw": gen.text,
+                    **per_example_scores(task, prediction, ex.answers),
+                    "positions": gen.prompt_length,
+                    "document_tokens": prompt.document_tokens,
+                    "document_positions": prompt.document_positions,
+                    "seconds": seconds,
+                    "prompt_seconds": prompt_seconds,
+                }
+            )
         bar.update(len(batch))
     bar.close()
     return rows
 
 
-def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: Sequence[str] | str,
-             shots: int = 5, limit: int | None = None, seed: int = 0, batch_size: int = 8,
-             decoder: int = 0, max_new_tokens: int | None = None,
-             llmlingua_rate: float | None = None, llmlingua_scorer: str | None = None,
-             llmlingua2_model: str | None = None, shuffle: bool = False,
-             progress: bool = True) -> dict:
+def evaluate(
+    model: ARCModel,
+    task: str,
+    examples: Sequence[Example],
+    methods: Sequence[str] | str,
+    shots: int = 5,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    decoder: int = 0,
+    max_new_tokens: int | None = None,
+    llmlingua_rate: float | None = None,
+    llmlingua_scorer: str | None = None,
+    llmlingua2_model: str | None = None,
+    shuffle: bool = False,
+    progress: bool = True,
+) -> dict:
     """Score `methods` on `examples` of `task` with `shots` fixed in-context examples.
 
     The scored examples keep file order; `shuffle` permutes them (with `seed`) before `limit`
@@ -182,8 +209,7 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
     table, predictions, settings = {}, {}, {}
     for name in methods:
         start = time.perf_counter()
-        method = build_method(name, model, decoder, shot_examples, llmlingua_rate,
-                              llmlingua_scorer, llmlingua2_model)
+        method = build_method(name, model, decoder, shot_examples, llmlingua_rate, llmlingua_scorer, llmlingua2_model)
         setup_seconds = time.perf_counter() - start  # one-off: shot documents compressed once
         rows = answer_examples(model, method, scored, task, decoder, max_new_tokens, batch_size, progress)
         table[name] = summarise(task, rows, seed)
@@ -193,13 +219,25 @@ def evaluate(model: ARCModel, task: str, examples: Sequence[Example], methods: S
     add_gain_kept(table, task)
 
     config = {
-        "task": task, "methods": methods, "shots": shots, "shot_ids": [s.id for s in shot_examples],
-        "seed": seed, "shuffle": shuffle, "limit": limit, "n_scored": len(scored), "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens, "decoder": decoder,
-        "decoder_name": model.config.decoders[decoder], "model_config": model.config.to_dict(),
+        "task": task,
+        "methods": methods,
+        "shots": shots,
+        "shot_ids": [s.id for s in shot_examples],
+        "seed": seed,
+        "shuffle": shuffle,
+        "limit": limit,
+        "n_scored": len(scored),
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "decoder": decoder,
+        "decoder_name": model.config.decoders[decoder],
+        "model_config": model.config.to_dict(),
         "pooling_factor_config": model.config.pooling_factor,
-        "chunk_tokens": model.config.chunk_tokens, "max_chunks": model.config.max_chunks,
-        "fingerprint": model.fingerprint(), "method_settings": settings,
-        "device": str(model.device), "torch_threads": torch.get_num_threads(),
+        "chunk_tokens": model.config.chunk_tokens,
+        "max_chunks": model.config.max_chunks,
+        "fingerprint": model.fingerprint(),
+        "method_settings": settings,
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
     }
     return {"config": config, "metrics": table, "predictions": predictions}

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from arc_encoder.records import (
-    as_object, bad_field, id_field, json_or_jsonl_records, jsonl_records, list_field, read_lines,
-    read_text, string_field,
+    as_object,
+    bad_field,
+    id_field,
+    json_or_jsonl_records,
+    jsonl_records,
+    list_field,
+    read_lines,
+    read_text,
+    string_field,
 )
 
 CNN_QUESTION = "What is a very short summary of the above text?"
@@ -139,14 +147,17 @@ def load_squad_json(path: str | Path) -> list[Example]:
                 answers = list_field(as_object(qa, where), "answers", where)
                 if qa.get("is_impossible") or not answers:
                     continue  # SQuAD v2 unanswerable question
-                examples.append(Example(
-                    question=string_field(qa, "question", where),
-                    answers=[string_field(as_object(a, f"{where}.answers"), "text", f"{where}.answers")
-                             for a in answers],
-                    passages=[context],
-                    id=id_field(qa, where, default=f"{i}-{j}-{k}"),
-                    title=title,
-                ))
+                examples.append(
+                    Example(
+                        question=string_field(qa, "question", where),
+                        answers=[
+                            string_field(as_object(a, f"{where}.answers"), "text", f"{where}.answers") for a in answers
+                        ],
+                        passages=[context],
+                        id=id_field(qa, where, default=f"{i}-{j}-{k}"),
+                        title=title,
+                    )
+                )
     return _non_empty(examples, path)
 
 
@@ -154,8 +165,7 @@ def _load_retrieved(path: str | Path, n_passages: int) -> list[Example]:
     if n_passages < 1:
         raise ValueError(f"n_passages must be at least 1, got {n_passages}")
     stem = Path(path).stem
-    examples = [_qa_example(rec, where, f"{stem}-{n}", n_passages)
-                for where, n, rec in jsonl_records(path)]
+    examples = [_qa_example(rec, where, f"{stem}-{n}", n_passages) for where, n, rec in jsonl_records(path)]
     return _non_empty(examples, path)
 
 
@@ -279,8 +289,9 @@ def _flores_paths(language: str, path: Any) -> tuple[Path, Path]:
     )
 
 
-def load_task(name: str, path: Any, *, n_passages: int = 1, split: str = "validation",
-              config: str | None = None) -> list[Example]:
+def load_task(
+    name: str, path: Any, *, n_passages: int = 1, split: str = "validation", config: str | None = None
+) -> list[Example]:
     """Load a data set by task name: squad, nq, triviaqa, hotpotqa, flores-<language>, cnn, jsonl.
 
     `path` is a local file (flores: a file pair or directory). For squad, hotpotqa and cnn a path
@@ -289,7 +300,7 @@ def load_task(name: str, path: Any, *, n_passages: int = 1, split: str = "valida
     """
     task = name.lower()
     if task.startswith("flores-"):
-        language = task[len("flores-"):].capitalize()
+        language = task[len("flores-") :].capitalize()
         source, target = _flores_paths(language, path)
         return load_flores(source, target, language)
     if task not in QA_TASKS and task != "cnn":

@@ -20,8 +20,14 @@ SPECIAL_KINDS = ("rec", "cont")  # <Rec> for reconstruction batches, <Cont> for 
 
 
 class DecoderAdapter(nn.Module):
-    def __init__(self, encoder_dim: int, bottleneck: int | None, decoder_dim: int, memory_tokens: int = 0,
-                 standardize: bool = False):
+    def __init__(
+        self,
+        encoder_dim: int,
+        bottleneck: int | None,
+        decoder_dim: int,
+        memory_tokens: int = 0,
+        standardize: bool = False,
+    ):
         super().__init__()
         if standardize:
             # Per-dimension mean and spread of the encoder's pooled outputs, measured once on

@@ -16,8 +16,18 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from ..config import PRESETS, ARCConfig
 from ..prompt import Doc
 from .adapter import DecoderAdapter
-from .decoder import (SharedPrefix, batch_cache, cache_bytes, common_prefix_length, generate_ids,
-                      load_frozen_decoder, next_token_loss, shared_prefix_cache, shared_start, shares_prefixes)
+from .decoder import (
+    SharedPrefix,
+    batch_cache,
+    cache_bytes,
+    common_prefix_length,
+    generate_ids,
+    load_frozen_decoder,
+    next_token_loss,
+    shared_prefix_cache,
+    shared_start,
+    shares_prefixes,
+)
 from .encoder import Encoder
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
@@ -74,15 +84,25 @@ class PromptEmbeddings:
 
 
 class ARCModel(nn.Module):
-    def __init__(self, config: ARCConfig, encoder: Encoder, decoders: list[nn.Module],
-                 encoder_tokenizer: PreTrainedTokenizerBase,
-                 decoder_tokenizers: list[PreTrainedTokenizerBase]):
+    def __init__(
+        self,
+        config: ARCConfig,
+        encoder: Encoder,
+        decoders: list[nn.Module],
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizers: list[PreTrainedTokenizerBase],
+    ):
         super().__init__()
         self.config = config
         self.encoder = encoder
         self.adapters = nn.ModuleList(
-            DecoderAdapter(encoder.hidden_size, config.bottleneck, d.config.hidden_size,
-                           config.memory_tokens, config.projector_input == "standardize")
+            DecoderAdapter(
+                encoder.hidden_size,
+                config.bottleneck,
+                d.config.hidden_size,
+                config.memory_tokens,
+                config.projector_input == "standardize",
+            )
             for d in decoders
         )
         # Registered so .to() and FSDP see them; frozen, kept in eval mode, never saved.
@@ -95,7 +115,7 @@ class ARCModel(nn.Module):
 
     # ----------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, config: ARCConfig | str, pretrained: bool = True) -> "ARCModel":
+    def from_config(cls, config: ARCConfig | str, pretrained: bool = True) -> ARCModel:
         """Build a fresh model: encoder from the backbone, untrained adapters, frozen decoders.
 
         `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
@@ -111,8 +131,13 @@ class ARCModel(nn.Module):
             load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p))
             for p in decoder_paths
         ]
-        return cls(config, encoder, decoders, AutoTokenizer.from_pretrained(backbone),
-                   [AutoTokenizer.from_pretrained(p) for p in decoder_paths])
+        return cls(
+            config,
+            encoder,
+            decoders,
+            AutoTokenizer.from_pretrained(backbone),
+            [AutoTokenizer.from_pretrained(p) for p in decoder_paths],
+        )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -282,13 +307,9 @@ class ARCModel(nn.Module):
                 if isinstance(part, Doc):
                     part = next(compressed)
                 if not isinstance(part, Compressed):
-                    raise TypeError(
-                        f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}"
-                    )
+                    raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
                 if part.decoder != decoder:
-                    raise ValueError(
-                        f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}"
-                    )
+                    raise ValueError(f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}")
                 for block in self.decoder_blocks([c.to(self.device) for c in part.chunks], decoder, special):
                     sample_blocks.append(block)
                     sample_offsets.append(len(ids))
@@ -303,9 +324,19 @@ class ARCModel(nn.Module):
         return text_ids, blocks, offsets, stats
 
     @torch.no_grad()
-    def generate(self, prompts, decoder: int = 0, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 batch_size: int = 8, special: str = "cont", share_prefix: bool = True) -> list[Generation]:
+    def generate(
+        self,
+        prompts,
+        decoder: int = 0,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        batch_size: int = 8,
+        special: str = "cont",
+        share_prefix: bool = True,
+    ) -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
         vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
         `special="rec"` follows each document with <Rec>: the decoder then reconstructs it.
@@ -320,9 +351,17 @@ class ARCModel(nn.Module):
         self._check_decoder(decoder)
         results = []
         for start in range(0, len(prompts), batch_size):
-            results += self._generate_batch(prompts[start : start + batch_size], decoder,
-                                            max_new_tokens, temperature, top_p, stop or [], seed, special,
-                                            share_prefix)
+            results += self._generate_batch(
+                prompts[start : start + batch_size],
+                decoder,
+                max_new_tokens,
+                temperature,
+                top_p,
+                stop or [],
+                seed,
+                special,
+                share_prefix,
+            )
         return results
 
     def _splice_prompts(self, prompts, decoder, special: str = "cont"):
@@ -384,12 +423,16 @@ class ARCModel(nn.Module):
         mask = torch.cat([suffix.attention_mask.new_ones(len(rows), P), suffix.attention_mask], dim=1)
         return suffix.embeds, mask, suffix.position_ids + P, batch_cache(dec, shared, len(rows))
 
-    def _generate_batch(self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special,
-                        share_prefix=True):
+    def _generate_batch(
+        self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special, share_prefix=True
+    ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         batch, stats = self._splice_prompts(prompts, decoder, special)
-        embeds, mask, positions, cache = (self._split_shared_prefix(batch, decoder) if share_prefix else
-                                          (batch.embeds, batch.attention_mask, batch.position_ids, None))
+        embeds, mask, positions, cache = (
+            self._split_shared_prefix(batch, decoder)
+            if share_prefix
+            else (batch.embeds, batch.attention_mask, batch.position_ids, None)
+        )
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -402,8 +445,9 @@ class ARCModel(nn.Module):
         eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         eos |= {tokenizer.eos_token_id} - {None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
-        new_ids = generate_ids(dec, embeds, mask, positions, max_new_tokens, eos, pad, temperature, top_p,
-                               generator, should_stop, cache)
+        new_ids = generate_ids(
+            dec, embeds, mask, positions, max_new_tokens, eos, pad, temperature, top_p, generator, should_stop, cache
+        )
         out = []
         for i, ids in enumerate(new_ids):
             text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -421,18 +465,24 @@ class ARCModel(nn.Module):
         from sharded FSDP parameters)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()
-                 if not k.startswith("decoders.")}
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in (state_dict or self.state_dict()).items()
+            if not k.startswith("decoders.")
+        }
         save_file(state, path / WEIGHTS_FILE)
-        meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "decoder_dims": [d.config.hidden_size for d in self.decoders],
-                "encoder_dim": self.encoder.hidden_size}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "decoder_dims": [d.config.hidden_size for d in self.decoders],
+            "encoder_dim": self.encoder.hidden_size,
+        }
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         self.encoder.hf_config.save_pretrained(path / ENCODER_DIR)
         self.encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> "ARCModel":
+    def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> ARCModel:
         """Load a saved model. `decoders` overrides the recorded decoder names or paths (same
         count and widths), e.g. to point at local copies."""
         path = Path(path)
@@ -444,8 +494,9 @@ class ARCModel(nn.Module):
         config = ARCConfig.from_dict(meta["config"])
         if decoders is not None:
             if len(decoders) != len(config.decoders):
-                raise ValueError(f"{path} was trained for {len(config.decoders)} decoder(s), "
-                                 f"got {len(decoders)} replacement(s)")
+                raise ValueError(
+                    f"{path} was trained for {len(config.decoders)} decoder(s), got {len(decoders)} replacement(s)"
+                )
             config.decoders = list(decoders)
         hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
         hf_config._attn_implementation = config.attn_implementation
@@ -454,10 +505,17 @@ class ARCModel(nn.Module):
         decoder_models = [load_frozen_decoder(p, config.attn_implementation) for p in decoder_paths]
         for i, (dec, dim) in enumerate(zip(decoder_models, meta["decoder_dims"])):
             if dec.config.hidden_size != dim:
-                raise ValueError(f"decoder {i} ({config.decoders[i]}) has width "
-                                 f"{dec.config.hidden_size}, but {path} was trained for width {dim}")
-        model = cls(config, encoder, decoder_models, AutoTokenizer.from_pretrained(path / ENCODER_DIR),
-                    [AutoTokenizer.from_pretrained(p) for p in decoder_paths])
+                raise ValueError(
+                    f"decoder {i} ({config.decoders[i]}) has width "
+                    f"{dec.config.hidden_size}, but {path} was trained for width {dim}"
+                )
+        model = cls(
+            config,
+            encoder,
+            decoder_models,
+            AutoTokenizer.from_pretrained(path / ENCODER_DIR),
+            [AutoTokenizer.from_pretrained(p) for p in decoder_paths],
+        )
         model.load_weights(path / WEIGHTS_FILE)
         return model
 
@@ -470,8 +528,11 @@ class ARCModel(nn.Module):
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("decoders.")}
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
+        shapes = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        ]
         if missing or unexpected or shapes:
             raise ValueError(
                 f"checkpoint {file} does not match this model:"

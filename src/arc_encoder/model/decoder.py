@@ -7,13 +7,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 
-def load_frozen_decoder(path: str, attn_implementation: str = "sdpa", pretrained: bool = True,
-                        config=None) -> PreTrainedModel:
+def load_frozen_decoder(
+    path: str, attn_implementation: str = "sdpa", pretrained: bool = True, config=None
+) -> PreTrainedModel:
     """Any AutoModelForCausalLM, in eval mode, with every parameter frozen."""
     if pretrained:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, attn_implementation=attn_implementation
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
     else:
         config._attn_implementation = attn_implementation
         model = AutoModelForCausalLM.from_config(config)
@@ -85,8 +84,14 @@ def generate_ids(
     """
     B = embeds.shape[0]
     cache = cache if cache is not None else DynamicCache(config=decoder.config)
-    out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                  cache=cache, use_cache=True, logits_to_keep=1)
+    out = decoder(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     next_position = position_ids[:, -1:] + 1  # [B, 1]
     outputs: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
@@ -107,8 +112,13 @@ def generate_ids(
             break
         token = token.masked_fill(torch.tensor(done, device=token.device), pad_id)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-        out = decoder(input_ids=token[:, None], attention_mask=attention_mask,
-                      position_ids=next_position, cache=out.cache, use_cache=True)
+        out = decoder(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            cache=out.cache,
+            use_cache=True,
+        )
         next_position = next_position + 1
     return outputs
 

@@ -26,9 +26,7 @@ def backbone_config(path: str, drop_layers: int, attn_implementation: str) -> Pr
     config = getattr(config, "text_config", None) or config  # multimodal wrappers (Gemma3)
     kept = config.num_hidden_layers - drop_layers
     if kept < 1:
-        raise ValueError(
-            f"drop_layers={drop_layers} leaves no block of the {config.num_hidden_layers} in {path}"
-        )
+        raise ValueError(f"drop_layers={drop_layers} leaves no block of the {config.num_hidden_layers} in {path}")
     config.num_hidden_layers = kept
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:kept]
@@ -72,7 +70,7 @@ class Encoder(nn.Module):
         self.sliding_window = getattr(hf_config, "sliding_window", None)
 
     @classmethod
-    def from_backbone(cls, path: str, cfg: ARCConfig, pretrained: bool = True) -> "Encoder":
+    def from_backbone(cls, path: str, cfg: ARCConfig, pretrained: bool = True) -> Encoder:
         hf_config = backbone_config(path, cfg.drop_layers, cfg.attn_implementation)
         if pretrained:
             base = AutoModel.from_pretrained(path, config=hf_config, dtype=torch.float32)
@@ -153,14 +151,17 @@ class Encoder(nn.Module):
             query_pos = torch.arange(M, device=h.device)[None].expand(S, M)
         positions = torch.cat([torch.arange(N, device=h.device)[None].expand(S, N), query_pos], dim=1)
         keys = torch.arange(N + M, device=h.device)
-        real_key = (keys[None, :] < torch.tensor(lengths, device=h.device)[:, None])  # [S, N+M]
+        real_key = keys[None, :] < torch.tensor(lengths, device=h.device)[:, None]  # [S, N+M]
         allowed = real_key[:, None, :].expand(S, N + M, N + M).clone()
         if self.causal:
             # unpooled row t sees keys <= t; pooled row j sees keys up to the end of its own group
-            last_key = torch.cat([
-                torch.arange(N)[None].expand(S, N),
-                torch.tensor([e + [N - 1] * (M - len(e)) for e in ends]),
-            ], dim=1).to(h.device)  # [S, N+M]
+            last_key = torch.cat(
+                [
+                    torch.arange(N)[None].expand(S, N),
+                    torch.tensor([e + [N - 1] * (M - len(e)) for e in ends]),
+                ],
+                dim=1,
+            ).to(h.device)  # [S, N+M]
             allowed &= keys[None, None, :] <= last_key[:, :, None]
         if self.receptive_field is not None:
             # pooled row j sees only the tokens of groups j-w .. j+w (padding keys are blocked above)

@@ -52,16 +52,14 @@ def pool(hidden: torch.Tensor, lengths: list[int], factor: int, mode: str = "mea
     for b, row in enumerate(ids):
         target[b, : len(row)] = torch.tensor(row) + b * M
     target = target.to(hidden.device).view(-1)
-    ends = [[int(e) for e in torch.tensor(sizes).cumsum(0) - 1] for sizes in
-            (group_sizes(n, factor) for n in lengths)]
+    ends = [[int(e) for e in torch.tensor(sizes).cumsum(0) - 1] for sizes in (group_sizes(n, factor) for n in lengths)]
     if mode == "mean":
         summed = hidden.new_zeros(B * M + 1, d).index_add(0, target, hidden.reshape(B * N, d))
         sizes = torch.bincount(target, minlength=B * M + 1).clamp(min=1).to(hidden.dtype)
         pooled = summed / sizes[:, None]
     elif mode == "last":
         last = torch.tensor([b * N + e for b, seg in enumerate(ends) for e in seg], device=hidden.device)
-        slots = torch.tensor([b * M + g for b, seg in enumerate(ends) for g in range(len(seg))],
-                             device=hidden.device)
+        slots = torch.tensor([b * M + g for b, seg in enumerate(ends) for g in range(len(seg))], device=hidden.device)
         pooled = hidden.new_zeros(B * M + 1, d).index_copy(0, slots, hidden.reshape(B * N, d)[last])
     else:
         raise ValueError(f"unknown pooling mode {mode!r}; expected 'mean' or 'last'")

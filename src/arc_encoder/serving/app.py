@@ -24,29 +24,49 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..prompt import Doc
 from ..model.arc import Compressed
+from ..prompt import Doc
 from ..storage.indexing import compress_documents, open_store
 from .ask import ask_prompt, retrieve
-from .schemas import (AddDocumentsRequest, AddDocumentsResponse, AskRequest, AskResponse, ChunkOut,
-                      CompressRequest, CompressResponse, DocumentOut, GenerateRequest, GenerateResponse,
-                      ServeLimits, vectors_from_json, vectors_to_json)
+from .schemas import (
+    AddDocumentsRequest,
+    AddDocumentsResponse,
+    AskRequest,
+    AskResponse,
+    ChunkOut,
+    CompressRequest,
+    CompressResponse,
+    DocumentOut,
+    GenerateRequest,
+    GenerateResponse,
+    ServeLimits,
+    vectors_from_json,
+    vectors_to_json,
+)
 from .stored import stored_document
 from .worker import BatchingWorker, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
 
 log = logging.getLogger("arc_encoder.serving")
 
 
-def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = None,
-               chunk_tokens: int | None = None, api_key: str | None = None,
-               limits: ServeLimits = ServeLimits(), window_s: float = 0.01, max_batch: int = 8,
-               backend=None, backend_name: str = "hf") -> FastAPI:
+def create_app(
+    model,
+    store_path: str | os.PathLike,
+    *,
+    decoder: int | None = None,
+    chunk_tokens: int | None = None,
+    api_key: str | None = None,
+    limits: ServeLimits = ServeLimits(),
+    window_s: float = 0.01,
+    max_batch: int = 8,
+    backend=None,
+    backend_name: str = "hf",
+) -> FastAPI:
     """The service for one model and one store (created if missing).
 
     backend: None (generate with the model's HF decoder) or a factory called in the worker thread
@@ -58,8 +78,12 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
 
     def open_resources() -> Resources:
         store, settings = open_store(store_path, model, decoder, chunk_tokens)
-        info.update(fingerprint=store.fingerprint, decoder=settings.decoder,
-                    decoder_name=settings.decoder_name, chunk_tokens=settings.chunk_tokens)
+        info.update(
+            fingerprint=store.fingerprint,
+            decoder=settings.decoder,
+            decoder_name=settings.decoder_name,
+            chunk_tokens=settings.chunk_tokens,
+        )
         generate = backend(model, settings.decoder) if backend is not None else None
         return Resources(model, store, settings, generate)
 
@@ -73,8 +97,11 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
         finally:
             worker.stop()
 
-    app = FastAPI(title="arc-encoder", lifespan=lifespan,
-                  description="ARC-Encoder context compression: compressed documents for a frozen LLM.")
+    app = FastAPI(
+        title="arc-encoder",
+        lifespan=lifespan,
+        description="ARC-Encoder context compression: compressed documents for a frozen LLM.",
+    )
     app.state.worker = worker
 
     # ------------------------------------------------------------------ errors and limits
@@ -100,8 +127,10 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
     async def _body_size(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-            return JSONResponse({"detail": f"request body of {length} bytes exceeds the limit of "
-                                           f"{limits.max_request_bytes} bytes"}, status_code=413)
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes exceeds the limit of {limits.max_request_bytes} bytes"},
+                status_code=413,
+            )
         return await call_next(request)
 
     def too_large(what: str, n: int, limit: int) -> ClientError:
@@ -129,17 +158,26 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
         if given is None and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or "
-                                     "'X-API-Key: KEY')", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     # ------------------------------------------------------------------ endpoints
     @app.get("/health")
     async def health():
-        return {"status": "ok" if worker.alive else "down", "backend": backend_name, **info,
-                "pending_jobs": worker.pending, "batches": worker.batches,
-                "batched_jobs": worker.batched_jobs, "largest_batch": worker.largest_batch}
+        return {
+            "status": "ok" if worker.alive else "down",
+            "backend": backend_name,
+            **info,
+            "pending_jobs": worker.pending,
+            "batches": worker.batches,
+            "batched_jobs": worker.batched_jobs,
+            "largest_batch": worker.largest_batch,
+        }
 
     @api.post("/compress", response_model=CompressResponse)
     async def compress(body: CompressRequest):
@@ -148,10 +186,19 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
         for i, t in enumerate(body.texts):
             check_text(f"texts[{i}]", t)
         results: list[Compressed] = await run(CompressJob(body.texts))
-        return {"decoder": info["decoder"], "dim": bottleneck, "results": [
-            {"chunks": [vectors_to_json(c, body.encoding) for c in r.chunks], "n_vectors": r.n_vectors,
-             "document_tokens": r.document_tokens, "compression_ratio": r.compression_ratio}
-            for r in results]}
+        return {
+            "decoder": info["decoder"],
+            "dim": bottleneck,
+            "results": [
+                {
+                    "chunks": [vectors_to_json(c, body.encoding) for c in r.chunks],
+                    "n_vectors": r.n_vectors,
+                    "document_tokens": r.document_tokens,
+                    "compression_ratio": r.compression_ratio,
+                }
+                for r in results
+            ],
+        }
 
     @api.post("/generate", response_model=GenerateResponse)
     async def generate(body: GenerateRequest):
@@ -178,8 +225,7 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
                 except ValueError as e:
                     raise ClientError(422, f"prompt[{i}].vectors: {e}") from None
                 tokens = part.vectors.document_tokens
-                parts.append(lambda res, chunks=chunks, tokens=tokens:
-                             Compressed(chunks, res.settings.decoder, tokens))
+                parts.append(lambda res, chunks=chunks, tokens=tokens: Compressed(chunks, res.settings.decoder, tokens))
 
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
@@ -203,13 +249,18 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
             if not body.replace:
                 present = [i for i in ids if res.store.has(i)]
                 if present:
-                    raise ClientError(409, f"already stored: {present} (set \"replace\": true to overwrite)")
-            records = compress_documents(res.model, [d.text for d in body.documents], res.settings,
-                                         res.compress_batch)
-            res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)),
-                               replace=body.replace)
-            return [{"id": d.id, "chunks": len(r), "vectors": sum(c.vectors.shape[0] for c in r),
-                     "tokens": sum(c.n_tokens for c in r)} for d, r in zip(body.documents, records)]
+                    raise ClientError(409, f'already stored: {present} (set "replace": true to overwrite)')
+            records = compress_documents(res.model, [d.text for d in body.documents], res.settings, res.compress_batch)
+            res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)), replace=body.replace)
+            return [
+                {
+                    "id": d.id,
+                    "chunks": len(r),
+                    "vectors": sum(c.vectors.shape[0] for c in r),
+                    "tokens": sum(c.n_tokens for c in r),
+                }
+                for d, r in zip(body.documents, records)
+            ]
 
         return {"added": await run(CallJob(add))}
 
@@ -257,9 +308,12 @@ def create_app(model, store_path: str | os.PathLike, *, decoder: int | None = No
             return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
 
         out, sources = await run(GenerateJob(build, params))
-        return {"answer": out.text.strip(), "prompt_length": out.prompt_length,
-                "compressed_vectors": out.compressed_vectors,
-                "sources": [vars(s) for s in sources]}
+        return {
+            "answer": out.text.strip(),
+            "prompt_length": out.prompt_length,
+            "compressed_vectors": out.compressed_vectors,
+            "sources": [vars(s) for s in sources],
+        }
 
     app.include_router(api)
     return app
@@ -273,6 +327,11 @@ def _stored(res: Resources, doc_id: str) -> Compressed:
 
 
 def _generation(out) -> dict:
-    return {"text": out.text, "token_ids": out.token_ids, "prompt_length": out.prompt_length,
-            "document_tokens": out.document_tokens, "compressed_vectors": out.compressed_vectors,
-            "compression_ratio": out.compression_ratio}
+    return {
+        "text": out.text,
+        "token_ids": out.token_ids,
+        "prompt_length": out.prompt_length,
+        "document_tokens": out.document_tokens,
+        "compressed_vectors": out.compressed_vectors,
+        "compression_ratio": out.compression_ratio,
+    }

@@ -40,8 +40,7 @@ def retrieve(store: VectorStore, index, question: str, k: int) -> list[Source]:
         raise ValueError(f"k must be >= 1, got {k}")
     hits = index.search(question, k)  # [(chunk_id, doc_id, score)]
     infos = store.chunk_info([cid for cid, _, _ in hits])
-    return [Source(doc_id, info.index, cid, score, info.text)
-            for (cid, doc_id, score), info in zip(hits, infos)]
+    return [Source(doc_id, info.index, cid, score, info.text) for (cid, doc_id, score), info in zip(hits, infos)]
 
 
 def ask_prompt(store: VectorStore, sources: list[Source], question: str, decoder: int) -> list:
@@ -59,12 +58,26 @@ def open_retrieval(store: VectorStore):
     return BM25Index.open(store)
 
 
-def ask(model, store: VectorStore, question: str, decoder: int, k: int = 3, index=None,
-        max_new_tokens: int = 64, stop: list[str] | None = None, **generate_kwargs) -> Answer:
+def ask(
+    model,
+    store: VectorStore,
+    question: str,
+    decoder: int,
+    k: int = 3,
+    index=None,
+    max_new_tokens: int = 64,
+    stop: list[str] | None = None,
+    **generate_kwargs,
+) -> Answer:
     """Retrieve, splice the stored vectors, generate. Stops at a newline unless `stop` says otherwise."""
     index = index if index is not None else open_retrieval(store)
     sources = retrieve(store, index, question, k)
     prompt = ask_prompt(store, sources, question, decoder)
-    generation = model.generate([prompt], decoder=decoder, max_new_tokens=max_new_tokens,
-                                stop=["\n"] if stop is None else stop, **generate_kwargs)[0]
+    generation = model.generate(
+        [prompt],
+        decoder=decoder,
+        max_new_tokens=max_new_tokens,
+        stop=["\n"] if stop is None else stop,
+        **generate_kwargs,
+    )[0]
     return Answer(generation.text.strip(), sources, generation)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,13 +32,14 @@ def index(
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
     codec: str = typer.Option("float32", help="float32, float16, pq2, pq1, pq0.5 or pq0.25 (PQ bits per dimension)"),
     batch_size: int = typer.Option(16, help="chunks per encoder batch"),
-    decoder: Optional[int] = typer.Option(None, help="decoder whose projector makes the vectors "
-                                                     "(default 0, or the store's)"),
-    chunk_tokens: Optional[int] = typer.Option(None, help="encoder tokens per chunk (default: the model "
-                                                          "config's chunk_tokens, else 256)"),
+    decoder: int | None = typer.Option(
+        None, help="decoder whose projector makes the vectors (default 0, or the store's)"
+    ),
+    chunk_tokens: int | None = typer.Option(
+        None, help="encoder tokens per chunk (default: the model config's chunk_tokens, else 256)"
+    ),
     replace: bool = typer.Option(False, "--replace", help="recompress documents already stored"),
-    write_every: int = typer.Option(256, help="documents per store transaction (what an interruption "
-                                              "can lose)"),
+    write_every: int = typer.Option(256, help="documents per store transaction (what an interruption can lose)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
 ):
     """Compress a JSONL corpus into a vector store; rerun the same command to resume."""
@@ -48,13 +48,21 @@ def index(
     try:
         scan_corpus(corpus)  # bad input is reported before the model loads
         arc = _load(model, device)
-        report = index_corpus(arc, corpus, store, codec=codec, batch_size=batch_size, decoder=decoder,
-                              chunk_tokens=chunk_tokens, replace=replace, write_every=write_every,
-                              progress=sys.stderr.isatty())
+        report = index_corpus(
+            arc,
+            corpus,
+            store,
+            codec=codec,
+            batch_size=batch_size,
+            decoder=decoder,
+            chunk_tokens=chunk_tokens,
+            replace=replace,
+            write_every=write_every,
+            progress=sys.stderr.isatty(),
+        )
     except KeyboardInterrupt:
-        typer.echo("\ninterrupted: documents already written are kept; rerun the same command to continue",
-                   err=True)
-        raise typer.Exit(130)
+        typer.echo("\ninterrupted: documents already written are kept; rerun the same command to continue", err=True)
+        raise typer.Exit(130) from None
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         _fail(str(e))
     typer.echo("\n".join(report.lines()))
@@ -105,10 +113,11 @@ def serve(
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=API_KEY_ENV,
-                                          help=f"require this key (or set {API_KEY_ENV})"),
-    decoder: Optional[int] = typer.Option(None, help="decoder index (default: the store's, else 0)"),
-    chunk_tokens: Optional[int] = typer.Option(None, help="chunk size for a new store"),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar=API_KEY_ENV, help=f"require this key (or set {API_KEY_ENV})"
+    ),
+    decoder: int | None = typer.Option(None, help="decoder index (default: the store's, else 0)"),
+    chunk_tokens: int | None = typer.Option(None, help="chunk size for a new store"),
     backend: str = typer.Option("hf", help="hf (PyTorch decoder) or vllm (GPU)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     max_batch: int = typer.Option(8, help="most requests answered by one model call"),
@@ -145,9 +154,18 @@ def serve(
         arc = _load(model, device)
         opened, _ = open_store(store, arc, decoder, chunk_tokens)  # errors now, not inside uvicorn
         opened.close()
-        app = create_app(arc, store, decoder=decoder, chunk_tokens=chunk_tokens, api_key=api_key,
-                         limits=limits, window_s=batch_window_ms / 1000, max_batch=max_batch,
-                         backend=factory, backend_name=backend)
+        app = create_app(
+            arc,
+            store,
+            decoder=decoder,
+            chunk_tokens=chunk_tokens,
+            api_key=api_key,
+            limits=limits,
+            window_s=batch_window_ms / 1000,
+            max_batch=max_batch,
+            backend=factory,
+            backend_name=backend,
+        )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
@@ -158,4 +176,3 @@ def register(app: typer.Typer) -> None:
     app.command("store-info")(store_info)
     app.command("ask")(ask)
     app.command("serve")(serve)
-

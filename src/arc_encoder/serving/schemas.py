@@ -34,6 +34,7 @@ class Strict(BaseModel):
 
 # ----------------------------------------------------------------------------- vectors
 
+
 class VectorChunk(Strict):
     shape: tuple[int, int] | None = Field(None, description="[m, d]; required with base64")
     data: list[list[float]] | None = Field(None, description="nested float rows [m][d]")
@@ -81,14 +82,16 @@ def vectors_from_json(chunk: VectorChunk, dim: int) -> torch.Tensor:
         if chunk.shape is not None and tuple(array.shape) != tuple(chunk.shape):
             raise ValueError(f"vector chunk: 'data' has shape {list(array.shape)}, 'shape' says {list(chunk.shape)}")
     if array.shape[0] < 1 or array.shape[1] != dim:
-        raise ValueError(f"vector chunk: expected shape [m >= 1, {dim}] (this model's bottleneck), "
-                         f"got {list(array.shape)}")
+        raise ValueError(
+            f"vector chunk: expected shape [m >= 1, {dim}] (this model's bottleneck), got {list(array.shape)}"
+        )
     if not np.isfinite(array).all():
         raise ValueError("vector chunk: values must be finite (no NaN or infinity)")
     return torch.from_numpy(array.copy())
 
 
 # ----------------------------------------------------------------------------- requests
+
 
 class DecodeOptions(Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server's cap if lower)")
@@ -127,8 +130,10 @@ class PromptPart(Strict):
     def _exactly_one(self):
         given = [k for k in ("text", "document", "stored_id", "vectors") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("each prompt part needs exactly one of 'text', 'document', 'stored_id', "
-                             f"'vectors'; got {given or 'none'}")
+            raise ValueError(
+                "each prompt part needs exactly one of 'text', 'document', 'stored_id', "
+                f"'vectors'; got {given or 'none'}"
+            )
         return self
 
 
@@ -153,6 +158,7 @@ class AskRequest(DecodeOptions):
 
 
 # ----------------------------------------------------------------------------- responses
+
 
 class CompressedOut(BaseModel):
     chunks: list[dict]

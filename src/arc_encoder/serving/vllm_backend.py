@@ -14,8 +14,10 @@ from __future__ import annotations
 from ..model.arc import Generation
 from ..model.registry import resolve_model
 
-INSTALL_HINT = ("the vLLM backend needs vLLM (a CUDA GPU build): pip install vllm "
-                "(version with prompt-embeds support, >= 0.10), or serve with --backend hf")
+INSTALL_HINT = (
+    "the vLLM backend needs vLLM (a CUDA GPU build): pip install vllm "
+    "(version with prompt-embeds support, >= 0.10), or serve with --backend hf"
+)
 
 
 def import_vllm():
@@ -33,8 +35,9 @@ class VLLMBackend:
     (an engine with the same generate() interface) to run without vLLM.
     """
 
-    def __init__(self, model, decoder: int = 0, engine=None, sampling_params=None, dtype: str = "bfloat16",
-                 **engine_kwargs):
+    def __init__(
+        self, model, decoder: int = 0, engine=None, sampling_params=None, dtype: str = "bfloat16", **engine_kwargs
+    ):
         import torch
 
         model._check_decoder(decoder)
@@ -45,8 +48,12 @@ class VLLMBackend:
             vllm = import_vllm()
             sampling_params = sampling_params or vllm.SamplingParams
             if engine is None:
-                engine = vllm.LLM(model=resolve_model(model.config.decoders[decoder]), enable_prompt_embeds=True,
-                                  dtype=str(self.dtype).removeprefix("torch."), **engine_kwargs)
+                engine = vllm.LLM(
+                    model=resolve_model(model.config.decoders[decoder]),
+                    enable_prompt_embeds=True,
+                    dtype=str(self.dtype).removeprefix("torch."),
+                    **engine_kwargs,
+                )
         self.engine = engine
         self.sampling_params = sampling_params
 
@@ -55,8 +62,11 @@ class VLLMBackend:
             raise ValueError(f"this vLLM engine runs decoder {self.decoder}, not decoder {decoder}")
         spliced = self.model.prompt_embeddings(prompts, decoder)  # per prompt [L_i, d_dec]
         sampling = self.sampling_params(
-            max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            stop=list(params.stop) or None, seed=params.seed,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop) or None,
+            seed=params.seed,
         )
         # CPU tensors in the engine's dtype: vLLM hands the inputs to its engine process.
         inputs = [{"prompt_embeds": p.embeds.detach().to("cpu", self.dtype)} for p in spliced]
@@ -64,8 +74,15 @@ class VLLMBackend:
         results = []
         for p, out in zip(spliced, outputs):
             completion = out.outputs[0]
-            results.append(Generation(completion.text, list(completion.token_ids), p.embeds.shape[0],
-                                      p.document_tokens, p.compressed_vectors))
+            results.append(
+                Generation(
+                    completion.text,
+                    list(completion.token_ids),
+                    p.embeds.shape[0],
+                    p.document_tokens,
+                    p.compressed_vectors,
+                )
+            )
         return results
 
 

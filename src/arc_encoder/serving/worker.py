@@ -17,12 +17,13 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from ..prompt import Doc
 from ..model.arc import Compressed
+from ..prompt import Doc
 
 log = logging.getLogger("arc_encoder.serving")
 
@@ -63,9 +64,16 @@ class Resources:
         self._bm25 = None
 
     def _generate_hf(self, prompts, decoder: int, params: DecodeParams):
-        return self.model.generate(prompts, decoder=decoder, max_new_tokens=params.max_new_tokens,
-                                   temperature=params.temperature, top_p=params.top_p,
-                                   stop=list(params.stop), seed=params.seed, batch_size=len(prompts))
+        return self.model.generate(
+            prompts,
+            decoder=decoder,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop),
+            seed=params.seed,
+            batch_size=len(prompts),
+        )
 
     @property
     def bm25(self):
@@ -80,8 +88,9 @@ class Resources:
         from ..storage.indexing import compress_documents
 
         records = compress_documents(self.model, texts, self.settings, self.compress_batch)
-        return [Compressed([c.vectors for c in doc], self.settings.decoder, sum(c.n_tokens for c in doc))
-                for doc in records]
+        return [
+            Compressed([c.vectors for c in doc], self.settings.decoder, sum(c.n_tokens for c in doc)) for doc in records
+        ]
 
     def close(self) -> None:
         self.store.close()

@@ -7,7 +7,7 @@ before the first token starts the first chunk, text after the last token ends th
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # tokenize(text) -> (token ids, per-token (start, end) char offsets), e.g. a Hugging Face fast
 # tokenizer called with return_offsets_mapping=True.

@@ -30,9 +30,7 @@ def _import_faiss():
     try:
         import faiss
     except ImportError as e:
-        raise ImportError(
-            "product quantization needs faiss: pip install 'arc-encoder[store]'"
-        ) from e
+        raise ImportError("product quantization needs faiss: pip install 'arc-encoder[store]'") from e
     return faiss
 
 
@@ -154,9 +152,7 @@ class PQCodec:
         """k-means per sub-space on sample [n, dim]; n must be >= 256 (one point per centroid)."""
         sample = _as_matrix(sample, self.dim)
         if sample.shape[0] < self.ksub:
-            raise ValueError(
-                f"PQ training needs at least {self.ksub} sample vectors, got {sample.shape[0]}"
-            )
+            raise ValueError(f"PQ training needs at least {self.ksub} sample vectors, got {sample.shape[0]}")
         pq = self._new_pq()
         pq.train(sample)
         self._pq = pq
@@ -201,8 +197,7 @@ class PQCodec:
 
         path = Path(folder) / PQ_CODEBOOK_FILE
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"centroids": self.centroids}, str(tmp),
-                  metadata={"bits_per_dim": _format_bits(self.bits_per_dim)})
+        save_file({"centroids": self.centroids}, str(tmp), metadata={"bits_per_dim": _format_bits(self.bits_per_dim)})
         os.replace(tmp, path)
 
     def load(self, folder: str | os.PathLike) -> None:

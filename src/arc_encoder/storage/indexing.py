@@ -20,9 +20,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -39,6 +39,7 @@ QUANTIZING_SUFFIX = ".quantizing"
 
 # --------------------------------------------------------------------- settings
 
+
 @dataclass(frozen=True)
 class IndexSettings:
     """How a store's vectors were made: which decoder's projector, chunks of how many tokens."""
@@ -53,7 +54,7 @@ class IndexSettings:
         os.replace(tmp, Path(folder) / SETTINGS_FILE)
 
     @classmethod
-    def load(cls, folder: Path) -> "IndexSettings | None":
+    def load(cls, folder: Path) -> IndexSettings | None:
         path = Path(folder) / SETTINGS_FILE
         if not path.is_file():
             return None
@@ -78,8 +79,14 @@ def resolve_settings(model, decoder: int | None = None, chunk_tokens: int | None
     return IndexSettings(decoder, model.config.decoders[decoder], chunk_tokens)
 
 
-def open_store(path: str | os.PathLike, model, decoder: int | None = None, chunk_tokens: int | None = None,
-               codec: str = "float32", create: bool = True) -> tuple[VectorStore, IndexSettings]:
+def open_store(
+    path: str | os.PathLike,
+    model,
+    decoder: int | None = None,
+    chunk_tokens: int | None = None,
+    codec: str = "float32",
+    create: bool = True,
+) -> tuple[VectorStore, IndexSettings]:
     """Open the store at path for this model (created if missing and create=True).
 
     An existing store must come from the same model (fingerprint), and `decoder` / `chunk_tokens`,
@@ -99,8 +106,10 @@ def open_store(path: str | os.PathLike, model, decoder: int | None = None, chunk
         settings = IndexSettings.load(path)
         if settings is None:
             if len(store):
-                raise ValueError(f"store {path} has no {SETTINGS_FILE}: it was not built by arc-encoder "
-                                 "index, so the decoder and chunk size of its vectors are unknown")
+                raise ValueError(
+                    f"store {path} has no {SETTINGS_FILE}: it was not built by arc-encoder "
+                    "index, so the decoder and chunk size of its vectors are unknown"
+                )
             settings = resolve_settings(model, decoder, chunk_tokens)  # created, then interrupted
             settings.save(path)
         _check_matches(path, settings, model, decoder, chunk_tokens)
@@ -112,14 +121,17 @@ def open_store(path: str | os.PathLike, model, decoder: int | None = None, chunk
 
 def _check_matches(path, settings: IndexSettings, model, decoder, chunk_tokens) -> None:
     if decoder is not None and decoder != settings.decoder:
-        raise ValueError(f"store {path} holds vectors for decoder {settings.decoder} "
-                         f"({settings.decoder_name}), not decoder {decoder}")
+        raise ValueError(
+            f"store {path} holds vectors for decoder {settings.decoder} "
+            f"({settings.decoder_name}), not decoder {decoder}"
+        )
     if chunk_tokens is not None and chunk_tokens != settings.chunk_tokens:
         raise ValueError(f"store {path} was chunked at {settings.chunk_tokens} tokens, not {chunk_tokens}")
     model._check_decoder(settings.decoder)
 
 
 # --------------------------------------------------------------------- corpus
+
 
 def scan_corpus(path: str | os.PathLike) -> int:
     """Validate a JSONL corpus (one {"id": ..., "text": ...} per line) and count its documents."""
@@ -159,6 +171,7 @@ def read_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
 
 # --------------------------------------------------------------------- compression
 
+
 @dataclass
 class ChunkPlan:
     """One chunk of a document before compression."""
@@ -186,7 +199,7 @@ def plan_chunks(model, text: str, settings: IndexSettings) -> list[ChunkPlan]:
     plans, cursor = [], 0
     for start, end, n in spans:
         n_dec = len(decoder_tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
-        plans.append(ChunkPlan(real[cursor:cursor + n], start, end, n_dec))
+        plans.append(ChunkPlan(real[cursor : cursor + n], start, end, n_dec))
         cursor += n
     return plans
 
@@ -199,15 +212,16 @@ def compress_chunks(model, plans: list[ChunkPlan], decoder: int, batch_size: int
     order = sorted(range(len(plans)), key=lambda i: -len(plans[i].encoder_ids))  # little padding
     out: list[torch.Tensor | None] = [None] * len(plans)
     for first in range(0, len(order), batch_size):
-        batch = order[first:first + batch_size]
+        batch = order[first : first + batch_size]
         vectors = model.encode_segments([plans[i].encoder_ids for i in batch], decoder)
         for i, v in zip(batch, vectors):
             out[i] = v.float().cpu()
     return out
 
 
-def compress_documents(model, texts: list[str], settings: IndexSettings,
-                       batch_size: int = 16) -> list[list[ChunkRecord]]:
+def compress_documents(
+    model, texts: list[str], settings: IndexSettings, batch_size: int = 16
+) -> list[list[ChunkRecord]]:
     """Chunk and compress documents (all their chunks in shared encoder batches)."""
     plans = [plan_chunks(model, t, settings) for t in texts]
     flat = [p for doc in plans for p in doc]
@@ -216,6 +230,7 @@ def compress_documents(model, texts: list[str], settings: IndexSettings,
 
 
 # --------------------------------------------------------------------- indexing
+
 
 @dataclass
 class IndexReport:
@@ -236,18 +251,26 @@ class IndexReport:
             f"corpus: {self.documents_in_corpus} documents; added {self.documents_added} "
             f"({self.chunks_added} chunks, {self.vectors_added} vectors), skipped {self.documents_skipped} "
             f"already stored, in {self.seconds:.1f}s",
-            f"store: {s.n_docs} documents, {s.n_chunks} chunks, {s.n_vectors} vectors, "
-            f"{s.n_tokens} decoder tokens",
+            f"store: {s.n_docs} documents, {s.n_chunks} chunks, {s.n_vectors} vectors, {s.n_tokens} decoder tokens",
             f"bytes per token: vectors {s.bytes_per_token:.2f} (shard files {s.vector_bytes} B"
             + (f" + codebook {s.codebook_bytes} B" if s.codebook_bytes else "")
             + f"), raw UTF-8 text {s.text_bytes_per_token:.2f}",
         ]
 
 
-def index_corpus(model, corpus: str | os.PathLike, store_path: str | os.PathLike, codec: str = "float32",
-                 batch_size: int = 16, decoder: int | None = None, chunk_tokens: int | None = None,
-                 replace: bool = False, write_every: int = 256, progress: bool = True,
-                 documents: Iterable[tuple[str, str]] | None = None) -> IndexReport:
+def index_corpus(
+    model,
+    corpus: str | os.PathLike,
+    store_path: str | os.PathLike,
+    codec: str = "float32",
+    batch_size: int = 16,
+    decoder: int | None = None,
+    chunk_tokens: int | None = None,
+    replace: bool = False,
+    write_every: int = 256,
+    progress: bool = True,
+    documents: Iterable[tuple[str, str]] | None = None,
+) -> IndexReport:
     """Compress every document of a JSONL corpus into the store at store_path (see module doc).
 
     `documents` overrides reading the corpus file (already-validated (id, text) pairs).
@@ -279,17 +302,28 @@ def index_corpus(model, corpus: str | os.PathLike, store_path: str | os.PathLike
 
     counts = {"added": 0, "skipped": 0, "chunks": 0, "vectors": 0}
     try:
-        store.add_many(_compressed_items(model, store, settings, documents, n_corpus, batch_size,
-                                         replace, counts, progress),
-                       replace=replace, batch_docs=write_every)
+        store.add_many(
+            _compressed_items(model, store, settings, documents, n_corpus, batch_size, replace, counts, progress),
+            replace=replace,
+            batch_docs=write_every,
+        )
         if is_pq and not target_exists:
             store = _quantize_staging(store, staging, store_path, codec, settings)
         _build_retrieval_index(store)
         stats = store.stats()
     finally:
         store.close()
-    return IndexReport(str(store_path), codec, n_corpus, counts["added"], counts["skipped"],
-                       counts["chunks"], counts["vectors"], time.perf_counter() - started, stats)
+    return IndexReport(
+        str(store_path),
+        codec,
+        n_corpus,
+        counts["added"],
+        counts["skipped"],
+        counts["chunks"],
+        counts["vectors"],
+        time.perf_counter() - started,
+        stats,
+    )
 
 
 def _compressed_items(model, store, settings, documents, n_corpus, batch_size, replace, counts, progress):
@@ -328,8 +362,9 @@ def _compressed_items(model, store, settings, documents, n_corpus, batch_size, r
         bar.close()
 
 
-def _quantize_staging(staging_store: VectorStore, staging: Path, store_path: Path, codec: str,
-                      settings: IndexSettings) -> VectorStore:
+def _quantize_staging(
+    staging_store: VectorStore, staging: Path, store_path: Path, codec: str, settings: IndexSettings
+) -> VectorStore:
     """Quantize the finished float32 staging store into store_path (atomically), drop the staging."""
     n = staging_store.stats().n_vectors
     tmp = store_path.with_name(store_path.name + QUANTIZING_SUFFIX)
@@ -337,8 +372,10 @@ def _quantize_staging(staging_store: VectorStore, staging: Path, store_path: Pat
     try:
         quantized = staging_store.quantize(tmp, codec)
     except ValueError as e:
-        raise ValueError(f"cannot build a {codec} store from {n} vectors ({e}); the float32 vectors "
-                         f"are kept in {staging}: index more documents or use float32/float16") from e
+        raise ValueError(
+            f"cannot build a {codec} store from {n} vectors ({e}); the float32 vectors "
+            f"are kept in {staging}: index more documents or use float32/float16"
+        ) from e
     quantized.close()
     settings.save(tmp)
     os.replace(tmp, store_path)  # the PQ store appears whole or not at all
@@ -347,8 +384,9 @@ def _quantize_staging(staging_store: VectorStore, staging: Path, store_path: Pat
     return VectorStore.open(store_path)
 
 
-def quantize_store(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str,
-                   sample_size: int = 65536, seed: int = 0) -> VectorStore:
+def quantize_store(
+    src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str, sample_size: int = 65536, seed: int = 0
+) -> VectorStore:
     """A copy of the indexed store at src_path with its vectors in `codec`, its index settings
     (decoder, chunk size) carried over; a PQ codebook is trained on up to sample_size of its
     vectors. Returns the new store, open."""
@@ -383,8 +421,10 @@ def store_report(path: str | os.PathLike) -> list[str]:
             f"content version {store.version}",
         ]
         if settings is not None:
-            lines.append(f"vectors for decoder {settings.decoder} ({settings.decoder_name}), "
-                         f"chunks of {settings.chunk_tokens} encoder tokens")
+            lines.append(
+                f"vectors for decoder {settings.decoder} ({settings.decoder_name}), "
+                f"chunks of {settings.chunk_tokens} encoder tokens"
+            )
         lines += [
             f"{s.n_docs} documents, {s.n_chunks} chunks, {s.n_vectors} vectors, {s.n_tokens} decoder tokens "
             f"({s.n_tokens / s.n_vectors if s.n_vectors else 0:.2f} tokens per vector)",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 
@@ -47,7 +46,7 @@ class BM25Index:
         self.version = version
 
     @classmethod
-    def build(cls, store: VectorStore) -> "BM25Index":
+    def build(cls, store: VectorStore) -> BM25Index:
         """Index the store's chunk texts now and save the index in the store folder."""
         bm25s = _import_bm25s()
         version = store.version
@@ -62,7 +61,7 @@ class BM25Index:
         return index
 
     @classmethod
-    def open(cls, store: VectorStore) -> "BM25Index":
+    def open(cls, store: VectorStore) -> BM25Index:
         """The saved index if it matches the store's content version, else a freshly built one."""
         folder = store.path / INDEX_DIR
         try:

@@ -77,9 +77,10 @@ def read_rows(path: Path, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
             out = []
             for first, n in ranges:
                 if first < 0 or first + n > n_rows:
-                    raise CorruptStoreError(f"shard file {path} has {n_rows} rows, rows {first}..{first + n} "
-                                            f"were expected")
-                out.append(view[first:first + n])
+                    raise CorruptStoreError(
+                        f"shard file {path} has {n_rows} rows, rows {first}..{first + n} were expected"
+                    )
+                out.append(view[first : first + n])
             return out
     except (SafetensorError, OSError) as e:
         raise CorruptStoreError(f"shard file {path} is unreadable: {e}") from e

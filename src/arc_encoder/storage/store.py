@@ -22,14 +22,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from .codecs import Codec, PQ_CODEBOOK_FILE, load_codec, make_codec
+from .codecs import PQ_CODEBOOK_FILE, Codec, load_codec, make_codec
 from .shards import CorruptStoreError, leftover_files, read_rows, shard_name, write_shard
 
 DB_FILE = "meta.sqlite"
@@ -130,8 +131,7 @@ class VectorStore:
     # ----------------------------------------------------------------- create / open
 
     @classmethod
-    def create(cls, path: str | os.PathLike, fingerprint: str, dim: int,
-               codec: str | Codec = "float32") -> "VectorStore":
+    def create(cls, path: str | os.PathLike, fingerprint: str, dim: int, codec: str | Codec = "float32") -> VectorStore:
         """New empty store at path (a missing or empty folder). A PQ codec must be trained first."""
         path = Path(path)
         _check_new_folder(path)
@@ -160,7 +160,7 @@ class VectorStore:
         return cls(path, con, fingerprint, dim, codec)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, fingerprint: str | None = None) -> "VectorStore":
+    def open(cls, path: str | os.PathLike, fingerprint: str | None = None) -> VectorStore:
         """Open an existing store; with fingerprint given, refuse a store built by another model."""
         path = Path(path)
         if not path.is_dir():
@@ -210,7 +210,7 @@ class VectorStore:
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> "VectorStore":
+    def __enter__(self) -> VectorStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -256,8 +256,9 @@ class VectorStore:
         """Store one document (one shard file; prefer add_many for many documents)."""
         self.add_many([(doc_id, text, chunks)], replace=replace)
 
-    def add_many(self, items: Iterable[tuple[str, str, list[ChunkRecord]]], replace: bool = False,
-                 batch_docs: int = 256) -> int:
+    def add_many(
+        self, items: Iterable[tuple[str, str, list[ChunkRecord]]], replace: bool = False, batch_docs: int = 256
+    ) -> int:
         """Store (doc_id, text, chunks) items; returns how many documents were stored.
 
         Every batch_docs documents are one transaction and one shard: if items raises midway (or the
@@ -306,14 +307,25 @@ class VectorStore:
             rows: list[np.ndarray] = []
             first_row = 0
             for doc_id, text, chunks in encoded:
-                con.execute("INSERT INTO documents (id, text, n_chunks, added) VALUES (?, ?, ?, ?)",
-                            (doc_id, text, len(chunks), now))
+                con.execute(
+                    "INSERT INTO documents (id, text, n_chunks, added) VALUES (?, ?, ?, ?)",
+                    (doc_id, text, len(chunks), now),
+                )
                 for index, (c, stored) in enumerate(chunks):
                     con.execute(
                         "INSERT INTO chunks (doc_id, chunk_index, shard, first_row, n_vectors, n_tokens, "
                         "start_char, end_char, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (doc_id, index, shard_id, first_row, stored.shape[0], int(c.n_tokens), int(c.start),
-                         int(c.end), text[c.start:c.end]),
+                        (
+                            doc_id,
+                            index,
+                            shard_id,
+                            first_row,
+                            stored.shape[0],
+                            int(c.n_tokens),
+                            int(c.start),
+                            int(c.end),
+                            text[c.start : c.end],
+                        ),
                     )
                     rows.append(stored)
                     first_row += stored.shape[0]
@@ -365,7 +377,7 @@ class VectorStore:
             self._rewrite_shards(group)
         return before - self._shard_bytes()
 
-    def _rewrite_shards(self, group: list["_ShardPlan"]) -> None:
+    def _rewrite_shards(self, group: list[_ShardPlan]) -> None:
         """Move the live chunks of group's shards into one new shard, then delete the old files."""
         old_ids = [g.id for g in group]
         old_files = [self.path / g.file for g in group]
@@ -374,7 +386,8 @@ class VectorStore:
             marks = ",".join("?" * len(old_ids))
             live = con.execute(
                 f"SELECT c.id, s.file, c.first_row, c.n_vectors FROM chunks c JOIN shards s ON s.id = c.shard "
-                f"WHERE c.shard IN ({marks}) ORDER BY c.id", old_ids,
+                f"WHERE c.shard IN ({marks}) ORDER BY c.id",
+                old_ids,
             ).fetchall()
             if live:
                 stored = _read_stored(self.path, [(file, first, n) for _, file, first, n in live])
@@ -382,8 +395,10 @@ class VectorStore:
                 name = shard_name(shard_id)
                 con.execute("UPDATE shards SET file = ? WHERE id = ?", (name, shard_id))
                 starts = np.cumsum([0] + [n for *_, n in live[:-1]]).tolist()  # new first rows
-                con.executemany("UPDATE chunks SET shard = ?, first_row = ? WHERE id = ?",
-                                [(shard_id, first, cid) for (cid, *_), first in zip(live, starts)])
+                con.executemany(
+                    "UPDATE chunks SET shard = ?, first_row = ? WHERE id = ?",
+                    [(shard_id, first, cid) for (cid, *_), first in zip(live, starts)],
+                )
             con.execute(f"DELETE FROM shards WHERE id IN ({marks})", old_ids)
             if live:
                 path = self.path / name
@@ -394,8 +409,14 @@ class VectorStore:
         for f in old_files:
             f.unlink(missing_ok=True)
 
-    def quantize(self, dst_path: str | os.PathLike, codec: str | Codec, sample_size: int = 65536,
-                 seed: int = 0, batch_docs: int = 256) -> "VectorStore":
+    def quantize(
+        self,
+        dst_path: str | os.PathLike,
+        codec: str | Codec,
+        sample_size: int = 65536,
+        seed: int = 0,
+        batch_docs: int = 256,
+    ) -> VectorStore:
         """Write a copy of this store at dst_path with vectors in codec (e.g. 'pq1').
 
         An untrained PQ codec is first trained on sample_size vectors drawn at random from this store.
@@ -439,8 +460,7 @@ class VectorStore:
         """The document's chunks in order."""
         if not self.has(doc_id):
             raise KeyError(f"document {doc_id!r} is not in the store")
-        rows = self._con.execute(f"SELECT {_INFO_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY chunk_index",
-                                 (doc_id,))
+        rows = self._con.execute(f"SELECT {_INFO_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY chunk_index", (doc_id,))
         return [ChunkInfo(*r) for r in rows]
 
     def chunk_info(self, chunk_ids: Sequence[int]) -> list[ChunkInfo]:
@@ -470,7 +490,8 @@ class VectorStore:
                 marks = ",".join("?" * len(part))
                 for cid, file, first, n in con.execute(
                     f"SELECT c.id, s.file, c.first_row, c.n_vectors FROM chunks c JOIN shards s ON s.id = c.shard "
-                    f"WHERE c.id IN ({marks})", part,
+                    f"WHERE c.id IN ({marks})",
+                    part,
                 ):
                     loc[cid] = (file, first, n)
             stored = _read_stored(self.path, [_lookup(loc, i) for i in chunk_ids])
@@ -541,6 +562,7 @@ class VectorStore:
 
 # --------------------------------------------------------------------- helpers
 
+
 class _ShardPlan(NamedTuple):
     id: int
     file: str
@@ -584,8 +606,9 @@ def _check_document(doc_id, text, chunks) -> None:
         if not isinstance(c, ChunkRecord):
             raise ValueError(f"document {doc_id!r} chunk {i}: expected a ChunkRecord, got {type(c).__name__}")
         if not 0 <= c.start <= c.end <= len(text):
-            raise ValueError(f"document {doc_id!r} chunk {i}: offsets [{c.start}, {c.end}) outside the text "
-                             f"(length {len(text)})")
+            raise ValueError(
+                f"document {doc_id!r} chunk {i}: offsets [{c.start}, {c.end}) outside the text (length {len(text)})"
+            )
         if c.n_tokens < 0:
             raise ValueError(f"document {doc_id!r} chunk {i}: n_tokens must be >= 0")
         shape = getattr(c.vectors, "shape", None)
@@ -624,4 +647,4 @@ def _lookup(table: dict, chunk_id):
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]

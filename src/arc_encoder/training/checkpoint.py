@@ -19,8 +19,9 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,13 +145,16 @@ def optimizer_state(optimizer: torch.optim.Optimizer, names: dict[torch.Tensor, 
         for p in group["params"]:
             if p in optimizer.state:  # parameters that never had a gradient have no state
                 state[names[p]] = {k: _full(v) if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
-              for g in optimizer.param_groups]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
+        for g in optimizer.param_groups
+    ]
     return {"state": state, "param_groups": groups}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any],
-                         names: dict[torch.Tensor, str]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], names: dict[torch.Tensor, str]
+) -> None:
     """Restore `optimizer_state` output; the groups must hold the same parameters."""
     groups = optimizer.param_groups
     saved_groups = saved["param_groups"]

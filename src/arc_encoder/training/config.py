@@ -289,7 +289,7 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ValueError(f"override {override!r}: {'.'.join(parts[:depth + 1])} is not a section")
+            raise ValueError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 

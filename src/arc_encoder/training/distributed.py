@@ -107,8 +107,7 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         # Every step leaves parameters without a gradient: one of <Rec>/<Cont>, and the adapters
         # of the decoders it does not train. Buffers are RoPE tables, equal on every rank.
-        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True,
-                                       broadcast_buffers=False)
+        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

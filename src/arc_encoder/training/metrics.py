@@ -18,8 +18,11 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             # records written after the checkpoint we resume from would appear twice
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -29,8 +32,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError("log.tensorboard: true needs the tensorboard package "
-                                  "(pip install tensorboard)") from e
+                raise ImportError(
+                    "log.tensorboard: true needs the tensorboard package (pip install tensorboard)"
+                ) from e
             self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -70,8 +74,9 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path:
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
-    fig, (ax_loss, ax_gap, ax_lr) = plt.subplots(3, 1, figsize=(8, 9), sharex=True,
-                                                 gridspec_kw={"height_ratios": [3, 2, 1]})
+    fig, (ax_loss, ax_gap, ax_lr) = plt.subplots(
+        3, 1, figsize=(8, 9), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1]}
+    )
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss_avg"] for r in train], label="train", lw=1)
     for name in sorted({k for r in evals for k in r["eval"]}):

@@ -38,18 +38,31 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     arc_config = config.arc_config(saved=saved)
     changed = [k for k in _ENCODER_SHAPE if getattr(arc_config, k) != saved.get(k)]
     if changed:
-        raise ValueError(f"model.init_from: {changed} differ from the saved model in {source}; "
-                         "a warm start keeps the encoder's shape (the pooling factor may change)")
+        raise ValueError(
+            f"model.init_from: {changed} differ from the saved model in {source}; "
+            "a warm start keeps the encoder's shape (the pooling factor may change)"
+        )
     # The saved encoder config already has the truncated depth: no backbone weights are read.
     hf_config = AutoConfig.from_pretrained(source / ENCODER_DIR)
     hf_config._attn_implementation = arc_config.attn_implementation
     encoder = Encoder(hf_config, arc_config)
     paths = [resolve_model(d) for d in arc_config.decoders]
-    decoders = [load_frozen_decoder(p, arc_config.attn_implementation, spec.pretrained,
-                                    None if spec.pretrained else AutoConfig.from_pretrained(p))
-                for p in paths]
-    arc = ARCModel(arc_config, encoder, decoders, AutoTokenizer.from_pretrained(source / ENCODER_DIR),
-                   [AutoTokenizer.from_pretrained(p) for p in paths])
+    decoders = [
+        load_frozen_decoder(
+            p,
+            arc_config.attn_implementation,
+            spec.pretrained,
+            None if spec.pretrained else AutoConfig.from_pretrained(p),
+        )
+        for p in paths
+    ]
+    arc = ARCModel(
+        arc_config,
+        encoder,
+        decoders,
+        AutoTokenizer.from_pretrained(source / ENCODER_DIR),
+        [AutoTokenizer.from_pretrained(p) for p in paths],
+    )
     load_warm_start(arc, source, saved["decoders"], spec.new_special_from, log)
     return arc
 
@@ -64,17 +77,19 @@ def saved_model_dir(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest
-    raise FileNotFoundError(f"model.init_from: {path} is neither a saved ARC model (no {CONFIG_FILE}) "
-                            "nor a training run folder with a complete checkpoint")
+    raise FileNotFoundError(
+        f"model.init_from: {path} is neither a saved ARC model (no {CONFIG_FILE}) "
+        "nor a training run folder with a complete checkpoint"
+    )
 
 
 @torch.no_grad()
-def load_warm_start(arc: ARCModel, source: Path, saved_decoders: list[str], special_from: int | None,
-                    log=print) -> None:
+def load_warm_start(
+    arc: ARCModel, source: Path, saved_decoders: list[str], special_from: int | None, log=print
+) -> None:
     state = load_file(str(source / WEIGHTS_FILE))
     if special_from is not None and not 0 <= special_from < len(saved_decoders):
-        raise ValueError(f"model.new_special_from={special_from}, but {source} has "
-                         f"{len(saved_decoders)} decoder(s)")
+        raise ValueError(f"model.new_special_from={special_from}, but {source} has {len(saved_decoders)} decoder(s)")
     wanted: dict[str, str] = {}  # our key -> key in the saved file
     for key in arc.encoder.state_dict():
         wanted[f"encoder.{key}"] = f"encoder.{key}"
@@ -92,8 +107,11 @@ def load_warm_start(arc: ARCModel, source: Path, saved_decoders: list[str], spec
             log(f"decoder {i} ({name}): new projector and special tokens")
     own = arc.state_dict()
     problems = [f"{src} (for {dst}) missing" for dst, src in wanted.items() if src not in state]
-    problems += [f"{dst}: saved {tuple(state[src].shape)} vs model {tuple(own[dst].shape)}"
-                 for dst, src in wanted.items() if src in state and state[src].shape != own[dst].shape]
+    problems += [
+        f"{dst}: saved {tuple(state[src].shape)} vs model {tuple(own[dst].shape)}"
+        for dst, src in wanted.items()
+        if src in state and state[src].shape != own[dst].shape
+    ]
     if problems:
         raise ValueError(f"model.init_from: {source / WEIGHTS_FILE} does not fit this model: {problems[:5]}")
     for dst, src in wanted.items():

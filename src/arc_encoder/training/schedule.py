@@ -14,8 +14,15 @@ import math
 from .config import OptimConfig
 
 
-def lr_at(step: int, peak: float, steps: int, warmup_steps: int = 0, warmup: str = "linear",
-          final_lr: float = 0.0, decay: str = "cosine") -> float:
+def lr_at(
+    step: int,
+    peak: float,
+    steps: int,
+    warmup_steps: int = 0,
+    warmup: str = "linear",
+    final_lr: float = 0.0,
+    decay: str = "cosine",
+) -> float:
     """The learning rate of optimizer step `step` (0-based) for a group whose peak is `peak`."""
     if not 0 <= step < steps:
         raise ValueError(f"step {step} is outside a schedule of {steps} steps")
@@ -41,7 +48,9 @@ def lr_lambda(peak: float, steps: int, optim: OptimConfig):
 
     def factor(step: int) -> float:
         # LambdaLR asks for one step past the end after the last optimizer step; hold the end.
-        return lr_at(min(step, steps - 1), peak, steps, optim.warmup_steps, optim.warmup,
-                     optim.final_lr, optim.decay) / peak
+        return (
+            lr_at(min(step, steps - 1), peak, steps, optim.warmup_steps, optim.warmup, optim.final_lr, optim.decay)
+            / peak
+        )
 
     return factor

@@ -29,12 +29,19 @@ import torch
 from tqdm import tqdm
 
 from ..data.batch import Batch
-from ..evaluation.content import content_sums, content_summary, flat_summary
+from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
 from . import checkpoint as ckpt
 from .config import TrainConfig, resume_differences, save_config
-from .distributed import (Runtime, all_reduce_sum, barrier, enable_activation_checkpointing,
-                          gather_objects, init_distributed, wrap)
+from .distributed import (
+    Runtime,
+    all_reduce_sum,
+    barrier,
+    enable_activation_checkpointing,
+    gather_objects,
+    init_distributed,
+    wrap,
+)
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
 from .schedule import lr_lambda
 
@@ -70,8 +77,11 @@ def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
         else:
             projector.append(p)
     o = config.optim
-    groups = [("encoder", encoder, o.lr_encoder), ("projector", projector, o.lr_projector),
-              ("special", special, o.lr_special)]
+    groups = [
+        ("encoder", encoder, o.lr_encoder),
+        ("projector", projector, o.lr_projector),
+        ("special", special, o.lr_special),
+    ]
     return [{"name": name, "params": params, "lr": lr} for name, params, lr in groups if params]
 
 
@@ -91,8 +101,14 @@ def input_tokens(batch: Batch) -> int:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, arc: ARCModel, data,
-                 eval_batches: list[list[Batch]] | None = None, runtime: Runtime | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        arc: ARCModel,
+        data,
+        eval_batches: list[list[Batch]] | None = None,
+        runtime: Runtime | None = None,
+    ):
         """`eval_batches[k]`: held-out batches for decoder k (empty for decoders not evaluated)."""
         self.config = config
         self.arc = arc
@@ -116,8 +132,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
         device = self.runtime.device
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                       enabled=self._use_bf16(device))
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_bf16(device))
         arc.to(device)
         if config.freeze_encoder:
             arc.encoder.requires_grad_(False)
@@ -132,10 +147,10 @@ class Trainer:
         groups = param_groups(arc, config)
         self.trainable = [p for g in groups for p in g["params"]]
         o = config.optim
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups])
+            self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups]
+        )
 
     def _use_bf16(self, device: torch.device) -> bool:
         # decisions #6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
@@ -153,18 +168,21 @@ class Trainer:
         if state["world_size"] != self.runtime.world_size:
             diffs.append(f"world size: {state['world_size']} -> {self.runtime.world_size} (data sharding)")
         if diffs:
-            raise ValueError(f"cannot resume from {path}: the configuration changed:\n  "
-                             + "\n  ".join(diffs)
-                             + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
-                               "and log.* may change when resuming.")
+            raise ValueError(
+                f"cannot resume from {path}: the configuration changed:\n  "
+                + "\n  ".join(diffs)
+                + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
+                "and log.* may change when resuming."
+            )
         ckpt.load_model_state(self.arc, path / ckpt.WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scheduler.last_epoch != state["step"]:
             raise ValueError(f"{path}: scheduler at {self.scheduler.last_epoch}, trainer at {state['step']}")
         # A changed `steps` reshapes the decay from here on: rebuild the factors, refresh the LRs.
-        self.scheduler.lr_lambdas = [lr_lambda(g["initial_lr"], self.config.steps, self.config.optim)
-                                     for g in self.optimizer.param_groups]
+        self.scheduler.lr_lambdas = [
+            lr_lambda(g["initial_lr"], self.config.steps, self.config.optim) for g in self.optimizer.param_groups
+        ]
         for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
             group["lr"] = group["initial_lr"] * factor(self.scheduler.last_epoch)
         mine = state["ranks"][self.runtime.rank]
@@ -183,8 +201,14 @@ class Trainer:
         ranks = gather_objects({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
         barrier()
         if self.runtime.is_main:
-            state = {"step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                     "ranks": ranks, "world_size": self.runtime.world_size, "config": self.config.to_dict()}
+            state = {
+                "step": self.step,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "ranks": ranks,
+                "world_size": self.runtime.world_size,
+                "config": self.config.to_dict(),
+            }
 
             def write(folder: Path) -> None:
                 self.arc.save_pretrained(folder, state_dict=model_state)
@@ -202,8 +226,10 @@ class Trainer:
         try:
             batch = self.data.next_batch(decoder) if self.iterator is None else next(self.iterator)
         except StopIteration:
-            raise RuntimeError(f"the data of decoder {decoder} ran out at step {self.step + 1}; "
-                               "training data must repeat (loop over its sources)") from None
+            raise RuntimeError(
+                f"the data of decoder {decoder} ran out at step {self.step + 1}; "
+                "training data must repeat (loop over its sources)"
+            ) from None
         if not isinstance(batch, Batch):
             raise TypeError(f"data sources must yield Batch objects, got {type(batch).__name__}")
         return batch
@@ -217,7 +243,7 @@ class Trainer:
             batch = self.next_batch(decoder)
             task = batch.task
             sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
-            with (contextlib.nullcontext() if sync else self.module.no_sync()), self.autocast:
+            with contextlib.nullcontext() if sync else self.module.no_sync(), self.autocast:
                 loss_sum, n_tokens = self.module(batch.samples, decoder, batch.special)
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
@@ -233,11 +259,15 @@ class Trainer:
         grad_norm = grad_norm.item()
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            where = (f"the last good checkpoint is {self.last_checkpoint} (left intact)"
-                     if self.last_checkpoint else "no checkpoint was written yet")
+            where = (
+                f"the last good checkpoint is {self.last_checkpoint} (left intact)"
+                if self.last_checkpoint
+                else "no checkpoint was written yet"
+            )
             raise TrainingDiverged(
                 f"training stopped at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
-                f"(decoder {decoder}, {task} batch); {where}")
+                f"(decoder {decoder}, {task} batch); {where}"
+            )
         clip = self.config.optim.grad_clip
         if clip > 0 and grad_norm > clip:  # the same coefficient as torch's clip_grad_norm_
             torch._foreach_mul_(grads, clip / (grad_norm + 1e-6))
@@ -246,8 +276,16 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "loss": loss, "tokens": int(totals[1]), "input_tokens": int(totals[2]),
-                "grad_norm": grad_norm, "lr": lrs, "decoder": decoder, "task": task}
+        return {
+            "step": self.step,
+            "loss": loss,
+            "tokens": int(totals[1]),
+            "input_tokens": int(totals[2]),
+            "grad_norm": grad_norm,
+            "lr": lrs,
+            "decoder": decoder,
+            "task": task,
+        }
 
     # ------------------------------------------------------------------------- held-out loss
     @torch.no_grad()
@@ -262,6 +300,7 @@ class Trainer:
         # fewest held-out batches (of its shard) sets the count.
         counts = [min(c) for c in zip(*gather_objects([len(b) for b in self.eval_batches]))]
         for decoder, (batches, count) in enumerate(zip(self.eval_batches, counts)):
+
             def loss_fn(samples, special, decoder=decoder):
                 with self.autocast:
                     return self.module(samples, decoder, special, with_accuracy=True)
@@ -282,17 +321,27 @@ class Trainer:
         """Train up to config.steps; returns the final checkpoint folder."""
         config, main = self.config, self.runtime.is_main
         if self.step == 0 and ckpt.list_checkpoints(self.out_dir):
-            raise FileExistsError(f"{self.out_dir} already holds checkpoints: pass --resume to continue "
-                                  "that run, or choose another out_dir")
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints: pass --resume to continue "
+                "that run, or choose another out_dir"
+            )
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out_dir / "config.yaml")
-        log = MetricsLog(self.out_dir, config.log.tensorboard,
-                         resume_step=self.step if self.last_checkpoint else None) if main else None
+        log = (
+            MetricsLog(self.out_dir, config.log.tensorboard, resume_step=self.step if self.last_checkpoint else None)
+            if main
+            else None
+        )
         if not hasattr(self.data, "next_batch"):
             self.iterator = iter(self.data)
-        bar = tqdm(total=config.steps, initial=self.step, disable=not (main and config.log.progress),
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=not (main and config.log.progress),
+            desc="train",
+            dynamic_ncols=True,
+        )
         every = config.eval.every
         try:
             if every and self.step == 0:
@@ -302,16 +351,21 @@ class Trainer:
             limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
             while self.step < config.steps:
                 record = self.train_step()
-                window += torch.tensor([record["loss"] * record["tokens"], record["tokens"],
-                                        record["input_tokens"]], dtype=torch.float64)
+                window += torch.tensor(
+                    [record["loss"] * record["tokens"], record["tokens"], record["input_tokens"]], dtype=torch.float64
+                )
                 elapsed = time.perf_counter() - started
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{max(record['lr'].values()):.2e}",
-                                tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}",
+                    lr=f"{max(record['lr'].values()):.2e}",
+                    tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}",
+                )
                 out_of_time = limit is not None and time.perf_counter() - fit_start > limit
                 if out_of_time and self.runtime.distributed:  # every rank must stop together
-                    out_of_time = bool(all_reduce_sum(torch.tensor([float(out_of_time)],
-                                                                   device=self.runtime.device)).item())
+                    out_of_time = bool(
+                        all_reduce_sum(torch.tensor([float(out_of_time)], device=self.runtime.device)).item()
+                    )
                 last = self.step == config.steps or out_of_time
                 if main and (self.step % config.log.every == 0 or last):
                     record["loss_avg"] = (window[0] / window[1]).item()
@@ -351,8 +405,9 @@ def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: 
     values.update(overrides or {})
     values.setdefault("batch_size", config.batch_size)
     values.setdefault("seed", config.seed)
-    return pipeline(values, arc.encoder_tokenizer, arc.decoder_tokenizers,
-                    rank=runtime.rank, world_size=runtime.world_size)
+    return pipeline(
+        values, arc.encoder_tokenizer, arc.decoder_tokenizers, rank=runtime.rank, world_size=runtime.world_size
+    )
 
 
 def calibrate_projector_inputs(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4) -> None:
