@@ -272,12 +272,31 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_model
             return super().next_batch(decoder)
 
     trainer.data = Poisoned(TEXTS, 4)
-    with pytest.raises(TrainingDiverged, match=r"step 5: loss nan.*step_00000004 \(left intact\)"):
+    with pytest.raises(TrainingDiverged, match=r"step 5: loss nan.*step_00000004, holds finite weights and is left intact"):
         trainer.fit()
     assert [s for s, _ in ckpt.list_checkpoints(config.out_dir)] == [2, 4]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
     good = ARCModel.from_pretrained(ckpt.latest_checkpoint(config.out_dir))
     assert all(torch.isfinite(p).all() for p in good.parameters())
+
+
+def test_weights_made_infinite_by_a_step_stop_training_before_any_checkpoint(tiny_models, tmp_path):
+    # finite loss and gradients, but an update that leaves a weight infinite (as a learning rate
+    # near float32's limit would): nothing of that step may be saved as a checkpoint
+    config = make_config(tmp_path, tiny_models["llama"], steps=4, checkpoint__every=1)
+    trainer = new_trainer(config)
+    real_step = trainer.optimizer.step
+
+    def overflowing_step(*args, **kwargs):
+        real_step(*args, **kwargs)
+        if trainer.step == 2:  # during the third step
+            trainer.arc.adapters[0].up.weight.data[0, 0] = float("inf")
+
+    trainer.optimizer.step = overflowing_step
+    message = r"step 3: 1 weight tensor\(s\) are no longer finite \(first: adapters.0.up.weight\).*step_00000002, holds"
+    with pytest.raises(TrainingDiverged, match=message):
+        trainer.fit()
+    assert [s for s, _ in ckpt.list_checkpoints(config.out_dir)] == [1, 2]
 
 
 def test_warm_start_with_another_pooling_factor_and_a_new_decoder(tiny_models, tmp_path):

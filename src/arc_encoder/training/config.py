@@ -11,6 +11,7 @@ plain mapping handed to the data pipeline of its `kind`, which validates it. `${
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -71,6 +72,12 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
 
     def __post_init__(self):
+        numbers = {"lr_encoder": self.lr_encoder, "lr_projector": self.lr_projector, "lr_special": self.lr_special,
+                   "eps": self.eps, "weight_decay": self.weight_decay, "final_lr": self.final_lr,
+                   "grad_clip": self.grad_clip, **{f"betas[{i}]": b for i, b in enumerate(self.betas)}}
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise ValueError(f"optim.{name} must be a finite number, got {value}")
         for name in ("lr_encoder", "lr_projector", "lr_special"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")

@@ -259,14 +259,9 @@ class Trainer:
         grad_norm = grad_norm.item()
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            where = (
-                f"the last good checkpoint is {self.last_checkpoint} (left intact)"
-                if self.last_checkpoint
-                else "no checkpoint was written yet"
-            )
             raise TrainingDiverged(
                 f"training stopped at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
-                f"(decoder {decoder}, {task} batch); {where}"
+                f"(decoder {decoder}, {task} batch); {self._last_good()}"
             )
         clip = self.config.optim.grad_clip
         if clip > 0 and grad_norm > clip:  # the same coefficient as torch's clip_grad_norm_
@@ -276,6 +271,12 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        bad = [self.param_names[p] for p in self.trainable if not torch.isfinite(p).all()]
+        if bad:  # finite gradients can still make non-finite weights (e.g. a huge learning rate)
+            raise TrainingDiverged(
+                f"training stopped at step {self.step}: {len(bad)} weight tensor(s) are no longer finite "
+                f"(first: {bad[0]}); nothing of this step was saved; {self._last_good()}"
+            )
         return {
             "step": self.step,
             "loss": loss,
@@ -286,6 +287,11 @@ class Trainer:
             "decoder": decoder,
             "task": task,
         }
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"the last checkpoint, {self.last_checkpoint}, holds finite weights and is left intact"
 
     # ------------------------------------------------------------------------- held-out loss
     @torch.no_grad()
