@@ -272,7 +272,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_model
             return super().next_batch(decoder)
 
     trainer.data = Poisoned(TEXTS, 4)
-    with pytest.raises(TrainingDiverged, match=r"step 5: loss nan.*step_00000004, holds finite weights and is left intact"):
+    message = r"step 5: loss nan.*step_00000004, holds finite weights and is left intact"
+    with pytest.raises(TrainingDiverged, match=message):
         trainer.fit()
     assert [s for s, _ in ckpt.list_checkpoints(config.out_dir)] == [2, 4]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))

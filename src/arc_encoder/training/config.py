@@ -72,9 +72,16 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
 
     def __post_init__(self):
-        numbers = {"lr_encoder": self.lr_encoder, "lr_projector": self.lr_projector, "lr_special": self.lr_special,
-                   "eps": self.eps, "weight_decay": self.weight_decay, "final_lr": self.final_lr,
-                   "grad_clip": self.grad_clip, **{f"betas[{i}]": b for i, b in enumerate(self.betas)}}
+        numbers = {
+            "lr_encoder": self.lr_encoder,
+            "lr_projector": self.lr_projector,
+            "lr_special": self.lr_special,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "final_lr": self.final_lr,
+            "grad_clip": self.grad_clip,
+            **{f"betas[{i}]": b for i, b in enumerate(self.betas)},
+        }
         for name, value in numbers.items():
             if not math.isfinite(value):
                 raise ValueError(f"optim.{name} must be a finite number, got {value}")
