@@ -1,5 +1,8 @@
 """ARCModel end to end on tiny random models: training signal, batching, generation, saving."""
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -260,6 +263,26 @@ def test_save_load_bit_exact(tiny_arc, tmp_path):
     assert model.fingerprint() == loaded.fingerprint()
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda meta: "{not json", "Expecting property name"),
+        (lambda meta: [1, 2], "expected a JSON object, got list"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "config"}, "'config' is missing"),
+        (lambda meta: {**meta, "config": {**meta["config"], "bottleneck": "32"}}, "config.bottleneck"),
+        (lambda meta: {**meta, "config": {**meta["config"], "poolin": "mean"}}, "unknown key(s) ['poolin']"),
+        (lambda meta: {**meta, "format_version": 99}, "unsupported format_version 99"),
+    ],
+)
+def test_a_corrupt_model_config_is_named(tiny_arc, tmp_path, edit, message):
+    tiny_arc().save_pretrained(tmp_path / "m")
+    file = tmp_path / "m" / "arc_config.json"
+    edited = edit(json.loads(file.read_text()))
+    file.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ValueError, match=re.escape(str(file)) + ": .*" + re.escape(message)):
+        ARCModel.from_pretrained(tmp_path / "m")
+
+
 def test_mismatched_checkpoint_refused(tiny_arc, tiny_models, tmp_path):
     tiny_arc(bottleneck=32).save_pretrained(tmp_path / "a")
     other = tiny_arc(bottleneck=16)
@@ -286,7 +309,7 @@ def test_bad_input_is_named(tiny_arc):
         model.generate([["text", 5]])
     with pytest.raises(ValueError, match="exceeds the backbone's 512 positions"):
         model.compress(["word " * 600])
-    with pytest.raises(ValueError, match="unknown ARCConfig field"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pooling_factor'\] in the top level \(ARCConfig\)"):
         ARCConfig.from_dict({"pooling_factor": 4})
     with pytest.raises(ValueError, match="pooling"):
         ARCConfig(pooling="max")

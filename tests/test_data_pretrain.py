@@ -277,7 +277,7 @@ def test_bad_input_in_pipeline(tmp_path, tiny):
         PretrainData(small_config([str(tmp_path / "missing.txt")]), tiny, tiny)
     with pytest.raises(ValueError, match="continuation must be"):
         small_config(["x"], continuation=1.5)
-    with pytest.raises(ValueError, match="unknown PretrainDataConfig field"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['seqlen'\] in the top level \(PretrainDataConfig\)"):
         PretrainDataConfig.from_dict({"sources": ["x"], "seqlen": 3})
 
 

@@ -162,6 +162,33 @@ def test_environment_variables_and_bad_files(tmp_path, monkeypatch):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "twice.yaml").write_text("steps: 10\noptim:\n  lr_encoder: 1e-4\n  lr_encoder: 1e-3\n")
+    with pytest.raises(ValueError, match=r"(?s)twice\.yaml is not valid YAML.*key 'lr_encoder' is given twice.*line 4"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("out_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.yaml is not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+DATA = {"kind": "pretrain", "sources": ["wiki.txt"]}
+
+
+@pytest.mark.parametrize(
+    "tree, message",
+    [
+        ({"data": {**DATA, "continuation": "abc"}}, "data.continuation: expected a number, got 'abc'"),
+        ({"data": {**DATA, "prefix": "false"}}, "data.prefix: expected true or false, got 'false'"),
+        ({"data": {**DATA, "seqlen": 8}}, "unknown key(s) ['seqlen'] in section 'data'"),
+        ({"data": {"kind": "pretrain", "add_eos": "no way"}}, "data.add_eos: expected true or false"),
+        ({"data": {**DATA, "continuation": 2.0}}, "continuation must be a share in [0, 1]"),
+        ({"data": DATA, "eval": {"every": 5, "data": {"distinct": "yes"}}}, "eval.data.distinct: expected true"),
+        ({"model": {"arc": {"bottleneck": 0}}}, "bottleneck must be an integer >= 1 or None"),
+        ({"time_limit_minutes": -1}, "time_limit_minutes must be a positive number"),
+    ],
+)
+def test_the_data_section_and_limits_are_checked_before_any_model_loads(tree, message):
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        config_from_dict({**BASE, **tree})
 
 
 def test_resume_differences_allow_only_safe_changes():

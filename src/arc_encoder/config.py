@@ -1,19 +1,94 @@
-"""The one model configuration: what the encoder is, how it pools, which decoders it feeds."""
+"""The one model configuration: what the encoder is, how it pools, which decoders it feeds;
+and the typed construction every config section (model, data, training) is built with."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
-def from_known_fields(cls, values: dict[str, Any]):
-    """Build dataclass `cls` from a mapping; a key that is not a field is an error naming it."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+# ----------------------------------------------------------------------------- typed construction
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is loose (ints for
+    floats, "1e-4", which YAML reads as a string)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, where)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise TypeError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping (section), got {value!r}")
+        return build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"{where}: unsupported field type {tp}")
+
+
+def build(cls, values: dict[str, Any], section: str = ""):
+    """A dataclass from a mapping; unknown keys and mistyped values are errors naming them."""
+    return cls(**typed_fields(cls, values, section))
+
+
+def typed_fields(cls, values: dict[str, Any], section: str = "") -> dict[str, Any]:
+    """The values of a mapping checked (names and types) against dataclass `cls`, not yet built."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**values)
+        where = f"section '{section}'" if section else f"the top level ({cls.__name__})"
+        raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {names}")
+    return {k: coerce(v, hints[k], f"{section}.{k}" if section else k) for k, v in values.items()}
 
 
 class DictConfig:
@@ -23,8 +98,9 @@ class DictConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        return from_known_fields(cls, values)
+    def from_dict(cls, values: dict[str, Any], section: str = ""):
+        """Typed construction (`build`): unknown keys and mistyped values are errors naming them."""
+        return build(cls, values, section)
 
 
 @dataclass

@@ -70,7 +70,7 @@ class PretrainDataConfig(DictConfig):
     # e.g. [8, 16, 32]; seq_len is the last level. Over the first `curriculum_batches` batches the
     # mix of span lengths moves from the first level to seq_len; each batch keeps the token budget
     # batch_size * seq_len, so a batch of spans 4x shorter holds 4x more samples. [] = off.
-    curriculum: list = field(default_factory=list)
+    curriculum: list[int] = field(default_factory=list)
     curriculum_batches: int = 0
     # Phase 1: the first this-many batches are reconstruction only, whatever `continuation` says.
     reconstruction_only_batches: int = 0

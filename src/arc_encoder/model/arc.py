@@ -486,12 +486,7 @@ class ARCModel(nn.Module):
         """Load a saved model. `decoders` overrides the recorded decoder names or paths (same
         count and widths), e.g. to point at local copies."""
         path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a saved ARC model")
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported format_version {meta.get('format_version')}")
-        config = ARCConfig.from_dict(meta["config"])
+        meta, config = read_saved_config(path)
         if decoders is not None:
             if len(decoders) != len(config.decoders):
                 raise ValueError(
@@ -550,3 +545,26 @@ class ARCModel(nn.Module):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def read_saved_config(path: str | Path) -> tuple[dict, ARCConfig]:
+    """The metadata and ARCConfig of a saved model folder; a missing, corrupt or mistyped
+    arc_config.json is an error naming the file and what is wrong with it."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a saved ARC model")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+        for key, kind in (("config", dict), ("decoder_dims", list)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"'{key}' is missing or not a {kind.__name__}")
+        config = ARCConfig.from_dict(meta["config"], "config")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{file}: {e}") from None
+    return meta, config

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import PRESETS, ARCConfig
+from ..config import PRESETS, ARCConfig, build, coerce, typed_fields
 
 DATA_KINDS = ("pretrain", "finetune")
 
@@ -49,7 +48,7 @@ class ModelConfig:
         unknown = sorted(set(self.arc) - set(hints))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in section 'model.arc'; known keys: {sorted(hints)}")
-        self.arc = {k: _coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
+        self.arc = {k: coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
         if self.new_special_from is not None and self.init_from is None:
             raise ValueError("model.new_special_from needs model.init_from")
 
@@ -165,10 +164,18 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.time_limit_minutes is not None and not 0 < self.time_limit_minutes < math.inf:
+            raise ValueError(f"time_limit_minutes must be a positive number or null, got {self.time_limit_minutes}")
         if self.optim.warmup_steps >= self.steps:
             raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be < steps ({self.steps})")
         if self.data.get("kind") not in DATA_KINDS:
             raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.data.get('kind')!r}")
+        # Checked now, not after the models have loaded: a typo costs a second, not a minute.
+        if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
+            self.arc_config()
+        self.data_config(check_only=True)
+        if self.eval.every:
+            self.data_config({"loop": False, **self.eval.data}, section="eval.data", check_only=True)
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
             raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
         if self.decoder_weights is not None:
@@ -177,6 +184,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def data_config(self, overrides: dict[str, Any] | None = None, section: str = "data", check_only: bool = False):
+        """The typed config of the `data` section's pipeline (PretrainDataConfig or
+        FinetuneDataConfig): `overrides` on top, the trainer's batch size and seed where unset.
+
+        `check_only`: only check the section; without `sources` (code that hands the trainer its
+        own data) only the names and types of its keys."""
+        from ..data import FinetuneDataConfig, PretrainDataConfig
+
+        values = {k: v for k, v in self.data.items() if k != "kind"}
+        values.update(overrides or {})
+        values.setdefault("batch_size", self.batch_size)
+        values.setdefault("seed", self.seed)
+        kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[self.data["kind"]]
+        if check_only and "sources" not in values:
+            return typed_fields(kind, values, section)
+        return kind.from_dict(values, section)
 
     def arc_config(self, saved: dict[str, Any] | None = None) -> ARCConfig:
         """The model's ARCConfig: preset (or the saved model's config), then `model.arc` on top."""
@@ -188,83 +212,6 @@ class TrainConfig:
             base = ARCConfig().to_dict()
         base.update(self.model.arc)
         return ARCConfig.from_dict(base)
-
-
-# ------------------------------------------------------------------------- typed construction
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp, where: str) -> Any:
-    """Check `value` against the annotation `tp`, converting where YAML is loose (ints for
-    floats, "1e-4", which YAML reads as a string)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except TypeError as e:
-                errors.append(str(e))
-        raise TypeError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise TypeError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping (section), got {value!r}")
-        return build(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{where}: expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"{where}: unsupported field type {tp}")
-
-
-def build(cls, values: dict[str, Any], section: str = ""):
-    """A dataclass from a mapping; unknown keys and mistyped values are errors naming them."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        where = f"section '{section}'" if section else "the top level"
-        raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {names}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}" if section else k) for k, v in values.items()}
-    return cls(**kwargs)
 
 
 # ------------------------------------------------------------------------- files and overrides
@@ -308,6 +255,22 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently, so a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
     tree: dict[str, Any] = {}
@@ -316,9 +279,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise FileNotFoundError(f"training config {path} does not exist")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from e
+            raise ValueError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ValueError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
     for override in overrides:

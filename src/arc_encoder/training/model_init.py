@@ -11,14 +11,13 @@ Warm starts cover the paper's three uses (spec 7.5-7.6):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from ..model.arc import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, ARCModel
+from ..model.arc import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, ARCModel, read_saved_config
 from ..model.decoder import load_frozen_decoder
 from ..model.encoder import Encoder
 from ..model.registry import resolve_model
@@ -33,8 +32,7 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     if spec.init_from is None:
         return ARCModel.from_config(config.arc_config(), pretrained=spec.pretrained)
     source = saved_model_dir(spec.init_from)
-    meta = json.loads((source / CONFIG_FILE).read_text())
-    saved = meta["config"]
+    saved = read_saved_config(source)[1].to_dict()
     arc_config = config.arc_config(saved=saved)
     changed = [k for k in _ENCODER_SHAPE if getattr(arc_config, k) != saved.get(k)]
     if changed:

@@ -407,12 +407,12 @@ def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: 
     from ..data import FinetuneData, PretrainData
 
     pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[config.data["kind"]]
-    values = {k: v for k, v in config.data.items() if k != "kind"}
-    values.update(overrides or {})
-    values.setdefault("batch_size", config.batch_size)
-    values.setdefault("seed", config.seed)
     return pipeline(
-        values, arc.encoder_tokenizer, arc.decoder_tokenizers, rank=runtime.rank, world_size=runtime.world_size
+        config.data_config(overrides),
+        arc.encoder_tokenizer,
+        arc.decoder_tokenizers,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
     )
 
 
