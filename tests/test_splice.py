@@ -32,9 +32,9 @@ def test_loss_positions_paper_and_official():
     s = Sample(text_ids=[10, 11, 12, 13], segments=[[1], [2]], offsets=[1, 1], targets=[True, True, True, False])
     batch = splice([torch.zeros(4, d)], [[torch.zeros(2, d), torch.zeros(2, d)]], [[1, 1]])
     # spliced: t0 A A B B t1 t2 t3 -> t1 (pos 5) follows a block, t2 (6) follows t1
-    index, labels = loss_positions(batch, [s], supervise_first_token=True)
+    index, labels, _ = loss_positions(batch, [s], supervise_first_token=True)
     assert index.tolist() == [4, 5] and labels.tolist() == [11, 12]  # t0 has nothing before it
-    index, labels = loss_positions(batch, [s], supervise_first_token=False)
+    index, labels, _ = loss_positions(batch, [s], supervise_first_token=False)
     assert index.tolist() == [5] and labels.tolist() == [12]
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
@@ -23,11 +24,12 @@ from .decoder import (
     common_prefix_length,
     generate_ids,
     load_frozen_decoder,
-    next_token_loss,
     shared_prefix_cache,
     shared_start,
     shares_prefixes,
+    target_logits,
 )
+from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
@@ -112,6 +114,7 @@ class ARCModel(nn.Module):
         # (decoder, prefix embeddings [P, d], their keys/values): the shots of an evaluation,
         # computed for the first batch and reused by the next ones (see generate)
         self._prefix_memo: tuple[int, torch.Tensor, SharedPrefix] | None = None
+        self._shared_vocab: dict[int, bool] = {}  # decoder -> its tokenizer has the encoder's vocabulary
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -264,12 +267,20 @@ class ARCModel(nn.Module):
         return blocks
 
     # ----------------------------------------------------------------------------- training
-    def loss(self, samples: list[Sample], decoder: int = 0, special: str = "cont", with_accuracy: bool = False):
+    def loss(
+        self,
+        samples: list[Sample],
+        decoder: int = 0,
+        special: str = "cont",
+        with_accuracy: bool = False,
+        distill: Distillation | None = None,
+    ):
         """Summed next-token loss over supervised text tokens, and how many there are.
 
         Returns (loss_sum, n_tokens); divide for the mean. Summing lets gradient accumulation and
         data-parallel ranks weight every token equally. `with_accuracy` adds a third value: how
-        many supervised tokens are the decoder's argmax (teacher-forced accuracy).
+        many supervised tokens are the decoder's argmax (teacher-forced accuracy). `distill` adds
+        its weight times the summed KL to the decoder reading the documents as text (model/distill.py).
         """
         self._check_decoder(decoder)
         dec = self.decoders[decoder]
@@ -282,14 +293,42 @@ class ARCModel(nn.Module):
         embed = dec.get_input_embeddings()
         text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]
         batch = splice(text, blocks, [s.offsets for s in samples])
-        index, labels = loss_positions(batch, samples, self.config.supervise_first_token)
+        index, labels, tokens = loss_positions(batch, samples, self.config.supervise_first_token)
         if index.numel() == 0:
             raise ValueError("no supervised token in this batch")
-        args = (dec, batch.embeds, batch.attention_mask, batch.position_ids, index, labels)
+        logits = target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)  # [T, V]
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        if distill is not None and segments:
+            teacher = self._teacher_logits(samples, tokens, decoder)
+            loss = loss + distill.weight * kl_to_teacher(logits, teacher, distill.temperature)
         if with_accuracy:
-            loss, correct = next_token_loss(*args, with_accuracy=True)
-            return loss, index.numel(), correct
-        return next_token_loss(*args), index.numel()
+            return loss, index.numel(), int((logits.argmax(-1) == labels).sum())
+        return loss, index.numel()
+
+    @torch.no_grad()
+    def _teacher_logits(self, samples: list[Sample], tokens: list[tuple[int, int]], decoder: int) -> torch.Tensor:
+        """[T, V] logits of the decoder reading each sample's documents as text, for the
+        supervised (sample, text token) pairs `tokens`."""
+        dec = self.decoders[decoder]
+        docs = [[self._decoder_ids(seg, decoder) for seg in s.segments] for s in samples]
+        texts, predictors = teacher_inputs(samples, docs, tokens)
+        embed = dec.get_input_embeddings()
+        batch = splice(
+            [embed(torch.tensor(t, device=self.device)) for t in texts], [[]] * len(texts), [[]] * len(texts)
+        )
+        L = batch.embeds.shape[1]
+        index = torch.tensor([i * L + p for i, p in predictors], dtype=torch.long, device=self.device)
+        return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
+
+    def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
+        """Decoder token ids of a segment given in encoder token ids (the same ids when the two
+        tokenizers share a vocabulary, else through the text)."""
+        enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
+        if decoder not in self._shared_vocab:
+            self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
+        if self._shared_vocab[decoder]:
+            return list(encoder_ids)
+        return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
 
     # ----------------------------------------------------------------------------- generation
     def build_prompts(self, prompts: list[list], decoder: int, special: str = "cont"):

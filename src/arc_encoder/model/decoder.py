@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 
@@ -29,9 +28,8 @@ def decoder_logits(decoder: PreTrainedModel, hidden: torch.Tensor) -> torch.Tens
     return logits
 
 
-def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels, with_accuracy=False):
-    """Summed cross-entropy of `labels` predicted at flat positions `index` of [B*L]
-    (and, `with_accuracy`, how many of them are the argmax: teacher-forced token accuracy).
+def target_logits(decoder, embeds, attention_mask, position_ids, index) -> torch.Tensor:
+    """[T, V] float32 logits of the decoder at flat positions `index` of its [B*L] input.
 
     Logits are computed only at those positions: over a 49k-256k vocabulary, logits everywhere
     would be the largest cost of a training step.
@@ -40,11 +38,7 @@ def next_token_loss(decoder, embeds, attention_mask, position_ids, index, labels
         inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
     ).last_hidden_state  # [B, L, d] after the final norm
     picked = hidden.reshape(-1, hidden.shape[-1])[index]  # [T, d]
-    logits = decoder_logits(decoder, picked).float()  # [T, V]
-    loss = F.cross_entropy(logits, labels, reduction="sum")
-    if with_accuracy:
-        return loss, int((logits.argmax(-1) == labels).sum())
-    return loss
+    return decoder_logits(decoder, picked).float()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:

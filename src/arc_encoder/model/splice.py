@@ -91,11 +91,12 @@ def splice(
 
 def loss_positions(
     batch: SplicedBatch, samples: list[Sample], supervise_first_token: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices into [B*L] of the positions that predict a supervised token, and those tokens."""
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Flat indices into [B*L] of the positions that predict a supervised token, those tokens,
+    and which they are: (sample i, text token k) per row."""
     L = batch.embeds.shape[1]
     real = batch.attention_mask.bool().tolist()
-    index, labels = [], []
+    index, labels, tokens = [], [], []
     for i, sample in enumerate(samples):
         if sample.targets is None:
             continue
@@ -109,6 +110,10 @@ def loss_positions(
                 continue
             index.append(i * L + pos - 1)
             labels.append(token)
+            tokens.append((i, k))
     device = batch.embeds.device
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return as_tensor(index), as_tensor(labels)
+    return (
+        torch.tensor(index, dtype=torch.long, device=device),
+        torch.tensor(labels, dtype=torch.long, device=device),
+        tokens,
+    )

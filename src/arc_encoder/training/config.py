@@ -98,6 +98,28 @@ class OptimConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Weight of the KL to the frozen decoder reading the documents as text (model/distill.py);
+    # 0 turns distillation off. xRAG uses 2.0 at temperature 1.
+    weight: float = 0.0
+    temperature: float = 1.0
+    # Batches of these tasks are distilled. Reconstruction is left out by default: the teacher
+    # there only copies text it has just read, which the cross-entropy already asks for.
+    tasks: list[str] = field(default_factory=lambda: ["continuation", "finetune"])
+
+    def __post_init__(self):
+        from ..data.batch import TASKS
+
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"distill.weight must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"distill.temperature must be a finite number > 0, got {self.temperature}")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"distill.tasks: unknown task(s) {unknown}; tasks: {list(TASKS)}")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 1000  # steps between checkpoints (0: only at the end)
     keep: int = 3  # newest checkpoints kept
@@ -137,6 +159,7 @@ class TrainConfig:
     # Handed to the data pipeline of `kind` (pretrain | finetune); the trainer adds batch_size and seed.
     data: dict[str, Any] = field(default_factory=lambda: {"kind": "pretrain"})
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     steps: int = 1000  # optimizer steps
     batch_size: int = 8  # samples per micro-batch on each rank
     seed: int = 0

@@ -92,8 +92,8 @@ class TrainStep(nn.Module):
             self.decoders = arc.decoders
         self._arc = [arc]  # a list, so the ARCModel is reachable without being a submodule
 
-    def forward(self, samples, decoder: int, special: str, with_accuracy: bool = False):
-        return self._arc[0].loss(samples, decoder, special, with_accuracy)
+    def forward(self, samples, decoder: int, special: str, with_accuracy: bool = False, distill=None):
+        return self._arc[0].loss(samples, decoder, special, with_accuracy, distill)
 
 
 def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..data.batch import Batch
 from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
+from ..model.distill import Distillation
 from . import checkpoint as ckpt
 from .config import TrainConfig, resume_differences, save_config
 from .distributed import (
@@ -234,6 +235,10 @@ class Trainer:
             raise TypeError(f"data sources must yield Batch objects, got {type(batch).__name__}")
         return batch
 
+    def distillation(self, batch: Batch) -> Distillation | None:
+        d = self.config.distill
+        return Distillation(d.weight, d.temperature) if d.weight > 0 and batch.task in d.tasks else None
+
     def train_step(self) -> dict:
         decoder = choose_decoder(self.step, self.weights, self.config.decoder_order, self.config.seed)
         accum = self.config.optim.grad_accum
@@ -244,7 +249,7 @@ class Trainer:
             task = batch.task
             sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
             with contextlib.nullcontext() if sync else self.module.no_sync(), self.autocast:
-                loss_sum, n_tokens = self.module(batch.samples, decoder, batch.special)
+                loss_sum, n_tokens = self.module(batch.samples, decoder, batch.special, False, self.distillation(batch))
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
         totals = all_reduce_sum(totals.to(self.runtime.device)).cpu()

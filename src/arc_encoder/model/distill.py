@@ -1,0 +1,67 @@
+"""Distillation: the frozen decoder reading the raw document is the teacher of the same decoder
+reading the compressed vectors.
+
+For every supervised text token the teacher is the decoder's next-token distribution when the
+compressed blocks of the sample are replaced by the text they stand for. The student is pulled
+towards it with KL(teacher || student) at temperature T (scaled by T^2, so its gradients keep
+their size as T changes), on top of the cross-entropy. Unlike the cross-entropy, the teacher says
+how likely every other token is given the document, a denser signal of what the vectors must
+carry.
+
+    sample  text t0 t1 t2, block [v v] (from document d0 d1 d2 d3) at offset 1
+    student t0 v v t1 t2          teacher t0 d0 d1 d2 d3 t1 t2
+    t1 is predicted by the last v in the student, by d3 in the teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .splice import Sample
+
+
+@dataclass(frozen=True)
+class Distillation:
+    weight: float  # of the summed KL against the summed cross-entropy
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if not self.weight > 0 or not 0 < self.temperature < float("inf"):
+            raise ValueError(f"distillation needs weight > 0 and a finite temperature > 0, got {self}")
+
+
+def teacher_inputs(
+    samples: list[Sample], document_ids: list[list[list[int]]], supervised: list[tuple[int, int]]
+) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Each sample's text with its documents' decoder token ids in place of the blocks, and for
+    every supervised (sample, text token k) the teacher position that predicts it.
+
+    document_ids[i][j]: decoder token ids of segment j of sample i.
+    """
+    texts, shifts = [], []
+    for sample, docs in zip(samples, document_ids):
+        ids, shift, cursor = [], [], 0
+        for offset, doc in zip(sample.offsets, docs):
+            shift += [len(ids) - cursor] * (offset - cursor)  # teacher position of token k, minus k
+            ids += sample.text_ids[cursor:offset]
+            ids += doc
+            cursor = offset
+        shift += [len(ids) - cursor] * (len(sample.text_ids) - cursor)
+        ids += sample.text_ids[cursor:]
+        texts.append(ids)
+        shifts.append(shift)
+    # text token k of sample i sits at teacher position k + shift; the position before predicts it
+    predictors = [(i, k + shifts[i][k] - 1) for i, k in supervised]
+    if any(p < 0 for _, p in predictors):
+        raise ValueError("distillation: a supervised token has nothing before it in the teacher's input")
+    return texts, predictors
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Summed KL(teacher || student) over rows of [T, V] logits at `temperature`, times T^2."""
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
