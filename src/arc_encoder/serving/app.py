@@ -17,14 +17,13 @@ on disk: a restarted service finds every document it had.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,6 +32,7 @@ from ..model.arc import Compressed
 from ..prompt import Doc
 from ..storage.indexing import compress_documents, open_store
 from .ask import ask_prompt, retrieve
+from .guard import RequestGuard
 from .schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
@@ -123,15 +123,8 @@ def create_app(
         readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
         return JSONResponse({"detail": f"invalid request: {readable}", "errors": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def _body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds the limit of {limits.max_request_bytes} bytes"},
-                status_code=413,
-            )
-        return await call_next(request)
+    # the key and the body size are checked before the body is read (guard.py)
+    app.add_middleware(RequestGuard, max_bytes=limits.max_request_bytes, api_key=api_key or None)
 
     def too_large(what: str, n: int, limit: int) -> ClientError:
         return ClientError(413, f"{what}: {n} exceeds the server's limit of {limit}")
@@ -149,22 +142,7 @@ def create_app(
     async def run(job):
         return await asyncio.wrap_future(worker.submit(job))
 
-    # ------------------------------------------------------------------ auth
-    def require_key(request: Request) -> None:
-        if not api_key:
-            return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    api = APIRouter(prefix="/v1")
 
     # ------------------------------------------------------------------ endpoints
     @app.get("/health")
