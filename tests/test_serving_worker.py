@@ -1,5 +1,6 @@
 """The batching worker: which jobs share a model call, order, isolation of failures, seeded sampling."""
 
+import threading
 import time
 
 import pytest
@@ -21,9 +22,9 @@ def worker_for(saved_model, tmp_path):
             res = Resources(model, store, settings)
             hf_generate, hf_compress = res.generate, res.compress_texts
 
-            def generate(prompts, decoder, params):
+            def generate(prompts, decoder, params, cancelled=None):
                 calls.append(("generate", len(prompts), params))
-                return hf_generate(prompts, decoder, params)
+                return hf_generate(prompts, decoder, params, cancelled)
 
             def compress(texts):
                 calls.append(("compress", len(texts), None))
@@ -112,3 +113,39 @@ def test_startup_errors_surface_and_stopped_worker_refuses_jobs(saved_model, tmp
         worker.submit(CallJob(lambda res: None))
     with pytest.raises(ValueError, match="max_batch"):
         BatchingWorker(failing, max_batch=0)
+
+
+def test_abandoned_jobs_are_dropped_and_a_full_queue_is_refused(worker_for):
+    from arc_encoder.serving.worker import Busy
+
+    model, make = worker_for
+    worker, calls = make(window_s=0.0, max_batch=1, max_pending=3)
+    release = threading.Event()
+    worker.submit(CallJob(lambda res: release.wait(10)))  # holds the worker while jobs queue up
+    time.sleep(0.2)
+    built = []
+    jobs = [
+        GenerateJob(lambda res, i=i: (built.append(i) or [f"Question: {i}?\nAnswer:"], i), DecodeParams(4))
+        for i in range(3)
+    ]
+    for job in jobs:
+        worker.submit(job)
+    with pytest.raises(Busy, match="3 requests waiting"):
+        worker.submit(CompressJob(["one too many"]))
+    jobs[0].abandoned.set()
+    jobs[2].abandoned.set()
+    release.set()
+    out, extra = jobs[1].future.result(timeout=60)
+    assert extra == 1 and built == [1]  # the abandoned ones were never built or run
+    assert jobs[0].future.cancelled() and jobs[2].future.cancelled()
+    assert worker.abandoned == 2
+    assert [c[0] for c in calls] == ["generate"]
+
+
+def test_a_generation_stops_at_the_next_token_once_cancelled(saved_model):
+    _, model = saved_model
+    prompts = [["Question: what is mentioned?\nAnswer:"], ["Question: who wrote it?\nAnswer:"]]
+    full = model.generate(prompts, max_new_tokens=12, stop=[])
+    cut = model.generate(prompts, max_new_tokens=12, cancelled=lambda i: i == 1)
+    assert cut[0].token_ids == full[0].token_ids
+    assert len(cut[1].token_ids) == 1 and cut[1].token_ids == full[1].token_ids[:1]

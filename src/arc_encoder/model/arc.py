@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,12 +437,15 @@ class ARCModel(nn.Module):
         batch_size: int = 8,
         special: str = "cont",
         share_prefix: bool = True,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
         vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
         `special="rec"` follows each document with <Rec>: the decoder then reconstructs it.
         `share_prefix` runs the decoder once over the positions all prompts start with (few-shot
-        examples) and reuses their keys and values, for this batch and the following ones."""
+        examples) and reuses their keys and values, for this batch and the following ones.
+        `cancelled(i)`, asked after every new token, ends prompt i early when true (a service
+        whose client has gone)."""
         if not isinstance(prompts, list) or not prompts:
             raise TypeError("generate() takes a non-empty list of prompts")
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
@@ -461,6 +465,7 @@ class ARCModel(nn.Module):
                 seed,
                 special,
                 share_prefix,
+                None if cancelled is None else (lambda i, start=start: cancelled(start + i)),
             )
         return results
 
@@ -524,7 +529,17 @@ class ARCModel(nn.Module):
         return suffix.embeds, mask, suffix.position_ids + P, batch_cache(dec, shared, len(rows))
 
     def _generate_batch(
-        self, prompts, decoder, max_new_tokens, temperature, top_p, stop, seed, special, share_prefix=True
+        self,
+        prompts,
+        decoder,
+        max_new_tokens,
+        temperature,
+        top_p,
+        stop,
+        seed,
+        special,
+        share_prefix=True,
+        cancelled=None,
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         batch, stats = self._splice_prompts(prompts, decoder, special)
@@ -538,7 +553,9 @@ class ARCModel(nn.Module):
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed if seed is not None else random.randrange(2**31))
 
-        def should_stop(_, ids):
+        def should_stop(i, ids):
+            if cancelled is not None and cancelled(i):
+                return True
             return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
 
         eos = dec.generation_config.eos_token_id if dec.generation_config else None

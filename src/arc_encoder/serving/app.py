@@ -49,9 +49,12 @@ from .schemas import (
     vectors_to_json,
 )
 from .stored import stored_document
-from .worker import BatchingWorker, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
+from .worker import BatchingWorker, Busy, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
 
 log = logging.getLogger("arc_encoder.serving")
+
+# How often a request waiting for the model checks that its client is still there.
+DISCONNECT_POLL_S = 0.1
 
 
 def create_app(
@@ -87,7 +90,7 @@ def create_app(
         generate = backend(model, settings.decoder) if backend is not None else None
         return Resources(model, store, settings, generate)
 
-    worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch)
+    worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -107,7 +110,8 @@ def create_app(
     # ------------------------------------------------------------------ errors and limits
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, e: ClientError):
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        headers = {"Retry-After": "1"} if isinstance(e, Busy) else None
+        return JSONResponse({"detail": e.message}, status_code=e.status, headers=headers)
 
     @app.exception_handler(ValueError)
     async def _value_error(request: Request, e: ValueError):
@@ -139,8 +143,19 @@ def create_app(
             raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {limits.max_new_tokens}")
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
 
-    async def run(job):
-        return await asyncio.wrap_future(worker.submit(job))
+    async def run(job, request: Request):
+        """The job's answer; if the client goes away first, the job is abandoned (dropped if it
+        has not started, a generation stops at its next token) and nobody waits for it."""
+        answer = asyncio.wrap_future(worker.submit(job))
+        while True:
+            done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return answer.result()
+            if await request.is_disconnected():
+                job.abandoned.set()
+                job.future.cancel()
+                answer.cancel()
+                raise ClientError(499, "the client closed the request")
 
     api = APIRouter(prefix="/v1")
 
@@ -152,18 +167,19 @@ def create_app(
             "backend": backend_name,
             **info,
             "pending_jobs": worker.pending,
+            "abandoned_jobs": worker.abandoned,
             "batches": worker.batches,
             "batched_jobs": worker.batched_jobs,
             "largest_batch": worker.largest_batch,
         }
 
     @api.post("/compress", response_model=CompressResponse)
-    async def compress(body: CompressRequest):
+    async def compress(request: Request, body: CompressRequest):
         if len(body.texts) > limits.max_texts:
             raise too_large("number of texts", len(body.texts), limits.max_texts)
         for i, t in enumerate(body.texts):
             check_text(f"texts[{i}]", t)
-        results: list[Compressed] = await run(CompressJob(body.texts))
+        results: list[Compressed] = await run(CompressJob(body.texts), request)
         return {
             "decoder": info["decoder"],
             "dim": bottleneck,
@@ -179,7 +195,7 @@ def create_app(
         }
 
     @api.post("/generate", response_model=GenerateResponse)
-    async def generate(body: GenerateRequest):
+    async def generate(request: Request, body: GenerateRequest):
         if len(body.prompt) > limits.max_parts:
             raise too_large("number of prompt parts", len(body.prompt), limits.max_parts)
         params = decode_params(body)
@@ -208,11 +224,11 @@ def create_app(
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
 
-        out, _ = await run(GenerateJob(build, params))
+        out, _ = await run(GenerateJob(build, params), request)
         return _generation(out)
 
     @api.post("/documents", response_model=AddDocumentsResponse)
-    async def add_documents(body: AddDocumentsRequest):
+    async def add_documents(request: Request, body: AddDocumentsRequest):
         if len(body.documents) > limits.max_texts:
             raise too_large("number of documents", len(body.documents), limits.max_texts)
         ids = [d.id for d in body.documents]
@@ -240,10 +256,10 @@ def create_app(
                 for d, r in zip(body.documents, records)
             ]
 
-        return {"added": await run(CallJob(add))}
+        return {"added": await run(CallJob(add), request)}
 
     @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
-    async def get_document(doc_id: str, vectors: str = "none"):
+    async def get_document(request: Request, doc_id: str, vectors: str = "none"):
         if vectors not in ("none", "float", "base64"):
             raise ClientError(422, "query parameter 'vectors' must be none, float or base64")
 
@@ -261,10 +277,10 @@ def create_app(
                 out.append(item)
             return DocumentOut(id=doc_id, text=text, chunks=out)
 
-        return await run(CallJob(read))
+        return await run(CallJob(read), request)
 
     @api.delete("/documents/{doc_id:path}")
-    async def delete_document(doc_id: str):
+    async def delete_document(request: Request, doc_id: str):
         def delete(res: Resources):
             try:
                 res.store.delete(doc_id)
@@ -272,10 +288,10 @@ def create_app(
                 raise ClientError(404, f"document {doc_id!r} is not in the store") from None
             return {"deleted": doc_id}
 
-        return await run(CallJob(delete))
+        return await run(CallJob(delete), request)
 
     @api.post("/ask", response_model=AskResponse)
-    async def ask(body: AskRequest):
+    async def ask(request: Request, body: AskRequest):
         check_text("question length in characters", body.question)
         if body.k > limits.max_k:
             raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
@@ -285,7 +301,7 @@ def create_app(
             sources = retrieve(res.store, res.bm25, body.question, body.k)
             return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
 
-        out, sources = await run(GenerateJob(build, params))
+        out, sources = await run(GenerateJob(build, params), request)
         return {
             "answer": out.text.strip(),
             "prompt_length": out.prompt_length,

@@ -25,7 +25,8 @@ class ServeLimits:
     max_parts: int = 64  # prompt parts per /v1/generate request
     max_vectors: int = 8192  # vectors sent in one request's "vectors" parts
     max_k: int = 20  # chunks retrieved per /v1/ask
-    max_request_bytes: int = 32 << 20  # request body size (Content-Length)
+    max_request_bytes: int = 32 << 20  # request body size (bytes received, whatever Content-Length says)
+    max_pending: int = 64  # requests waiting for the model; more get 503 with Retry-After
 
 
 class Strict(BaseModel):

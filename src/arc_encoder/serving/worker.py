@@ -63,7 +63,7 @@ class Resources:
         self.generate = generate or self._generate_hf
         self._bm25 = None
 
-    def _generate_hf(self, prompts, decoder: int, params: DecodeParams):
+    def _generate_hf(self, prompts, decoder: int, params: DecodeParams, cancelled=None):
         return self.model.generate(
             prompts,
             decoder=decoder,
@@ -73,6 +73,7 @@ class Resources:
             stop=list(params.stop),
             seed=params.seed,
             batch_size=len(prompts),
+            cancelled=cancelled,
         )
 
     @property
@@ -96,38 +97,53 @@ class Resources:
         self.store.close()
 
 
+class Busy(ClientError):
+    """The queue of jobs waiting for the model is full."""
+
+    def __init__(self, pending: int):
+        super().__init__(503, f"the server is busy ({pending} requests waiting for the model); retry shortly")
+
+
+# Every job has a future (its answer) and `abandoned`, set by the service when its client has gone:
+# a waiting job is then skipped, and a generation in progress stops at its next token.
 @dataclass
 class GenerateJob:
     # build(resources) -> (prompt parts: str | Doc | Compressed, extra data returned with the result)
     build: Callable[[Resources], tuple[list, Any]]
     params: DecodeParams
     future: Future = field(default_factory=Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
 class CompressJob:
     texts: list[str]
     future: Future = field(default_factory=Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
 class CallJob:
     fn: Callable[[Resources], Any]  # runs alone: store reads and writes, anything else
     future: Future = field(default_factory=Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 _STOP = object()
 
 
 class BatchingWorker:
-    def __init__(self, open_resources: Callable[[], Resources], window_s: float = 0.01, max_batch: int = 8):
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+    def __init__(
+        self, open_resources: Callable[[], Resources], window_s: float = 0.01, max_batch: int = 8, max_pending: int = 64
+    ):
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be >= 1")
         if window_s < 0:
             raise ValueError("window_s must be >= 0")
         self._open_resources = open_resources
         self.window_s = window_s
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -135,6 +151,7 @@ class BatchingWorker:
         self.batches = 0  # model calls made for batchable jobs
         self.batched_jobs = 0  # jobs answered by those calls
         self.largest_batch = 0
+        self.abandoned = 0  # jobs whose client went away: dropped before running, or stopped early
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -159,8 +176,12 @@ class BatchingWorker:
         return self._queue.qsize()
 
     def submit(self, job) -> Future:
+        """Queue a job; `Busy` (503) when `max_pending` jobs already wait."""
         if not self.alive:
             raise RuntimeError("the model worker is not running")
+        pending = self._queue.qsize()
+        if pending >= self.max_pending:
+            raise Busy(pending)
         self._queue.put(job)
         return job.future
 
@@ -184,8 +205,8 @@ class BatchingWorker:
                     self._run_generate(resources, batch)
                 elif isinstance(job, CompressJob):
                     self._run_compress(resources, batch)
-                else:
-                    _settle(job.future, lambda: job.fn(resources))
+                elif self._start(job):
+                    _settle(job.future, lambda: job.fn(resources), running=True)
         finally:
             for job in list(backlog) + _drain(self._queue):
                 if job is not _STOP and job.future.set_running_or_notify_cancel():
@@ -219,6 +240,13 @@ class BatchingWorker:
                     break
         return batch
 
+    def _start(self, job) -> bool:
+        """Mark a job running; False (and the job dropped) if it was cancelled or its client has gone."""
+        if job.abandoned.is_set():
+            self.abandoned += 1
+            job.future.cancel()
+        return job.future.set_running_or_notify_cancel()
+
     def _count(self, n: int) -> None:
         self.batches += 1
         self.batched_jobs += n
@@ -227,7 +255,7 @@ class BatchingWorker:
     def _run_generate(self, res: Resources, batch: list[GenerateJob]) -> None:
         prepared = []  # (job, prompt, extra)
         for job in batch:
-            if not job.future.set_running_or_notify_cancel():
+            if not self._start(job):
                 continue
             try:
                 prompt, extra = job.build(res)
@@ -243,7 +271,7 @@ class BatchingWorker:
             docs = [part.text for _, prompt, _ in items for part in prompt if isinstance(part, Doc)]
             compressed = iter(res.compress_texts(docs) if docs else [])
             prompts = [[next(compressed) if isinstance(p, Doc) else p for p in prompt] for _, prompt, _ in items]
-            return res.generate(prompts, decoder, params)
+            return res.generate(prompts, decoder, params, lambda i: items[i][0].abandoned.is_set())
 
         self._count(len(prepared))
         try:
@@ -257,10 +285,11 @@ class BatchingWorker:
                 _settle(item[0].future, lambda item=item: (run([item])[0], item[2]), running=True)
             return
         for (job, _, extra), out in zip(prepared, outputs):
+            self.abandoned += job.abandoned.is_set()  # stopped at its next token
             job.future.set_result((out, extra))
 
     def _run_compress(self, res: Resources, batch: list[CompressJob]) -> None:
-        jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        jobs = [j for j in batch if self._start(j)]
         if not jobs:
             return
         self._count(len(jobs))
