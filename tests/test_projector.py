@@ -1,7 +1,6 @@
 """The projector: bottleneck or one linear map; standardized inputs (statistics measured once,
 applied before the projector, saved)."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -76,48 +75,3 @@ def test_no_bottleneck_is_one_linear_map_and_stores_encoder_outputs(tiny_arc, tm
 def test_a_bad_bottleneck_is_refused(value):
     with pytest.raises(ValueError, match="bottleneck"):
         ARCConfig(bottleneck=value)
-
-
-def naive_fit(arc, segs, ridge):
-    """The least-squares projector by hand: one segment at a time, groups by a plain loop."""
-    from arc_encoder.model.pooling import group_sizes
-
-    embed = arc.decoders[0].get_input_embeddings().weight.detach().double()
-    xs, ys = [], []
-    with torch.no_grad():
-        for seg in segs:
-            pooled = arc.encoder(torch.tensor([seg]), [len(seg)])[0][0].double()  # [m, d_e]
-            start = 0
-            for g, size in enumerate(group_sizes(len(seg), arc.config.pooling_factor)):
-                xs.append(pooled[g])
-                ys.append(embed[seg[start : start + size]].mean(0))
-                start += size
-    x, y = torch.stack(xs), torch.stack(ys)
-    gram = x.T @ x
-    lam = ridge * float(np.trace(gram.numpy())) / gram.shape[0]
-    return np.linalg.solve(gram.numpy() + lam * np.eye(gram.shape[0]), (x.T @ y).numpy())  # [d_e, d_dec]
-
-
-@pytest.mark.parametrize("bottleneck", [None, 8])
-def test_token_embedding_init_is_the_ridge_least_squares_map(tiny_arc, bottleneck):
-    arc = tiny_arc(bottleneck=bottleneck).eval()
-    segs = segments_of(arc, 8)
-    arc.fit_projectors_to_token_embeddings(segs, ridge=0.05, batch_size=3)
-    w = naive_fit(arc, segs, 0.05)
-    adapter = arc.adapters[0]
-    if bottleneck is None:
-        got = adapter.up.weight.detach().double().numpy().T
-    else:  # the best rank-8 part of w
-        got = (adapter.up.weight @ adapter.down.weight).detach().double().numpy().T
-        u, s, vh = np.linalg.svd(w, full_matrices=False)
-        w = (u[:, :bottleneck] * s[:bottleneck]) @ vh[:bottleneck]
-    np.testing.assert_allclose(got, w, rtol=1e-3, atol=1e-5)
-
-
-def test_token_embedding_init_needs_a_shared_vocabulary(tiny_arc):
-    from data_tokenizers import other_bpe
-
-    arc = tiny_arc()
-    arc.decoder_tokenizers[0] = other_bpe()  # a decoder whose token ids mean other tokens
-    with pytest.raises(ValueError, match="decoder 0 .* share the encoder's vocabulary"):
-        arc.fit_projectors_to_token_embeddings(segments_of(arc, 2))

@@ -32,7 +32,7 @@ from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
 from .training.distributed import Runtime, pick_device
 from .training.model_init import build_model
-from .training.trainer import Trainer, build_data, held_out_batches, prepare_projectors, seed_everything
+from .training.trainer import Trainer, build_data, calibrate_projector_inputs, held_out_batches, seed_everything
 
 DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
 
@@ -262,7 +262,7 @@ def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, 
         # the calibration is an estimate: never overrun the budget
         config.time_limit_minutes = max(0.1, (budget_s - (time.perf_counter() - start)) / 60)
     seed_everything(config.seed)
-    prepare_projectors(config, arc, runtime)
+    calibrate_projector_inputs(config, arc, runtime)
     data = build_data(config, arc, runtime)
     held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
     trainer = Trainer(

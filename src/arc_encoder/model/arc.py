@@ -32,7 +32,6 @@ from .decoder import (
 )
 from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
-from .pooling import pool
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
 
@@ -232,68 +231,6 @@ class ARCModel(nn.Module):
         return True
 
     @torch.no_grad()
-    def fit_projectors_to_token_embeddings(
-        self, segments: list[list[int]], ridge: float = 1e-2, batch_size: int = 16
-    ) -> None:
-        """Start every projector as the least-squares map from the pooled encoder outputs of
-        these segments (encoder token ids) to the mean decoder input embedding of the tokens each
-        vector stands for.
-
-        A random projector passes the direction every document shares (most of the encoder
-        output's energy) to the decoder at many times a token embedding's norm; the decoder's
-        loss then falls fastest by learning to ignore the vectors. Started here, each vector reads
-        to the decoder as the average of its own tokens, document-specific from step 0. Ridge:
-        `ridge` times the mean input energy per dimension. A bottleneck keeps the best rank-b part.
-        """
-        if self.config.pooling == "memory":
-            raise ValueError("projector_init=token_embeddings needs pooled vectors (pooling mean or last)")
-        if not segments:
-            raise ValueError("fitting the projectors needs at least one segment")
-        factor = self.config.pooling_factor
-        for k, adapter in enumerate(self.adapters):
-            if not self._same_vocabulary(k):
-                raise ValueError(
-                    f"projector_init=token_embeddings needs decoder {k} ({self.config.decoders[k]}) to share the "
-                    "encoder's vocabulary"
-                )
-            embed = self.decoders[k].get_input_embeddings()
-            inputs, targets = [], []
-            for start in range(0, len(segments), batch_size):
-                batch = segments[start : start + batch_size]
-                pooled, counts = self._pooled(batch, adapter)  # [S, M, d_e]
-                lengths = [len(s) for s in batch]
-                ids = torch.zeros(len(batch), max(lengths), dtype=torch.long)
-                for i, seg in enumerate(batch):
-                    ids[i, : len(seg)] = torch.tensor(seg)
-                means, mean_counts, _ = pool(embed(ids.to(self.device)), lengths, factor, "mean")  # [S, M, d_dec]
-                if mean_counts != counts:
-                    raise ValueError("the encoder's pooled groups do not match pooling by the overall factor")
-                inputs += [pooled[i, :m] for i, m in enumerate(counts)]
-                targets += [means[i, :m] for i, m in enumerate(counts)]
-            x = torch.cat(inputs).double()  # [R, d_e]
-            if hasattr(adapter, "input_mean"):
-                x = (x - adapter.input_mean.double()) / adapter.input_scale.double()
-            y = torch.cat(targets).double()  # [R, d_dec]
-            gram = x.T @ x
-            lam = ridge * gram.diagonal().mean()
-            w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), x.T @ y)
-            if isinstance(adapter.down, nn.Identity):
-                adapter.up.weight.copy_(w.T)  # [d_dec, d_e]
-            else:  # w [d_e, d_dec] ~ U S Vh: down = (U S^1/2)^T, up = (S^1/2 Vh)^T, top b singular values
-                b = adapter.down.weight.shape[0]
-                u, s, vh = torch.linalg.svd(w, full_matrices=False)
-                root = s[:b].sqrt()
-                adapter.down.weight.copy_((u[:, :b] * root).T)
-                adapter.up.weight.copy_((root[:, None] * vh[:b]).T)
-
-    def _same_vocabulary(self, decoder: int) -> bool:
-        """Whether decoder `decoder`'s tokenizer has the encoder's vocabulary (then token ids agree)."""
-        if decoder not in self._shared_vocab:
-            enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
-            self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
-        return self._shared_vocab[decoder]
-
-    @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
         """Compress documents into bottleneck vectors that can be stored and spliced later."""
         if isinstance(texts, str):
@@ -387,10 +324,12 @@ class ARCModel(nn.Module):
     def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
         """Decoder token ids of a segment given in encoder token ids (the same ids when the two
         tokenizers share a vocabulary, else through the text)."""
-        if self._same_vocabulary(decoder):
+        enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
+        if decoder not in self._shared_vocab:
+            self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
+        if self._shared_vocab[decoder]:
             return list(encoder_ids)
-        text = self.encoder_tokenizer.decode(encoder_ids)
-        return self.decoder_tokenizers[decoder](text, add_special_tokens=False)["input_ids"]
+        return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
 
     # ----------------------------------------------------------------------------- generation
     def build_prompts(self, prompts: list[list], decoder: int, special: str = "cont"):

@@ -40,10 +40,6 @@ class ModelConfig:
     new_special_from: int | None = None
     # False: random backbone and decoder weights (tests, dry runs).
     pretrained: bool = True
-    # How a fresh projector starts: "random" (paper), or "token_embeddings": the least-squares map
-    # from pooled encoder outputs to the mean input embedding of the tokens each vector stands for,
-    # fitted on a few training batches before step 0 (ARCModel.fit_projectors_to_token_embeddings).
-    projector_init: Literal["random", "token_embeddings"] = "random"
 
     def __post_init__(self):
         if self.preset is not None and self.preset not in PRESETS:
@@ -55,8 +51,6 @@ class ModelConfig:
         self.arc = {k: coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
         if self.new_special_from is not None and self.init_from is None:
             raise ValueError("model.new_special_from needs model.init_from")
-        if self.projector_init != "random" and self.init_from is not None:
-            raise ValueError("model.projector_init applies to fresh models; a warm start keeps its trained projector")
 
 
 @dataclass

@@ -421,21 +421,15 @@ def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: 
     )
 
 
-def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4) -> None:
-    """Before the first step of a fresh run, on a few training batches (drawn from a separate
-    pipeline, so the training data stream is untouched): standardizing projectors measure their
-    input statistics, and `model.projector_init: token_embeddings` fits the projectors."""
-    calibrate = any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters)
-    fit = config.model.projector_init == "token_embeddings"
-    if not (calibrate or fit):
+def calibrate_projector_inputs(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4) -> None:
+    """Standardizing projectors measure their input statistics on a few training batches (drawn
+    from a separate pipeline, so the training data stream is untouched) before the first step."""
+    if not any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters):
         return
     # rank 0's first batches on every rank: each computes the same statistics
     probe = build_data(config, arc, Runtime(0, 1, runtime.device))
     segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
-    arc.to(runtime.device)
-    arc.calibrate_projector_inputs(segments)
-    if fit:
-        arc.fit_projectors_to_token_embeddings(segments)
+    arc.to(runtime.device).calibrate_projector_inputs(segments)
 
 
 def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
@@ -462,7 +456,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         say = print if runtime.is_main else (lambda *_: None)
         arc = build_model(config, log=say)
         if not resume:
-            prepare_projectors(config, arc, runtime)
+            calibrate_projector_inputs(config, arc, runtime)
         data = build_data(config, arc, runtime)
         eval_batches = None
         if config.eval.every:
