@@ -9,30 +9,25 @@ from pathlib import Path
 
 import typer
 
+from .loading import load_model, quiet_transformers
+from .records import command_line_text
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="ARC-Encoder: compress contexts for frozen Hugging Face LLMs."
 )
 
-
-def quiet_transformers() -> None:
-    """transformers' load reports (unused backbone blocks, progress bars) are noise here."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+# What a user's mistake raises (a missing file, an empty text, a bad value): one line, exit code 2.
+USER_ERRORS = (ValueError, TypeError, OSError, UnicodeError, LookupError)
+_options = {"debug": False}
 
 
-def load_model(model: str):
-    """A saved model folder, or a preset name for a fresh (untrained) model."""
-    from .config import PRESETS
-    from .model.arc import ARCModel
-
-    quiet_transformers()
-    if Path(model).is_dir():
-        return ARCModel.from_pretrained(model)
-    if model in PRESETS:
-        return ARCModel.from_config(model)
-    raise typer.BadParameter(f"{model!r} is neither a saved model folder nor a preset ({', '.join(sorted(PRESETS))})")
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="show the full traceback of an error", envvar="ARC_ENCODER_DEBUG"
+    ),
+):
+    _options["debug"] = debug
 
 
 DEMO_DOCUMENT = (
@@ -86,8 +81,11 @@ def compress(
     """Compress a text into bottleneck vectors saved as safetensors."""
     from safetensors.torch import save_file
 
-    if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+    from .records import read_text
+
+    text = read_text(text[1:]) if text.startswith("@") else command_line_text(text, "the text")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist")
     arc = load_model(model)
     c = arc.compress([text], decoder=decoder)[0]
     save_file(
@@ -166,8 +164,15 @@ def quickstart(
         raise typer.Exit(2) from None
 
 
-def main() -> None:  # `python -m arc_encoder`
-    app(prog_name="arc-encoder")
+def main() -> None:
+    """The `arc-encoder` command (also `python -m arc_encoder`)."""
+    try:
+        app(prog_name="arc-encoder")
+    except USER_ERRORS as e:
+        if _options["debug"]:
+            raise
+        print(f"error: {e} (arc-encoder --debug ... shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 
+def command_line_text(text: str, what: str) -> str:
+    """A text given on the command line; bytes that are not UTF-8 arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (check the terminal's encoding)") from None
+    return text
+
+
 def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():

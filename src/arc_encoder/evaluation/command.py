@@ -60,8 +60,9 @@ def eval_command(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
-    from arc_encoder.cli import load_model
     from arc_encoder.evaluation.runner import evaluate
+
+    from ..loading import load_model
 
     if threads is not None:
         if threads < 1:

@@ -18,7 +18,7 @@ def _fail(message: str, code: int = 2):
 def _load(model: str, device: str):
     import torch
 
-    from ..cli import load_model
+    from ..loading import load_model
 
     arc = load_model(model)
     if device == "auto":
@@ -87,10 +87,12 @@ def ask(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
 ):
     """Answer a question from the store: BM25 top-k chunks, their stored vectors in the prompt."""
+    from ..records import command_line_text
     from ..storage.indexing import open_store
     from .ask import ask as ask_store
 
     try:
+        question = command_line_text(question, "the question")
         arc = _load(model, device)
         vectors, settings = open_store(store, arc, create=False)
         with vectors:
