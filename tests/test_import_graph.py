@@ -1,0 +1,57 @@
+"""The package's module-level imports form no cycle (every module can be read bottom-up)."""
+
+import ast
+from pathlib import Path
+
+import arc_encoder
+
+ROOT = Path(arc_encoder.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path, known: set[str]) -> set[str]:
+    """arc_encoder modules imported by the top-level statements of a file (not inside functions)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from . import x` loads the submodule x; `from .m import x`: m, or its submodule x
+            candidates = [f"{target}.{a.name}" for a in node.names] + ([target] if node.module else [])
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        out |= {c for c in candidates if c in known and c != name}
+    return out
+
+
+def test_module_level_imports_have_no_cycle():
+    files = sorted(ROOT.rglob("*.py"))
+    known = {module_name(f) for f in files}
+    graph = {module_name(f): imported(f, known) for f in files}
+    assert graph["arc_encoder.cli"], "the parser found no import at all"
+    state: dict[str, str] = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
