@@ -1,4 +1,4 @@
-"""Storage cost against answer quality (issue 6): SQuAD answers read from stored vectors.
+"""Storage cost against answer quality: SQuAD answers read from stored vectors.
 
 The paragraphs of N held-out questions (and of the fixed shots) are indexed once into a float32
 store with the library's indexing code, then copied into a store per codec (float16, PQ at 2, 1 and

@@ -1,4 +1,4 @@
-"""Prompt templates reproduced exactly (arc-spec 9.3, 9.5, 16.4)."""
+"""Prompt templates reproduced exactly (method.md 9.3, 9.5, 16.4)."""
 
 import pytest
 

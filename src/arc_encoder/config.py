@@ -136,7 +136,7 @@ class ARCConfig(DictConfig):
     bottleneck: int | None = 512
     # Append a learned <Rec>/<Cont> vector after every compressed segment.
     special_tokens: bool = True
-    # Paper (decisions #8): the special token's output predicts the first text token after its
+    # Paper (method.md D8): the special token's output predicts the first text token after its
     # block. False reproduces the official code, which leaves that token unsupervised.
     supervise_first_token: bool = True
     # Documents longer than this many encoder tokens are split into chunks compressed in parallel

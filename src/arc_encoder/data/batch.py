@@ -12,7 +12,7 @@ TASKS = ("reconstruction", "continuation", "finetune")
 @dataclass
 class Batch:
     samples: list[Sample]
-    task: str  # one of TASKS; every sample of a batch has the same task (spec 5.2)
+    task: str  # one of TASKS; every sample of a batch has the same task (method.md 5.2)
 
     @property
     def special(self) -> str:

@@ -1,4 +1,4 @@
-"""Pretraining batches: reconstruction and continuation samples cut from documents (arc-spec 5).
+"""Pretraining batches: reconstruction and continuation samples cut from documents (method.md 5).
 
 Each document draws its task once: continuation with probability `continuation` (0.8), else
 reconstruction. The document, `T = [BOS] + text tokens + [EOS]` in the decoder's tokenizer (BOS
@@ -52,7 +52,7 @@ class PretrainDataConfig(DictConfig):
     seq_len: int = 256  # reconstruction: decoder tokens per sample
     compress_tokens: int = 256  # continuation: decoder tokens compressed
     target_tokens: int = 256  # continuation: decoder tokens to predict after the block
-    prefix: bool = True  # continuation: plain text before the block (paper; decisions #2)
+    prefix: bool = True  # continuation: plain text before the block (paper; method.md D2)
     prefix_tokens: int = 256
     continuation: float = 0.8  # share of documents used for continuation
     batch_size: int = 16  # samples per batch
@@ -121,7 +121,7 @@ def continuation_plan(n: int, compress: int, target: int, prefix: int) -> list[t
 
     A piece takes the full budget while the document lasts. Of a shorter tail, the prefix gets what
     compressed span and continuation cannot use, and those two share the rest about evenly
-    (arc-spec 5.5), so a short document still yields a sample with something to predict.
+    (method.md 5.5), so a short document still yields a sample with something to predict.
     """
     pieces, p = [], 0
     while p < n:
@@ -156,7 +156,7 @@ def continuation_samples(
     samples = []
     for p, c, d, e in continuation_plan(len(doc.ids), compress, target, prefix):
         if len(set(doc.ids[c:d])) == 1:
-            continue  # one repeated token compressed: nothing to learn from (arc-spec 5.5)
+            continue  # one repeated token compressed: nothing to learn from (method.md 5.5)
         segment = encoder.ids(doc, c, d)
         if len(segment) < min_encoder_tokens:
             continue

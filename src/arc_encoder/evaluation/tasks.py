@@ -1,4 +1,4 @@
-"""Evaluation data sets, all read into one schema (arc-spec 9.1, decisions 11-13).
+"""Evaluation data sets, all read into one schema (method.md 9.1, method.md D11-13).
 
 Every loader returns `list[Example]`: a question, its gold answers, and the passages the model may
 read. Prompts (prompts.py) and metrics (metrics.py) only ever see that schema, so adding a data set
@@ -172,7 +172,7 @@ def _load_retrieved(path: str | Path, n_passages: int) -> list[Example]:
 def load_nq_open(path: str | Path, n_passages: int = 1) -> list[Example]:
     """NQ-open JSONL with retrieved passages (`passages` or `ctxs`); keeps the top `n_passages`.
 
-    All gold answers are kept (the reference code kept only the first; arc-spec 12.19)."""
+    All gold answers are kept (the reference code kept only the first; method.md 12.19)."""
     return _load_retrieved(path, n_passages)
 
 
@@ -340,7 +340,7 @@ def split_shots(examples: Sequence[Example], k: int, seed: int = 0) -> tuple[lis
 
 
 def metric_for_task(name: str) -> tuple[str, ...]:
-    """Metric names reported for a task (arc-spec 9.1): QA -> em, f1; flores -> bleu; cnn -> rougeL."""
+    """Metric names reported for a task (method.md 9.1): QA -> em, f1; flores -> bleu; cnn -> rougeL."""
     task = name.lower()
     if task.startswith("flores-"):
         return ("bleu",)

@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    # Peak learning rates of the three AdamW parameter groups (decisions #4).
+    # Peak learning rates of the three AdamW parameter groups (method.md D4).
     lr_encoder: float = 1e-5
     lr_projector: float = 5e-5
     lr_special: float = 1e-5  # <Rec>/<Cont> (and memory tokens)
@@ -172,7 +172,7 @@ class TrainConfig:
     # frozen, so the backward pass stops at block n-k: on CPU this buys steps.
     train_encoder_blocks: int | None = None
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
-    # Which decoder a step trains (decisions #7): sampled with these weights (None: uniform),
+    # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
     decoder_weights: list[float] | None = None
     decoder_order: Literal["sample", "round_robin"] = "sample"

@@ -154,7 +154,7 @@ class Trainer:
         )
 
     def _use_bf16(self, device: torch.device) -> bool:
-        # decisions #6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
+        # method.md D6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
         precision = self.config.precision
         return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
