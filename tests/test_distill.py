@@ -84,13 +84,13 @@ def test_bad_distillation_settings_are_named(distill, message):
 def test_the_trainer_distills_only_the_configured_tasks():
     from types import SimpleNamespace
 
-    from arc_encoder.training.trainer import Trainer
+    from arc_encoder.training.trainer import distillation_for
 
     base = {"data": {"kind": "pretrain", "sources": ["x.txt"]}}
-    on = SimpleNamespace(config=config_from_dict({**base, "distill": {"weight": 2.0, "temperature": 1.5}}))
-    off = SimpleNamespace(config=config_from_dict(base))
+    on = config_from_dict({**base, "distill": {"weight": 2.0, "temperature": 1.5}})
+    off = config_from_dict(base)
     batch = lambda task: SimpleNamespace(task=task)  # noqa: E731
-    assert Trainer.distillation(on, batch("continuation")) == Distillation(2.0, 1.5)
-    assert Trainer.distillation(on, batch("finetune")) == Distillation(2.0, 1.5)
-    assert Trainer.distillation(on, batch("reconstruction")) is None
-    assert Trainer.distillation(off, batch("continuation")) is None
+    assert distillation_for(on, batch("continuation")) == Distillation(2.0, 1.5)
+    assert distillation_for(on, batch("finetune")) == Distillation(2.0, 1.5)
+    assert distillation_for(on, batch("reconstruction")) is None
+    assert distillation_for(off, batch("continuation")) is None

@@ -140,6 +140,9 @@ def quickstart(
     ),
     finetune_shots: int = typer.Option(1, help="in-context examples in fine-tuning prompts"),
     eval_shots: int = typer.Option(5, help="in-context examples in evaluation prompts"),
+    finetune_distill: float = typer.Option(
+        0.0, help="weight of the distillation to the decoder reading the documents as text in fine-tuning (0: off)"
+    ),
     eval_questions: int | None = typer.Option(None, help="held-out questions (default: what the budget allows)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished training stages"),
 ):
@@ -155,6 +158,7 @@ def quickstart(
                 data=str(data) if data else None,
                 finetune_shots=finetune_shots,
                 eval_shots=eval_shots,
+                finetune_distill=finetune_distill,
                 eval_questions=eval_questions,
                 resume=resume,
             )

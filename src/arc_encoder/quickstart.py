@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json
 from .evaluation.content import describe, reconstructions, summary_from_flat
 from .evaluation.metrics import gain_kept, mean_with_stderr
 from .evaluation.runner import evaluate
@@ -31,8 +32,16 @@ from .model.arc import ARCModel
 from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
 from .training.distributed import Runtime, pick_device
+from .training.metrics import read_metrics
 from .training.model_init import build_model
-from .training.trainer import Trainer, build_data, calibrate_projector_inputs, held_out_batches, seed_everything
+from .training.trainer import (
+    Trainer,
+    build_data,
+    calibrate_projector_inputs,
+    distillation_for,
+    held_out_batches,
+    seed_everything,
+)
 
 DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
 
@@ -56,6 +65,9 @@ class QuickstartConfig:
     # Fine-tune projector and special tokens only (as the paper's new-decoder adaptation): the
     # pretrained encoder then needs no backward pass, several times more steps fit the budget.
     finetune_freeze_encoder: bool = True
+    # Weight of the distillation to the decoder reading the documents as text during fine-tuning
+    # (model/distill.py; 0: off). Each distilled step runs the decoder once more, without backward.
+    finetune_distill: float = 0.0
     eval_questions: int | None = None  # None: as many as the budget allows (at least 50)
     # Share of the budget for each training stage; evaluation gets what remains.
     pretrain_share: float = 0.38
@@ -90,6 +102,7 @@ TRAINING_FIELDS = (
     "pretrained",
     "finetune_shots",
     "finetune_freeze_encoder",
+    "finetune_distill",
     "pretrain_share",
     "finetune_share",
     "pretrain_steps",
@@ -214,6 +227,7 @@ def finetune_config(
             "seed": q.seed,
             "device": q.device,
             "freeze_encoder": q.finetune_freeze_encoder,
+            "distill": {"weight": q.finetune_distill},
             "checkpoint": {"every": 0, "keep": 1},
             "eval": {
                 "every": max(1, steps // 4),
@@ -226,14 +240,14 @@ def finetune_config(
     )
 
 
-def seconds_per_step(arc: ARCModel, data, n: int = 3) -> float:
+def seconds_per_step(arc: ARCModel, data, config: TrainConfig, n: int = 3) -> float:
     """Time forward + backward of `n` real batches (weights untouched; gradients dropped)."""
     arc.train()
     times = []
     for _ in range(n):
         batch = data.next_batch(0)
         start = time.perf_counter()
-        loss, tokens = arc.loss(batch.samples, 0, batch.special)
+        loss, tokens = arc.loss(batch.samples, 0, batch.special, distill=distillation_for(config, batch))
         (loss / tokens).backward()
         times.append(time.perf_counter() - start)
     arc.zero_grad(set_to_none=True)
@@ -254,7 +268,7 @@ def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, 
         probe = build_data(config, arc, runtime)  # a separate pipeline: training data untouched
         if config.freeze_encoder:  # as the Trainer will: no encoder backward to time
             arc.encoder.requires_grad_(False)
-        per_step = seconds_per_step(arc, probe)
+        per_step = seconds_per_step(arc, probe, config)
         arc.encoder.requires_grad_(True)
         steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step))
         say(f"   one step takes ~{per_step:.1f}s here: {steps} steps fit the {budget_s / 60:.1f}-minute budget")
@@ -319,13 +333,8 @@ def prepare_out(q: QuickstartConfig) -> Path:
                     f"{', '.join(repr(saved[k]) for k in changed)}); use another --out"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(current, indent=2))
+    write_json(settings, current)
     return out
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 # ----------------------------------------------------------------------------- evaluation stage
@@ -571,9 +580,9 @@ def run_quickstart(q: QuickstartConfig) -> dict:
         "model": str(model_dir),
         "metrics": {str(k): r["metrics"] for k, r in results.items()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     for factor, result in results.items():
-        (out / f"predictions-x{factor}.json").write_text(json.dumps(result["predictions"], indent=1))
+        write_json(out / f"predictions-x{factor}.json", result["predictions"], indent=1)
     for name, d in differences.items():
         other = name.removeprefix("arc_minus_").removesuffix("_em")
         say(f"ARC{first} - {other} EM: {d['diff']:+.1f} ± {d['stderr']:.1f} (standard error)")

@@ -50,6 +50,11 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, int, dict]]:
         yield where, number, json_object(line, where)
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSONL file (blank lines skipped); a bad line is an error naming it."""
+    return [record for _, _, record in jsonl_records(path)]
+
+
 def json_object(text: str, where: str, error: type[ValueError] = ValueError) -> dict:
     """Parse one JSON object; anything else raises `error` naming `where`."""
     try:

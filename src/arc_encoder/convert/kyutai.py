@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_folder, write_json
 from ..config import ARCConfig
 from ..model.arc import CONFIG_FILE, ENCODER_DIR, FORMAT_VERSION, WEIGHTS_FILE
 
@@ -432,18 +431,9 @@ def _encoder_hf_config(args: ModelArgs, kept: int, tokenizer):
     )
 
 
-def _new_folder(dst: Path) -> Path:
-    """A temporary sibling of `dst`, renamed into place once complete."""
+def _refuse_non_empty(dst: Path) -> None:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst} already exists and is not empty; choose a new folder")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-
-
-def _finish(staging: Path, dst: Path) -> None:
-    if dst.exists():
-        dst.rmdir()  # empty, checked by _new_folder
-    staging.rename(dst)
 
 
 def import_kyutai(
@@ -605,8 +595,9 @@ def import_kyutai(
     backbone = (
         RELEASED_BACKBONE if args == LLAMA_3_2_3B else str(ckpt.extra.get("backbone") or Path(tokenizer).resolve())
     )
-    staging = _new_folder(dst)
-    try:
+    _refuse_non_empty(dst)
+
+    def write(staging: Path) -> None:
         if unscaled_rope:
             for k, decoder in enumerate(decoders):
                 folder = Path(decoder).expanduser()
@@ -627,13 +618,11 @@ def import_kyutai(
         )
         save_file(state, str(staging / WEIGHTS_FILE))
         meta = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "decoder_dims": dims, "encoder_dim": dim}
-        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(staging / CONFIG_FILE, meta)
         _encoder_hf_config(args, kept, tok).save_pretrained(staging / ENCODER_DIR)
         tok.save_pretrained(staging / ENCODER_DIR)
-        _finish(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_folder(dst, write)
     return {
         "dst": str(dst),
         "layout": ckpt.layout,
@@ -780,17 +769,16 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
         "model_args": asdict(args),
         "arc_encoder": {"backbone": config.backbone, "decoders": config.decoders},
     }
-    staging = _new_folder(dst)
-    try:
+    _refuse_non_empty(dst)
+
+    def write(staging: Path) -> None:
         (staging / EMBEDDER_FILE.parent).mkdir()
         (staging / BRIDGE_FILE.parent).mkdir()
         save_file(embedder, str(staging / EMBEDDER_FILE))
         save_file(bridge, str(staging / BRIDGE_FILE))
-        (staging / PARAMS_FILE).write_text(json.dumps(params, indent=4))
-        _finish(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / PARAMS_FILE, params, indent=4)
+
+    write_folder(dst, write)
     return {
         "dst": str(dst),
         "encoder_blocks": kept,

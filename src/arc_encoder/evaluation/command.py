@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from arc_encoder.evaluation.content import content_report, describe, text_batche
 from arc_encoder.evaluation.methods import check_methods
 from arc_encoder.evaluation.report import markdown_table, plot_scores
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
+
+from ..atomic import write_json
 
 REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
@@ -128,7 +129,7 @@ def eval_command(
         if len(runs) > 1:
             result["plot"] = str(plot_scores(runs, out.with_suffix(".png")))
             typer.echo(f"plot: {result['plot']}")
-        out.write_text(json.dumps(result, indent=1))
+        write_json(out, result, indent=1)
         typer.echo(f"results: {out}")
 
 

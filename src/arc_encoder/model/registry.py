@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_folder
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -121,13 +123,12 @@ def materialise_embedded(model: EmbeddedModel) -> Path:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(loaded.state_dict(), strict=True)
-        staging = tmp / "out"
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        # Rename into place last: a crash never leaves a half-written cache entry.
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+
+        def write(folder: Path) -> None:
+            plain.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        write_folder(target, write)  # a crash never leaves a half-written cache entry
     return target
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_file
+
 # Bits per dimension that method.md 11.3 names; with 8-bit codes each needs dim % (8 / B) == 0.
 PQ_BITS_PER_DIM = (2.0, 1.0, 0.5, 0.25)
 PQ_CODE_BITS = 8  # 256 centroids per sub-quantizer
@@ -195,10 +197,11 @@ class PQCodec:
         """Write the codebook to folder/pq.safetensors (temp file + rename: never half written)."""
         from safetensors.numpy import save_file
 
-        path = Path(folder) / PQ_CODEBOOK_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"centroids": self.centroids}, str(tmp), metadata={"bits_per_dim": _format_bits(self.bits_per_dim)})
-        os.replace(tmp, path)
+        metadata = {"bits_per_dim": _format_bits(self.bits_per_dim)}
+        write_file(
+            Path(folder) / PQ_CODEBOOK_FILE,
+            lambda tmp: save_file({"centroids": self.centroids}, str(tmp), metadata=metadata),
+        )
 
     def load(self, folder: str | os.PathLike) -> None:
         from safetensors import SafetensorError

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..records import json_object
 from .chunking import chunk_text
 from .codecs import make_codec
@@ -49,9 +50,7 @@ class IndexSettings:
     chunk_tokens: int  # encoder tokens per chunk (the last chunk of a document may be shorter)
 
     def save(self, folder: Path) -> None:
-        tmp = Path(folder) / (SETTINGS_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, Path(folder) / SETTINGS_FILE)
+        write_json(Path(folder) / SETTINGS_FILE, asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> IndexSettings | None:

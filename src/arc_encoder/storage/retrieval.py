@@ -8,11 +8,11 @@ Chunk ids never change (not even by compact()), so the index maps its rows to ch
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from pathlib import Path
 
 import numpy as np
 
+from ..atomic import remove_debris, write_folder
 from .store import VectorStore
 
 INDEX_DIR = "bm25"
@@ -78,21 +78,16 @@ class BM25Index:
         return cls(store, retriever, chunk_ids, meta["version"])
 
     def _save(self) -> None:
-        # Build into a temp folder, then swap it in, so a reader never sees a half-written index.
-        final = self.store.path / INDEX_DIR
-        tmp = self.store.path / f"{INDEX_DIR}.tmp-{os.getpid()}"
-        old = self.store.path / f"{INDEX_DIR}.old-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if self._retriever is not None:
-            self._retriever.save(str(tmp), show_progress=False)
-        np.save(tmp / _IDS_FILE, self._chunk_ids)
-        # meta.json last: its presence marks a complete index.
-        (tmp / _META_FILE).write_text(json.dumps({"version": self.version, "n_chunks": len(self._chunk_ids)}))
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        # Built in a temporary folder and swapped in: a reader never sees a half-written index.
+        remove_debris(self.store.path / INDEX_DIR)  # what a kill during an earlier build left
+
+        def write(folder: Path) -> None:
+            if self._retriever is not None:
+                self._retriever.save(str(folder), show_progress=False)
+            np.save(folder / _IDS_FILE, self._chunk_ids)
+            (folder / _META_FILE).write_text(json.dumps({"version": self.version, "n_chunks": len(self._chunk_ids)}))
+
+        write_folder(self.store.path / INDEX_DIR, write)
 
     def search(self, query: str, k: int = 10) -> list[tuple[int, str, float]]:
         """Up to k (chunk_id, doc_id, score) with a positive BM25 score, best first."""

@@ -12,13 +12,14 @@ Which shards are live is recorded in the store's SQLite database, not by the fil
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+
+from ..atomic import write_file
 
 SHARD_RE = re.compile(r"^shard-(\d+)\.safetensors$")
 # Temp files carry the writer's pid so two crashed writers never collide on a name.
@@ -34,33 +35,9 @@ def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}.safetensors"
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_shard(path: Path, rows: np.ndarray, metadata: dict[str, str]) -> int:
     """Write rows [n_rows, ...] to path atomically; returns the file's size in bytes."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({TENSOR: np.ascontiguousarray(rows)}, str(tmp), metadata=metadata)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # data on disk before the name points at it
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_file(path, lambda tmp: save_file({TENSOR: np.ascontiguousarray(rows)}, str(tmp), metadata=metadata))
     return path.stat().st_size
 
 

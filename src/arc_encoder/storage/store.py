@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..atomic import write_folder
 from .codecs import PQ_CODEBOOK_FILE, Codec, load_codec, make_codec
 from .shards import CorruptStoreError, leftover_files, read_rows, shard_name, write_shard
 
@@ -146,18 +147,26 @@ class VectorStore:
                 f"{codec.name} codec is untrained: train it on a sample (codec.train(sample)) before "
                 f"creating the store, or build a float32 store and call quantize()"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        codec.save(path)
-        con = _connect(path / DB_FILE)
-        con.execute("BEGIN IMMEDIATE")
-        for statement in _split_sql(_SCHEMA):
-            con.execute(statement)
-        con.execute(
-            "INSERT INTO info (id, format, fingerprint, dim, codec, version, created) VALUES (0, ?, ?, ?, ?, 0, ?)",
-            (FORMAT_VERSION, fingerprint, dim, codec.name, time.time()),
-        )
-        con.execute("COMMIT")
-        return cls(path, con, fingerprint, dim, codec)
+
+        def write(folder: Path) -> None:
+            codec.save(folder)
+            con = _connect(folder / DB_FILE)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                for statement in _split_sql(_SCHEMA):
+                    con.execute(statement)
+                con.execute(
+                    "INSERT INTO info (id, format, fingerprint, dim, codec, version, created)"
+                    " VALUES (0, ?, ?, ?, ?, 0, ?)",
+                    (FORMAT_VERSION, fingerprint, dim, codec.name, time.time()),
+                )
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+        # The whole folder appears at once: a kill while creating leaves no half-made store behind.
+        write_folder(path, write)
+        return cls(path, _connect(path / DB_FILE), fingerprint, dim, codec)
 
     @classmethod
     def open(cls, path: str | os.PathLike, fingerprint: str | None = None) -> VectorStore:

@@ -18,8 +18,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,39 +57,13 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_folder), flush every file, then rename the folder to `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                _fsync(file)
-        for folder in [*sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True), tmp]:
-            _fsync(folder)
-        if final.exists():  # the same step saved again (a resumed run ending where it stopped)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def prune(out_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints, and temporary folders a kill left behind."""
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(path)
+        # renamed first (one atomic step), so a kill while deleting never leaves a half step_*
+        doomed = path.with_name(f".tmp-{path.name}-deleting")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed)
     root = Path(out_dir) / CHECKPOINTS
     if root.is_dir():
         for path in root.glob(".tmp-*"):

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..atomic import write_text
 from ..config import PRESETS, ARCConfig, build, coerce, typed_fields
 
 DATA_KINDS = ("pretrain", "finetune")
@@ -319,7 +320,7 @@ def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------------- resume compatibility

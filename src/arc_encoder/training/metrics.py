@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..records import read_jsonl
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 
@@ -61,7 +63,10 @@ def _numbers(record: dict[str, Any], prefix: str = ""):
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a run's metrics.jsonl (a run folder or the file itself; [] if none yet)."""
+    path = Path(path)
+    path = path / METRICS_FILE if path.is_dir() else path
+    return read_jsonl(path) if path.is_file() else []
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import write_folder
 from ..data.batch import Batch
 from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
@@ -94,6 +95,12 @@ def freeze_lower_blocks(encoder, trained: int) -> None:
     encoder.embed_tokens.requires_grad_(False)
     for layer in list(encoder.layers)[: n - trained]:
         layer.requires_grad_(False)
+
+
+def distillation_for(config: TrainConfig, batch: Batch) -> Distillation | None:
+    """The distillation a batch is trained with under this config (None: none)."""
+    d = config.distill
+    return Distillation(d.weight, d.temperature) if d.weight > 0 and batch.task in d.tasks else None
 
 
 def input_tokens(batch: Batch) -> int:
@@ -216,7 +223,7 @@ class Trainer:
                 ckpt.save_trainer_state(folder, state)
                 save_config(self.config, folder / ckpt.CONFIG_FILE)
 
-            ckpt.write_atomically(final, write)
+            write_folder(final, write)
             ckpt.prune(self.out_dir, self.config.checkpoint.keep)
         barrier()
         self.last_checkpoint = final
@@ -235,10 +242,6 @@ class Trainer:
             raise TypeError(f"data sources must yield Batch objects, got {type(batch).__name__}")
         return batch
 
-    def distillation(self, batch: Batch) -> Distillation | None:
-        d = self.config.distill
-        return Distillation(d.weight, d.temperature) if d.weight > 0 and batch.task in d.tasks else None
-
     def train_step(self) -> dict:
         decoder = choose_decoder(self.step, self.weights, self.config.decoder_order, self.config.seed)
         accum = self.config.optim.grad_accum
@@ -249,7 +252,9 @@ class Trainer:
             task = batch.task
             sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
             with contextlib.nullcontext() if sync else self.module.no_sync(), self.autocast:
-                loss_sum, n_tokens = self.module(batch.samples, decoder, batch.special, False, self.distillation(batch))
+                loss_sum, n_tokens = self.module(
+                    batch.samples, decoder, batch.special, False, distillation_for(self.config, batch)
+                )
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
         totals = all_reduce_sum(totals.to(self.runtime.device)).cpu()
