@@ -209,6 +209,32 @@ def test_invalid_requests_are_refused_clearly(serve, method, url, body, status, 
     assert message in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b'{"prompt": [{"text": "a"}], "temperature": NaN}', "temperature: Input should be a finite number"),
+        (b'{"prompt": [{"text": "a"}], "temperature": 1e400}', "temperature: Input should be a finite number"),
+        (b'{"prompt": [{"text": "a"}], "top_p": NaN}', "top_p: Input should be a finite number"),
+        (b'{"prompt": [{"text": "a"}], "seed": 1180591620717411303424}', "seed: Input should be less than or equal"),
+        (b'{"prompt": [{"text": "a"}], "seed": -1}', "seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_non_finite_and_huge_numbers_get_a_readable_422(serve, raw, message):
+    with serve() as client:
+        r = client.post("/v1/generate", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+
+
+def test_the_question_length_message_says_it_once(serve):
+    with serve() as client:
+        r = client.post("/v1/ask", json={"question": "q" * (LIMITS.max_chars + 1)})
+    assert r.status_code == 413
+    assert (
+        r.json()["detail"] == f"question length in characters: {LIMITS.max_chars + 1} exceeds the server's limit of 400"
+    )
+
+
 def test_oversized_body_and_malformed_json(serve):
     with serve() as client:
         huge = client.post(

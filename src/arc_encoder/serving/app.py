@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,6 +56,17 @@ log = logging.getLogger("arc_encoder.serving")
 
 # How often a request waiting for the model checks that its client is still there.
 DISCONNECT_POLL_S = 0.1
+
+
+def json_safe(value):
+    """Non-finite floats (from the request or a limit) as strings, so the answer is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def create_app(
@@ -123,7 +135,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
-        errors = jsonable_encoder(e.errors(), custom_encoder={Exception: str})
+        # the offending input is not echoed back: it may be huge, or a NaN that JSON cannot carry
+        errors = jsonable_encoder(
+            [{k: v for k, v in err.items() if k != "input"} for err in e.errors()], custom_encoder={Exception: str}
+        )
+        errors = json_safe(errors)
         readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
         return JSONResponse({"detail": f"invalid request: {readable}", "errors": errors}, status_code=422)
 
@@ -235,7 +251,7 @@ def create_app(
         if len(set(ids)) != len(ids):
             raise ClientError(422, "document ids must be unique within a request")
         for d in body.documents:
-            check_text(f"document {d.id!r} length in characters", d.text)
+            check_text(f"document {d.id!r}", d.text)
             if not d.text.strip():
                 raise ClientError(422, f"document {d.id!r} has an empty text")
 
@@ -292,7 +308,7 @@ def create_app(
 
     @api.post("/ask", response_model=AskResponse)
     async def ask(request: Request, body: AskRequest):
-        check_text("question length in characters", body.question)
+        check_text("question", body.question)
         if body.k > limits.max_k:
             raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
         params = decode_params(body)

@@ -96,10 +96,10 @@ def vectors_from_json(chunk: VectorChunk, dim: int) -> torch.Tensor:
 
 class DecodeOptions(Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server's cap if lower)")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: list[str] = Field(default_factory=list, max_length=8, description="stop strings (cut from the text)")
-    seed: int | None = Field(None, description="makes sampling reproducible")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
 
     @model_validator(mode="after")
     def _stop_strings(self):
