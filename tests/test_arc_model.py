@@ -307,8 +307,8 @@ def test_bad_input_is_named(tiny_arc):
         model.compress(["text"], decoder=2)
     with pytest.raises(TypeError, match="prompt parts"):
         model.generate([["text", 5]])
-    with pytest.raises(ValueError, match="exceeds the backbone's 512 positions"):
-        model.compress(["word " * 600])
+    with pytest.raises(ValueError, match="chunk_tokens=600 exceeds the encoder's 512 positions"):
+        tiny_arc(chunk_tokens=600).compress(["word " * 600])
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['pooling_factor'\] in the top level \(ARCConfig\)"):
         ARCConfig.from_dict({"pooling_factor": 4})
     with pytest.raises(ValueError, match="pooling"):
@@ -318,8 +318,14 @@ def test_bad_input_is_named(tiny_arc):
 def test_long_documents_are_chunked_never_dropped(tiny_arc):
     model = tiny_arc(chunk_tokens=16, max_chunks=10)
     text = " ".join(TEXTS * 2)
-    n = len(model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+    whole = model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"]
+    chunks = model.chunks_of(text)
+    assert [i for ch in chunks for i in ch.encoder_ids] == whole  # every token once, in order
+    assert all(1 <= len(ch.encoder_ids) <= 16 for ch in chunks)
+    assert "".join(text[ch.start : ch.end] for ch in chunks) == text
+    # cut at word boundaries: every chunk after the first starts a word, none ends inside one
+    assert all(" " in text[ch.start - 1 : ch.start + 1] for ch in chunks[1:])
     c = model.compress([text])[0]
-    assert [x.shape[0] for x in c.chunks] == [8] * (n // 16) + ([-(-(n % 16) // 2)] if n % 16 else [])
+    assert [x.shape[0] for x in c.chunks] == [-(-len(ch.encoder_ids) // 2) for ch in chunks]
     with pytest.raises(ValueError, match="max_chunks"):
         model.compress([text * 3])

@@ -185,6 +185,10 @@ def test_chunks_never_exceed_the_chunk_size(saved_model):
     _, model = saved_model
     text = " ".join(t for _, t in corpus_docs(6))
     settings = IndexSettings(0, model.config.decoders[0], 7)
+    # the store keeps the library's max_chunks rule: 75 chunks of 7 tokens are refused
+    with pytest.raises(ValueError, match="needs 75 chunks of 7, more than max_chunks=32"):
+        indexing.plan_chunks(model, text, settings)
+    model.config.max_chunks = 100
     plans = indexing.plan_chunks(model, text, settings)
     whole = model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert [i for p in plans for i in p.encoder_ids] == whole  # every token, once, in order

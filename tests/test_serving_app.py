@@ -299,3 +299,21 @@ def test_generate_requests_in_flight_together_are_batched(serve, saved_model):
     for text, out in zip(texts, outs):
         alone = model.generate(["Document: ", Doc(text), QUESTION], max_new_tokens=5)[0]
         assert out["token_ids"] == alone.token_ids
+
+
+def test_library_store_and_service_compress_a_long_document_alike(tiny_arc, tmp_path):
+    from _serving_helpers import SENTENCES
+
+    model = tiny_arc(seed=5).eval()  # the default chunk size
+    text = " ".join(SENTENCES * 4)
+    expected = model.compress([text])[0]
+    assert len(expected.chunks) > 1  # a document of several chunks
+    app = create_app(model, tmp_path / "store", limits=ServeLimits(max_chars=10_000), window_s=0.005)
+    with TestClient(app) as client:
+        served = client.post("/v1/compress", json={"texts": [text]}).json()["results"][0]
+        assert client.post("/v1/documents", json={"documents": [{"id": "d", "text": text}]}).status_code == 200
+        stored = client.get("/v1/documents/d?vectors=float").json()["chunks"]
+    assert len(served["chunks"]) == len(stored) == len(expected.chunks)
+    for s, st, e in zip(served["chunks"], stored, expected.chunks):
+        np.testing.assert_allclose(np.array(s["data"], dtype=np.float32), e.numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.array(st["vectors"]["data"], dtype=np.float32), e.numpy(), atol=1e-5)

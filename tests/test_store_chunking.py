@@ -96,3 +96,24 @@ def test_real_tokenizer_chunks_cover_the_text():
         for s, e, n in chunks:
             alone = len([1 for a, b in tokenize(text[s:e])[1] if b > a])
             assert abs(alone - n) <= 2
+
+
+def pieces_tokenize(text):
+    """Each word in pieces of 3 characters (as a BPE splits rare words), offsets of each piece."""
+    spans = []
+    for m in re.finditer(r"\S+", text):
+        spans += [(s, min(s + 3, m.end())) for s in range(m.start(), m.end(), 3)]
+    return list(range(len(spans))), spans
+
+
+def test_chunks_end_at_word_boundaries_not_inside_words():
+    text = "aa harpsichord bb"  # aa | har psi cho rd | bb
+    assert chunk_text(text, pieces_tokenize, 4) == [(0, 3, 1), (3, 15, 4), (15, 17, 1)]
+    # a word longer than the budget is cut inside it: there is no other way to respect the budget
+    assert chunk_text("harpsichord", pieces_tokenize, 2) == [(0, 6, 2), (6, 11, 2)]
+    # over a longer text no chunk boundary falls inside a word
+    text = " ".join(["harpsichord", "a", "fugue", "counterpoint", "bb"] * 20)
+    for max_tokens in (4, 5, 8, 13):  # every word fits in 4 tokens
+        chunks = chunk_text(text, pieces_tokenize, max_tokens)
+        check_tiling(text, chunks, max_tokens)
+        assert all(text[s - 1] == " " for s, _, _ in chunks[1:]), max_tokens

@@ -103,6 +103,10 @@ class DictConfig:
         return build(cls, values, section)
 
 
+# Encoder tokens per chunk of a document, unless a model's config says otherwise.
+DEFAULT_CHUNK_TOKENS = 256
+
+
 @dataclass
 class ARCConfig(DictConfig):
     # Encoder backbone: a Hugging Face decoder-only model (name, folder, or embedded alias).
@@ -139,9 +143,11 @@ class ARCConfig(DictConfig):
     # Paper (method.md D8): the special token's output predicts the first text token after its
     # block. False reproduces the official code, which leaves that token unsupervised.
     supervise_first_token: bool = True
-    # Documents longer than this many encoder tokens are split into chunks compressed in parallel
-    # and placed back to back (None: no chunking; a too-long document is then an error).
-    chunk_tokens: int | None = None
+    # Documents are split into chunks of at most this many encoder tokens, cut at word boundaries,
+    # compressed in parallel and placed back to back: by ARCModel.compress, the store and the
+    # service alike (model/chunking.py). The encoder's attention is quadratic in a chunk's length.
+    # A model saved before this setting had a default (null) reads as the default.
+    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS
     max_chunks: int = 32
     # transformers attention backend for encoder and decoders ("sdpa" or "eager").
     attn_implementation: str = "sdpa"
@@ -172,8 +178,12 @@ class ARCConfig(DictConfig):
             isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1
         ):
             raise ValueError(f"bottleneck must be an integer >= 1 or None, got {self.bottleneck!r}")
-        if self.chunk_tokens is not None and self.chunk_tokens < 1:
-            raise ValueError("chunk_tokens must be >= 1 or None")
+        if self.chunk_tokens is None:
+            self.chunk_tokens = DEFAULT_CHUNK_TOKENS
+        if isinstance(self.chunk_tokens, bool) or not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be an integer >= 1, got {self.chunk_tokens!r}")
+        if isinstance(self.max_chunks, bool) or not isinstance(self.max_chunks, int) or self.max_chunks < 1:
+            raise ValueError(f"max_chunks must be an integer >= 1, got {self.max_chunks!r}")
 
     @property
     def pooling_factor(self) -> int:

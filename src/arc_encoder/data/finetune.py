@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DictConfig
+from ..model.chunking import chunk_document
 from ..model.splice import Sample
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
@@ -263,10 +264,13 @@ class FinetuneData:
     def segments(self, document: str, where: str) -> list[list[int]]:
         """Encoder ids of a document: one segment, or chunks placed back to back."""
         c = self.config
-        ids = self.encoder.text_ids(document)
-        size = c.chunk_tokens or c.max_doc_tokens
-        limit = c.chunk_tokens * c.max_chunks if c.chunk_tokens else c.max_doc_tokens
-        if len(ids) > limit:
+        if c.chunk_tokens:  # the library's chunker: the chunks inference will compress
+            pieces = [ch.encoder_ids for ch in chunk_document(document, self.encoder.tokenizer, c.chunk_tokens)]
+        else:
+            pieces = [self.encoder.text_ids(document)]
+        n_tokens = sum(len(p) for p in pieces)
+        too_long = len(pieces) > c.max_chunks if c.chunk_tokens else n_tokens > c.max_doc_tokens
+        if too_long:
             what = (
                 f"{c.max_chunks} chunks of {c.chunk_tokens} tokens"
                 if c.chunk_tokens
@@ -274,7 +278,7 @@ class FinetuneData:
             )
             if c.too_long == "error":
                 raise ValueError(
-                    f"{where}: document of {len(ids)} encoder tokens exceeds {what}; "
+                    f"{where}: document of {n_tokens} encoder tokens exceeds {what}; "
                     "raise the limit or set too_long='truncate'"
                 )
             self.stats["truncated"] += 1
@@ -282,12 +286,12 @@ class FinetuneData:
                 log.warning(
                     "%s: document of %d encoder tokens cut to %s (%d cut(s) so far)",
                     where,
-                    len(ids),
+                    n_tokens,
                     what,
                     self.stats["truncated"],
                 )
-            ids = ids[:limit]
-        return [ids[i : i + size] for i in range(0, len(ids), size)]
+            pieces = pieces[: c.max_chunks] if c.chunk_tokens else [pieces[0][: c.max_doc_tokens]]
+        return pieces
 
     def build(self, shots: list[Shot], current: Shot, decoder: int = 0) -> Sample:
         """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer."""

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from ..config import PRESETS, ARCConfig
 from ..prompt import Doc
 from .adapter import DecoderAdapter
+from .chunking import Chunk, chunk_document
 from .decoder import (
     SharedPrefix,
     batch_cache,
@@ -167,29 +168,24 @@ class ARCModel(nn.Module):
             raise ValueError(f"decoder index {decoder!r} does not exist; this model has {names}")
         return decoder
 
-    def tokenize_document(self, text: str) -> list[list[int]]:
-        """Encoder token ids of a document, split into chunks when the config says so."""
-        if not isinstance(text, str):
-            raise TypeError(f"a document must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError("cannot compress an empty or whitespace-only document")
-        ids = self.encoder_tokenizer(text, add_special_tokens=False)["input_ids"]
-        size = self.config.chunk_tokens
+    def chunks_of(self, text: str, chunk_tokens: int | None = None) -> list[Chunk]:
+        """A document's chunks (encoder ids and character spans) of `chunk_tokens` (default: the
+        config's), cut at word boundaries (model/chunking.py); more than max_chunks is an error."""
+        size = self.config.chunk_tokens if chunk_tokens is None else chunk_tokens
         limit = self.encoder.hf_config.max_position_embeddings
-        if size is None:
-            if len(ids) > limit:
-                raise ValueError(
-                    f"document of {len(ids)} encoder tokens exceeds the backbone's {limit} positions;"
-                    " set chunk_tokens to compress it in chunks"
-                )
-            return [ids]
-        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        if size > limit:
+            raise ValueError(f"chunk_tokens={size} exceeds the encoder's {limit} positions")
+        chunks = chunk_document(text, self.encoder_tokenizer, size)
         if len(chunks) > self.config.max_chunks:
             raise ValueError(
-                f"document of {len(ids)} tokens needs {len(chunks)} chunks of {size}, more than "
-                f"max_chunks={self.config.max_chunks}; raise max_chunks or chunk_tokens"
+                f"document of {sum(len(c.encoder_ids) for c in chunks)} encoder tokens needs {len(chunks)} chunks of "
+                f"{size}, more than max_chunks={self.config.max_chunks}; raise max_chunks or chunk_tokens"
             )
         return chunks
+
+    def tokenize_document(self, text: str) -> list[list[int]]:
+        """Encoder token ids of a document's chunks."""
+        return [c.encoder_ids for c in self.chunks_of(text)]
 
     def encode_segments(self, segments: list[list[int]], decoder: int) -> list[torch.Tensor]:
         """Encoder token ids per segment -> bottleneck vectors per segment [m_i, bottleneck]."""

@@ -3,7 +3,7 @@
 faiss (PQ) and bm25s (retrieval) are optional: pip install 'arc-encoder[store]'.
 """
 
-from .chunking import chunk_text
+from ..model.chunking import chunk_text
 from .codecs import Float16Codec, Float32Codec, PQCodec, load_codec, make_codec, possible_pq_bits
 from .retrieval import BM25Index
 from .shards import CorruptStoreError

@@ -28,12 +28,10 @@ import torch
 
 from ..atomic import write_json
 from ..records import json_object
-from .chunking import chunk_text
 from .codecs import make_codec
 from .store import ChunkRecord, StoreStats, VectorStore
 
 SETTINGS_FILE = "arc_index.json"
-DEFAULT_CHUNK_TOKENS = 256
 STAGING_SUFFIX = ".float32-staging"
 QUANTIZING_SUFFIX = ".quantizing"
 
@@ -69,7 +67,7 @@ def resolve_settings(model, decoder: int | None = None, chunk_tokens: int | None
     decoder = 0 if decoder is None else decoder
     model._check_decoder(decoder)
     if chunk_tokens is None:
-        chunk_tokens = model.config.chunk_tokens or DEFAULT_CHUNK_TOKENS
+        chunk_tokens = model.config.chunk_tokens
     if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
     limit = model.encoder.hf_config.max_position_embeddings
@@ -182,25 +180,18 @@ class ChunkPlan:
 
 
 def plan_chunks(model, text: str, settings: IndexSettings) -> list[ChunkPlan]:
-    """Cut a document into chunks of at most settings.chunk_tokens encoder tokens.
-
-    The encoder ids of a chunk are the whole-text tokenization's ids inside it, so a document
-    compresses to the same segments as ARCModel.compress with config.chunk_tokens set alike.
-    """
-    tokenizer = model.encoder_tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("indexing needs a fast (Rust) encoder tokenizer: chunking uses its char offsets")
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    spans = chunk_text(text, lambda _: (ids, offsets), settings.chunk_tokens)  # [(start, end, n)]
-    real = [i for i, (s, e) in zip(ids, offsets) if e > s]  # chunk_text counts only these
+    """A document's chunks as the store keeps them: the model's chunker (ARCModel.chunks_of) at
+    the store's chunk size, and each chunk's decoder-tokenizer token count."""
     decoder_tokenizer = model.decoder_tokenizers[settings.decoder]
-    plans, cursor = [], 0
-    for start, end, n in spans:
-        n_dec = len(decoder_tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
-        plans.append(ChunkPlan(real[cursor : cursor + n], start, end, n_dec))
-        cursor += n
-    return plans
+    return [
+        ChunkPlan(
+            c.encoder_ids,
+            c.start,
+            c.end,
+            len(decoder_tokenizer(text[c.start : c.end], add_special_tokens=False)["input_ids"]),
+        )
+        for c in model.chunks_of(text, settings.chunk_tokens)
+    ]
 
 
 @torch.no_grad()

@@ -1,13 +1,17 @@
-"""Split a document into consecutive chunks of at most max_tokens decoder tokens.
+"""The one chunker: a document split into consecutive chunks of at most max_tokens tokens, used by
+the library (ARCModel.compress), fine-tuning data, the store and the service alike.
 
 The text is tokenized once; chunk boundaries fall at the start of a token, so the chunks cover the
 text exactly (no gap, no overlap): whitespace between two tokens ends the earlier chunk, text
 before the first token starts the first chunk, text after the last token ends the last one.
+A chunk ends at the last word boundary within its budget (a word split over two chunks could not
+be found by a keyword search of either), unless a single word fills the whole budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 # tokenize(text) -> (token ids, per-token (start, end) char offsets), e.g. a Hugging Face fast
 # tokenizer called with return_offsets_mapping=True.
@@ -50,8 +54,54 @@ def chunk_text(text: str, tokenize: Tokenize, max_tokens: int) -> list[tuple[int
                     f"max_tokens={max_tokens} is too small: a chunk would end inside one character "
                     f"(tokens at chars {spans[first][0]}..{spans[first][1]})"
                 )
+        if stop < n:
+            stop = _word_start_at_or_before(text, spans, first, stop)
         end_char = spans[stop][0] if stop < n else len(text)
         chunks.append((start_char, end_char, stop - first))
         start_char = end_char
         first = stop
+    return chunks
+
+
+def _word_start_at_or_before(text: str, spans: list[tuple[int, int]], first: int, stop: int) -> int:
+    """The last token index in (first, stop] that starts a word (whitespace before it, or its
+    text begins with whitespace); `stop` itself if no token after `first` does."""
+    for j in range(stop, first, -1):
+        start = spans[j][0]
+        if (start > 0 and text[start - 1].isspace()) or text[start].isspace():
+            return j
+    return stop
+
+
+@dataclass
+class Chunk:
+    """One chunk of a document: the encoder token ids inside it and its character span."""
+
+    encoder_ids: list[int]
+    start: int
+    end: int
+
+
+def chunk_document(text: str, tokenizer, max_tokens: int | None) -> list[Chunk]:
+    """A document in chunks of at most max_tokens encoder tokens (None: one chunk).
+
+    The ids of a chunk are the whole-text tokenization's ids inside it. Needs a fast (Rust)
+    tokenizer: chunking uses its character offsets. Zero-width tokens (special tokens the
+    tokenizer adds or finds, offsets (s, s)) are not text and are left out.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a document must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("cannot compress an empty or whitespace-only document")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("chunking needs a fast (Rust) encoder tokenizer: it uses the tokens' character offsets")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    real = [i for i, (s, e) in zip(ids, offsets) if e > s]
+    if max_tokens is None:
+        return [Chunk(real, 0, len(text))]
+    chunks, cursor = [], 0
+    for start, end, n in chunk_text(text, lambda _: (ids, offsets), max_tokens):
+        chunks.append(Chunk(real[cursor : cursor + n], start, end))
+        cursor += n
     return chunks
