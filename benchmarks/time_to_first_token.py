@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from arc_encoder import ARCModel, Doc
-from arc_encoder.cli import quiet_transformers
+from arc_encoder.loading import quiet_transformers
 
 PROSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "prose" / "wiki.txt"
 
@@ -52,8 +52,8 @@ def main():
     quiet_transformers()
     torch.manual_seed(0)
     models = {f: ARCModel.from_config(f"smollm2-arc{f}").eval() for f in (4, 8)}
-    for m in models.values():
-        m.config.chunk_tokens = args.chunk_tokens
+    for m in models.values():  # default: one segment per document (the quadratic case)
+        m.config.chunk_tokens = args.chunk_tokens or m.encoder.hf_config.max_position_embeddings
     tokenizer = models[4].decoder_tokenizers[0]
     question = "\nQuestion: What is this text about?\nAnswer:"
     rows = []
