@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from arc_encoder import ARCModel
-from arc_encoder.cli import quiet_transformers
+from arc_encoder.loading import quiet_transformers
 from arc_encoder.evaluation.runner import evaluate
 from arc_encoder.evaluation.tasks import load_jsonl
 

@@ -62,7 +62,7 @@ def build_tiny_model(folder: Path) -> str:
     import transformers
 
     from arc_encoder import ARCConfig, ARCModel
-    from arc_encoder.cli import quiet_transformers
+    from arc_encoder.loading import quiet_transformers
     from arc_encoder.model.registry import resolve_model
 
     quiet_transformers()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from arc_encoder.cli import quiet_transformers
+from arc_encoder.loading import quiet_transformers
 from arc_encoder.quickstart import QuickstartConfig, run_quickstart
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from arc_encoder.cli import load_model, quiet_transformers
+from arc_encoder.loading import load_model, quiet_transformers
 from arc_encoder.evaluation.methods import StoredARC, build_method, example_docs
 from arc_encoder.evaluation.runner import (
     answer_examples,

@@ -18,7 +18,7 @@ import time
 import torch
 
 from arc_encoder import Doc
-from arc_encoder.cli import load_model
+from arc_encoder.loading import load_model
 from arc_encoder.serving.vllm_backend import VLLMBackend
 from arc_encoder.serving.worker import DecodeParams
 
