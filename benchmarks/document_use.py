@@ -22,8 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
-from arc_encoder.loading import quiet_transformers
 from arc_encoder.evaluation.content import CONDITIONS, content_report, describe
+from arc_encoder.loading import quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_config, pretrain_config
 from arc_encoder.training.distributed import Runtime, pick_device

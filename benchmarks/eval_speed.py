@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from arc_encoder import ARCModel
-from arc_encoder.loading import quiet_transformers
 from arc_encoder.evaluation.runner import evaluate
 from arc_encoder.evaluation.tasks import load_jsonl
+from arc_encoder.loading import quiet_transformers
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev.jsonl"
 

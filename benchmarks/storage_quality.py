@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from arc_encoder.loading import load_model, quiet_transformers
 from arc_encoder.evaluation.methods import StoredARC, build_method, example_docs
 from arc_encoder.evaluation.runner import (
     answer_examples,
@@ -37,6 +36,7 @@ from arc_encoder.evaluation.runner import (
     warm_up,
 )
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
+from arc_encoder.loading import load_model, quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.storage import VectorStore, make_codec
 from arc_encoder.storage.codecs import PQ_CODE_BITS

@@ -21,8 +21,8 @@ import time
 import torch
 from transformers import AutoModel
 
-from arc_encoder.loading import quiet_transformers
 from arc_encoder.data.batch import Batch
+from arc_encoder.loading import quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.model.registry import resolve_model
 from arc_encoder.model.splice import Sample
