@@ -329,3 +329,16 @@ def test_long_documents_are_chunked_never_dropped(tiny_arc):
     assert [x.shape[0] for x in c.chunks] == [-(-len(ch.encoder_ids) // 2) for ch in chunks]
     with pytest.raises(ValueError, match="max_chunks"):
         model.compress([text * 3])
+
+
+def test_nothing_runs_past_the_decoders_positions(tiny_arc):
+    model = tiny_arc(chunk_tokens=64).eval()  # the tiny decoder has 512 positions
+    question = "\nQuestion: what is it?\nAnswer:"
+    prompt_length = model.generate([["Document: ", Doc(TEXTS[0]), question]], max_new_tokens=1)[0].prompt_length
+    with pytest.raises(ValueError, match=rf"takes {prompt_length} decoder positions \+ 600 new tokens, more than .*512"):
+        model.generate([["Document: ", Doc(TEXTS[0]), question]], max_new_tokens=600)
+    with pytest.raises(ValueError, match="more than decoder 0's 512"):
+        model.generate(["word " * 520], max_new_tokens=1)
+    long = Sample(text_ids=[5] * 600, segments=[], offsets=[], targets=[True] * 600)
+    with pytest.raises(ValueError, match="takes 600 decoder positions, more than decoder 0's 512"):
+        model.loss([long])

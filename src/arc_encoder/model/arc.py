@@ -290,6 +290,7 @@ class ARCModel(nn.Module):
         embed = dec.get_input_embeddings()
         text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]
         batch = splice(text, blocks, [s.offsets for s in samples])
+        self._check_positions(batch.embeds.shape[1], 0, decoder)
         index, labels, tokens = loss_positions(batch, samples, self.config.supervise_first_token)
         if index.numel() == 0:
             raise ValueError("no supervised token in this batch")
@@ -316,6 +317,16 @@ class ARCModel(nn.Module):
         L = batch.embeds.shape[1]
         index = torch.tensor([i * L + p for i, p in predictors], dtype=torch.long, device=self.device)
         return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
+
+    def _check_positions(self, prompt_positions: int, new_tokens: int, decoder: int) -> None:
+        """Refuse, before running anything, a sequence longer than the decoder's positions."""
+        limit = getattr(self.decoders[decoder].config, "max_position_embeddings", None)
+        if limit is not None and prompt_positions + new_tokens > limit:
+            asked = f" + {new_tokens} new tokens" if new_tokens else ""
+            raise ValueError(
+                f"the input takes {prompt_positions} decoder positions{asked}, more than decoder {decoder}'s "
+                f"{limit}: shorten the prompt or documents, or ask for fewer new tokens"
+            )
 
     def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
         """Decoder token ids of a segment given in encoder token ids (the same ids when the two
@@ -478,6 +489,7 @@ class ARCModel(nn.Module):
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         batch, stats = self._splice_prompts(prompts, decoder, special)
+        self._check_positions(int(batch.attention_mask.sum(1).max()), max_new_tokens, decoder)
         embeds, mask, positions, cache = (
             self._split_shared_prefix(batch, decoder)
             if share_prefix
