@@ -335,7 +335,8 @@ def test_nothing_runs_past_the_decoders_positions(tiny_arc):
     model = tiny_arc(chunk_tokens=64).eval()  # the tiny decoder has 512 positions
     question = "\nQuestion: what is it?\nAnswer:"
     prompt_length = model.generate([["Document: ", Doc(TEXTS[0]), question]], max_new_tokens=1)[0].prompt_length
-    with pytest.raises(ValueError, match=rf"takes {prompt_length} decoder positions \+ 600 new tokens, more than .*512"):
+    message = rf"takes {prompt_length} decoder positions \+ 600 new tokens, more than .*512"
+    with pytest.raises(ValueError, match=message):
         model.generate([["Document: ", Doc(TEXTS[0]), question]], max_new_tokens=600)
     with pytest.raises(ValueError, match="more than decoder 0's 512"):
         model.generate(["word " * 520], max_new_tokens=1)

@@ -382,3 +382,13 @@ def test_time_limit_stops_early_with_a_checkpoint(tiny_models, tmp_path):
     final = trainer.fit()
     assert trainer.step == 1  # the limit is checked after each step
     assert final == ckpt.latest_checkpoint(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damaged", [ckpt.STATE_FILE, ckpt.WEIGHTS_FILE])
+def test_resume_from_a_corrupt_checkpoint_names_the_file_and_the_one_before(tiny_models, tmp_path, damaged):
+    config = make_config(tmp_path, tiny_models["llama"], steps=4, checkpoint__every=2)
+    new_trainer(config).fit()
+    file = tmp_path / "run" / "checkpoints" / "step_00000004" / damaged
+    file.write_bytes(file.read_bytes()[:100])  # truncated, as a full disk would leave it
+    with pytest.raises(ValueError, match=rf"{damaged} cannot be read.*previous complete checkpoint is .*step_00000002"):
+        new_trainer(make_config(tmp_path, tiny_models["llama"], steps=6, checkpoint__every=2)).resume()

@@ -34,6 +34,10 @@ CONFIG_FILE = "train_config.yaml"
 _NAME = re.compile(r"^step_(\d+)$")
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read; the message names it."""
+
+
 # ------------------------------------------------------------------------- folders
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / CHECKPOINTS / f"step_{step:08d}"
@@ -95,7 +99,10 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
     """Load a model.safetensors into a model whose parameters may be sharded."""
-    state = load_file(str(file))
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbage files
+        raise CorruptCheckpoint(f"{file} cannot be read ({type(e).__name__}: {e})") from None
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("decoders.")}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
@@ -169,4 +176,10 @@ def save_trainer_state(folder: Path, state: dict[str, Any]) -> None:
 def load_trainer_state(folder: Path) -> dict[str, Any]:
     # Pickled python and numpy RNG states and the data pipelines' own state live here, so this
     # is a full unpickle: resume only from run folders you trust, as you would run their code.
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, garbage bytes, a missing file
+        raise CorruptCheckpoint(f"{folder / STATE_FILE} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "ranks"} <= set(state):
+        raise CorruptCheckpoint(f"{folder / STATE_FILE} does not hold a trainer state")
+    return state

@@ -171,7 +171,7 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.out_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out_dir / ckpt.CHECKPOINTS}")
-        state = ckpt.load_trainer_state(path)
+        state = self._read_checkpoint(path, ckpt.load_trainer_state, path)
         diffs = resume_differences(state["config"], self.config.to_dict())
         if state["world_size"] != self.runtime.world_size:
             diffs.append(f"world size: {state['world_size']} -> {self.runtime.world_size} (data sharding)")
@@ -182,7 +182,7 @@ class Trainer:
                 + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
                 "and log.* may change when resuming."
             )
-        ckpt.load_model_state(self.arc, path / ckpt.WEIGHTS_FILE)
+        self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / ckpt.WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scheduler.last_epoch != state["step"]:
@@ -199,6 +199,20 @@ class Trainer:
         self.step = state["step"]
         self.last_checkpoint = path
         return path
+
+    def _read_checkpoint(self, path: Path, read, *args):
+        """read(*args); a corrupt file is an error naming it and the checkpoint to fall back on."""
+        try:
+            return read(*args)
+        except ckpt.CorruptCheckpoint as e:
+            older = [p for _, p in ckpt.list_checkpoints(self.out_dir) if p != path]
+            hint = (
+                f"the previous complete checkpoint is {older[-1]}: move {path.name} out of {path.parent} "
+                "to resume from it"
+                if older
+                else "there is no older checkpoint to fall back on"
+            )
+            raise ValueError(f"--resume: {e}; {hint}") from None
 
     # ------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
