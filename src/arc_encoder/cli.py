@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from .loading import load_model, quiet_transformers
+from .prompt import DOCUMENT, after_document, closed_question
 from .records import command_line_text
 
 app = typer.Typer(
@@ -59,9 +60,9 @@ def demo(
         f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})"
     )
     asks = {
-        "closed-book": [f"Question: {question}\nAnswer:"],
-        "open-book": [f"Document: {DEMO_DOCUMENT}\nQuestion: {question}\nAnswer:"],
-        "compressed": ["Document: ", compressed, f"\nQuestion: {question}\nAnswer:"],
+        "closed-book": [closed_question(question)],
+        "open-book": [DOCUMENT + DEMO_DOCUMENT + after_document(question)],
+        "compressed": [DOCUMENT, compressed, after_document(question)],
     }
     for name, prompt in asks.items():
         t = time.perf_counter()

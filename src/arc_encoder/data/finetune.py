@@ -40,6 +40,7 @@ from typing import Any
 from ..config import DictConfig
 from ..model.chunking import chunk_document
 from ..model.splice import Sample
+from ..prompt import DOCUMENT, SHOT_END, after_document
 from .batch import Batch
 from .resume import check_same_run, rng_state, set_rng_state
 from .sources import BadRecord, check_reading_options, open_mixture, parse_sources, seeded_rng
@@ -48,7 +49,6 @@ from .tokens import EncoderView, decoder_tokenizers
 log = logging.getLogger(__name__)
 
 TOO_LONG_POLICIES = ("error", "truncate")
-FIRST_PIECE = "Document: "
 # Stand-ins for compressed documents inside a chat message: private-use characters that no
 # tokenizer merges with text around them, checked to be absent from the message text.
 DOC_MARK = "\ue000{}\ue001"
@@ -149,16 +149,12 @@ class Shot:
     where: str = ""
 
 
-def _qa(question: str) -> str:
-    return f"\nQuestion: {question}\nAnswer:" if question else "\nAnswer:"  # no question part (6.1)
-
-
 def base_pieces(shots: list[Shot], current: Shot) -> tuple[list[str], str]:
     """Text pieces around the documents (one more than documents) and the answer text."""
-    texts = [FIRST_PIECE]
+    texts = [DOCUMENT]
     for shot in shots:
-        texts.append(f"{_qa(shot.question)} {shot.answer}\n\n{FIRST_PIECE}")
-    texts.append(_qa(current.question))
+        texts.append(f"{after_document(shot.question)} {shot.answer}{SHOT_END}{DOCUMENT}")
+    texts.append(after_document(current.question))
     return texts, " " + current.answer
 
 
@@ -173,7 +169,7 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
                     "which chat mode reserves to place documents"
                 )
     marks = [DOC_MARK.format(i) for i in range(len(shots) + 1)]
-    parts = [f"{FIRST_PIECE}{marks[i]}{_qa(s.question)} {s.answer}\n\n" for i, s in enumerate(shots)]
+    parts = [f"{DOCUMENT}{marks[i]}{after_document(s.question)} {s.answer}{SHOT_END}" for i, s in enumerate(shots)]
     lead = ""
     if current.instruction is not None:
         prefix, instruction, lead = current.instruction.split("||")
@@ -181,7 +177,7 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
         parts.append(f"{prefix}{marks[-1]}{instruction}")
     else:
         question = f"\nQuestion: {current.question}" if current.question else ""
-        parts.append(f"{FIRST_PIECE}{marks[-1]}{question}")
+        parts.append(f"{DOCUMENT}{marks[-1]}{question}")
     message = "".join(parts)
     user = {"role": "user", "content": message}
     prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True) + lead

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from arc_encoder.evaluation.tasks import Example
-from arc_encoder.prompt import Doc
+from arc_encoder.prompt import DOCUMENT, SHOT_END, Doc, after_document, closed_question
 
 Piece = str | Doc
 Prompt = list[Piece]
@@ -51,14 +51,14 @@ def arc_prompt(shots: Sequence[Example], example: Example, separate_passages: bo
     """
     prompt: Prompt = []
     for shot in shots:
-        _append(prompt, "Document: ")
+        _append(prompt, DOCUMENT)
         for doc in _docs(shot, separate_passages):
             _append(prompt, doc)
-        _append(prompt, f"\nQuestion: {shot.question}\nAnswer: {_first_answer(shot)}\n\n")
-    _append(prompt, "Document: ")
+        _append(prompt, f"{after_document(shot.question)} {_first_answer(shot)}{SHOT_END}")
+    _append(prompt, DOCUMENT)
     for doc in _docs(example, separate_passages):
         _append(prompt, doc)
-    _append(prompt, f"\nQuestion: {example.question}\nAnswer:")
+    _append(prompt, after_document(example.question))
     return prompt
 
 
@@ -81,8 +81,8 @@ def closed_book_prompt(shots: Sequence[Example], example: Example) -> str:
     The reference code put an extra "\\n" before the final question; we keep the one separator
     the shots use, so that closed-book differs from open-book only by the missing documents.
     """
-    shot_text = "".join(f"Question: {s.question}\nAnswer: {_first_answer(s)}\n\n" for s in shots)
-    return f"{shot_text}Question: {example.question}\nAnswer:"
+    shot_text = "".join(f"{closed_question(s.question)} {_first_answer(s)}{SHOT_END}" for s in shots)
+    return shot_text + closed_question(example.question)
 
 
 def postprocess_answer(text: str) -> str:

@@ -27,6 +27,8 @@ from arc_encoder.evaluation.prompts import postprocess_answer
 from arc_encoder.evaluation.tasks import Example, metric_for_task, split_shots
 from arc_encoder.model.arc import ARCModel
 
+from ..prompt import closed_question
+
 # Generation budgets of the reference scripts (method.md 9.3): summaries are longer.
 MAX_NEW_TOKENS = {"cnn": 256}
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -124,7 +126,7 @@ def select_examples(
 def warm_up(model: ARCModel, decoder: int = 0) -> None:
     """One untimed generation: the first forward pass pays one-off costs (allocations, kernel
     selection) that would otherwise be charged to whichever method happens to run first."""
-    model.generate([["Question: warm-up\nAnswer:"]], decoder=decoder, max_new_tokens=2)
+    model.generate([[closed_question("warm-up")]], decoder=decoder, max_new_tokens=2)
 
 
 def answer_examples(

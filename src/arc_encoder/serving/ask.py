@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.arc import Generation
+from ..prompt import DOCUMENT, after_document, closed_question
 from ..storage.store import VectorStore
 from .stored import stored_chunks
 
@@ -46,9 +47,9 @@ def retrieve(store: VectorStore, index, question: str, k: int) -> list[Source]:
 def ask_prompt(store: VectorStore, sources: list[Source], question: str, decoder: int) -> list:
     """The prompt parts (see module doc) for a question and its retrieved chunks."""
     if not sources:
-        return [f"Question: {question}\nAnswer:"]
+        return [closed_question(question)]
     chunks = stored_chunks(store, [s.chunk_id for s in sources], decoder)
-    return ["Document: ", chunks, f"\nQuestion: {question}\nAnswer:"]
+    return [DOCUMENT, chunks, after_document(question)]
 
 
 def open_retrieval(store: VectorStore):
