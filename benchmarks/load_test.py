@@ -97,7 +97,9 @@ def build_tiny_model(folder: Path) -> str:
     return str(folder / "arc")
 
 
-def start_server(model: str, store: Path, port: int, max_batch: int, log_path: Path) -> subprocess.Popen:
+def start_server(
+    model: str, store: Path, port: int, max_batch: int, log_path: Path, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_SRC), os.environ.get("PYTHONPATH", "")]))
     env.pop("ARC_ENCODER_API_KEY", None)
     command = [
@@ -119,6 +121,7 @@ def start_server(model: str, store: Path, port: int, max_batch: int, log_path: P
         str(max_batch),
         "--log-level",
         "warning",
+        *extra,
     ]
     return subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 

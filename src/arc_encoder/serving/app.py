@@ -52,7 +52,7 @@ from .schemas import (
 from .stored import stored_document
 from .worker import BatchingWorker, Busy, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
 
-log = logging.getLogger("arc_encoder.serving")
+log = logging.getLogger(__name__)
 
 # How often a request waiting for the model checks that its client is still there.
 DISCONNECT_POLL_S = 0.1

@@ -25,7 +25,7 @@ from typing import Any
 from ..model.arc import Compressed
 from ..prompt import Doc
 
-log = logging.getLogger("arc_encoder.serving")
+log = logging.getLogger(__name__)
 
 
 class ClientError(Exception):
