@@ -119,7 +119,36 @@ def create_app(
     )
     app.state.worker = worker
 
-    # ------------------------------------------------------------------ errors and limits
+    install_error_handlers(app)
+
+    # the key and the body size are checked before the body is read (guard.py)
+    app.add_middleware(RequestGuard, max_bytes=limits.max_request_bytes, api_key=api_key or None)
+
+    checks = Checks(limits)
+    api = APIRouter(prefix="/v1")
+
+    @app.get("/health")
+    async def health():
+        return {
+            "status": "ok" if worker.alive else "down",
+            "backend": backend_name,
+            **info,
+            "pending_jobs": worker.pending,
+            "abandoned_jobs": worker.abandoned,
+            "batches": worker.batches,
+            "batched_jobs": worker.batched_jobs,
+            "largest_batch": worker.largest_batch,
+        }
+
+    add_generation_routes(api, worker, checks, info, bottleneck)
+    add_store_routes(api, worker, checks)
+    app.include_router(api)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error a request can meet, as JSON with the right status."""
+
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, e: ClientError):
         headers = {"Retry-After": "1"} if isinstance(e, Busy) else None
@@ -143,59 +172,54 @@ def create_app(
         readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
         return JSONResponse({"detail": f"invalid request: {readable}", "errors": errors}, status_code=422)
 
-    # the key and the body size are checked before the body is read (guard.py)
-    app.add_middleware(RequestGuard, max_bytes=limits.max_request_bytes, api_key=api_key or None)
 
-    def too_large(what: str, n: int, limit: int) -> ClientError:
+class Checks:
+    """The server's limits on one request (ServeLimits), as errors naming what is too large."""
+
+    def __init__(self, limits: ServeLimits):
+        self.limits = limits
+
+    def too_large(self, what: str, n: int, limit: int) -> ClientError:
         return ClientError(413, f"{what}: {n} exceeds the server's limit of {limit}")
 
-    def check_text(what: str, text: str) -> None:
-        if len(text) > limits.max_chars:
-            raise too_large(f"{what} length in characters", len(text), limits.max_chars)
+    def text(self, what: str, text: str) -> None:
+        if len(text) > self.limits.max_chars:
+            raise self.too_large(f"{what} length in characters", len(text), self.limits.max_chars)
 
-    def decode_params(body) -> DecodeParams:
-        n = body.max_new_tokens if body.max_new_tokens is not None else min(64, limits.max_new_tokens)
-        if n > limits.max_new_tokens:
-            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {limits.max_new_tokens}")
+    def decode_params(self, body) -> DecodeParams:
+        cap = self.limits.max_new_tokens
+        n = body.max_new_tokens if body.max_new_tokens is not None else min(64, cap)
+        if n > cap:
+            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {cap}")
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
 
-    async def run(job, request: Request):
-        """The job's answer; if the client goes away first, the job is abandoned (dropped if it
-        has not started, a generation stops at its next token) and nobody waits for it."""
-        answer = asyncio.wrap_future(worker.submit(job))
-        while True:
-            done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return answer.result()
-            if await request.is_disconnected():
-                job.abandoned.set()
-                job.future.cancel()
-                answer.cancel()
-                raise ClientError(499, "the client closed the request")
 
-    api = APIRouter(prefix="/v1")
+async def run_job(worker: BatchingWorker, job, request: Request):
+    """The job's answer; if the client goes away first, the job is abandoned (dropped if it
+    has not started, a generation stops at its next token) and nobody waits for it."""
+    answer = asyncio.wrap_future(worker.submit(job))
+    while True:
+        done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return answer.result()
+        if await request.is_disconnected():
+            job.abandoned.set()
+            job.future.cancel()
+            answer.cancel()
+            raise ClientError(499, "the client closed the request")
 
-    # ------------------------------------------------------------------ endpoints
-    @app.get("/health")
-    async def health():
-        return {
-            "status": "ok" if worker.alive else "down",
-            "backend": backend_name,
-            **info,
-            "pending_jobs": worker.pending,
-            "abandoned_jobs": worker.abandoned,
-            "batches": worker.batches,
-            "batched_jobs": worker.batched_jobs,
-            "largest_batch": worker.largest_batch,
-        }
+
+def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks, info: dict, bottleneck: int) -> None:
+    """/v1/compress, /v1/generate, /v1/ask."""
+    limits = checks.limits
 
     @api.post("/compress", response_model=CompressResponse)
     async def compress(request: Request, body: CompressRequest):
         if len(body.texts) > limits.max_texts:
-            raise too_large("number of texts", len(body.texts), limits.max_texts)
+            raise checks.too_large("number of texts", len(body.texts), limits.max_texts)
         for i, t in enumerate(body.texts):
-            check_text(f"texts[{i}]", t)
-        results: list[Compressed] = await run(CompressJob(body.texts), request)
+            checks.text(f"texts[{i}]", t)
+        results: list[Compressed] = await run_job(worker, CompressJob(body.texts), request)
         return {
             "decoder": info["decoder"],
             "dim": bottleneck,
@@ -213,23 +237,23 @@ def create_app(
     @api.post("/generate", response_model=GenerateResponse)
     async def generate(request: Request, body: GenerateRequest):
         if len(body.prompt) > limits.max_parts:
-            raise too_large("number of prompt parts", len(body.prompt), limits.max_parts)
-        params = decode_params(body)
+            raise checks.too_large("number of prompt parts", len(body.prompt), limits.max_parts)
+        params = checks.decode_params(body)
         # Each part is text, a Doc, or a function of the worker's resources (store reads happen there).
         parts, n_vectors = [], 0
         for i, part in enumerate(body.prompt):
             if part.text is not None:
-                check_text(f"prompt[{i}].text", part.text)
+                checks.text(f"prompt[{i}].text", part.text)
                 parts.append(part.text)
             elif part.document is not None:
-                check_text(f"prompt[{i}].document", part.document)
+                checks.text(f"prompt[{i}].document", part.document)
                 parts.append(Doc(part.document))
             elif part.stored_id is not None:
                 parts.append(lambda res, doc_id=part.stored_id: _stored(res, doc_id))
             else:
                 n_vectors += sum(c.rows() for c in part.vectors.chunks)
                 if n_vectors > limits.max_vectors:
-                    raise too_large("number of vectors", n_vectors, limits.max_vectors)
+                    raise checks.too_large("number of vectors", n_vectors, limits.max_vectors)
                 try:
                     chunks = [vectors_from_json(c, bottleneck) for c in part.vectors.chunks]
                 except ValueError as e:
@@ -240,18 +264,42 @@ def create_app(
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
 
-        out, _ = await run(GenerateJob(build, params), request)
+        out, _ = await run_job(worker, GenerateJob(build, params), request)
         return _generation(out)
+
+    @api.post("/ask", response_model=AskResponse)
+    async def ask(request: Request, body: AskRequest):
+        checks.text("question", body.question)
+        if body.k > limits.max_k:
+            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
+        params = checks.decode_params(body)
+
+        def build(res: Resources):
+            sources = retrieve(res.store, res.bm25, body.question, body.k)
+            return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
+
+        out, sources = await run_job(worker, GenerateJob(build, params), request)
+        return {
+            "answer": out.text.strip(),
+            "prompt_length": out.prompt_length,
+            "compressed_vectors": out.compressed_vectors,
+            "sources": [vars(s) for s in sources],
+        }
+
+
+def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> None:
+    """/v1/documents: add, read, delete."""
+    limits = checks.limits
 
     @api.post("/documents", response_model=AddDocumentsResponse)
     async def add_documents(request: Request, body: AddDocumentsRequest):
         if len(body.documents) > limits.max_texts:
-            raise too_large("number of documents", len(body.documents), limits.max_texts)
+            raise checks.too_large("number of documents", len(body.documents), limits.max_texts)
         ids = [d.id for d in body.documents]
         if len(set(ids)) != len(ids):
             raise ClientError(422, "document ids must be unique within a request")
         for d in body.documents:
-            check_text(f"document {d.id!r}", d.text)
+            checks.text(f"document {d.id!r}", d.text)
             if not d.text.strip():
                 raise ClientError(422, f"document {d.id!r} has an empty text")
 
@@ -272,7 +320,7 @@ def create_app(
                 for d, r in zip(body.documents, records)
             ]
 
-        return {"added": await run(CallJob(add), request)}
+        return {"added": await run_job(worker, CallJob(add), request)}
 
     @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
     async def get_document(request: Request, doc_id: str, vectors: str = "none"):
@@ -293,7 +341,7 @@ def create_app(
                 out.append(item)
             return DocumentOut(id=doc_id, text=text, chunks=out)
 
-        return await run(CallJob(read), request)
+        return await run_job(worker, CallJob(read), request)
 
     @api.delete("/documents/{doc_id:path}")
     async def delete_document(request: Request, doc_id: str):
@@ -304,29 +352,7 @@ def create_app(
                 raise ClientError(404, f"document {doc_id!r} is not in the store") from None
             return {"deleted": doc_id}
 
-        return await run(CallJob(delete), request)
-
-    @api.post("/ask", response_model=AskResponse)
-    async def ask(request: Request, body: AskRequest):
-        check_text("question", body.question)
-        if body.k > limits.max_k:
-            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
-        params = decode_params(body)
-
-        def build(res: Resources):
-            sources = retrieve(res.store, res.bm25, body.question, body.k)
-            return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
-
-        out, sources = await run(GenerateJob(build, params), request)
-        return {
-            "answer": out.text.strip(),
-            "prompt_length": out.prompt_length,
-            "compressed_vectors": out.compressed_vectors,
-            "sources": [vars(s) for s in sources],
-        }
-
-    app.include_router(api)
-    return app
+        return await run_job(worker, CallJob(delete), request)
 
 
 def _stored(res: Resources, doc_id: str) -> Compressed:
