@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..atomic import write_folder, write_json
 from ..config import ARCConfig
 from ..model.arc import CONFIG_FILE, ENCODER_DIR, FORMAT_VERSION, WEIGHTS_FILE
+from ..model.weights import check_tensors, read_weights
 
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"
 PARAMS_FILE = "params.json"
@@ -155,15 +156,6 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises several types for truncated/corrupt files
-        raise ValueError(f"cannot read weights from {path}: {e}") from e
-
-
 def _section(values: dict, *names: str) -> dict | None:
     for name in names:
         found = values.get(name)
@@ -198,7 +190,7 @@ def read_official(src: str | Path) -> OfficialCheckpoint:
     if layout == "hub":
         config = _read_json(src / HUB_CONFIG)
         config = _section(config, "config") or config  # some exporters nest the arguments
-        state = _read_weights(src / HUB_WEIGHTS)
+        state = read_weights(src / HUB_WEIGHTS)
         embedder, bridge, unknown = {}, {}, []
         for key, value in state.items():
             if key.startswith("embedder."):
@@ -218,8 +210,8 @@ def read_official(src: str | Path) -> OfficialCheckpoint:
         extra = {}
     else:
         params = _read_json(src / PARAMS_FILE)
-        embedder = _read_weights(src / EMBEDDER_FILE)
-        bridge = _read_weights(src / BRIDGE_FILE)
+        embedder = read_weights(src / EMBEDDER_FILE)
+        bridge = read_weights(src / BRIDGE_FILE)
         model_args = _section(params, "model_args")
         embedder_args = _section(params, "embedder_params", "embedder_args")
         bridge_args = _section(params, "bridge_module", "bridge_args")
@@ -278,25 +270,6 @@ def _split_bridge(state: dict[str, torch.Tensor], src: Path):
 
 
 # --------------------------------------------------------------------------------- checking
-def _check_tensors(found: dict[str, torch.Tensor], expected: dict[str, tuple], where: str, hint: str = "") -> None:
-    """Every expected tensor present with its shape, nothing else."""
-    missing = sorted(set(expected) - set(found))
-    unknown = sorted(set(found) - set(expected))
-    shapes = [
-        f"{k}: expected {tuple(expected[k])}, found {tuple(found[k].shape)}"
-        for k in sorted(expected)
-        if k in found and tuple(found[k].shape) != tuple(expected[k])
-    ]
-    if missing or unknown or shapes:
-        raise ValueError(
-            f"{where} does not match its configuration:"
-            + (f"\n  missing key(s): {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else "")
-            + (f"\n  unknown key(s): {unknown[:8]}{' ...' if len(unknown) > 8 else ''}" if unknown else "")
-            + (f"\n  shape mismatch: {'; '.join(shapes[:8])}" if shapes else "")
-            + hint
-        )
-
-
 def official_encoder_shapes(args: ModelArgs, kept: int) -> dict[str, tuple]:
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     block = {
@@ -491,7 +464,7 @@ def import_kyutai(
         if assumed
         else ""
     )
-    _check_tensors(ckpt.encoder, official_encoder_shapes(args, kept), f"{where} encoder", hint)
+    check_tensors(ckpt.encoder, official_encoder_shapes(args, kept), f"{where} encoder", hint)
 
     # ---- pooling
     if pooling_factor is not None:
@@ -532,7 +505,7 @@ def import_kyutai(
         dims.append(out)
         bridge_shapes[f"{k}.layer1.weight"] = (bottleneck, dim)
         bridge_shapes[f"{k}.layer2.weight"] = (out, bottleneck)
-    _check_tensors(
+    check_tensors(
         {f"{k}.{name}.weight": v for (name, k), v in ckpt.bridges.items()}, bridge_shapes, f"{where} projectors"
     )
     if ckpt.bridge_args:
@@ -545,7 +518,7 @@ def import_kyutai(
         if embedder_args.get(flag) is True and kind not in kinds:
             raise ValueError(f"{where}: the configuration sets {flag} but the weights hold no {flag} tensors")
     special_shapes = {f"{kind}_tok.{k}.weight": (1, dim) for kind in kinds for k in range(slots)}
-    _check_tensors(
+    check_tensors(
         {f"{kind}_tok.{k}.weight": v for (kind, k), v in ckpt.special.items()},
         special_shapes,
         f"{where} special tokens",
@@ -715,7 +688,7 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     )
     slots = len(config.decoders)
 
-    state = _read_weights(src / WEIGHTS_FILE)
+    state = read_weights(src / WEIGHTS_FILE)
     expected = {"encoder.embed_tokens.weight": (args.vocab_size, args.dim)}
     for name, shape in official_encoder_shapes(args, kept).items():
         layer = _LAYER.fullmatch(name)
@@ -726,7 +699,7 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
         expected[f"adapters.{k}.up.weight"] = (dims[k], config.bottleneck)
         expected[f"adapters.{k}.rec"] = (args.dim,)
         expected[f"adapters.{k}.cont"] = (args.dim,)
-    _check_tensors(state, expected, f"{src / WEIGHTS_FILE}")
+    check_tensors(state, expected, f"{src / WEIGHTS_FILE}")
 
     embedder = {"tok_embeddings.weight": state["encoder.embed_tokens.weight"]}
     for i in range(kept):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -35,6 +35,7 @@ from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
+from .weights import check_tensors, read_weights, shapes_of
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "arc_config.json"
@@ -580,25 +581,9 @@ class ARCModel(nn.Module):
 
     def load_weights(self, file: str | Path) -> None:
         """Load encoder + adapter weights, refusing any missing, unexpected or mis-shaped tensor."""
-        try:
-            state = load_file(str(file))
-        except Exception as e:  # safetensors raises several types for truncated/corrupt files
-            raise ValueError(f"cannot read weights from {file}: {e}") from e
+        state = read_weights(file)
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("decoders.")}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own
-            if k in state and state[k].shape != own[k].shape
-        ]
-        if missing or unexpected or shapes:
-            raise ValueError(
-                f"checkpoint {file} does not match this model:"
-                + (f"\n  missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "")
-                + (f"\n  unexpected: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
-                + (f"\n  shape mismatch: {shapes[:5]}" if shapes else "")
-            )
+        check_tensors(state, shapes_of(own), f"checkpoint {file} (against this model)")
         self.load_state_dict(state, strict=False)
 
     def fingerprint(self) -> str:

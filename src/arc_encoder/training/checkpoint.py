@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..model.arc import WEIGHTS_FILE
+from ..model.weights import check_tensors, read_weights, shapes_of
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -100,16 +100,12 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
     """Load a model.safetensors into a model whose parameters may be sharded."""
     try:
-        state = load_file(str(file))
-    except Exception as e:  # safetensors raises its own error types for truncated or garbage files
-        raise CorruptCheckpoint(f"{file} cannot be read ({type(e).__name__}: {e})") from None
+        state = read_weights(file)
+    except (ValueError, FileNotFoundError) as e:
+        raise CorruptCheckpoint(str(e)) from None
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("decoders.")}
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{file} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    check_tensors(state, shapes_of(own), f"{file} (against the model)")
     for name, target in own.items():
-        if tuple(state[name].shape) != tuple(target.shape):
-            raise ValueError(f"{file}: {name} has shape {tuple(state[name].shape)}, model {tuple(target.shape)}")
         value = _like(state[name], target)
         if isinstance(target, DTensor):
             target.to_local().copy_(value.to_local())
