@@ -143,12 +143,12 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
     ]
     prompts = [SHOTS + q for q in questions]
     whole = model.generate(prompts, max_new_tokens=8, share_prefix=False)
-    assert model._prefix_memo is None
+    assert model._prefix_memo.entry is None
     shared = model.generate(prompts, max_new_tokens=8)
     assert [g.token_ids for g in shared] == [g.token_ids for g in whole]
     assert [g.prompt_length for g in shared] == [g.prompt_length for g in whole]
     if family == "gemma3":
-        assert model._prefix_memo is None
+        assert model._prefix_memo.entry is None
         return
     # the next-token logits agree with the whole prompts' to float precision, not just the argmax
     batch, _ = model._splice_prompts(prompts, 0)
@@ -157,18 +157,18 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
         full = dec(
             inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).logits[:, -1]
-        embeds, mask, positions, cache = model._split_shared_prefix(batch, 0)
+        embeds, mask, positions, cache = model._prefix_memo.split(dec, 0, batch)
         split = dec(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).logits[:, -1]
     assert embeds.shape[1] < batch.embeds.shape[1]
     torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)
-    memo = model._prefix_memo
+    memo = model._prefix_memo.entry
     # the shots, their documents' vectors and "Document: " of the final question are shared
     assert memo is not None and memo[1].shape[0] > 30
     # a later batch of one reuses the memo, and still answers as the whole prompt does
     alone = model.generate([SHOTS + questions[0]], max_new_tokens=8)[0]
-    assert model._prefix_memo is memo
+    assert model._prefix_memo.entry is memo
     assert alone.token_ids == whole[0].token_ids
 
 
@@ -181,12 +181,12 @@ def test_shared_prefix_memo_shrinks_to_what_batches_share(tiny_arc):
     first, second, third = about(TEXTS[2], "why?", "when?"), about(TEXTS[1], "who?", "how?"), about(TEXTS[0], "what?")
     model.generate(first, max_new_tokens=4)  # memo: shots + the paragraph both questions ask about
     got = model.generate(second, max_new_tokens=6)  # shares its own paragraph, not the first's
-    memo = model._prefix_memo
+    memo = model._prefix_memo.entry
     batch, _ = model._splice_prompts(first + second + third, 0)
     rows = [batch.embeds[i][batch.attention_mask[i].bool()] for i in range(5)]
     assert memo[1].shape[0] == common_prefix_length(rows)  # the shots and "Document: ", no paragraph
     got += model.generate(third, max_new_tokens=6)
-    assert model._prefix_memo is memo  # the shrunk memo serves the next batch
+    assert model._prefix_memo.entry is memo  # the shrunk memo serves the next batch
     whole = model.generate(second + third, max_new_tokens=6, share_prefix=False)
     assert [g.token_ids for g in got] == [g.token_ids for g in whole]
 

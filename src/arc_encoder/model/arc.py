@@ -20,19 +20,13 @@ from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .decoder import (
-    SharedPrefix,
-    batch_cache,
-    cache_bytes,
-    common_prefix_length,
     generate_ids,
     load_frozen_decoder,
-    shared_prefix_cache,
-    shared_start,
-    shares_prefixes,
     target_logits,
 )
 from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
+from .prefix import PrefixMemo
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
 from .weights import check_tensors, read_weights, shapes_of
@@ -41,12 +35,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "arc_config.json"
 WEIGHTS_FILE = "model.safetensors"
 ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
-
-
-# Shorter shared prompt starts are not worth a separate decoder call.
-MIN_SHARED_PREFIX = 16
-# Largest shared-prefix cache kept between generate() calls (keys and values of every layer).
-MEMO_MAX_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -116,7 +104,7 @@ class ARCModel(nn.Module):
         self.decoder_tokenizers = decoder_tokenizers
         # (decoder, prefix embeddings [P, d], their keys/values): the shots of an evaluation,
         # computed for the first batch and reused by the next ones (see generate)
-        self._prefix_memo: tuple[int, torch.Tensor, SharedPrefix] | None = None
+        self._prefix_memo = PrefixMemo()
         self._shared_vocab: dict[int, bool] = {}  # decoder -> its tokenizer has the encoder's vocabulary
 
     # ----------------------------------------------------------------------------- building
@@ -439,42 +427,6 @@ class ARCModel(nn.Module):
         real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
         return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
 
-    def _split_shared_prefix(self, batch, decoder: int):
-        """Left-padded batch -> (suffix embeds [B, S, d], mask over prefix + suffix [B, P + S],
-        suffix positions [B, S], cache holding the shared prefix's keys and values).
-
-        The prefix is the memo's when every prompt starts with it, else what this batch's prompts
-        share, cut to what they share with the memo when that is long enough: a first batch whose
-        questions happen to share a paragraph must not leave a memo no later batch matches. Under
-        MIN_SHARED_PREFIX positions nothing is split (cache None)."""
-        dec = self.decoders[decoder]
-        whole = batch.embeds, batch.attention_mask, batch.position_ids, None
-        if not shares_prefixes(dec):
-            return whole
-        real = batch.attention_mask.bool()
-        rows = [batch.embeds[i][real[i]] for i in range(real.shape[0])]  # [n_i, d] each
-        memo = self._prefix_memo
-        if memo is not None and (memo[0] != decoder or memo[1].device != rows[0].device):
-            memo = None
-        if memo is not None and all(
-            r.shape[0] > memo[1].shape[0] and torch.equal(r[: memo[1].shape[0]], memo[1]) for r in rows
-        ):
-            _, prefix, shared = memo
-        else:
-            P = common_prefix_length(rows) if len(rows) > 1 else 0
-            if memo is not None and shared_start(memo[1], rows[0][:P]) >= MIN_SHARED_PREFIX:
-                P = shared_start(memo[1], rows[0][:P])
-            if P < MIN_SHARED_PREFIX:
-                return whole
-            prefix = rows[0][:P]
-            shared = shared_prefix_cache(dec, prefix)
-            # kept for later batches unless large (long prompts of big models): then this batch only
-            self._prefix_memo = (decoder, prefix, shared) if cache_bytes(shared) <= MEMO_MAX_BYTES else None
-        P = prefix.shape[0]
-        suffix = splice([r[P:] for r in rows], [[] for _ in rows], [[] for _ in rows], left_pad=True)
-        mask = torch.cat([suffix.attention_mask.new_ones(len(rows), P), suffix.attention_mask], dim=1)
-        return suffix.embeds, mask, suffix.position_ids + P, batch_cache(dec, shared, len(rows))
-
     def _generate_batch(
         self,
         prompts,
@@ -492,7 +444,7 @@ class ARCModel(nn.Module):
         batch, stats = self._splice_prompts(prompts, decoder, special)
         self._check_positions(int(batch.attention_mask.sum(1).max()), max_new_tokens, decoder)
         embeds, mask, positions, cache = (
-            self._split_shared_prefix(batch, decoder)
+            self._prefix_memo.split(self.decoders[decoder], decoder, batch)
             if share_prefix
             else (batch.embeds, batch.attention_mask, batch.position_ids, None)
         )
