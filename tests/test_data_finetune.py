@@ -296,3 +296,22 @@ def test_real_smollm2_prompts(tmp_path, tiny):
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\nin Paris<|im_end|>")
     assert smol.decode(supervised(chat)) == "in Paris<|im_end|>"
     assert smol.decode(chat.text_ids[: chat.offsets[0]]).endswith("<|im_start|>user\nDocument: ")
+
+
+def test_distinct_held_out_prompts_ask_about_each_document_once(tmp_path, tiny):
+    # three questions on paragraph A, two on B, one on C, in file order (as SQuAD dev is)
+    records = [
+        {"passage": f"paragraph {p}", "question": f"question {p}{i}?", "answer": f"answer {p}{i}"}
+        for p, n in (("A", 3), ("B", 2), ("C", 1))
+        for i in range(n)
+    ]
+    data = pipeline(tmp_path, tiny, tiny, records, n_shots=2, loop=False, distinct=True)
+    samples = [s for b in data for s in b.samples]
+    asked = [tiny.decode(s.text_ids).rsplit("Question:", 1)[1].split("?")[0].strip() for s in samples]
+    assert asked == ["question A0", "question B0", "question C0"]  # one prompt per paragraph
+    # the skipped questions still serve as shots
+    assert "question A2?" in tiny.decode(samples[1].text_ids)
+    state = json.loads(json.dumps(data.state_dict()))
+    assert len(state["seen"]) == 3
+    again = pipeline(tmp_path, tiny, tiny, records, n_shots=2, loop=False, distinct=False)
+    assert len([s for b in again for s in b.samples]) == 6

@@ -232,7 +232,7 @@ def finetune_config(
             "eval": {
                 "every": max(1, steps // 4),
                 "batches": 4,
-                "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0},
+                "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0, "distinct": True},
             },
             "log": {"every": max(1, min(10, steps // 10)), "plot": True},
             "out_dir": str(out),

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_folder, write_json
 from ..config import ARCConfig
-from ..model.arc import CONFIG_FILE, ENCODER_DIR, FORMAT_VERSION, WEIGHTS_FILE
+from ..model.arc import CONFIG_FILE, ENCODER_DIR, FORMAT_VERSION, WEIGHTS_FILE, read_saved_config
 from ..model.weights import check_tensors, read_weights
 
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"
@@ -409,34 +409,9 @@ def _refuse_non_empty(dst: Path) -> None:
         raise FileExistsError(f"{dst} already exists and is not empty; choose a new folder")
 
 
-def import_kyutai(
-    src: str | Path,
-    dst: str | Path,
-    tokenizer: str | Path,
-    decoders: list[str] | None = None,
-    backbone_params: str | Path | None = None,
-    pooling_factor: int | None = None,
-    unscaled_rope: bool = False,
-) -> dict:
-    """Convert an official ARC-Encoder checkpoint into a folder `ARCModel.from_pretrained` loads.
-
-    tokenizer: a Hugging Face tokenizer folder for the encoder (Llama-3.2-3B's for the releases).
-    decoders: decoder name or folder per projector slot (multi: Llama-3.1-8B, then Mistral-7B).
-    backbone_params: the backbone's model arguments (official or Meta params.json) when the
-        checkpoint does not record them; the Llama-3.2-3B values are assumed otherwise.
-    pooling_factor: pool by this factor in the last block, overriding the recorded rates (the
-        official `comp_rate` inference override).
-    unscaled_rope: write, for each local decoder folder with Llama-3 RoPE scaling, a view of it
-        without that scaling (method.md 10.4) and record the view as the decoder.
-    Returns a summary of what was written.
-    """
-    from transformers import AutoTokenizer
-
-    src, dst = Path(src), Path(dst)
-    ckpt = read_official(src)
-    where = f"{src} ({ckpt.layout} layout)"
-
-    # ---- model arguments and depth
+def _official_depth(ckpt, backbone_params, where: str) -> tuple[ModelArgs, int, dict]:
+    """The backbone's arguments, how many of its blocks the encoder keeps, the embedder's
+    arguments; the encoder's tensors checked against them."""
     assumed = False
     if backbone_params is not None:
         args = ModelArgs.from_dict(_read_json(Path(backbone_params)), str(backbone_params))
@@ -465,8 +440,11 @@ def import_kyutai(
         else ""
     )
     check_tensors(ckpt.encoder, official_encoder_shapes(args, kept), f"{where} encoder", hint)
+    return args, kept, embedder_args
 
-    # ---- pooling
+
+def _official_pooling(embedder_args: dict, pooling_factor: int | None, kept: int, where: str):
+    """(pooling mode, factor per block, causal) of an official encoder."""
     if pooling_factor is not None:
         if pooling_factor < 1:
             raise ValueError(f"pooling factor must be >= 1, got {pooling_factor}")
@@ -491,12 +469,14 @@ def import_kyutai(
             "this checkpoint was trained with a causal encoder; the official pooled block lets "
             "pooled query j see keys 0..j only (method.md 2.3, a bug), while this library lets it see "
             "keys up to the end of its group, so outputs of the pooled block will differ",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return mode, factors, causal
 
-    # ---- projectors and special tokens, per decoder slot
+
+def _official_projectors(ckpt, dim: int, embedder_args: dict, where: str) -> tuple[int, list[int], list[str]]:
+    """(bottleneck width, output width per decoder slot, special-token kinds); shapes checked."""
     slots = ckpt.slots
-    dim = args.dim
     bottleneck = ckpt.bridges.get(("layer1", 0), torch.empty(0, dim)).shape[0]
     bridge_shapes, dims = {}, []
     for k in range(slots):
@@ -523,8 +503,12 @@ def import_kyutai(
         special_shapes,
         f"{where} special tokens",
     )
+    return bottleneck, dims, kinds
 
-    # ---- decoders
+
+def _slot_decoders(decoders: list[str] | None, ckpt, src: Path, dims: list[int], where: str) -> list[str]:
+    """The decoder of each projector slot: as given, or as recorded; widths checked."""
+    slots = ckpt.slots
     if decoders:
         # local folders are recorded as absolute paths: the model may be loaded from elsewhere
         decoders = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().is_dir() else str(d) for d in decoders]
@@ -540,6 +524,41 @@ def import_kyutai(
         have = _decoder_width(decoder)
         if have is not None and have != width:
             raise ValueError(f"decoder {k} ({decoder}) has width {have}, but projector {k} of {where} outputs {width}")
+    return decoders
+
+
+def import_kyutai(
+    src: str | Path,
+    dst: str | Path,
+    tokenizer: str | Path,
+    decoders: list[str] | None = None,
+    backbone_params: str | Path | None = None,
+    pooling_factor: int | None = None,
+    unscaled_rope: bool = False,
+) -> dict:
+    """Convert an official ARC-Encoder checkpoint into a folder `ARCModel.from_pretrained` loads.
+
+    tokenizer: a Hugging Face tokenizer folder for the encoder (Llama-3.2-3B's for the releases).
+    decoders: decoder name or folder per projector slot (multi: Llama-3.1-8B, then Mistral-7B).
+    backbone_params: the backbone's model arguments (official or Meta params.json) when the
+        checkpoint does not record them; the Llama-3.2-3B values are assumed otherwise.
+    pooling_factor: pool by this factor in the last block, overriding the recorded rates (the
+        official `comp_rate` inference override).
+    unscaled_rope: write, for each local decoder folder with Llama-3 RoPE scaling, a view of it
+        without that scaling (method.md 10.4) and record the view as the decoder.
+    Returns a summary of what was written.
+    """
+    from transformers import AutoTokenizer
+
+    src, dst = Path(src), Path(dst)
+    ckpt = read_official(src)
+    where = f"{src} ({ckpt.layout} layout)"
+
+    args, kept, embedder_args = _official_depth(ckpt, backbone_params, where)
+    mode, factors, causal = _official_pooling(embedder_args, pooling_factor, kept, where)
+    slots, dim = ckpt.slots, args.dim
+    bottleneck, dims, kinds = _official_projectors(ckpt, dim, embedder_args, where)
+    decoders = _slot_decoders(decoders, ckpt, src, dims, where)
 
     # ---- tokenizer
     tok = AutoTokenizer.from_pretrained(str(tokenizer), split_special_tokens=True)
@@ -612,26 +631,8 @@ def import_kyutai(
 
 
 # --------------------------------------------------------------------------------- export
-def export_kyutai(src: str | Path, dst: str | Path) -> dict:
-    """Write one of our Llama-family encoders in the official converted-folder layout.
-
-    The official loader reads `params.json` (pipeline arguments) and the two consolidated files;
-    it takes the backbone's model arguments from the backbone folder, so we also record them under
-    `model_args` (ignored there, read back by `import_kyutai`).
-    """
-    from transformers import AutoConfig
-
-    src, dst = Path(src), Path(dst)
-    if not (src / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{src} holds no {CONFIG_FILE}: not a saved ARC model")
-    meta = _read_json(src / CONFIG_FILE)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{src}: unsupported format_version {meta.get('format_version')}")
-    config = ARCConfig.from_dict(meta["config"])
-    hf = AutoConfig.from_pretrained(src / ENCODER_DIR)
-    hf = getattr(hf, "text_config", None) or hf
-
-    # ---- what the official encoder can express
+def _check_exportable(src: Path, hf, config: ARCConfig, dims: list[int]) -> None:
+    """Refuse what the official encoder cannot express, naming it."""
     if hf.model_type not in ("llama", "mistral"):
         raise ValueError(
             f"the official ARC-Encoder code runs Llama-architecture encoders only; "
@@ -666,11 +667,29 @@ def export_kyutai(src: str | Path, dst: str | Path) -> dict:
     changed = {k: getattr(config, k) for k, v in recipe.items() if getattr(config, k) != v}
     if changed:
         raise ValueError(f"{src}: the official encoder has no equivalent of {changed}; only {recipe} can be exported")
-    dims = list(meta["decoder_dims"])
     if len(set(dims)) > 1:
         raise ValueError(
             f"{src}: the official multi-decoder projector has one output width, these decoders differ ({dims})"
         )
+
+
+def export_kyutai(src: str | Path, dst: str | Path) -> dict:
+    """Write one of our Llama-family encoders in the official converted-folder layout.
+
+    The official loader reads `params.json` (pipeline arguments) and the two consolidated files;
+    it takes the backbone's model arguments from the backbone folder, so we also record them under
+    `model_args` (ignored there, read back by `import_kyutai`).
+    """
+    from transformers import AutoConfig
+
+    src, dst = Path(src), Path(dst)
+    meta, config = read_saved_config(src)
+    hf = AutoConfig.from_pretrained(src / ENCODER_DIR)
+    hf = getattr(hf, "text_config", None) or hf
+
+    dims = list(meta["decoder_dims"])
+    _check_exportable(src, hf, config, dims)
+    rope = getattr(hf, "rope_parameters", None) or {}
 
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     kv_heads = hf.num_key_value_heads or hf.num_attention_heads

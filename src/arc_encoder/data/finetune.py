@@ -32,6 +32,7 @@ at the start of the reply, without loss.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ class FinetuneDataConfig(DictConfig):
     on_bad_line: str = "error"  # or "skip": count bad records and log a warning
     chat: bool = False  # wrap prompts in the decoder tokenizer's chat template
     loop: bool = True  # training loops forever; False: one pass (evaluation), last batch short
+    # Held-out sets: one prompt per distinct document (SQuAD asks several questions of one
+    # paragraph); the later questions on a document already asked about only serve as shots.
+    distinct: bool = False
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
@@ -220,6 +224,7 @@ class FinetuneData:
             if config.chat and not getattr(tok, "chat_template", None):
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers
+        self.seen: set[int] = set()  # hashes of documents asked about, with `distinct`
         self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
         self.stream = open_mixture(
             config.sources,
@@ -318,8 +323,16 @@ class FinetuneData:
         return Sample(text_ids + answer, segments, offsets, targets)
 
     def next_example(self, decoder: int = 0) -> Sample:
-        source, record = next(self.stream)
-        current = self.read(record.value, record.where)
+        while True:
+            source, record = next(self.stream)
+            current = self.read(record.value, record.where)
+            if not self.config.distinct:
+                break
+            key = int(hashlib.blake2b(current.document.encode(), digest_size=8).hexdigest(), 16)
+            if key not in self.seen:
+                self.seen.add(key)
+                break
+            self.shots[source].append(current)  # a document already asked about: a shot only
         buffer = self.shots[source]
         shots = [s for s in buffer if (s.question, s.document) != (current.question, current.document)]
         sample = self.build(shots, current, decoder)
@@ -355,6 +368,7 @@ class FinetuneData:
             "exhausted": self.exhausted,
             "shots": [[dataclasses.asdict(s) for s in buffer] for buffer in self.shots],
             "stats": dict(self.stats),
+            "seen": sorted(self.seen),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -373,3 +387,4 @@ class FinetuneData:
             deque((Shot(**s) for s in saved), maxlen=buffer.maxlen) for buffer, saved in zip(self.shots, state["shots"])
         ]
         self.stats = dict(state["stats"])
+        self.seen = set(state.get("seen", []))
