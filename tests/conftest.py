@@ -42,7 +42,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_config(family: str, hidden: int = 64, layers: int = 4, vocab: int = 384):
+def tiny_config(family: str, hidden: int = 64, layers: int = 4, vocab: int = 384, positions: int = 512):
     common = dict(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -50,7 +50,7 @@ def tiny_config(family: str, hidden: int = 64, layers: int = 4, vocab: int = 384
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
@@ -86,10 +86,12 @@ def write_tiny_model(path: Path, family: str, seed: int, **kwargs) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """Folder per family, plus a second llama decoder of another width ('llama-wide')."""
+    """Folder per family, plus llama decoders of another width ('llama-wide') and with 4,096
+    positions ('llama-long': few-shot prompts of the tiny character-level tokenizer are long)."""
     root = tmp_path_factory.mktemp("tiny")
     paths = {f: write_tiny_model(root / f, f, seed=i) for i, f in enumerate(FAMILIES)}
     paths["llama-wide"] = write_tiny_model(root / "llama-wide", "llama", seed=99, hidden=96)
+    paths["llama-long"] = write_tiny_model(root / "llama-long", "llama", seed=98, positions=4096)
     return paths
 
 

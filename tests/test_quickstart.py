@@ -20,8 +20,8 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
         data=str(SHARED_DATA),
         preset="smollm2-arc8",
         arc={
-            "backbone": tiny_models["llama"],
-            "decoders": [tiny_models["llama"]],
+            "backbone": tiny_models["llama-long"],
+            "decoders": [tiny_models["llama-long"]],
             "drop_layers": 1,
             "bottleneck": 16,
             "chunk_tokens": 256,
@@ -106,8 +106,9 @@ def test_missing_data_says_what_to_do(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
-def test_question_count_follows_the_budget(tiny_arc, monkeypatch):
-    model = tiny_arc(chunk_tokens=256).eval()  # the tiny backbone has 512 positions
+def test_question_count_follows_the_budget(tiny_arc, tiny_models, monkeypatch):
+    long = tiny_models["llama-long"]  # open-book 2-shot SQuAD prompts need ~2,000 positions here
+    model = tiny_arc(backbone=long, decoders=[long], chunk_tokens=256).eval()
     dev = load_jsonl(SHARED_DATA / "squad" / "dev.jsonl")[:20]
     calls = []
     real = model.generate

@@ -175,7 +175,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, garbage bytes, a missing file
-        raise CorruptCheckpoint(f"{folder / STATE_FILE} cannot be read ({type(e).__name__}: {e})") from None
+        raise CorruptCheckpoint(f"cannot read {folder / STATE_FILE} ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "ranks"} <= set(state):
         raise CorruptCheckpoint(f"{folder / STATE_FILE} does not hold a trainer state")
     return state
