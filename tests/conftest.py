@@ -95,25 +95,27 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
-@pytest.fixture
-def tiny_arc(tiny_models):
-    """A factory: tiny ARC model with the given config overrides (llama encoder and decoder)."""
+def build_tiny_arc(tiny_models: dict[str, str], seed: int = 0, **overrides):
+    """A tiny ARC model (llama encoder and decoder) with the given config overrides."""
     from arc_encoder.config import ARCConfig
     from arc_encoder.model.arc import ARCModel
 
-    def build(seed: int = 0, **overrides) -> ARCModel:
-        values = dict(
-            backbone=tiny_models["llama"],
-            drop_layers=1,
-            decoders=[tiny_models["llama"]],
-            bottleneck=32,
-            pooling_factors=[2],
-        )
-        values.update(overrides)
-        torch.manual_seed(seed)
-        return ARCModel.from_config(ARCConfig(**values))
+    values = dict(
+        backbone=tiny_models["llama"],
+        drop_layers=1,
+        decoders=[tiny_models["llama"]],
+        bottleneck=32,
+        pooling_factors=[2],
+    )
+    values.update(overrides)
+    torch.manual_seed(seed)
+    return ARCModel.from_config(ARCConfig(**values))
 
-    return build
+
+@pytest.fixture
+def tiny_arc(tiny_models):
+    """A factory: build_tiny_arc(seed, **overrides)."""
+    return lambda seed=0, **overrides: build_tiny_arc(tiny_models, seed, **overrides)
 
 
 def real_model_available() -> bool:

@@ -64,3 +64,34 @@ def test_second_decoder_family_with_its_own_tokenizer():
     assert c.document_tokens == gemma_tokens  # the ratio counts the decoder's own tokens
     out = model.generate(["Document: ", c, "\nQuestion: Where?\nAnswer:"], decoder=1, max_new_tokens=4)
     assert out[0].prompt_length > c.n_vectors
+
+
+def test_openai_client_chat_with_a_compressed_document(smollm2, tmp_path):
+    """The official openai client against the service on the real model: SmolLM2's chat template,
+    the document spliced before the user's text, usage counting the positions actually used."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from arc_encoder.serving.app import create_app
+    from arc_encoder.serving.background import BackgroundServer
+
+    question = "Which country has most of the forest?"
+    with BackgroundServer(create_app(smollm2, tmp_path / "store", model_name="smollm2-arc4")) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        r = client.chat.completions.create(
+            model="smollm2-arc4",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=4,
+            temperature=0,
+            extra_body={"documents": [PARAGRAPH]},
+        )
+    rendered = smollm2.decoder_tokenizers[0].apply_chat_template(
+        [{"role": "user", "content": "@@"}], tokenize=False, add_generation_prompt=True
+    )
+    before, after = rendered.split("@@")
+    expected = smollm2.generate(
+        [before, "Document: ", Doc(PARAGRAPH), "\n", question + after], max_new_tokens=4, stop=[]
+    )[0]
+    assert r.choices[0].message.content == expected.text
+    as_text = smollm2.decoder_tokenizers[0](before + "Document: " + PARAGRAPH + "\n" + question + after)["input_ids"]
+    assert r.usage.prompt_tokens == expected.prompt_length < len(as_text)
+    assert r.model_extra["arc"]["compressed_vectors"] == expected.compressed_vectors > 0

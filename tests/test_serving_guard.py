@@ -2,7 +2,6 @@
 checked on a real server on 127.0.0.1 with raw sockets (chunked uploads have no Content-Length)."""
 
 import socket
-import threading
 import time
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from _serving_helpers import live_server  # noqa: E402
 from arc_encoder.serving.app import create_app  # noqa: E402
 from arc_encoder.serving.schemas import ServeLimits  # noqa: E402
 
@@ -21,17 +21,8 @@ def server(saved_model, tmp_path):
     """(host, port) of a running service with API key 's3cret' and a 100 kB body limit."""
     _, model = saved_model
     app = create_app(model, tmp_path / "store", api_key="s3cret", limits=ServeLimits(max_request_bytes=LIMIT))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not (srv.started and srv.servers) and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the test server did not start"
-    yield srv.servers[0].sockets[0].getsockname()[:2]
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as address:
+        yield address
 
 
 def chunked_upload(address, headers: str, chunks: int, chunk_bytes: int = 16_384):

@@ -22,9 +22,9 @@ def worker_for(saved_model, tmp_path):
             res = Resources(model, store, settings)
             hf_generate, hf_compress = res.generate, res.compress_texts
 
-            def generate(prompts, decoder, params, cancelled=None):
+            def generate(prompts, decoder, params, on_token=None):
                 calls.append(("generate", len(prompts), params))
-                return hf_generate(prompts, decoder, params, cancelled)
+                return hf_generate(prompts, decoder, params, on_token)
 
             def compress(texts):
                 calls.append(("compress", len(texts), None))
@@ -146,6 +146,6 @@ def test_a_generation_stops_at_the_next_token_once_cancelled(saved_model):
     _, model = saved_model
     prompts = [["Question: what is mentioned?\nAnswer:"], ["Question: who wrote it?\nAnswer:"]]
     full = model.generate(prompts, max_new_tokens=12, stop=[])
-    cut = model.generate(prompts, max_new_tokens=12, cancelled=lambda i: i == 1)
+    cut = model.generate(prompts, max_new_tokens=12, on_token=lambda i, ids: i == 1)
     assert cut[0].token_ids == full[0].token_ids
     assert len(cut[1].token_ids) == 1 and cut[1].token_ids == full[1].token_ids[:1]

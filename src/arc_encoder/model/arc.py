@@ -372,15 +372,15 @@ class ARCModel(nn.Module):
         batch_size: int = 8,
         special: str = "cont",
         share_prefix: bool = True,
-        cancelled: Callable[[int], bool] | None = None,
+        on_token: Callable[[int, list[int]], bool] | None = None,
     ) -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
         vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
         `special="rec"` follows each document with <Rec>: the decoder then reconstructs it.
         `share_prefix` runs the decoder once over the positions all prompts start with (few-shot
         examples) and reuses their keys and values, for this batch and the following ones.
-        `cancelled(i)`, asked after every new token, ends prompt i early when true (a service
-        whose client has gone)."""
+        `on_token(i, ids)` is called after every new token of prompt i with its new token ids so
+        far; it may stream them, and returning True ends prompt i there (a client that has gone)."""
         if not isinstance(prompts, list) or not prompts:
             raise TypeError("generate() takes a non-empty list of prompts")
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
@@ -400,7 +400,7 @@ class ARCModel(nn.Module):
                 seed,
                 special,
                 share_prefix,
-                None if cancelled is None else (lambda i, start=start: cancelled(start + i)),
+                None if on_token is None else (lambda i, ids, start=start: on_token(start + i, ids)),
             )
         return results
 
@@ -438,7 +438,7 @@ class ARCModel(nn.Module):
         seed,
         special,
         share_prefix=True,
-        cancelled=None,
+        on_token=None,
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         batch, stats = self._splice_prompts(prompts, decoder, special)
@@ -454,7 +454,7 @@ class ARCModel(nn.Module):
             generator.manual_seed(seed if seed is not None else random.randrange(2**31))
 
         def should_stop(i, ids):
-            if cancelled is not None and cancelled(i):
+            if on_token is not None and on_token(i, ids):
                 return True
             return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
 

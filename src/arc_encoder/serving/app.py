@@ -6,7 +6,10 @@
     POST   /v1/documents           compress and store documents (replace flag)
     GET    /v1/documents/{id}      a stored document: text, chunks (vectors with ?vectors=float|base64)
     DELETE /v1/documents/{id}
+    POST   /v1/search              BM25 top-k stored chunks (ids, scores, texts)
     POST   /v1/ask                 BM25 top-k stored chunks -> answer + sources
+    GET    /v1/models, POST /v1/chat/completions, POST /v1/completions
+                                   OpenAI-compatible, with compressed documents (openai_routes.py)
     GET    /docs                   OpenAPI documentation
 
 Every request that touches the model or the store becomes a job for one worker thread
@@ -16,7 +19,6 @@ on disk: a restarted service finds every document it had.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -34,6 +36,8 @@ from ..prompt import Doc
 from ..storage.indexing import compress_documents, open_store
 from .ask import ask_prompt, retrieve
 from .guard import RequestGuard
+from .openai_routes import add_openai_routes
+from .openai_schemas import is_openai_path, openai_error
 from .schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
@@ -45,17 +49,26 @@ from .schemas import (
     DocumentOut,
     GenerateRequest,
     GenerateResponse,
+    SearchRequest,
+    SearchResponse,
     ServeLimits,
     vectors_from_json,
     vectors_to_json,
 )
 from .stored import stored_document
-from .worker import BatchingWorker, Busy, CallJob, ClientError, CompressJob, DecodeParams, GenerateJob, Resources
+from .worker import (
+    BatchingWorker,
+    Busy,
+    CallJob,
+    ClientError,
+    CompressJob,
+    DecodeParams,
+    GenerateJob,
+    Resources,
+    run_job,
+)
 
 log = logging.getLogger(__name__)
-
-# How often a request waiting for the model checks that its client is still there.
-DISCONNECT_POLL_S = 0.1
 
 
 def json_safe(value):
@@ -81,11 +94,13 @@ def create_app(
     max_batch: int = 8,
     backend=None,
     backend_name: str = "hf",
+    model_name: str = "arc-encoder",
 ) -> FastAPI:
     """The service for one model and one store (created if missing).
 
     backend: None (generate with the model's HF decoder) or a factory called in the worker thread
-    with (model, decoder index), returning generate(prompts, decoder, DecodeParams) -> list[Generation].
+    with (model, decoder index), returning generate(prompts, decoder, DecodeParams, on_token) ->
+    list[Generation]. model_name: the id the OpenAI-compatible routes answer to (openai_routes.py).
     """
     store_path = Path(store_path)
     bottleneck = model.vector_dim
@@ -143,24 +158,31 @@ def create_app(
     add_generation_routes(api, worker, checks, info, bottleneck)
     add_store_routes(api, worker, checks)
     app.include_router(api)
+    add_openai_routes(app, worker, checks, model, model_name, info)
     return app
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error a request can meet, as JSON with the right status."""
+    """Every error a request can meet, as JSON with the right status: {"detail": ...} on the
+    native routes, OpenAI's {"error": {...}} on the OpenAI-compatible ones."""
+
+    def error(request: Request, status: int, message: str, param=None, headers=None, **extra) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            return JSONResponse(openai_error(status, message, param), status_code=status, headers=headers)
+        return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, e: ClientError):
         headers = {"Retry-After": "1"} if isinstance(e, Busy) else None
-        return JSONResponse({"detail": e.message}, status_code=e.status, headers=headers)
+        return error(request, e.status, e.message, e.param, headers)
 
     @app.exception_handler(ValueError)
     async def _value_error(request: Request, e: ValueError):
-        return JSONResponse({"detail": str(e)}, status_code=400)
+        return error(request, 400, str(e))
 
     @app.exception_handler(TypeError)
     async def _type_error(request: Request, e: TypeError):
-        return JSONResponse({"detail": str(e)}, status_code=400)
+        return error(request, 400, str(e))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -170,7 +192,23 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         errors = json_safe(errors)
         readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
-        return JSONResponse({"detail": f"invalid request: {readable}", "errors": errors}, status_code=422)
+        if is_openai_path(request.url.path):  # OpenAI answers a malformed request with 400
+            first = errors[0] if errors else {}
+            unknown = first.get("type") == "extra_forbidden"
+            message = f"unsupported parameter: {field_of(first)}" if unknown else f"invalid request: {readable}"
+            return error(request, 400, message, field_of(first) or None)
+        return error(request, 422, f"invalid request: {readable}", errors=errors)
+
+
+def field_of(err: dict) -> str:
+    """'messages[0].role' for a validation error at ('body', 'messages', 0, 'role')."""
+    loc = list(err.get("loc", ()))
+    if loc[:1] == ["body"]:
+        loc = loc[1:]
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 class Checks:
@@ -194,23 +232,8 @@ class Checks:
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
 
 
-async def run_job(worker: BatchingWorker, job, request: Request):
-    """The job's answer; if the client goes away first, the job is abandoned (dropped if it
-    has not started, a generation stops at its next token) and nobody waits for it."""
-    answer = asyncio.wrap_future(worker.submit(job))
-    while True:
-        done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return answer.result()
-        if await request.is_disconnected():
-            job.abandoned.set()
-            job.future.cancel()
-            answer.cancel()
-            raise ClientError(499, "the client closed the request")
-
-
 def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks, info: dict, bottleneck: int) -> None:
-    """/v1/compress, /v1/generate, /v1/ask."""
+    """/v1/compress, /v1/generate, /v1/search, /v1/ask."""
     limits = checks.limits
 
     @api.post("/compress", response_model=CompressResponse)
@@ -266,6 +289,14 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
 
         out, _ = await run_job(worker, GenerateJob(build, params), request)
         return _generation(out)
+
+    @api.post("/search", response_model=SearchResponse)
+    async def search(request: Request, body: SearchRequest):
+        checks.text("query", body.query)
+        if body.k > limits.max_k:
+            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
+        found = await run_job(worker, CallJob(lambda res: retrieve(res.store, res.bm25, body.query, body.k)), request)
+        return {"sources": [vars(s) for s in found]}
 
     @api.post("/ask", response_model=AskResponse)
     async def ask(request: Request, body: AskRequest):

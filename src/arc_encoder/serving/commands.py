@@ -128,9 +128,13 @@ def serve(
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_new_tokens: int = typer.Option(512, help="cap on a request's max_new_tokens"),
     gpu_memory_utilization: float = typer.Option(0.5, help="vLLM's share of GPU memory"),
+    served_model_name: str | None = typer.Option(
+        None, help="the model id of the OpenAI-compatible routes (default: the --model folder's name)"
+    ),
     log_level: str = typer.Option("info"),
 ):
-    """HTTP service: compress, generate, store documents and answer questions (docs at /docs)."""
+    """HTTP service: compress, generate, store documents and answer questions, plus OpenAI-compatible
+    chat and completions with compressed documents (docs at /docs)."""
     import uvicorn
 
     from .app import create_app
@@ -167,6 +171,7 @@ def serve(
             max_batch=max_batch,
             backend=factory,
             backend_name=backend,
+            model_name=served_model_name or Path(model).name,
         )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hmac
 import json
 
+from .openai_schemas import is_openai_path, openai_error
+
 KEY_HELP = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
 
 
@@ -22,8 +24,9 @@ def given_key(headers: dict[str, str]) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
-async def respond(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def respond(send, path: str, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    """A JSON error, in OpenAI's shape on the OpenAI-compatible paths."""
+    body = json.dumps(openai_error(status, detail) if is_openai_path(path) else {"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -43,12 +46,12 @@ class RequestGuard:
         if self.api_key and scope["path"].startswith(self.protected):
             key = given_key(headers)
             if key is None or not hmac.compare_digest(key.encode(), self.api_key.encode()):
-                return await respond(send, 401, KEY_HELP, {"www-authenticate": "Bearer"})
+                return await respond(send, scope["path"], 401, KEY_HELP, {"www-authenticate": "Bearer"})
         too_large = f"request body exceeds the limit of {self.max_bytes} bytes"
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             return await respond(
-                send, 413, f"request body of {length} bytes exceeds the limit of {self.max_bytes} bytes"
+                send, scope["path"], 413, f"request body of {length} bytes exceeds the limit of {self.max_bytes} bytes"
             )
 
         state = {"received": 0, "over": False, "answered": False}
@@ -70,7 +73,7 @@ class RequestGuard:
                 return await send(message)
             if not state["answered"]:
                 state["answered"] = True
-                await respond(send, 413, too_large)
+                await respond(send, scope["path"], 413, too_large)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
@@ -79,4 +82,4 @@ class RequestGuard:
                 raise
         if state["over"] and not state["answered"]:
             state["answered"] = True
-            await respond(send, 413, too_large)
+            await respond(send, scope["path"], 413, too_large)

@@ -152,6 +152,11 @@ class AddDocumentsRequest(Strict):
     replace: bool = False
 
 
+class SearchRequest(Strict):
+    query: str = Field(..., min_length=1)
+    k: int = Field(3, ge=1)
+
+
 class AskRequest(DecodeOptions):
     question: str = Field(..., min_length=1)
     k: int = Field(3, ge=1)
@@ -215,6 +220,10 @@ class SourceOut(BaseModel):
     chunk_id: int
     score: float
     text: str
+
+
+class SearchResponse(BaseModel):
+    sources: list[SourceOut]
 
 
 class AskResponse(BaseModel):

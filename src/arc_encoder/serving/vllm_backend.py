@@ -57,8 +57,9 @@ class VLLMBackend:
         self.engine = engine
         self.sampling_params = sampling_params
 
-    def generate(self, prompts, decoder: int, params, cancelled=None) -> list[Generation]:
-        # `cancelled` is not honoured: the engine runs a call to its end (queued jobs are still dropped)
+    def generate(self, prompts, decoder: int, params, on_token=None) -> list[Generation]:
+        # `on_token` is not called: the engine runs a call to its end (queued jobs are still dropped,
+        # and a stream gets its whole text at the end)
         if decoder != self.decoder:
             raise ValueError(f"this vLLM engine runs decoder {self.decoder}, not decoder {decoder}")
         spliced = self.model.prompt_embeddings(prompts, decoder)  # per prompt [L_i, d_dec]

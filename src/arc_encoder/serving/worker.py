@@ -12,6 +12,7 @@ sampler run alone, so that the seed alone decides their output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -27,14 +28,19 @@ from ..prompt import Doc
 
 log = logging.getLogger(__name__)
 
+# How often a request waiting for the model checks that its client is still there.
+DISCONNECT_POLL_S = 0.1
+
 
 class ClientError(Exception):
-    """A request the service refuses, with the HTTP status to answer."""
+    """A request the service refuses, with the HTTP status to answer (and, for the OpenAI-compatible
+    routes, the request field at fault)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,12 @@ class Resources:
         self.store = store
         self.settings = settings  # IndexSettings: decoder and chunk size of the store's vectors
         self.compress_batch = compress_batch
-        # generate(prompts, decoder, params) -> list[Generation]; the HF decoder unless a backend says
+        # generate(prompts, decoder, params, on_token) -> list[Generation]; the HF decoder unless a
+        # backend says. on_token(i, ids) after each new token of prompt i; True ends that prompt.
         self.generate = generate or self._generate_hf
         self._bm25 = None
 
-    def _generate_hf(self, prompts, decoder: int, params: DecodeParams, cancelled=None):
+    def _generate_hf(self, prompts, decoder: int, params: DecodeParams, on_token=None):
         return self.model.generate(
             prompts,
             decoder=decoder,
@@ -73,7 +80,7 @@ class Resources:
             stop=list(params.stop),
             seed=params.seed,
             batch_size=len(prompts),
-            cancelled=cancelled,
+            on_token=on_token,
         )
 
     @property
@@ -113,6 +120,14 @@ class GenerateJob:
     params: DecodeParams
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    # called in the worker thread with the new token ids so far, after every token (streaming)
+    on_token: Callable[[list[int]], None] | None = None
+
+    def watch(self, ids: list[int]) -> bool:
+        """After each new token: stream it, and say whether to stop (the client has gone)."""
+        if self.on_token is not None:
+            self.on_token(ids)
+        return self.abandoned.is_set()
 
 
 @dataclass
@@ -271,7 +286,7 @@ class BatchingWorker:
             docs = [part.text for _, prompt, _ in items for part in prompt if isinstance(part, Doc)]
             compressed = iter(res.compress_texts(docs) if docs else [])
             prompts = [[next(compressed) if isinstance(p, Doc) else p for p in prompt] for _, prompt, _ in items]
-            return res.generate(prompts, decoder, params, lambda i: items[i][0].abandoned.is_set())
+            return res.generate(prompts, decoder, params, lambda i, ids: items[i][0].watch(ids))
 
         self._count(len(prepared))
         try:
@@ -302,6 +317,21 @@ class BatchingWorker:
             return
         for job, r in zip(jobs, results):
             job.future.set_result(r)
+
+
+async def run_job(worker: BatchingWorker, job, request) -> object:
+    """The job's answer; if the client goes away first, the job is abandoned (dropped if it
+    has not started, a generation stops at its next token) and nobody waits for it."""
+    answer = asyncio.wrap_future(worker.submit(job))
+    while True:
+        done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return answer.result()
+        if await request.is_disconnected():
+            job.abandoned.set()
+            job.future.cancel()
+            answer.cancel()
+            raise ClientError(499, "the client closed the request")
 
 
 def _batch_key(job):

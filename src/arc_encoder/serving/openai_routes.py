@@ -1,0 +1,335 @@
+"""OpenAI-compatible routes, with compressed documents: what `openai`, LangChain and LlamaIndex speak.
+
+    GET  /v1/models               the one model this server answers with
+    POST /v1/chat/completions     messages (the decoder's chat template), stream as server-sent events
+    POST /v1/completions          a raw prompt
+
+Documents travel as extension fields of the request body (the openai client's `extra_body`):
+
+    "document_ids": ["id", ...]             stored documents' vectors (the encoder does not run)
+    "chunk_ids":    [12, 7, ...]             stored chunks' vectors, as /v1/search returns them
+    "documents":    ["text", ...]            compressed now, chunked like stored documents
+    "retrieve":     {"query": "...", "k": 3} the store's BM25 top-k chunks for the query
+
+They go, in that order, each as `"Document: " [vectors] "\n"`, just before the text of the last user
+message (chat) or before the prompt (completions). The standard response fields stay standard
+(`usage.prompt_tokens` counts the decoder positions actually used, vectors included); the extension
+field `arc` says what compression did: document tokens, vectors, ratio, positions saved, sources.
+
+These routes share the worker, the batching, the key and the limits of the native ones (app.py);
+their errors take OpenAI's shape (openai_schemas.openai_error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..model.arc import Generation
+from ..prompt import DOCUMENT, Doc
+from .ask import retrieve
+from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
+from .stored import stored_chunks, stored_document
+from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
+
+COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+DOCUMENTS_MARK = "\x00arc-documents\x00"  # where the documents go in a rendered chat template
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """Messages as the decoder's chat template writes them, ending where the assistant answers.
+    A tokenizer without a template gets a plain `role: content` transcript."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def document_parts(documents: list) -> list:
+    """Compressed documents (Doc or Compressed) as prompt parts: `"Document: " [vectors] "\n"` each."""
+    return [piece for d in documents for piece in (DOCUMENT, d, "\n")]
+
+
+def chat_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
+    """Prompt parts of a chat request: the rendered template, documents spliced before the text of
+    the last user message."""
+    rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    if not documents:
+        return [render_chat(tokenizer, rendered)]
+    users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
+    if not users:
+        raise ClientError(400, "documents go before the last user message, and there is none", "messages")
+    rendered[users[-1]]["content"] = DOCUMENTS_MARK + rendered[users[-1]]["content"]
+    before, mark, after = render_chat(tokenizer, rendered).partition(DOCUMENTS_MARK)
+    if not mark:
+        raise ClientError(400, "the decoder's chat template drops the user message's text", "messages")
+    return [before, *document_parts(documents), after]
+
+
+def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[dict]]:
+    """The request's documents as prompt parts (in the worker thread: the store lives there), and
+    the retrieved sources."""
+    decoder = res.settings.decoder
+    documents: list = []
+    for i, doc_id in enumerate(body.document_ids or []):
+        try:
+            documents.append(stored_document(res.store, doc_id, decoder))
+        except KeyError:
+            raise ClientError(404, f"document {doc_id!r} is not in the store", f"document_ids[{i}]") from None
+    if body.chunk_ids:
+        try:
+            documents.append(stored_chunks(res.store, body.chunk_ids, decoder))
+        except KeyError as e:
+            raise ClientError(404, str(e.args[0]), "chunk_ids") from None
+    documents += [Doc(text) for text in body.documents or []]
+    sources = []
+    if body.retrieve is not None:
+        found = retrieve(res.store, res.bm25, body.retrieve.query, body.retrieve.k)
+        if found:
+            documents.append(stored_chunks(res.store, [s.chunk_id for s in found], decoder))
+        sources = [vars(s) for s in found]
+    return documents, sources
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class TextStream:
+    """Turns the growing text of a generation into deltas that never show a stop string, text
+    after one, or half of a multi-byte character: the concatenated deltas are the final text."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1  # a stop string may be forming
+        self.sent = ""
+
+    def update(self, text: str) -> str:
+        cuts = [text.find(s) for s in self.stop if s in text]
+        ready = text[: min(cuts)] if cuts else text[: len(text) - self.hold]
+        return self._emit(ready.rstrip("\ufffd"))  # U+FFFD: a character whose bytes are not all here
+
+    def finish(self, final: str) -> str:
+        return self._emit(final)
+
+    def _emit(self, ready: str) -> str:
+        if len(ready) <= len(self.sent) or not ready.startswith(self.sent):
+            return ""
+        delta, self.sent = ready[len(self.sent) :], ready
+        return delta
+
+
+def finish_reason(out: Generation, params: DecodeParams, tokenizer) -> str:
+    full = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+    hit_stop = any(s in full for s in params.stop)
+    return "length" if len(out.token_ids) >= params.max_new_tokens and not hit_stop else "stop"
+
+
+def usage(out: Generation) -> dict:
+    new = len(out.token_ids)
+    return {"prompt_tokens": out.prompt_length, "completion_tokens": new, "total_tokens": out.prompt_length + new}
+
+
+def compression(out: Generation, sources: list[dict]) -> dict:
+    """The `arc` extension field. Positions saved: document tokens minus the vectors that replaced
+    them (the one special vector per chunk not counted)."""
+    return {
+        "document_tokens": out.document_tokens,
+        "compressed_vectors": out.compressed_vectors,
+        "compression_ratio": out.compression_ratio,
+        "positions_saved": out.document_tokens - out.compressed_vectors,
+        "sources": sources,
+    }
+
+
+class ChatShape:
+    object, chunk_object, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    @staticmethod
+    def choice(text: str, finish: str) -> dict:
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+
+    @staticmethod
+    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
+        delta = {} if text is None else {"content": text}
+        if first:
+            delta["role"] = "assistant"
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+class CompletionShape:
+    object, chunk_object, prefix = "text_completion", "text_completion", "cmpl"
+
+    @staticmethod
+    def choice(text: str, finish: str) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    @staticmethod
+    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: str, info: dict) -> None:
+    """Mount the OpenAI-compatible routes on `app` (see module doc)."""
+    api = APIRouter(prefix="/v1")
+    created = int(time.time())
+    card = {"id": model_name, "object": "model", "created": created, "owned_by": "arc-encoder"}
+
+    @api.get("/models")
+    async def list_models():
+        return {"object": "list", "data": [card]}
+
+    @api.get("/models/{model_id:path}")
+    async def get_model(model_id: str):
+        if model_id != model_name:
+            raise ClientError(404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model")
+        return card
+
+    def tokenizer():
+        return model.decoder_tokenizers[info["decoder"]]
+
+    def checked(body: OpenAIRequest) -> DecodeParams:
+        """The request's decoding parameters, every field this server refuses named."""
+        if body.model != model_name:
+            raise ClientError(404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model")
+        for field, why in body.unsupported():
+            raise ClientError(400, why, field)
+        limits = checks.limits
+        if body.documents is not None and len(body.documents) > limits.max_texts:
+            raise ClientError(
+                413, f"{len(body.documents)} documents exceed the limit of {limits.max_texts}", "documents"
+            )
+        for name in ("documents", "document_ids", "chunk_ids"):
+            values = getattr(body, name)
+            if values is not None and not values:
+                raise ClientError(400, f"{name} is an empty list (leave it out for no documents)", name)
+        for i, text in enumerate(body.documents or []):
+            if not text.strip():
+                raise ClientError(400, "the document is empty", f"documents[{i}]")
+            if len(text) > limits.max_chars:
+                raise ClientError(
+                    413, f"{len(text)} characters exceed the server's limit of {limits.max_chars}", f"documents[{i}]"
+                )
+        if body.retrieve is not None and body.retrieve.k > limits.max_k:
+            raise ClientError(400, f"k={body.retrieve.k} exceeds the server's cap of {limits.max_k}", "retrieve.k")
+        cap = limits.max_new_tokens
+        default = COMPLETION_DEFAULT_TOKENS if isinstance(body, CompletionRequest) else cap
+        n = body.new_tokens() or min(default, cap)
+        if n > cap:
+            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", "max_tokens")
+        return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop_strings()), body.seed)
+
+    @api.post("/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest):
+        params = checked(body)
+        for i, m in enumerate(body.messages):
+            checks.text(f"messages[{i}].content", m.text())
+
+        def build(res: Resources):
+            documents, sources = gather_documents(res, body)
+            return chat_prompt(tokenizer(), body.messages, documents), sources
+
+        return await answer(request, body, GenerateJob(build, params), ChatShape)
+
+    @api.post("/completions")
+    async def completions(request: Request, body: CompletionRequest):
+        params = checked(body)
+        checks.text("prompt", body.prompt_text())
+
+        def build(res: Resources):
+            documents, sources = gather_documents(res, body)
+            return [*document_parts(documents), body.prompt_text()], sources
+
+        return await answer(request, body, GenerateJob(build, params), CompletionShape)
+
+    async def answer(request: Request, body: OpenAIRequest, job: GenerateJob, shape):
+        ident = f"{shape.prefix}-{uuid.uuid4().hex[:24]}"
+        stamp = {"id": ident, "created": int(time.time()), "model": model_name}
+        if not body.stream:
+            out, sources = await run_job(worker, job, request)
+            return {
+                **stamp,
+                "object": shape.object,
+                "choices": [shape.choice(out.text, finish_reason(out, job.params, tokenizer()))],
+                "usage": usage(out),
+                "arc": compression(out, sources),
+            }
+        return await stream(request, body, job, shape, stamp)
+
+    async def stream(request: Request, body: OpenAIRequest, job: GenerateJob, shape, stamp: dict):
+        """Server-sent events: a chunk per new piece of text, a last chunk with the finish reason
+        (and the `arc` field), a usage chunk if asked, then `[DONE]`. Errors before the first token
+        (a missing document, a prompt too long) are ordinary error responses."""
+        loop = asyncio.get_running_loop()
+        texts: asyncio.Queue = asyncio.Queue()
+        done = object()
+        decode = tokenizer().decode
+        job.on_token = lambda ids: loop.call_soon_threadsafe(texts.put_nowait, decode(ids, skip_special_tokens=True))
+        future = worker.submit(job)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, done))
+
+        def abandon():
+            job.abandoned.set()
+            future.cancel()
+
+        first = None
+        while first is None:  # until the first token (or the end), watching for a client that left
+            try:
+                first = await asyncio.wait_for(texts.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    abandon()
+                    raise ClientError(499, "the client closed the request") from None
+        if first is done and future.exception() is not None:
+            raise future.exception()
+
+        def event(choice: dict | None, **extra) -> str:
+            chunk = {**stamp, "object": shape.chunk_object, "choices": [] if choice is None else [choice], **extra}
+            return f"data: {_json(chunk)}\n\n"
+
+        async def events():
+            text = TextStream(list(job.params.stop))
+            item, finished = first, False
+            try:
+                yield event(shape.delta("", None, first=True))
+                while item is not done:
+                    delta = text.update(item)
+                    if delta:
+                        yield event(shape.delta(delta, None))
+                    item = await texts.get()
+                out, sources = future.result()
+                tail = text.finish(out.text)
+                if tail:
+                    yield event(shape.delta(tail, None))
+                yield event(
+                    shape.delta(None, finish_reason(out, job.params, tokenizer())), arc=compression(out, sources)
+                )
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    yield event(None, usage=usage(out))
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:
+                if not finished:  # the client went away mid-stream
+                    abandon()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    app.include_router(api)
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
