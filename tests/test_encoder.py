@@ -146,6 +146,35 @@ def test_factor_one_pooled_block_equals_plain_block():
     torch.testing.assert_close(pooled[1, :5], plain[1, :5], atol=1e-6, rtol=1e-6)
 
 
+def test_scheduled_factor_equals_an_encoder_built_with_that_factor():
+    """A pooling-factor curriculum step at x2 (or x1) runs exactly what an encoder configured
+    with that factor runs, with the same weights; outside the context the configured x4 is back."""
+    enc, _ = make_encoder(pooled_receptive_field=0, pooled_positions="group")
+    ids = torch.randint(3, 300, (2, 11))
+    for factor in (1, 2):
+        other, _ = make_encoder(pooling_factors=[factor], pooled_receptive_field=0, pooled_positions="group")
+        other.load_state_dict(enc.state_dict())
+        with enc.pooling_factor(factor):
+            got, lengths = enc(ids, [11, 7])
+        if factor == 1:  # the configured pooling block still runs at x1: each vector reads its token
+            want, want_lengths = enc._pooled_block(enc.layers[-1], "full_attention", *_below_last(enc, ids, [11, 7]), 1)
+        else:
+            want, want_lengths = other(ids, [11, 7])
+        assert lengths == want_lengths == [math.ceil(11 / factor), math.ceil(7 / factor)]
+        torch.testing.assert_close(got, want)
+    assert enc(ids, [11, 7])[1] == [3, 2]
+    with pytest.raises(ValueError, match="one pooling block"):
+        with make_encoder(pooling_factors=[2, 2])[0].pooling_factor(1):
+            pass
+
+
+def _below_last(enc, ids, lengths):
+    h = enc.embed_tokens(ids)
+    for layer in enc.layers[:-1]:
+        h = enc._plain_block(layer, "full_attention", h, lengths)
+    return h, lengths
+
+
 def test_padding_is_masked():
     enc, _ = make_encoder()
     a = torch.randint(3, 300, (1, 12))

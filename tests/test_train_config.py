@@ -100,6 +100,11 @@ def test_misspelled_key_is_named_with_its_section(tree, names):
         ({"optim": {"lr_projector": float("inf")}}, "optim.lr_projector must be a finite number"),
         ({"optim": {"betas": [0.9, float("nan")]}}, "optim.betas[1] must be a finite number"),
         ({"optim": {"grad_clip": float("inf")}}, "optim.grad_clip must be a finite number"),
+        ({"pooling_schedule": [[1, 5], [2, 3]]}, "pooling_schedule[1]: until_step 3 must be after"),
+        ({"pooling_schedule": [[2, 500]], "steps": 100}, "pooling_schedule[0]: until_step 500"),
+        ({"pooling_schedule": [[0, 5]]}, "pooling_schedule[0]: factor must be >= 1"),
+        ({"pooling_schedule": [[2]]}, "pooling_schedule[0] must be [factor, until_step]"),
+        ({"pooling_schedule": [2, 5]}, "pooling_schedule[0]: expected a list"),
     ],
 )
 def test_bad_values_are_named(tree, message):

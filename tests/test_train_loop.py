@@ -168,6 +168,26 @@ def test_decoder_choice_is_seeded_weighted_and_round_robin():
     assert [choose_decoder(s, [1, 0, 1], "round_robin", 0) for s in range(4)] == [0, 2, 0, 2]
 
 
+def test_pooling_schedule_sets_the_factor_of_each_step(tiny_models, tmp_path):
+    config = make_config(
+        tmp_path, tiny_models["llama"], pooling_schedule=[[1, 2], [2, 3]], model__arc__pooling_factors=[4]
+    )
+    trainer = new_trainer(config)
+    seen = []
+    original = trainer.arc.encoder.forward
+
+    def spy(ids, lengths, memory=None):
+        out, counts = original(ids, lengths, memory)
+        seen.append((trainer.step, lengths[0], counts[0]))
+        return out, counts
+
+    trainer.arc.encoder.forward = spy
+    rows = [trainer.train_step() for _ in range(4)]
+    assert [r.get("pooling_factor") for r in rows] == [1, 1, 2, None]
+    factors = {step: -(-n // m) if m > 1 else round(n / m) for step, n, m in seen}
+    assert [factors[s] for s in range(4)] == [1, 1, 2, 4]
+
+
 def test_freeze_encoder_trains_adapter_only(tiny_models, tmp_path):
     trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], freeze_encoder=True))
     before = snapshot(trainer.arc)

@@ -13,6 +13,8 @@ for free).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
@@ -66,6 +68,7 @@ class Encoder(nn.Module):
             raise ValueError(f"{len(cfg.pooling_factors)} pooling factors for {n} encoder blocks")
         # factor applied before each block (1 = plain block)
         self.factors = [1] * (n - len(cfg.pooling_factors)) + list(cfg.pooling_factors)
+        self._scheduled_factor: int | None = None  # set by pooling_factor() for a training step
         self.layer_types = list(getattr(hf_config, "layer_types", None) or ["full_attention"] * n)
         self.sliding_window = getattr(hf_config, "sliding_window", None)
 
@@ -77,6 +80,22 @@ class Encoder(nn.Module):
         else:
             base = AutoModel.from_config(hf_config)
         return cls(hf_config, cfg, base)
+
+    @contextlib.contextmanager
+    def pooling_factor(self, factor: int | None):
+        """Pool by `factor` in the last block while inside (a pooling-factor curriculum; 1 still
+        runs the pooling block, each vector then reading its own token). None: as configured."""
+        if factor is not None and self.mode == "memory":
+            raise ValueError("a pooling-factor schedule needs mean or last pooling, not memory tokens")
+        if factor is not None and sum(f > 1 for f in self.factors) != 1:
+            raise ValueError(
+                f"a pooling-factor schedule needs one pooling block, this encoder has factors {self.factors}"
+            )
+        self._scheduled_factor = factor
+        try:
+            yield
+        finally:
+            self._scheduled_factor = None
 
     @property
     def hidden_size(self) -> int:
@@ -98,8 +117,12 @@ class Encoder(nn.Module):
         lengths = list(lengths)
         if memory is not None:
             h, lengths = self._append_memory(h, lengths, memory)
-        for layer, layer_type, factor in zip(self.layers, self.layer_types, self.factors):
-            if factor == 1:
+        factors = list(self.factors)
+        if self._scheduled_factor is not None:  # the one pooling block pools by the scheduled factor
+            factors[factors.index(max(factors))] = self._scheduled_factor
+        pooling = [f > 1 for f in self.factors]  # a configured pooling block pools even at x1
+        for layer, layer_type, factor, pools in zip(self.layers, self.layer_types, factors, pooling):
+            if not pools:
                 h = self._plain_block(layer, layer_type, h, lengths)
             else:
                 h, lengths = self._pooled_block(layer, layer_type, h, lengths, factor)

@@ -154,6 +154,31 @@ class LogConfig:
             raise ValueError("log.every must be >= 1")
 
 
+def check_pooling_schedule(schedule: list[list[int]], steps: int) -> None:
+    """[[factor, until_step], ...] with factors >= 1 and until_steps increasing within (0, steps]."""
+    last = 0
+    for i, entry in enumerate(schedule):
+        if not (isinstance(entry, list | tuple) and len(entry) == 2 and all(isinstance(v, int) for v in entry)):
+            raise ValueError(f"pooling_schedule[{i}] must be [factor, until_step] (two integers), got {entry!r}")
+        factor, until = entry
+        if factor < 1:
+            raise ValueError(f"pooling_schedule[{i}]: factor must be >= 1, got {factor}")
+        if not last < until <= steps:
+            raise ValueError(
+                f"pooling_schedule[{i}]: until_step {until} must be after the previous one ({last}) "
+                f"and <= steps ({steps})"
+            )
+        last = until
+
+
+def pooling_factor_at(schedule: list[list[int]], step: int) -> int | None:
+    """The factor the schedule sets for optimizer step `step` (0-based), None past its end."""
+    for factor, until in schedule:
+        if step < until:
+            return factor
+    return None
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,6 +197,11 @@ class TrainConfig:
     # Train only the encoder's last k blocks (None: all). The embeddings and the blocks below stay
     # frozen, so the backward pass stops at block n-k: on CPU this buys steps.
     train_encoder_blocks: int | None = None
+    # Pooling-factor curriculum: [[factor, until_step], ...], e.g. [[1, 25], [2, 50]] trains steps
+    # 0-24 at x1, 25-49 at x2, then at the model's own factor. Content is easy to carry at a low
+    # factor; the vectors then learn to pack more tokens without ever losing it. Evaluation and the
+    # saved model always use the model's factor. Needs a model with one pooling block.
+    pooling_schedule: list[list[int]] = field(default_factory=list)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
@@ -202,6 +232,7 @@ class TrainConfig:
             self.data_config({"loop": False, **self.eval.data}, section="eval.data", check_only=True)
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
             raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
+        check_pooling_schedule(self.pooling_schedule, self.steps)
         if self.decoder_weights is not None:
             if any(w < 0 for w in self.decoder_weights) or sum(self.decoder_weights) <= 0:
                 raise ValueError(f"decoder_weights must be >= 0 with a positive sum, got {self.decoder_weights}")

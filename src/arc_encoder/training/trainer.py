@@ -34,7 +34,7 @@ from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
 from . import checkpoint as ckpt
-from .config import TrainConfig, resume_differences, save_config
+from .config import TrainConfig, pooling_factor_at, resume_differences, save_config
 from .distributed import (
     Runtime,
     all_reduce_sum,
@@ -146,6 +146,9 @@ class Trainer:
             arc.encoder.requires_grad_(False)
         elif config.train_encoder_blocks is not None:
             freeze_lower_blocks(arc.encoder, config.train_encoder_blocks)
+        if config.pooling_schedule:
+            with arc.encoder.pooling_factor(config.pooling_schedule[0][0]):  # refused now, not at step 1
+                pass
         if config.activation_checkpointing:
             enable_activation_checkpointing(arc)
         arc.train()
@@ -261,11 +264,16 @@ class Trainer:
         accum = self.config.optim.grad_accum
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, supervised tokens, input tokens
         task = None
+        factor = pooling_factor_at(self.config.pooling_schedule, self.step)
         for micro in range(accum):
             batch = self.next_batch(decoder)
             task = batch.task
             sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
-            with contextlib.nullcontext() if sync else self.module.no_sync(), self.autocast:
+            with (
+                contextlib.nullcontext() if sync else self.module.no_sync(),
+                self.autocast,
+                self.arc.encoder.pooling_factor(factor),
+            ):
                 loss_sum, n_tokens = self.module(
                     batch.samples, decoder, batch.special, False, distillation_for(self.config, batch)
                 )
@@ -310,6 +318,7 @@ class Trainer:
             "lr": lrs,
             "decoder": decoder,
             "task": task,
+            **({"pooling_factor": factor} if factor is not None else {}),
         }
 
     def _last_good(self) -> str:
