@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_folder, write_json
 from ..config import ARCConfig
-from ..model.arc import CONFIG_FILE, ENCODER_DIR, FORMAT_VERSION, WEIGHTS_FILE, read_saved_config
+from ..model.arc import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, read_saved_config, write_saved_model
 from ..model.weights import check_tensors, read_weights
 
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"
@@ -608,11 +608,7 @@ def import_kyutai(
             bottleneck=bottleneck,
             special_tokens=bool(kinds),
         )
-        save_file(state, str(staging / WEIGHTS_FILE))
-        meta = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "decoder_dims": dims, "encoder_dim": dim}
-        write_json(staging / CONFIG_FILE, meta)
-        _encoder_hf_config(args, kept, tok).save_pretrained(staging / ENCODER_DIR)
-        tok.save_pretrained(staging / ENCODER_DIR)
+        write_saved_model(staging, state, config, dims, _encoder_hf_config(args, kept, tok), tok)
 
     write_folder(dst, write)
     return {

@@ -120,18 +120,26 @@ class ARCModel(nn.Module):
             config = PRESETS[config]
         backbone = resolve_model(config.backbone)
         encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
-        decoder_paths = [resolve_model(d) for d in config.decoders]
+        return cls._with_decoders(config, encoder, AutoTokenizer.from_pretrained(backbone), pretrained)
+
+    @classmethod
+    def from_saved_architecture(cls, path: str | Path, config: ARCConfig, pretrained: bool = True) -> ARCModel:
+        """The model a saved folder describes, before any of its weights are read: the encoder
+        built from the folder's (truncated) backbone config and tokenizer, untrained adapters, and
+        the frozen decoders `config` names. `from_pretrained` and training warm starts load into it."""
+        path = Path(path)
+        hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
+        hf_config._attn_implementation = config.attn_implementation
+        tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR)
+        return cls._with_decoders(config, Encoder(hf_config, config), tokenizer, pretrained)
+
+    @classmethod
+    def _with_decoders(cls, config: ARCConfig, encoder: Encoder, encoder_tokenizer, pretrained: bool) -> ARCModel:
+        paths = [resolve_model(d) for d in config.decoders]
         decoders = [
-            load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p))
-            for p in decoder_paths
+            load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p)) for p in paths
         ]
-        return cls(
-            config,
-            encoder,
-            decoders,
-            AutoTokenizer.from_pretrained(backbone),
-            [AutoTokenizer.from_pretrained(p) for p in decoder_paths],
-        )
+        return cls(config, encoder, decoders, encoder_tokenizer, [AutoTokenizer.from_pretrained(p) for p in paths])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -487,16 +495,8 @@ class ARCModel(nn.Module):
             for k, v in (state_dict or self.state_dict()).items()
             if not k.startswith("decoders.")
         }
-        save_file(state, path / WEIGHTS_FILE)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "decoder_dims": [d.config.hidden_size for d in self.decoders],
-            "encoder_dim": self.encoder.hidden_size,
-        }
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        self.encoder.hf_config.save_pretrained(path / ENCODER_DIR)
-        self.encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
+        dims = [d.config.hidden_size for d in self.decoders]
+        write_saved_model(path, state, self.config, dims, self.encoder.hf_config, self.encoder_tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> ARCModel:
@@ -510,24 +510,13 @@ class ARCModel(nn.Module):
                     f"{path} was trained for {len(config.decoders)} decoder(s), got {len(decoders)} replacement(s)"
                 )
             config.decoders = list(decoders)
-        hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
-        hf_config._attn_implementation = config.attn_implementation
-        encoder = Encoder(hf_config, config)
-        decoder_paths = [resolve_model(d) for d in config.decoders]
-        decoder_models = [load_frozen_decoder(p, config.attn_implementation) for p in decoder_paths]
-        for i, (dec, dim) in enumerate(zip(decoder_models, meta["decoder_dims"])):
+        model = cls.from_saved_architecture(path, config)
+        for i, (dec, dim) in enumerate(zip(model.decoders, meta["decoder_dims"])):
             if dec.config.hidden_size != dim:
                 raise ValueError(
                     f"decoder {i} ({config.decoders[i]}) has width "
                     f"{dec.config.hidden_size}, but {path} was trained for width {dim}"
                 )
-        model = cls(
-            config,
-            encoder,
-            decoder_models,
-            AutoTokenizer.from_pretrained(path / ENCODER_DIR),
-            [AutoTokenizer.from_pretrained(p) for p in decoder_paths],
-        )
         model.load_weights(path / WEIGHTS_FILE)
         return model
 
@@ -546,6 +535,31 @@ class ARCModel(nn.Module):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def write_saved_model(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    config: ARCConfig,
+    decoder_dims: list[int],
+    encoder_hf_config,
+    encoder_tokenizer,
+) -> None:
+    """The saved-model format, the one place that writes it: encoder + adapter tensors
+    (model.safetensors), arc_config.json (format version, config, decoder widths), and the
+    truncated backbone's HF config and tokenizer (encoder/). `from_pretrained` reads it back."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path / WEIGHTS_FILE))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "decoder_dims": list(decoder_dims),
+        "encoder_dim": encoder_hf_config.hidden_size,
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    encoder_hf_config.save_pretrained(path / ENCODER_DIR)
+    encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
 
 
 def read_saved_config(path: str | Path) -> tuple[dict, ARCConfig]:

@@ -15,12 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoTokenizer
 
-from ..model.arc import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, ARCModel, read_saved_config
-from ..model.decoder import load_frozen_decoder
-from ..model.encoder import Encoder
-from ..model.registry import resolve_model
+from ..model.arc import CONFIG_FILE, WEIGHTS_FILE, ARCModel, read_saved_config
 from .config import TrainConfig
 
 # What a warm start may not change: the encoder's weights would not fit.
@@ -41,26 +37,7 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
             "a warm start keeps the encoder's shape (the pooling factor may change)"
         )
     # The saved encoder config already has the truncated depth: no backbone weights are read.
-    hf_config = AutoConfig.from_pretrained(source / ENCODER_DIR)
-    hf_config._attn_implementation = arc_config.attn_implementation
-    encoder = Encoder(hf_config, arc_config)
-    paths = [resolve_model(d) for d in arc_config.decoders]
-    decoders = [
-        load_frozen_decoder(
-            p,
-            arc_config.attn_implementation,
-            spec.pretrained,
-            None if spec.pretrained else AutoConfig.from_pretrained(p),
-        )
-        for p in paths
-    ]
-    arc = ARCModel(
-        arc_config,
-        encoder,
-        decoders,
-        AutoTokenizer.from_pretrained(source / ENCODER_DIR),
-        [AutoTokenizer.from_pretrained(p) for p in paths],
-    )
+    arc = ARCModel.from_saved_architecture(source, arc_config, pretrained=spec.pretrained)
     load_warm_start(arc, source, saved["decoders"], spec.new_special_from, log)
     return arc
 
