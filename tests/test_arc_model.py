@@ -8,6 +8,7 @@ import torch
 
 from arc_encoder import ARCConfig, ARCModel, Doc
 from arc_encoder.model.decoder import common_prefix_length
+from arc_encoder.model.prompting import build_prompts, splice_prompts
 from arc_encoder.model.splice import Sample, splice
 from conftest import FAMILIES
 
@@ -74,7 +75,7 @@ def test_generate_with_cache_equals_recompute_loop(tiny_arc):
     prompt = ["Document: ", Doc(TEXTS[0]), "\nQuestion: who?\nAnswer:"]
     out = model.generate([prompt], max_new_tokens=10)[0]
     # Reference: greedy decoding that re-runs the whole spliced sequence every step, no cache.
-    text_ids, blocks, offsets, _ = model.build_prompts([prompt], 0)
+    text_ids, blocks, offsets, _ = build_prompts(model, [prompt], 0)
     dec = model.decoders[0]
     ids = list(text_ids[0])
     eos = model.decoder_tokenizers[0].eos_token_id
@@ -151,7 +152,7 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
         assert model._prefix_memo.entry is None
         return
     # the next-token logits agree with the whole prompts' to float precision, not just the argmax
-    batch, _ = model._splice_prompts(prompts, 0)
+    batch, _ = splice_prompts(model, prompts, 0)
     dec = model.decoders[0]
     with torch.no_grad():
         full = dec(
@@ -182,7 +183,7 @@ def test_shared_prefix_memo_shrinks_to_what_batches_share(tiny_arc):
     model.generate(first, max_new_tokens=4)  # memo: shots + the paragraph both questions ask about
     got = model.generate(second, max_new_tokens=6)  # shares its own paragraph, not the first's
     memo = model._prefix_memo.entry
-    batch, _ = model._splice_prompts(first + second + third, 0)
+    batch, _ = splice_prompts(model, first + second + third, 0)
     rows = [batch.embeds[i][batch.attention_mask[i].bool()] for i in range(5)]
     assert memo[1].shape[0] == common_prefix_length(rows)  # the shots and "Document: ", no paragraph
     got += model.generate(third, max_new_tokens=6)

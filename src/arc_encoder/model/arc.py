@@ -27,6 +27,7 @@ from .decoder import (
 from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
 from .prefix import PrefixMemo
+from .prompting import Compressed, splice_prompts
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
 from .weights import check_tensors, read_weights, shapes_of
@@ -35,23 +36,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "arc_config.json"
 WEIGHTS_FILE = "model.safetensors"
 ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
-
-
-@dataclass
-class Compressed:
-    """A document compressed for one decoder: bottleneck vectors per chunk."""
-
-    chunks: list[torch.Tensor]  # per chunk [m_i, bottleneck]
-    decoder: int  # index of the decoder whose projector made them
-    document_tokens: int  # decoder-tokenizer tokens of the original text (for the ratio)
-
-    @property
-    def n_vectors(self) -> int:
-        return sum(c.shape[0] for c in self.chunks)
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.document_tokens / self.n_vectors
 
 
 @dataclass
@@ -336,37 +320,6 @@ class ARCModel(nn.Module):
         return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
 
     # ----------------------------------------------------------------------------- generation
-    def build_prompts(self, prompts: list[list], decoder: int, special: str = "cont"):
-        """Tokenize text pieces, compress Docs (one encoder batch), expand stored vectors."""
-        tokenizer = self.decoder_tokenizers[decoder]
-        docs = [part.text for prompt in prompts for part in prompt if isinstance(part, Doc)]
-        compressed = iter(self.compress(docs, decoder) if docs else [])
-        text_ids, blocks, offsets, stats = [], [], [], []
-        for prompt in prompts:
-            ids, sample_blocks, sample_offsets, n_doc, n_vec = [], [], [], 0, 0
-            for k, part in enumerate(prompt):
-                if isinstance(part, str):
-                    ids += tokenizer(part, add_special_tokens=(k == 0))["input_ids"] if part else []
-                    continue
-                if isinstance(part, Doc):
-                    part = next(compressed)
-                if not isinstance(part, Compressed):
-                    raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
-                if part.decoder != decoder:
-                    raise ValueError(f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}")
-                for block in self.decoder_blocks([c.to(self.device) for c in part.chunks], decoder, special):
-                    sample_blocks.append(block)
-                    sample_offsets.append(len(ids))
-                n_doc += part.document_tokens
-                n_vec += part.n_vectors
-            if not ids and not sample_blocks:
-                raise ValueError("empty prompt")
-            text_ids.append(ids)
-            blocks.append(sample_blocks)
-            offsets.append(sample_offsets)
-            stats.append((n_doc, n_vec))
-        return text_ids, blocks, offsets, stats
-
     @torch.no_grad()
     def generate(
         self,
@@ -412,13 +365,6 @@ class ARCModel(nn.Module):
             )
         return results
 
-    def _splice_prompts(self, prompts, decoder, special: str = "cont"):
-        """Prompts -> left-padded spliced decoder inputs and (document tokens, vectors) per prompt."""
-        text_ids, blocks, offsets, stats = self.build_prompts(prompts, decoder, special)
-        embed = self.decoders[decoder].get_input_embeddings()
-        text = [embed(torch.tensor(ids, dtype=torch.long, device=self.device)) for ids in text_ids]
-        return splice(text, blocks, offsets, left_pad=True), stats
-
     @torch.no_grad()
     def prompt_embeddings(self, prompts, decoder: int = 0) -> list[PromptEmbeddings]:
         """The decoder input embeddings generate() would feed, per prompt, without running the decoder.
@@ -431,7 +377,7 @@ class ARCModel(nn.Module):
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
             prompts = [prompts]  # a single prompt given as a flat list of parts
         self._check_decoder(decoder)
-        batch, stats = self._splice_prompts(prompts, decoder)
+        batch, stats = splice_prompts(self, prompts, decoder)
         real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
         return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
 
@@ -449,7 +395,7 @@ class ARCModel(nn.Module):
         on_token=None,
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
-        batch, stats = self._splice_prompts(prompts, decoder, special)
+        batch, stats = splice_prompts(self, prompts, decoder, special)
         self._check_positions(int(batch.attention_mask.sum(1).max()), max_new_tokens, decoder)
         embeds, mask, positions, cache = (
             self._prefix_memo.split(self.decoders[decoder], decoder, batch)

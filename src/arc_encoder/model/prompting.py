@@ -1,0 +1,76 @@
+"""Prompts as the decoder reads them: text pieces tokenized, documents compressed, blocks placed.
+
+A prompt is a list of parts: `str` (text), `Doc` (a document to compress now) or `Compressed`
+(vectors made earlier, e.g. read from a store). `build_prompts` turns a batch of prompts into
+decoder token ids plus compressed blocks and where they go; `splice_prompts` embeds the text and
+splices the blocks in (model/splice.py), left-padded for generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..prompt import Doc
+from .splice import splice
+
+
+@dataclass
+class Compressed:
+    """A document compressed for one decoder: bottleneck vectors per chunk."""
+
+    chunks: list[torch.Tensor]  # per chunk [m_i, bottleneck]
+    decoder: int  # index of the decoder whose projector made them
+    document_tokens: int  # decoder-tokenizer tokens of the original text (for the ratio)
+
+    @property
+    def n_vectors(self) -> int:
+        return sum(c.shape[0] for c in self.chunks)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.document_tokens / self.n_vectors
+
+
+def build_prompts(model, prompts: list[list], decoder: int, special: str = "cont"):
+    """Tokenize text pieces, compress Docs (one encoder batch), expand stored vectors.
+
+    Returns per prompt: decoder token ids, blocks [m_i (+1), d_dec], their text offsets, and
+    (document tokens, vectors) for the compression counts."""
+    tokenizer = model.decoder_tokenizers[decoder]
+    docs = [part.text for prompt in prompts for part in prompt if isinstance(part, Doc)]
+    compressed = iter(model.compress(docs, decoder) if docs else [])
+    text_ids, blocks, offsets, stats = [], [], [], []
+    for prompt in prompts:
+        ids, sample_blocks, sample_offsets, n_doc, n_vec = [], [], [], 0, 0
+        for k, part in enumerate(prompt):
+            if isinstance(part, str):
+                ids += tokenizer(part, add_special_tokens=(k == 0))["input_ids"] if part else []
+                continue
+            if isinstance(part, Doc):
+                part = next(compressed)
+            if not isinstance(part, Compressed):
+                raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
+            if part.decoder != decoder:
+                raise ValueError(f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}")
+            for block in model.decoder_blocks([c.to(model.device) for c in part.chunks], decoder, special):
+                sample_blocks.append(block)
+                sample_offsets.append(len(ids))
+            n_doc += part.document_tokens
+            n_vec += part.n_vectors
+        if not ids and not sample_blocks:
+            raise ValueError("empty prompt")
+        text_ids.append(ids)
+        blocks.append(sample_blocks)
+        offsets.append(sample_offsets)
+        stats.append((n_doc, n_vec))
+    return text_ids, blocks, offsets, stats
+
+
+def splice_prompts(model, prompts: list[list], decoder: int, special: str = "cont"):
+    """Prompts -> left-padded spliced decoder inputs and (document tokens, vectors) per prompt."""
+    text_ids, blocks, offsets, stats = build_prompts(model, prompts, decoder, special)
+    embed = model.decoders[decoder].get_input_embeddings()
+    text = [embed(torch.tensor(ids, dtype=torch.long, device=model.device)) for ids in text_ids]
+    return splice(text, blocks, offsets, left_pad=True), stats
