@@ -75,3 +75,53 @@ def test_no_bottleneck_is_one_linear_map_and_stores_encoder_outputs(tiny_arc, tm
 def test_a_bad_bottleneck_is_refused(value):
     with pytest.raises(ValueError, match="bottleneck"):
         ARCConfig(bottleneck=value)
+
+
+@pytest.mark.parametrize("bottleneck", [None, 8])
+def test_least_squares_fit_against_numpy(bottleneck):
+    """fit_linear: the least-squares map (numpy's lstsq), and with a bottleneck its best rank-r
+    approximation (numpy's SVD, Eckart-Young)."""
+    import numpy as np
+
+    from arc_encoder.model.adapter import DecoderAdapter
+
+    torch.manual_seed(0)
+    adapter = DecoderAdapter(16, bottleneck, 12)
+    x, y = torch.randn(200, 16), torch.randn(200, 12)
+    r2 = adapter.fit_linear(x, y)
+    w = np.linalg.lstsq(x.numpy().astype(np.float64), y.numpy().astype(np.float64), rcond=None)[0]
+    if bottleneck:
+        u, s, vh = np.linalg.svd(w, full_matrices=False)
+        w = (u[:, :bottleneck] * s[:bottleneck]) @ vh[:bottleneck]
+    with torch.no_grad():
+        got = adapter.expand(adapter.compress(x)).double().numpy()
+    np.testing.assert_allclose(got, x.double().numpy() @ w, atol=1e-4)
+    fitted = x.double().numpy() @ w
+    y64 = y.double().numpy()
+    assert r2 == pytest.approx(1 - ((fitted - y64) ** 2).sum() / ((y64 - y64.mean(0)) ** 2).sum(), abs=1e-5)
+
+
+def test_fitting_to_embeddings_reads_each_token_at_factor_one(tiny_arc):
+    """After the fit, the x1 vectors of a segment are the least-squares images of the encoder's
+    per-token outputs, close to the decoder's embeddings of those tokens (in-sample R^2 > 0.9 on a
+    tiny model with more dimensions than rows), and the configured factor is back afterwards."""
+    arc = tiny_arc(bottleneck=None).eval()
+    segs = segments_of(arc, n=3)
+    r2 = arc.fit_projectors_to_embeddings(segs)
+    assert r2[0] > 0.9
+    with torch.no_grad(), arc.encoder.pooling_factor(1):
+        vectors = arc.encode_segments(segs, 0)
+        want = [arc.decoders[0].get_input_embeddings()(torch.tensor(s)) for s in segs]
+        got = [arc.adapters[0].expand(v) for v in vectors]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+    rows_g, rows_w = torch.cat(got), torch.cat(want)
+    assert 1 - (rows_g - rows_w).pow(2).sum() / (rows_w - rows_w.mean(0)).pow(2).sum() == pytest.approx(r2[0], abs=1e-4)
+    assert arc.encode_segments(segs[:1], 0)[0].shape[0] == -(-len(segs[0]) // 2)
+
+
+def test_fitting_needs_a_shared_vocabulary(tiny_arc, tiny_models):
+    arc = tiny_arc()
+    arc._shared_vocab[0] = False  # as for a decoder with its own tokenizer
+    with pytest.raises(ValueError, match="encoder's vocabulary"):
+        arc.fit_projectors_to_embeddings(segments_of(arc, 2))

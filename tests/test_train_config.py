@@ -105,6 +105,7 @@ def test_misspelled_key_is_named_with_its_section(tree, names):
         ({"pooling_schedule": [[0, 5]]}, "pooling_schedule[0]: factor must be >= 1"),
         ({"pooling_schedule": [[2]]}, "pooling_schedule[0] must be [factor, until_step]"),
         ({"pooling_schedule": [2, 5]}, "pooling_schedule[0]: expected a list"),
+        ({"projector_init": "svd"}, "projector_init"),
     ],
 )
 def test_bad_values_are_named(tree, message):

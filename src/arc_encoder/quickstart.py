@@ -37,9 +37,9 @@ from .training.model_init import build_model
 from .training.trainer import (
     Trainer,
     build_data,
-    calibrate_projector_inputs,
     distillation_for,
     held_out_batches,
+    prepare_projectors,
     seed_everything,
 )
 
@@ -276,7 +276,7 @@ def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, 
         # the calibration is an estimate: never overrun the budget
         config.time_limit_minutes = max(0.1, (budget_s - (time.perf_counter() - start)) / 60)
     seed_everything(config.seed)
-    calibrate_projector_inputs(config, arc, runtime)
+    prepare_projectors(config, arc, runtime, log=say)
     data = build_data(config, arc, runtime)
     held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
     trainer = Trainer(

@@ -48,11 +48,33 @@ class DecoderAdapter(nn.Module):
         self.cont = nn.Parameter(torch.ones(encoder_dim))
         self.memory = nn.Parameter(torch.ones(memory_tokens, encoder_dim)) if memory_tokens else None
 
-    def compress(self, pooled: torch.Tensor) -> torch.Tensor:
-        """[..., encoder_dim] -> [..., bottleneck]: the vectors a store keeps."""
+    def projector_input(self, pooled: torch.Tensor) -> torch.Tensor:
+        """What the first linear map reads: the pooled outputs, standardized if configured."""
         if hasattr(self, "input_mean"):
             pooled = (pooled - self.input_mean) / self.input_scale
-        return self.down(pooled)
+        return pooled
+
+    def compress(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[..., encoder_dim] -> [..., bottleneck]: the vectors a store keeps."""
+        return self.down(self.projector_input(pooled))
+
+    @torch.no_grad()
+    def fit_linear(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Set the projector to the least-squares map from x [R, encoder_dim] (pooled outputs) to
+        y [R, decoder_dim]; with a bottleneck, its best rank-`bottleneck` factorisation (truncated
+        SVD, split evenly between the two maps). Returns R^2 of the fitted (factorised) map."""
+        x = self.projector_input(x.float())
+        w = torch.linalg.lstsq(x, y.float()).solution  # [d_e, d_dec]: x @ w ~ y
+        if isinstance(self.down, nn.Identity):
+            self.up.weight.copy_(w.T)
+        else:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)  # w = u diag(s) vh
+            r = self.vector_dim
+            root = s[:r].sqrt()
+            self.down.weight.copy_((u[:, :r] * root).T)  # [r, d_e]
+            self.up.weight.copy_((root[:, None] * vh[:r]).T)  # [d_dec, r]
+        fitted = self.up(self.down(x))
+        return 1.0 - float((fitted - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
 
     def special_bottleneck(self, kind: str) -> torch.Tensor:
         """[bottleneck] vector of <Rec> or <Cont>."""

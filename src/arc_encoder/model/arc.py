@@ -208,6 +208,35 @@ class ARCModel(nn.Module):
         return True
 
     @torch.no_grad()
+    def fit_projectors_to_embeddings(self, segments: list[list[int]], batch_size: int = 16) -> dict[int, float]:
+        """Start each projector from the least-squares map, at pooling factor 1, from the encoder's
+        output at every token to the decoder's embedding of that token (segments: encoder token ids).
+
+        A frozen decoder reads vectors that look like its own token embeddings at once (it copies
+        them as text); from there a pooling-factor curriculum (x1 -> x2 -> x4, TrainConfig
+        .pooling_schedule) keeps the document in the vectors while they learn to pack more tokens.
+        Needs decoders that share the encoder's vocabulary. Returns R^2 per decoder."""
+        if not segments:
+            raise ValueError("fitting the projectors needs at least one segment")
+        r2 = {}
+        for decoder, adapter in enumerate(self.adapters):
+            if not self.shares_vocabulary(decoder):
+                raise ValueError(
+                    f"projector_init=lstsq needs a decoder with the encoder's vocabulary; decoder {decoder} "
+                    f"({self.config.decoders[decoder]}) has another tokenizer"
+                )
+            rows = []
+            with self.encoder.pooling_factor(1):
+                for start in range(0, len(segments), batch_size):
+                    pooled, counts = self._pooled(segments[start : start + batch_size], adapter)
+                    rows += [pooled[i, :m] for i, m in enumerate(counts)]
+            x = torch.cat(rows).float()  # [R, d_e], one row per encoder token
+            ids = torch.tensor([t for seg in segments for t in seg], device=self.device)
+            y = self.decoders[decoder].get_input_embeddings()(ids).float()  # [R, d_dec]
+            r2[decoder] = adapter.fit_linear(x, y)
+        return r2
+
+    @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
         """Compress documents into bottleneck vectors that can be stored and spliced later."""
         if isinstance(texts, str):
@@ -312,12 +341,17 @@ class ARCModel(nn.Module):
     def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
         """Decoder token ids of a segment given in encoder token ids (the same ids when the two
         tokenizers share a vocabulary, else through the text)."""
-        enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
-        if decoder not in self._shared_vocab:
-            self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
-        if self._shared_vocab[decoder]:
+        if self.shares_vocabulary(decoder):
             return list(encoder_ids)
+        enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
         return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
+
+    def shares_vocabulary(self, decoder: int) -> bool:
+        """Whether the decoder's tokenizer has the encoder's vocabulary (ids mean the same tokens)."""
+        if decoder not in self._shared_vocab:
+            enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
+            self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
+        return self._shared_vocab[decoder]
 
     # ----------------------------------------------------------------------------- generation
     @torch.no_grad()

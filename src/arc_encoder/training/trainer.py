@@ -449,15 +449,27 @@ def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: 
     )
 
 
-def calibrate_projector_inputs(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4) -> None:
-    """Standardizing projectors measure their input statistics on a few training batches (drawn
-    from a separate pipeline, so the training data stream is untouched) before the first step."""
-    if not any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters):
+def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4, log=print) -> None:
+    """Before the first step of a fresh run: standardizing projectors measure their input
+    statistics, and with `projector_init: lstsq` every projector starts from its least-squares
+    fit. Both read a few training batches drawn from a separate pipeline (the training stream is
+    untouched); every rank uses rank 0's batches and so computes the same weights."""
+    calibrate = any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters)
+    fit = config.projector_init == "lstsq" and config.model.init_from is None
+    if not (calibrate or fit):
         return
-    # rank 0's first batches on every rank: each computes the same statistics
     probe = build_data(config, arc, Runtime(0, 1, runtime.device))
     segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
-    arc.to(runtime.device).calibrate_projector_inputs(segments)
+    arc.to(runtime.device)
+    if calibrate:
+        arc.calibrate_projector_inputs(segments)
+    if fit:
+        r2 = arc.fit_projectors_to_embeddings(segments)
+        log(
+            "projectors start from their least-squares fit to the token embeddings (R^2 "
+            + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items())
+            + ")"
+        )
 
 
 def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
@@ -484,7 +496,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         say = print if runtime.is_main else (lambda *_: None)
         arc = build_model(config, log=say)
         if not resume:
-            calibrate_projector_inputs(config, arc, runtime)
+            prepare_projectors(config, arc, runtime, log=say)
         data = build_data(config, arc, runtime)
         eval_batches = None
         if config.eval.every:
