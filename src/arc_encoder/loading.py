@@ -14,13 +14,20 @@ def quiet_transformers() -> None:
 
 
 def load_model(model: str):
-    """A saved model folder, or a preset name for a fresh (untrained) model."""
+    """A saved model folder, a shipped model ("smollm2-arc4": trained, in the package), or
+    "PRESET-untrained" / a preset without shipped weights for a fresh, untrained model."""
     from .config import PRESETS
     from .model.arc import ARCModel
+    from .model.delta import SHIPPED
 
     quiet_transformers()
-    if Path(model).is_dir():
+    if Path(model).is_dir() or model in SHIPPED:
         return ARCModel.from_pretrained(model)
-    if model in PRESETS:
-        return ARCModel.from_config(model)
-    raise ValueError(f"{model!r} is neither a saved model folder nor a preset ({', '.join(sorted(PRESETS))})")
+    preset = model.removesuffix(UNTRAINED)
+    if preset in PRESETS:
+        return ARCModel.from_config(preset)
+    names = sorted(SHIPPED) + sorted(p + UNTRAINED if p in SHIPPED else p for p in PRESETS)
+    raise ValueError(f"{model!r} is neither a saved model folder nor a model name ({', '.join(names)})")
+
+
+UNTRAINED = "-untrained"  # "smollm2-arc4-untrained": the preset's architecture, fresh weights

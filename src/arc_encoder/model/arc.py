@@ -19,6 +19,7 @@ from ..config import PRESETS, ARCConfig
 from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
+from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
 from .decoder import (
     generate_ids,
     load_frozen_decoder,
@@ -28,7 +29,7 @@ from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
 from .prefix import PrefixMemo
 from .prompting import Compressed, splice_prompts
-from .registry import resolve_model
+from .registry import resolve_model, sha256_of
 from .splice import Sample, loss_positions, splice
 from .weights import check_tensors, read_weights, shapes_of
 
@@ -478,11 +479,31 @@ class ARCModel(nn.Module):
         dims = [d.config.hidden_size for d in self.decoders]
         write_saved_model(path, state, self.config, dims, self.encoder.hf_config, self.encoder_tokenizer)
 
+    def save_delta(self, path: str | Path, max_mb: float | None = None) -> int:
+        """Save only what differs from the backbone (model/delta.py): the trained encoder blocks,
+        projectors and special tokens. `from_pretrained` rebuilds the rest from the backbone.
+        Refuses (before writing) a delta larger than `max_mb`. Returns its size in bytes."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("decoders.")}
+        backbone = Encoder.from_backbone(resolve_model(self.config.backbone), self.config).state_dict()
+        delta = delta_of(state, {f"encoder.{k}": v for k, v in backbone.items()})
+        size = sum(v.numel() * v.element_size() for v in delta.values())
+        if max_mb is not None and size > max_mb * 2**20:
+            changed = sorted({k.split(".")[2] for k in delta if k.startswith("encoder.layers.")}, key=int)
+            raise ValueError(
+                f"the delta is {size / 2**20:.1f} MB, over the {max_mb} MB asked for: encoder blocks {changed} "
+                "differ from the backbone (train fewer with train_encoder_blocks)"
+            )
+        dims = [d.config.hidden_size for d in self.decoders]
+        write_saved_model(path, delta, self.config, dims, self.encoder.hf_config, None)
+        return size
+
     @classmethod
     def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> ARCModel:
-        """Load a saved model. `decoders` overrides the recorded decoder names or paths (same
-        count and widths), e.g. to point at local copies."""
-        path = Path(path)
+        """Load a saved model: a folder (full or delta), or the name of a model shipped in this
+        package (model/delta.py SHIPPED, e.g. "smollm2-arc4"). `decoders` overrides the recorded
+        decoder names or paths (same count and widths), e.g. to point at local copies."""
+        pinned = SHIPPED.get(str(path))
+        path = shipped_folder(str(path)) or Path(path)
         meta, config = read_saved_config(path)
         if decoders is not None:
             if len(decoders) != len(config.decoders):
@@ -490,21 +511,27 @@ class ARCModel(nn.Module):
                     f"{path} was trained for {len(config.decoders)} decoder(s), got {len(decoders)} replacement(s)"
                 )
             config.decoders = list(decoders)
-        model = cls.from_saved_architecture(path, config)
+        delta = meta.get("weights") == "delta"
+        # a delta's encoder is the backbone's own blocks, overwritten below where they differ
+        model = cls.from_config(config) if delta else cls.from_saved_architecture(path, config)
         for i, (dec, dim) in enumerate(zip(model.decoders, meta["decoder_dims"])):
             if dec.config.hidden_size != dim:
                 raise ValueError(
                     f"decoder {i} ({config.decoders[i]}) has width "
                     f"{dec.config.hidden_size}, but {path} was trained for width {dim}"
                 )
-        model.load_weights(path / WEIGHTS_FILE)
+        if delta:
+            check_checksum(path / WEIGHTS_FILE, meta.get("sha256"), pinned)
+        model.load_weights(path / WEIGHTS_FILE, delta=delta)
         return model
 
-    def load_weights(self, file: str | Path) -> None:
-        """Load encoder + adapter weights, refusing any missing, unexpected or mis-shaped tensor."""
+    def load_weights(self, file: str | Path, delta: bool = False) -> None:
+        """Load encoder + adapter weights, refusing any missing, unexpected or mis-shaped tensor.
+        `delta`: the file may leave out backbone tensors (they keep their current values)."""
         state = read_weights(file)
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("decoders.")}
-        check_tensors(state, shapes_of(own), f"checkpoint {file} (against this model)")
+        expected = expected_in_delta(own, state) if delta else shapes_of(own)
+        check_tensors(state, expected, f"checkpoint {file} (against this model)")
         self.load_state_dict(state, strict=False)
 
     def fingerprint(self) -> str:
@@ -527,7 +554,10 @@ def write_saved_model(
 ) -> None:
     """The saved-model format, the one place that writes it: encoder + adapter tensors
     (model.safetensors), arc_config.json (format version, config, decoder widths), and the
-    truncated backbone's HF config and tokenizer (encoder/). `from_pretrained` reads it back."""
+    truncated backbone's HF config and tokenizer (encoder/). `from_pretrained` reads it back.
+
+    Without a tokenizer the tensors are a delta (model/delta.py): no encoder/ folder (the backbone
+    provides it), and arc_config.json records the weights file's SHA-256 for loading to check."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path / WEIGHTS_FILE))
@@ -537,9 +567,12 @@ def write_saved_model(
         "decoder_dims": list(decoder_dims),
         "encoder_dim": encoder_hf_config.hidden_size,
     }
+    if encoder_tokenizer is None:
+        meta.update(weights="delta", sha256=sha256_of(path / WEIGHTS_FILE))
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    encoder_hf_config.save_pretrained(path / ENCODER_DIR)
-    encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
+    if encoder_tokenizer is not None:
+        encoder_hf_config.save_pretrained(path / ENCODER_DIR)
+        encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
 
 
 def read_saved_config(path: str | Path) -> tuple[dict, ARCConfig]:

@@ -112,7 +112,7 @@ def materialise_embedded(model: EmbeddedModel) -> Path:
             for part in parts:
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, length=1 << 20)
-        if model.sha256 and _sha256(gguf) != model.sha256:
+        if model.sha256 and sha256_of(gguf) != model.sha256:
             raise ValueError(f"assembled {gguf.name} has the wrong checksum; reinstall {model.packages}")
         loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
@@ -132,7 +132,7 @@ def materialise_embedded(model: EmbeddedModel) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -6,7 +6,8 @@ Warm starts cover the paper's three uses (method.md 7.5-7.6):
   decoder name in its config) are loaded, the others start fresh;
 - new-decoder adaptation: fresh projector, <Rec>/<Cont> copied from one of the saved decoders
   (`new_special_from`), encoder frozen by the run's `freeze_encoder`.
-`init_from` is a saved model folder or a training run folder (its latest checkpoint).
+`init_from` is a saved model folder (full or delta), a shipped model name, or a training run folder
+(its latest checkpoint).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..model.arc import CONFIG_FILE, WEIGHTS_FILE, ARCModel, read_saved_config
+from ..model.delta import BACKBONE_PREFIXES, SHIPPED, check_checksum, shipped_folder
 from .config import TrainConfig
 
 # What a warm start may not change: the encoder's weights would not fit.
@@ -28,7 +30,8 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     if spec.init_from is None:
         return ARCModel.from_config(config.arc_config(), pretrained=spec.pretrained)
     source = saved_model_dir(spec.init_from)
-    saved = read_saved_config(source)[1].to_dict()
+    meta, saved = read_saved_config(source)
+    saved = saved.to_dict()
     arc_config = config.arc_config(saved=saved)
     changed = [k for k in _ENCODER_SHAPE if getattr(arc_config, k) != saved.get(k)]
     if changed:
@@ -36,9 +39,13 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
             f"model.init_from: {changed} differ from the saved model in {source}; "
             "a warm start keeps the encoder's shape (the pooling factor may change)"
         )
-    # The saved encoder config already has the truncated depth: no backbone weights are read.
-    arc = ARCModel.from_saved_architecture(source, arc_config, pretrained=spec.pretrained)
-    load_warm_start(arc, source, saved["decoders"], spec.new_special_from, log)
+    delta = meta.get("weights") == "delta"
+    if delta:  # the backbone's blocks, overwritten where the delta has them
+        check_checksum(source / WEIGHTS_FILE, meta.get("sha256"), SHIPPED.get(str(spec.init_from)))
+        arc = ARCModel.from_config(arc_config, pretrained=spec.pretrained)
+    else:  # the saved encoder config already has the truncated depth: no backbone weights are read
+        arc = ARCModel.from_saved_architecture(source, arc_config, pretrained=spec.pretrained)
+    load_warm_start(arc, source, saved["decoders"], spec.new_special_from, log, delta)
     return arc
 
 
@@ -46,6 +53,8 @@ def saved_model_dir(path: str | Path) -> Path:
     """A saved model folder, or a training run folder (its latest complete checkpoint)."""
     from .checkpoint import latest_checkpoint
 
+    if shipped := shipped_folder(str(path)):
+        return shipped
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
@@ -60,14 +69,16 @@ def saved_model_dir(path: str | Path) -> Path:
 
 @torch.no_grad()
 def load_warm_start(
-    arc: ARCModel, source: Path, saved_decoders: list[str], special_from: int | None, log=print
+    arc: ARCModel, source: Path, saved_decoders: list[str], special_from: int | None, log=print, delta: bool = False
 ) -> None:
     state = load_file(str(source / WEIGHTS_FILE))
     if special_from is not None and not 0 <= special_from < len(saved_decoders):
         raise ValueError(f"model.new_special_from={special_from}, but {source} has {len(saved_decoders)} decoder(s)")
     wanted: dict[str, str] = {}  # our key -> key in the saved file
     for key in arc.encoder.state_dict():
-        wanted[f"encoder.{key}"] = f"encoder.{key}"
+        name = f"encoder.{key}"
+        if not delta or name in state or not name.startswith(BACKBONE_PREFIXES):  # a delta leaves them out
+            wanted[name] = name
     for i, name in enumerate(arc.config.decoders):
         adapter_keys = arc.adapters[i].state_dict()
         if name in saved_decoders:
