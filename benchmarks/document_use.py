@@ -13,7 +13,7 @@ measured with
 `right` over `none` comes from the vectors teaching the format (e.g. short answers), not content.
 Exact-match scores can hide this; the evaluation's `mismatched` method is its generation twin.
 
-    python benchmarks/document_use.py --model runs/quickstart/model --data ../shared/data
+    python benchmarks/document_use.py --model runs/quickstart/model --data ../shared/data [--span 128]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main():
     parser.add_argument("--batches", type=int, default=10, help="held-out batches per stage")
     parser.add_argument("--shots", type=int, default=1, help="shots in the fine-tuning prompts")
     parser.add_argument("--reconstruct", type=int, default=3, help="documents reconstructed greedily")
+    parser.add_argument("--span", type=int, default=None, help="tokens per held-out prose span (default: as pretraining)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
@@ -50,6 +51,8 @@ def main():
         pretrain_config(q, data, Path("unused"), 2),
         finetune_config(q, data, Path(args.model), factor, Path("unused"), 2),
     ]
+    if args.span:
+        configs[0].data.update(seq_len=args.span, compress_tokens=args.span, target_tokens=args.span)
     table, reconstructions = {}, None
     for config in configs:
         held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})

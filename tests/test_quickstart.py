@@ -84,11 +84,16 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
 
 
 def test_stage_schedules_follow_the_calibrated_steps(tmp_path):
-    """Warm-up and curriculum are set from the real step count, not a placeholder."""
+    """Warm-up and the pooling-factor curriculum are set from the real step count, not a placeholder."""
     q = QuickstartConfig()
     long = quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 300)
     assert long.optim.warmup_steps == quickstart.PRETRAIN_WARMUP
-    assert long.data["curriculum_batches"] == 120 and long.data["curriculum"] == quickstart.CURRICULUM
+    assert long.pooling_schedule == [[1, 60], [2, 120]] and long.projector_init == "lstsq"
+    x8 = dataclasses.replace(q, arc={"pooling_factors": [8]})
+    assert quickstart.pretrain_config(x8, tmp_path, tmp_path / "p", 10).pooling_schedule == [[1, 2], [2, 4]]
+    x2 = dataclasses.replace(q, arc={"pooling_factors": [2]})
+    assert quickstart.pretrain_config(x2, tmp_path, tmp_path / "p", 10).pooling_schedule == [[1, 2]]
+    assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 2).pooling_schedule == []
     assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 40).optim.warmup_steps == 8
     held = long.eval.data
     assert held["distinct"] and held["samples_per_document"] == 1 and held["curriculum"] == []
