@@ -37,7 +37,9 @@ def main():
     parser.add_argument("--batches", type=int, default=10, help="held-out batches per stage")
     parser.add_argument("--shots", type=int, default=1, help="shots in the fine-tuning prompts")
     parser.add_argument("--reconstruct", type=int, default=3, help="documents reconstructed greedily")
-    parser.add_argument("--span", type=int, default=None, help="tokens per held-out prose span (default: as pretraining)")
+    parser.add_argument(
+        "--span", type=int, default=None, help="tokens per held-out prose span (default: pretraining's)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()

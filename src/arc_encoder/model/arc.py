@@ -19,12 +19,12 @@ from ..config import PRESETS, ARCConfig
 from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
-from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
 from .decoder import (
     generate_ids,
     load_frozen_decoder,
     target_logits,
 )
+from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
 from .distill import Distillation, kl_to_teacher, teacher_inputs
 from .encoder import Encoder
 from .prefix import PrefixMemo
@@ -471,11 +471,7 @@ class ARCModel(nn.Module):
         from sharded FSDP parameters)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: v.detach().contiguous().cpu()
-            for k, v in (state_dict or self.state_dict()).items()
-            if not k.startswith("decoders.")
-        }
+        state = saved_tensors(state_dict or self.state_dict())
         dims = [d.config.hidden_size for d in self.decoders]
         write_saved_model(path, state, self.config, dims, self.encoder.hf_config, self.encoder_tokenizer)
 
@@ -483,7 +479,7 @@ class ARCModel(nn.Module):
         """Save only what differs from the backbone (model/delta.py): the trained encoder blocks,
         projectors and special tokens. `from_pretrained` rebuilds the rest from the backbone.
         Refuses (before writing) a delta larger than `max_mb`. Returns its size in bytes."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("decoders.")}
+        state = saved_tensors(self.state_dict())
         backbone = Encoder.from_backbone(resolve_model(self.config.backbone), self.config).state_dict()
         delta = delta_of(state, {f"encoder.{k}": v for k, v in backbone.items()})
         size = sum(v.numel() * v.element_size() for v in delta.values())
@@ -542,6 +538,11 @@ class ARCModel(nn.Module):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def saved_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a save holds of a state dict: everything but the frozen decoders, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith("decoders.")}
 
 
 def write_saved_model(
