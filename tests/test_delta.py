@@ -84,6 +84,19 @@ def test_a_delta_rebuilds_the_trained_model_bit_for_bit(trained, tmp_path):
         assert torch.equal(a.chunks[0], b.chunks[0])
 
 
+def test_a_float16_delta_is_the_trained_model_rounded_once(trained, tmp_path):
+    full_size = trained.save_delta(tmp_path / "fp32")
+    half_size = trained.save_delta(tmp_path / "fp16", dtype=torch.float16)
+    assert half_size * 2 == full_size
+    loaded = ARCModel.from_pretrained(tmp_path / "fp16")
+    saved = read_weights(tmp_path / "fp16" / "model.safetensors")
+    reference = trained.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32, k
+        expected = reference[k].half().float() if k in saved else reference[k]
+        assert torch.equal(v, expected), k
+
+
 def test_a_corrupt_or_truncated_delta_is_refused(trained, tmp_path):
     trained.save_delta(tmp_path / "d")
     weights = tmp_path / "d" / "model.safetensors"
@@ -138,3 +151,19 @@ def test_training_warm_starts_from_a_delta(trained, tiny_models, tmp_path):
     reference = trained.state_dict()
     for k, v in arc.state_dict().items():
         assert torch.equal(v, reference[k]), k
+
+
+def test_convert_delta_command(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from arc_encoder.cli import app
+
+    trained.save_pretrained(tmp_path / "full")
+    result = CliRunner().invoke(app, ["convert", "delta", str(tmp_path / "full"), str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["megabytes"] > 0
+    assert ARCModel.from_pretrained(tmp_path / "d").fingerprint() == trained.fingerprint()
+    again = CliRunner().invoke(app, ["convert", "delta", str(tmp_path / "full"), str(tmp_path / "d")])
+    assert again.exit_code == 1 and "is not empty" in again.output
+    small = CliRunner().invoke(app, ["convert", "delta", str(tmp_path / "full"), str(tmp_path / "e"), "--max-mb", "0"])
+    assert small.exit_code == 1 and "over the 0.0 MB" in small.output

@@ -216,6 +216,8 @@ def test_configs_are_shipped():
     for name in [
         "smollm2-pretrain-cpu.yaml",
         "smollm2-finetune-cpu.yaml",
+        "smollm2-arc4-default.yaml",
+        "smollm2-arc4-default-finetune.yaml",
         "paper/llama3-arc8-pretrain.yaml",
         "paper/llama3-arc4-finetune.yaml",
         "paper/mistral-arc4-finetune.yaml",

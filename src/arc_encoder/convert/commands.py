@@ -1,4 +1,5 @@
-"""`arc-encoder convert ...`: move checkpoints between the official Kyutai format and ours."""
+"""`arc-encoder convert ...`: move checkpoints between the official Kyutai format and ours, and
+shrink a saved model to a delta against its backbone."""
 
 from __future__ import annotations
 
@@ -75,6 +76,33 @@ def to_kyutai(
     quiet()
     summary = _run(lambda: export_kyutai(src, dst))
     typer.echo(json.dumps(summary))
+
+
+@convert_app.command("delta")
+def delta(
+    src: Path = typer.Argument(..., help="a saved arc-encoder model folder, or a training run (its latest checkpoint)"),
+    dst: Path = typer.Argument(..., help="new folder for the delta"),
+    max_mb: float | None = typer.Option(None, "--max-mb", help="refuse a delta larger than this"),
+    float16: bool = typer.Option(False, "--float16", help="store tensors in float16: half the size, rounded"),
+):
+    """Keep only what differs from the backbone (trained blocks, projectors, special tokens): a
+    small folder that loads with ARCModel.from_pretrained like the full one (bit for bit, unless
+    --float16)."""
+    from ..model.arc import ARCModel
+    from ..training.model_init import saved_model_dir
+
+    quiet()
+
+    def job():
+        if dst.exists() and any(dst.iterdir()):
+            raise FileExistsError(f"{dst} is not empty")
+        import torch
+
+        dtype = torch.float16 if float16 else None
+        size = ARCModel.from_pretrained(saved_model_dir(src)).save_delta(dst, max_mb, dtype)
+        return {"source": str(src), "delta": str(dst), "megabytes": round(size / 2**20, 2)}
+
+    typer.echo(json.dumps(_run(job)))
 
 
 def quiet() -> None:

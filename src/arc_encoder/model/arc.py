@@ -475,13 +475,16 @@ class ARCModel(nn.Module):
         dims = [d.config.hidden_size for d in self.decoders]
         write_saved_model(path, state, self.config, dims, self.encoder.hf_config, self.encoder_tokenizer)
 
-    def save_delta(self, path: str | Path, max_mb: float | None = None) -> int:
+    def save_delta(self, path: str | Path, max_mb: float | None = None, dtype: torch.dtype | None = None) -> int:
         """Save only what differs from the backbone (model/delta.py): the trained encoder blocks,
-        projectors and special tokens. `from_pretrained` rebuilds the rest from the backbone.
+        projectors and special tokens. `from_pretrained` rebuilds the rest from the backbone, bit
+        for bit unless `dtype` (e.g. torch.float16: half the bytes) rounds the saved tensors.
         Refuses (before writing) a delta larger than `max_mb`. Returns its size in bytes."""
         state = saved_tensors(self.state_dict())
         backbone = Encoder.from_backbone(resolve_model(self.config.backbone), self.config).state_dict()
         delta = delta_of(state, {f"encoder.{k}": v for k, v in backbone.items()})
+        if dtype is not None:
+            delta = {k: v.to(dtype) if v.is_floating_point() else v for k, v in delta.items()}
         size = sum(v.numel() * v.element_size() for v in delta.values())
         if max_mb is not None and size > max_mb * 2**20:
             changed = sorted({k.split(".")[2] for k in delta if k.startswith("encoder.layers.")}, key=int)
