@@ -27,6 +27,7 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
             "chunk_tokens": 256,
         },
         pretrained=False,
+        from_scratch=True,
         finetune_factors=[4, 8],
         finetune_shots=1,
         eval_shots=2,
@@ -43,15 +44,15 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
         "report.png",
         "model/arc_config.json",
         "model/model.safetensors",
-        "predictions-x4.json",
-        "predictions-x8.json",
+        "predictions-arc4.json",
+        "predictions-arc8.json",
         "pretrain/metrics.jsonl",
     ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "report.json").read_text())
     assert saved["pretrain"]["steps"] == 3
     # the table is computed from the evaluated answers: recompute EM from the saved predictions
-    predictions = json.loads((out / "predictions-x4.json").read_text())
+    predictions = json.loads((out / "predictions-arc4.json").read_text())
     for row in saved["table"]:
         if row["method"] != "arc8":
             rows = predictions["arc" if row["method"] == "arc4" else row["method"]]
@@ -80,7 +81,41 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert trained == [str(out / "finetune-x8")]
     assert resumed["pretrain"] == saved["pretrain"] | {"seconds": 0.0}
     assert resumed["finetune"]["4"]["checkpoint"] == saved["finetune"]["4"]["checkpoint"]
-    assert json.loads((out / "report.json").read_text())["evaluation"]["4"]["questions"] == 3
+    assert json.loads((out / "report.json").read_text())["evaluation"]["arc4"]["questions"] == 3
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
+def test_tiny_demo_from_a_shipped_model(tiny_arc, tiny_models, tmp_path, monkeypatch):
+    """The default path (make demo): the shipped model's table first, then further fine-tuning."""
+    from arc_encoder.model import delta
+
+    long = tiny_models["llama-long"]
+    tiny_arc(backbone=long, decoders=[long], chunk_tokens=256, bottleneck=16, pooling_factors=[4]).save_delta(
+        tmp_path / "tiny-shipped"
+    )
+    sha = json.loads((tmp_path / "tiny-shipped" / "arc_config.json").read_text())["sha256"]
+    monkeypatch.setattr(delta, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setitem(delta.SHIPPED, "tiny-shipped", sha)
+    q = QuickstartConfig(
+        out=str(tmp_path / "demo"),
+        data=str(SHARED_DATA),
+        start_from="tiny-shipped",
+        eval_shots=2,
+        eval_questions=5,
+        finetune_steps=2,
+        finetune_batch=2,
+    )
+    report = run_quickstart(q)
+    assert report["pretrain"] is None
+    labels = [r["method"] for r in report["table"]]
+    assert labels == ["closed", "open", "arc4 shipped", "mismatched", "truncate", "arc4 fine-tuned"]
+    assert report["finetune"]["4"]["steps"] == 2
+    shipped = json.loads((tmp_path / "demo" / "predictions-arc4-shipped.json").read_text())
+    tuned = json.loads((tmp_path / "demo" / "predictions-arc4-fine-tuned.json").read_text())
+    assert [r["id"] for r in tuned["arc"]] == [r["id"] for r in shipped["arc"]]  # the same questions
+    diffs = [a["em"] - b["em"] for a, b in zip(tuned["arc"], shipped["arc"])]
+    assert report["arc4_fine-tuned_minus_arc4_shipped_em"]["diff"] == pytest.approx(sum(diffs) / len(diffs))
+    assert set(report["example"]["answers"]) == set(labels)
 
 
 def test_stage_schedules_follow_the_calibrated_steps(tmp_path):
@@ -97,9 +132,14 @@ def test_stage_schedules_follow_the_calibrated_steps(tmp_path):
     assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 40).optim.warmup_steps == 8
     held = long.eval.data
     assert held["distinct"] and held["samples_per_document"] == 1 and held["curriculum"] == []
-    ft = quickstart.finetune_config(q, tmp_path, tmp_path / "p", 4, tmp_path / "f", 100)
+    scratch = dataclasses.replace(q, from_scratch=True)
+    ft = quickstart.finetune_config(scratch, tmp_path, tmp_path / "p", 4, tmp_path / "f", 100)
     assert ft.optim.warmup_steps == quickstart.FINETUNE_WARMUP
     assert ft.model.arc["pooled_receptive_field"] == 0 and ft.model.arc["pooling_factors"] == [4]
+    # from a trained model, its own encoder settings stand
+    assert quickstart.finetune_config(q, tmp_path, "smollm2-arc4", 4, tmp_path / "f", 9).model.arc == {
+        "pooling_factors": [4]
+    }
 
 
 def test_missing_data_says_what_to_do(tmp_path, monkeypatch):

@@ -51,6 +51,12 @@ class QuickstartConfig:
     budget_minutes: float = 30.0
     out: str = "runs/quickstart"
     data: str | None = None  # folder with prose/ and squad/ (see find_data)
+    # Start from this trained model (a shipped name or a saved folder): evaluate it within
+    # first_table_minutes, then fine-tune it further with the rest of the budget.
+    start_from: str = "smollm2-arc4"
+    first_table_minutes: float = 9.0
+    # Train from nothing instead: pretrain `preset`, fine-tune at each of `finetune_factors`.
+    from_scratch: bool = False
     preset: str = "smollm2-arc4"  # the pretraining model: pooling factor 4
     # ARCConfig overrides on top of RECIPE_ARC (tests use tiny models)
     arc: dict = field(default_factory=dict)
@@ -99,6 +105,8 @@ FINETUNE_WARMUP = 5
 
 # Settings that change what the training stages produce: a resumed run must match them.
 TRAINING_FIELDS = (
+    "start_from",
+    "from_scratch",
     "preset",
     "arc",
     "pretrained",
@@ -217,7 +225,8 @@ def finetune_config(
         {
             "model": {
                 "init_from": str(init_from),
-                "arc": arc_overrides(q, pooling_factors=[factor]),
+                # from scratch, the pretraining's settings; a trained start keeps its own
+                "arc": arc_overrides(q, pooling_factors=[factor]) if q.from_scratch else {"pooling_factors": [factor]},
                 "pretrained": q.pretrained,
             },
             "data": {
@@ -369,10 +378,15 @@ def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, me
     return max(50, int(budget_s / per_question * 0.8))
 
 
-def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
-    """One held-out question: the paragraph, its size before and after, and three answers."""
-    rows = {name: {r["id"]: r for r in rows} for name, rows in result["predictions"].items()}
-    arc_rows, control = rows["arc"], rows.get("mismatched", {})
+def show_example(arc: ARCModel, results: dict[str, dict], examples_by_id: dict) -> dict:
+    """One held-out question: the paragraph, its size before and after, and every method's answer
+    (the ARC rows under their names in `results`, the last one picked for)."""
+    rows = {}
+    for i, (label, result) in enumerate(results.items()):
+        for name, predictions in result["predictions"].items():
+            if name == "arc" or i == 0:
+                rows[label if name == "arc" else name] = {r["id"]: r for r in predictions}
+    arc_rows, control = rows[list(results)[-1]], rows.get("mismatched", {})
     # prefer a question ARC answers right only from the right document, then any ARC got right
     right = [i for i, r in arc_rows.items() if r.get("em")]
     pick = next((i for i in right if not control.get(i, {}).get("em")), next(iter(right), next(iter(arc_rows))))
@@ -402,23 +416,25 @@ def show_example(arc: ARCModel, result: dict, examples_by_id: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-def em_difference(result: dict, a: str, b: str) -> dict:
-    """EM of method a minus method b and its standard error. Both answer the same questions, so
-    the error comes from the per-question differences (paired), not from the two errors apart."""
-    b_em = {r["id"]: r["em"] for r in result["predictions"][b]}
-    mean, stderr = mean_with_stderr([r["em"] - b_em[r["id"]] for r in result["predictions"][a]])
+def em_difference(result_a: dict, a: str, result_b: dict, b: str) -> dict:
+    """EM of method a (in result_a) minus method b (in result_b) and its standard error, over the
+    questions both answered. The error comes from the per-question differences (paired), not from
+    the two errors apart."""
+    b_em = {r["id"]: r["em"] for r in result_b["predictions"][b]}
+    mean, stderr = mean_with_stderr([r["em"] - b_em[r["id"]] for r in result_a["predictions"][a] if r["id"] in b_em])
     return {"diff": mean, "stderr": stderr}
 
 
-def summary_table(results: dict[int, dict]) -> list[dict]:
+def summary_table(results: dict[str, dict]) -> list[dict]:
+    """One row per ARC model (keyed by its row name) and, from the first evaluation, one per baseline."""
     rows = []
-    for factor, result in results.items():
+    for i, (label, result) in enumerate(results.items()):
         for name, m in result["metrics"].items():
-            if name != "arc" and factor != next(iter(results)):
+            if name != "arc" and i > 0:
                 continue  # baselines once
             rows.append(
                 {
-                    "method": f"arc{factor}" if name == "arc" else name,
+                    "method": label if name == "arc" else name,
                     "em": m["em"]["mean"],
                     "em_se": m["em"]["stderr"],
                     "f1": m["f1"]["mean"],
@@ -488,35 +504,85 @@ def plot_report(path: Path, curves: dict[str, list[dict]], rows: list[dict]) -> 
 
 
 # ----------------------------------------------------------------------------- the recipe
+EVAL_STAGE_WHY = (
+    "Articles of these questions never appear in training. Same prompt, shots and greedy\n"
+    "   decoding for every method; truncation keeps as many document tokens as ARC uses vectors;\n"
+    "   'mismatched' is ARC reading another question's document: what the format alone scores."
+)
+BASELINES = ["closed", "open", "arc", "mismatched", "truncate"]
+
+
 def run_quickstart(q: QuickstartConfig) -> dict:
+    """From the shipped encoder (default): evaluate it, fine-tune it further, evaluate again.
+    With `from_scratch`: pretrain, fine-tune at each of `finetune_factors`, evaluate each."""
     t0 = time.perf_counter()
     budget = q.budget_minutes * 60
     data = find_data(q.data)
     out = prepare_out(q)
     torch.manual_seed(q.seed)
     say(f"arc-encoder quickstart: budget {q.budget_minutes:.0f} min, data {data}, output {out}")
-
-    stage(
-        1,
-        f"pretraining at pooling factor {pretrain_factor(q)} on prose",
-        f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
-        "   reads back (reconstruction). It starts with one vector per token, mapped onto the decoder's own\n"
-        "   token embeddings, and packs 2, then 4 tokens per vector: the decoder reads the vectors from the\n"
-        "   first step instead of learning to ignore them.",
-    )
-    pre_ckpt, pre_steps, pre_s = reuse_or_train(
-        q,
-        lambda steps: pretrain_config(q, data, out / "pretrain", steps),
-        out / "pretrain",
-        budget * q.pretrain_share,
-        q.pretrain_steps,
-    )
-
-    results, finetune_runs, evaluation = {}, {}, {}
     dev = load_jsonl(data / "squad/dev.jsonl")
-    by_id = {e.id: e for e in dev}
-    ft_budget = budget * q.finetune_share / len(q.finetune_factors)
-    for factor in q.finetune_factors:
+    device = pick_device(q.device)
+    results: dict[str, dict] = {}  # ARC row name -> evaluation
+    evaluation: dict[str, dict] = {}
+    questions = q.eval_questions
+
+    def evaluate_stage(label: str, arc: ARCModel, methods: list[str], seconds: float) -> None:
+        nonlocal questions
+        if questions is None:
+            questions = eval_question_count(arc, dev, q.eval_shots, seconds, len(methods))
+        say(f"   {questions} questions, {q.eval_shots} shots, methods: {', '.join(methods)}")
+        t = time.perf_counter()
+        results[label] = evaluate(
+            arc, "squad", dev, methods, shots=q.eval_shots, limit=questions, seed=q.seed, shuffle=True, progress=True
+        )
+        evaluation[label] = {"questions": questions, "seconds": time.perf_counter() - t}
+        if results and label != next(iter(results)):  # baselines come from the first evaluation
+            first = results[next(iter(results))]["metrics"]
+            m = results[label]["metrics"]["arc"]
+            m["gain_kept"] = {
+                k: gain_kept(m[k]["mean"], first["closed"][k]["mean"], first["open"][k]["mean"]) for k in ("em", "f1")
+            }
+
+    pre = None
+    if q.from_scratch:
+        stage(
+            1,
+            f"pretraining at pooling factor {pretrain_factor(q)} on prose",
+            f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
+            "   reads back (reconstruction). It starts with one vector per token, mapped onto the decoder's own\n"
+            "   token embeddings, and packs 2, then 4 tokens per vector: the decoder reads the vectors from the\n"
+            "   first step instead of learning to ignore them.",
+        )
+        pre_ckpt, pre_steps, pre_s = reuse_or_train(
+            q,
+            lambda steps: pretrain_config(q, data, out / "pretrain", steps),
+            out / "pretrain",
+            budget * q.pretrain_share,
+            q.pretrain_steps,
+        )
+        pre = {"checkpoint": str(pre_ckpt), "steps": pre_steps, "seconds": pre_s}
+        start, factors = pre_ckpt, q.finetune_factors
+        ft_budget = budget * q.finetune_share / len(factors)
+    else:
+        stage(
+            1,
+            f"the shipped encoder {q.start_from} on held-out SQuAD questions",
+            "Trained by this project (configs/smollm2-arc4-default*.yaml) on prose and SQuAD train articles.\n   "
+            + EVAL_STAGE_WHY,
+        )
+        shipped = ARCModel.from_pretrained(q.start_from).to(device).eval()
+        factor = shipped.config.pooling_factor
+        evaluate_stage(f"arc{factor} shipped", shipped, BASELINES, q.first_table_minutes * 60 - 20)
+        print_table(summary_table(results))
+        say_differences(results, f"arc{factor} shipped")
+        del shipped
+        start, factors = q.start_from, [factor]
+        arc_seconds = results[f"arc{factor} shipped"]["metrics"]["arc"]["seconds_per_example"]
+        ft_budget = max(60.0, budget - (time.perf_counter() - t0) - 1.3 * arc_seconds * questions - 60)
+
+    finetune_runs = {}
+    for factor in factors:
         stage(
             2,
             f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts",
@@ -526,86 +592,77 @@ def run_quickstart(q: QuickstartConfig) -> dict:
         run_dir = out / f"finetune-x{factor}"
         ckpt, steps, seconds = reuse_or_train(
             q,
-            lambda steps: finetune_config(q, data, pre_ckpt, factor, run_dir, steps),
+            lambda steps: finetune_config(q, data, start, factor, run_dir, steps),
             run_dir,
             ft_budget,
             q.finetune_steps,
         )
         finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
 
-    for i, factor in enumerate(q.finetune_factors):
-        stage(
-            3,
-            f"evaluating ARC{factor} on held-out SQuAD questions",
-            "Articles of these questions never appear in training. Same prompt, shots and greedy\n"
-            "   decoding for every method; truncation keeps as many document tokens as ARC uses vectors;\n"
-            "   'mismatched' is ARC reading another question's document: what the format alone scores.",
-        )
-        arc = ARCModel.from_pretrained(finetune_runs[factor]["checkpoint"]).to(pick_device(q.device)).eval()
-        methods = ["closed", "open", "arc", "mismatched", "truncate"] if i == 0 else ["arc"]
+    for i, factor in enumerate(factors):
+        label = f"arc{factor}" if q.from_scratch else f"arc{factor} fine-tuned"
+        stage(3, f"evaluating {label.upper()} on held-out SQuAD questions", EVAL_STAGE_WHY)
+        arc = ARCModel.from_pretrained(finetune_runs[factor]["checkpoint"]).to(device).eval()
         remaining = budget - (time.perf_counter() - t0)
-        n = q.eval_questions or eval_question_count(
-            arc, dev, q.eval_shots, remaining / (len(q.finetune_factors) - i) - 30, len(methods)
-        )
-        say(f"   {n} questions, {q.eval_shots} shots, methods: {', '.join(methods)}")
-        t = time.perf_counter()
-        results[factor] = evaluate(
-            arc, "squad", dev, methods, shots=q.eval_shots, limit=n, seed=q.seed, shuffle=True, progress=True
-        )
-        evaluation[factor] = {"questions": n, "seconds": time.perf_counter() - t}
-        if i > 0:  # baselines come from the first factor's run
-            first = results[q.finetune_factors[0]]["metrics"]
-            m = results[factor]["metrics"]["arc"]
-            m["gain_kept"] = {
-                k: gain_kept(m[k]["mean"], first["closed"][k]["mean"], first["open"][k]["mean"]) for k in ("em", "f1")
-            }
+        evaluate_stage(label, arc, BASELINES if not results else ["arc"], remaining / (len(factors) - i) - 30)
 
-    first = q.finetune_factors[0]
+    first_label = next(iter(results))
     stage(4, "one example and a reconstruction", "What the model saw, and what the decoder makes of the vectors alone.")
-    arc = ARCModel.from_pretrained(finetune_runs[first]["checkpoint"]).to(pick_device(q.device)).eval()
-    example = show_example(arc, results[first], by_id)
+    last = factors[0]
+    arc = ARCModel.from_pretrained(finetune_runs[last]["checkpoint"]).to(device).eval()
+    example = show_example(arc, results, {e.id: e for e in dev})
 
     rows = summary_table(results)
     print_table(rows)
     model_dir = out / "model"
     shutil.copytree(
-        finetune_runs[first]["checkpoint"],
+        finetune_runs[last]["checkpoint"],
         model_dir,
         dirs_exist_ok=q.resume,
         ignore=shutil.ignore_patterns("trainer_state*", "optimizer*", "train_config*"),
     )
-    curves = {
-        f"pretraining (factor {pretrain_factor(q)})": read_metrics(out / "pretrain"),
-        f"fine-tuning (factor {first})": read_metrics(out / f"finetune-x{first}"),
-    }
+    curves = {f"fine-tuning (factor {last})": read_metrics(out / f"finetune-x{last}")}
+    if q.from_scratch:
+        curves = {f"pretraining (factor {pretrain_factor(q)})": read_metrics(out / "pretrain"), **curves}
     plot_report(out / "report.png", curves, rows)
-    differences = {
-        f"arc_minus_{other}_em": em_difference(results[first], "arc", other) for other in ("closed", "mismatched")
-    }
+    differences = say_differences(results, first_label)
     report = {
         "config": asdict(q),
         "data": str(data),
         "wall_seconds": time.perf_counter() - t0,
-        "pretrain": {"checkpoint": str(pre_ckpt), "steps": pre_steps, "seconds": pre_s},
+        "pretrain": pre,
         "finetune": {str(k): v for k, v in finetune_runs.items()},
-        "evaluation": {str(k): v for k, v in evaluation.items()},
+        "evaluation": evaluation,
         "table": rows,
         **differences,
         "example": example,
         "model": str(model_dir),
-        "metrics": {str(k): r["metrics"] for k, r in results.items()},
+        "metrics": {label: r["metrics"] for label, r in results.items()},
     }
     write_json(out / "report.json", report)
-    for factor, result in results.items():
-        write_json(out / f"predictions-x{factor}.json", result["predictions"], indent=1)
-    for name, d in differences.items():
-        other = name.removeprefix("arc_minus_").removesuffix("_em")
-        say(f"ARC{first} - {other} EM: {d['diff']:+.1f} ± {d['stderr']:.1f} (standard error)")
+    for label, result in results.items():
+        write_json(out / f"predictions-{label.replace(' ', '-')}.json", result["predictions"], indent=1)
     say(
         f"wall time {report['wall_seconds'] / 60:.1f} min. Saved: {model_dir} (load with "
         f"ARCModel.from_pretrained), {out / 'report.json'}, {out / 'report.png'}"
     )
     return report
+
+
+def say_differences(results: dict[str, dict], first: str) -> dict:
+    """Paired EM differences: the first ARC model against closed-book and a mismatched document,
+    and every later one (fine-tuned) against the first."""
+    found = {
+        f"arc_minus_{other}_em": em_difference(results[first], "arc", results[first], other)
+        for other in ("closed", "mismatched")
+    }
+    for label in list(results)[1:]:
+        found[f"{label.replace(' ', '_')}_minus_{first.replace(' ', '_')}_em"] = em_difference(
+            results[label], "arc", results[first], "arc"
+        )
+    for name, d in found.items():
+        say(f"   {name.replace('_', ' ')}: {d['diff']:+.1f} ± {d['stderr']:.1f} (standard error)")
+    return found
 
 
 def pretrain_factor(q: QuickstartConfig) -> int:
