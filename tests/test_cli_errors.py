@@ -24,14 +24,24 @@ def model_dir(saved_model):
 def cases(model, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     out = str(tmp_path / "v.safetensors")
+    use = ["compress", "--model", model]
     return [
-        (["compress", model, "   ", "--out", out], "cannot compress an empty or whitespace-only document"),
-        (["compress", model, "@" + str(tmp_path / "missing.txt"), "--out", out], "missing.txt: no such file"),
-        (["compress", model, "@" + str(tmp_path / "latin1.txt"), "--out", out], "latin1.txt: not UTF-8 text"),
-        (["compress", model, "a text", "--out", str(tmp_path / "no" / "v.st")], "does not exist"),
-        (["compress", model, "a text", "--out", out, "--decoder", "3"], "decoder index 3 does not exist"),
-        (["compress", str(tmp_path / "nothing"), "a text", "--out", out], "neither a saved model folder nor a preset"),
-        (["compress", model, "caf\udce9", "--out", out], "the text is not valid UTF-8"),
+        ([*use, "   ", "--out", out], "cannot compress an empty or whitespace-only document"),
+        (
+            [*use, "@" + str(tmp_path / "missing.txt"), "--out", out],
+            "missing.txt: no such file",
+        ),
+        (
+            [*use, "@" + str(tmp_path / "latin1.txt"), "--out", out],
+            "latin1.txt: not UTF-8 text",
+        ),
+        ([*use, "a text", "--out", str(tmp_path / "no" / "v.st")], "does not exist"),
+        ([*use, "a text", "--out", out, "--decoder", "3"], "decoder index 3 does not exist"),
+        (
+            ["compress", "--model", str(tmp_path / "nothing"), "a text", "--out", out],
+            "neither a saved model folder nor a model name",
+        ),
+        ([*use, "caf\udce9", "--out", out], "the text is not valid UTF-8"),
     ]
 
 
@@ -45,7 +55,7 @@ def test_user_mistakes_are_one_line_with_exit_code_2(model_dir, tmp_path, monkey
 
 def test_debug_shows_the_traceback(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        sys, "argv", ["arc-encoder", "--debug", "compress", model_dir, "  ", "--out", str(tmp_path / "v")]
+        sys, "argv", ["arc-encoder", "--debug", "compress", "--model", model_dir, "  ", "--out", str(tmp_path / "v")]
     )
     with pytest.raises(ValueError, match="empty or whitespace-only"):
         main()

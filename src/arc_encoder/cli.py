@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .loading import load_model, quiet_transformers
+from .loading import DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
 from .prompt import DOCUMENT, after_document, closed_question
 from .records import command_line_text
 
@@ -42,7 +42,7 @@ DEMO_DOCUMENT = (
 
 @app.command()
 def demo(
-    model: str = typer.Option("smollm2-arc4", help="saved model folder or preset"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     question: str = typer.Option("Who is the tower named after?"),
 ):
     """Compress a document and answer a question about it, next to the open-book answer."""
@@ -68,14 +68,14 @@ def demo(
         t = time.perf_counter()
         out = arc.generate(prompt, max_new_tokens=24, stop=["\n"])[0]
         print(f"{name:>12}: {out.text.strip()!r}  ({out.prompt_length} positions, {time.perf_counter() - t:.2f}s)")
-    if not Path(model).is_dir():
-        print("note: this projector is untrained; `arc-encoder quickstart` trains one.")
+    if model.endswith(UNTRAINED):
+        print(f"note: {model} is untrained; drop --model for the shipped {DEFAULT_MODEL}.")
 
 
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="saved model folder"),
     text: str = typer.Argument(..., help="text to compress, or @FILE to read it from a file"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="safetensors file for the vectors"),
     decoder: int = typer.Option(0, help="decoder index"),
 ):

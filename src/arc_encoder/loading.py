@@ -31,3 +31,5 @@ def load_model(model: str):
 
 
 UNTRAINED = "-untrained"  # "smollm2-arc4-untrained": the preset's architecture, fresh weights
+DEFAULT_MODEL = "smollm2-arc4"  # shipped in the package: SmolLM2-135M's encoder for itself, x4
+MODEL_HELP = "saved model folder, shipped model (smollm2-arc4) or PRESET-untrained"

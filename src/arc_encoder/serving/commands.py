@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..loading import DEFAULT_MODEL, MODEL_HELP
+
 API_KEY_ENV = "ARC_ENCODER_API_KEY"
 
 
@@ -28,7 +30,7 @@ def _load(model: str, device: str):
 
 def index(
     corpus: Path = typer.Argument(..., help='JSONL file, one {"id": ..., "text": ...} per line'),
-    model: str = typer.Option(..., "--model", help="saved model folder (or a preset)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
     codec: str = typer.Option("float32", help="float32, float16, pq2, pq1, pq0.5 or pq0.25 (PQ bits per dimension)"),
     batch_size: int = typer.Option(16, help="chunks per encoder batch"),
@@ -80,7 +82,7 @@ def store_info(path: Path = typer.Argument(..., help="vector store folder")):
 
 def ask(
     question: str = typer.Argument(..., help="the question"),
-    model: str = typer.Option(..., "--model", help="the model folder the store was built with"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="the model the store was built with"),
     store: Path = typer.Option(..., "--store", help="vector store folder"),
     k: int = typer.Option(3, help="chunks to retrieve"),
     max_new_tokens: int = typer.Option(64),
@@ -111,7 +113,7 @@ def ask(
 
 
 def serve(
-    model: str = typer.Option(..., "--model", help="saved model folder (or a preset)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
