@@ -95,3 +95,25 @@ def test_openai_client_chat_with_a_compressed_document(smollm2, tmp_path):
     as_text = smollm2.decoder_tokenizers[0](before + "Document: " + PARAGRAPH + "\n" + question + after)["input_ids"]
     assert r.usage.prompt_tokens == expected.prompt_length < len(as_text)
     assert r.model_extra["arc"]["compressed_vectors"] == expected.compressed_vectors > 0
+
+
+def test_shipped_encoder_loads_offline_and_carries_its_document():
+    """`from_pretrained("smollm2-arc4")`: the embedded GGUF + the 14 MB shipped delta (checksum
+    verified). Its vectors must carry their document: reconstruction with the right document is
+    clearly better than with another one (an untrained encoder gives a gap of ~0)."""
+    from arc_encoder.evaluation.content import content_report, text_batches
+
+    arc = ARCModel.from_pretrained("smollm2-arc4").eval()
+    texts = [
+        PARAGRAPH,
+        "The Eiffel Tower was built for the 1889 World's Fair in Paris and was the tallest structure "
+        "in the world for four decades, until the Chrysler Building in New York was finished.",
+        "Photosynthesis converts light energy into chemical energy: plants take in carbon dioxide and "
+        "water and release oxygen, storing the energy as sugars in their leaves and stems.",
+        "The Great Fire of London began in a bakery on Pudding Lane in September 1666 and burned for "
+        "four days, destroying thousands of houses and the medieval St Paul's Cathedral.",
+    ]
+    report = content_report(arc, text_batches(arc, texts, span=32))
+    rec = report["tasks"]["reconstruction"]
+    assert rec["gap"] > 0.5, rec  # nats/token; measured ~1.3 on held-out prose
+    assert rec["accuracy"] > rec["accuracy_none"] + 0.05, rec

@@ -146,8 +146,17 @@ def quickstart(
     ),
     eval_questions: int | None = typer.Option(None, help="held-out questions (default: what the budget allows)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished training stages"),
+    start_from: str = typer.Option(
+        "smollm2-arc4", help="shipped encoder or saved folder to evaluate first, then fine-tune further"
+    ),
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="ignore --start-from: pretrain a fresh encoder, then fine-tune it"
+    ),
 ):
-    """Train an ARC-Encoder on the embedded default (pretrain, fine-tune) and show it works."""
+    """Show ARC-Encoder working on held-out SQuAD questions, then what further training adds.
+
+    By default: evaluate the shipped encoder (first table within minutes), then fine-tune it with
+    the rest of the budget. With --from-scratch: pretrain and fine-tune a fresh encoder instead."""
     from .quickstart import QuickstartConfig, run_quickstart
 
     quiet_transformers()
@@ -162,6 +171,8 @@ def quickstart(
                 finetune_distill=finetune_distill,
                 eval_questions=eval_questions,
                 resume=resume,
+                start_from=start_from,
+                from_scratch=from_scratch,
             )
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:

@@ -106,8 +106,8 @@ def content_sums(
 
 
 def content_summary(sums: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Sums -> {task: {right, mismatched, none, text (nats/token), gap, accuracy, accuracy_none,
-    documents}}; gap = mismatched - right."""
+    """Sums -> {task: {right, mismatched, none, text (nats/token), gap, accuracy,
+    accuracy_none}}; gap = mismatched - right."""
     out: dict[str, dict[str, float]] = {}
     for key, (loss, tokens, correct) in sums.items():
         task, condition = key.rsplit("/", 1)
