@@ -13,7 +13,7 @@ measured with
 `right` over `none` comes from the vectors teaching the format (e.g. short answers), not content.
 Exact-match scores can hide this; the evaluation's `mismatched` method is its generation twin.
 
-    python benchmarks/document_use.py --model runs/quickstart/model --data ../shared/data [--span 128]
+    python benchmarks/document_use.py [--model smollm2-arc4] [--data ../shared/data] [--span 128]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from arc_encoder.evaluation.content import CONDITIONS, content_report, describe
-from arc_encoder.loading import quiet_transformers
+from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_config, pretrain_config
 from arc_encoder.training.distributed import Runtime, pick_device
@@ -32,7 +32,7 @@ from arc_encoder.training.trainer import build_data, held_out_batches
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="saved model folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--data", default=None, help="folder with prose/ and squad/ (as the quickstart)")
     parser.add_argument("--batches", type=int, default=10, help="held-out batches per stage")
     parser.add_argument("--shots", type=int, default=1, help="shots in the fine-tuning prompts")

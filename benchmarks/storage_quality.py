@@ -36,7 +36,7 @@ from arc_encoder.evaluation.runner import (
     warm_up,
 )
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
-from arc_encoder.loading import load_model, quiet_transformers
+from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, load_model, quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.storage import VectorStore, make_codec
 from arc_encoder.storage.codecs import PQ_CODE_BITS
@@ -388,7 +388,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="saved model folder (or a preset, untrained)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--data", required=True, help="SQuAD JSONL (question, answers, context)")
     parser.add_argument("--task", default="squad")
     parser.add_argument("--questions", type=int, default=150, help="held-out questions to answer")

@@ -214,8 +214,6 @@ def test_resume_differences_allow_only_safe_changes():
 def test_configs_are_shipped():
     names = {p.relative_to(p.parents[1] if p.parent.name == "paper" else p.parent).as_posix() for p in CONFIGS}
     for name in [
-        "smollm2-pretrain-cpu.yaml",
-        "smollm2-finetune-cpu.yaml",
         "smollm2-arc4-default.yaml",
         "smollm2-arc4-default-finetune.yaml",
         "paper/llama3-arc8-pretrain.yaml",

@@ -13,6 +13,7 @@ from arc_encoder.evaluation.report import markdown_table, plot_scores
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
 
 from ..atomic import write_json
+from ..loading import DEFAULT_MODEL, MODEL_HELP
 
 REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
@@ -22,7 +23,7 @@ DECODER_ONLY = ("closed", "open")
 
 def eval_command(
     model: list[str] = typer.Option(
-        ..., "--model", help="saved model folder or preset; repeat to compare models (e.g. x4 and x8)"
+        [DEFAULT_MODEL], "--model", help=f"{MODEL_HELP}; repeat to compare models (e.g. x4 and x8)"
     ),
     task: str = typer.Option(..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn or flores-<language>"),
     data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory)"),

@@ -1,6 +1,6 @@
 """Training configuration: typed dataclasses, read from YAML, overridable from the command line.
 
-    arc-encoder train configs/smollm2-pretrain-cpu.yaml optim.lr_encoder=1e-4 steps=200
+    arc-encoder train configs/smollm2-arc4-default.yaml optim.lr_encoder=1e-4 steps=200
 
 Every section is a dataclass; a key that is not a field is an error naming the key and its section,
 and every value is checked against the field's type. The `data` section is the exception: it is a
