@@ -247,7 +247,9 @@ def finetune_config(
             },
             "steps": steps,
             "batch_size": q.finetune_batch,
-            "seed": q.seed,
+            # A trained start (the shipped encoder) was fine-tuned on the order seed q.seed draws:
+            # further fine-tuning draws another, so its first steps are not a replay.
+            "seed": q.seed if q.from_scratch else q.seed + 1,
             "device": q.device,
             "freeze_encoder": q.finetune_freeze_encoder,
             "distill": {"weight": q.finetune_distill},
