@@ -215,7 +215,7 @@ def run(args) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).to(pick_device(args.device)).eval()
-    codecs = parse_codecs(args.codecs, model.config.bottleneck)
+    codecs = parse_codecs(args.codecs, model.adapters[args.decoder].vector_dim)  # width the store keeps
     model._check_decoder(args.decoder)
     shots, scored = select_examples(
         load_task(args.task, args.data), args.shots, args.seed, limit=args.questions, shuffle=True
@@ -295,7 +295,7 @@ def run(args) -> dict:
             "batch_size": args.batch_size,
             "decoder": args.decoder,
             "decoder_name": model.config.decoders[args.decoder],
-            "bottleneck": model.config.bottleneck,
+            "vector_dim": model.adapters[args.decoder].vector_dim,
             "pooling_factors": model.config.pooling_factors,
             "device": str(model.device),
             "torch_threads": torch.get_num_threads(),
