@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from arc_encoder.loading import quiet_transformers
+from arc_encoder.loading import DEFAULT_MODEL, quiet_transformers
 from arc_encoder.quickstart import QuickstartConfig, run_quickstart
 
 
@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--budget-minutes", type=float, default=120)
     parser.add_argument("--questions", dest="eval_questions", type=int, default=1000)
     parser.add_argument("--out", default="runs/squad-mini")
-    parser.add_argument("--start-from", help="shipped encoder or saved folder (default: smollm2-arc4)")
+    parser.add_argument("--start-from", help=f"shipped encoder or saved folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--from-scratch", action="store_true", help="pretrain a fresh encoder instead")
     parser.add_argument("--factors", dest="finetune_factors", type=int, nargs="+", help="with --from-scratch")
     parser.add_argument("--finetune-shots", type=int)

@@ -215,8 +215,9 @@ def run(args) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).to(pick_device(args.device)).eval()
-    codecs = parse_codecs(args.codecs, model.adapters[args.decoder].vector_dim)  # width the store keeps
     model._check_decoder(args.decoder)
+    vector_dim = model.adapters[args.decoder].vector_dim  # width of the vectors a store keeps
+    codecs = parse_codecs(args.codecs, vector_dim)
     shots, scored = select_examples(
         load_task(args.task, args.data), args.shots, args.seed, limit=args.questions, shuffle=True
     )
@@ -295,7 +296,7 @@ def run(args) -> dict:
             "batch_size": args.batch_size,
             "decoder": args.decoder,
             "decoder_name": model.config.decoders[args.decoder],
-            "vector_dim": model.adapters[args.decoder].vector_dim,
+            "vector_dim": vector_dim,
             "pooling_factors": model.config.pooling_factors,
             "device": str(model.device),
             "torch_threads": torch.get_num_threads(),

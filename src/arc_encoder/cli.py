@@ -147,7 +147,7 @@ def quickstart(
     eval_questions: int | None = typer.Option(None, help="held-out questions (default: what the budget allows)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished training stages"),
     start_from: str = typer.Option(
-        "smollm2-arc4", help="shipped encoder or saved folder to evaluate first, then fine-tune further"
+        DEFAULT_MODEL, help="shipped encoder or saved folder to evaluate first, then fine-tune further"
     ),
     from_scratch: bool = typer.Option(
         False, "--from-scratch", help="ignore --start-from: pretrain a fresh encoder, then fine-tune it"

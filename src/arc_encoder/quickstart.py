@@ -28,6 +28,7 @@ from .evaluation.content import describe, reconstructions, summary_from_flat
 from .evaluation.metrics import gain_kept, mean_with_stderr
 from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
+from .loading import DEFAULT_MODEL
 from .model.arc import ARCModel
 from .training.checkpoint import list_checkpoints
 from .training.config import TrainConfig, config_from_dict
@@ -53,7 +54,7 @@ class QuickstartConfig:
     data: str | None = None  # folder with prose/ and squad/ (see find_data)
     # Start from this trained model (a shipped name or a saved folder): evaluate it within
     # first_table_minutes, then fine-tune it further with the rest of the budget.
-    start_from: str = "smollm2-arc4"
+    start_from: str = DEFAULT_MODEL
     first_table_minutes: float = 9.0
     # Train from nothing instead: pretrain `preset`, fine-tune at each of `finetune_factors`.
     from_scratch: bool = False
