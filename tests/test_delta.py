@@ -124,6 +124,11 @@ def test_a_corrupt_or_truncated_delta_is_refused(trained, tmp_path):
         ARCModel.from_pretrained(tmp_path / "d")
 
 
+def test_a_name_that_is_neither_a_folder_nor_shipped_lists_the_shipped_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"neither a saved model folder nor a shipped model \(.*smollm2-arc4"):
+        ARCModel.from_pretrained(tmp_path / "nope")
+
+
 def test_a_delta_over_the_size_limit_is_refused_before_writing(trained, tmp_path):
     with pytest.raises(ValueError, match=r"over the 0.001 MB asked for: encoder blocks \['2'\]"):
         trained.save_delta(tmp_path / "d", max_mb=0.001)

@@ -503,6 +503,9 @@ class ARCModel(nn.Module):
         decoder names or paths (same count and widths), e.g. to point at local copies."""
         pinned = SHIPPED.get(str(path))
         path = shipped_folder(str(path)) or Path(path)
+        if not path.is_dir():
+            shipped = ", ".join(sorted(SHIPPED))
+            raise FileNotFoundError(f"{path} is neither a saved model folder nor a shipped model ({shipped})")
         meta, config = read_saved_config(path)
         if decoders is not None:
             if len(decoders) != len(config.decoders):
