@@ -13,6 +13,7 @@ from arc_encoder.evaluation.metrics import (
     gain_kept,
     mean_with_stderr,
     normalize_answer,
+    paired_difference,
     rouge_l,
 )
 
@@ -125,6 +126,18 @@ def test_gain_kept():
     assert gain_kept(40.0, 20.0, 60.0) == pytest.approx(0.5)
     assert gain_kept(10.0, 20.0, 60.0) == pytest.approx(-0.25)  # worse than no context
     assert gain_kept(30.0, 30.0, 30.0) is None
+
+
+def test_paired_difference_by_hand():
+    # differences over the shared ids a, b, c: 100, 0, -100 -> mean 0, sd 100, stderr 100 / sqrt(3);
+    # "d" is scored one way only and left out
+    mean, stderr = paired_difference({"a": 100, "b": 0, "c": 0, "d": 100}, {"a": 0, "b": 0, "c": 100})
+    assert mean == pytest.approx(0.0)
+    assert stderr == pytest.approx(100 / math.sqrt(3))
+    # the same answers scored twice: a difference of exactly 0 with no spread
+    assert paired_difference({"a": 100, "b": 0}, {"a": 100, "b": 0}) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="no example in common"):
+        paired_difference({"a": 1.0}, {"b": 1.0})
 
 
 def test_missing_eval_packages_say_how_to_install(monkeypatch):

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from arc_encoder.evaluation import metrics
 from arc_encoder.evaluation.methods import Truncate, arc_vector_count, build_method, example_docs
+from arc_encoder.evaluation.report import markdown_table
 from arc_encoder.evaluation.runner import evaluate, summarise
 from arc_encoder.evaluation.tasks import load_task, split_shots
 
@@ -99,6 +100,18 @@ def test_report_numbers_recompute_from_predictions(tiny_arc, tiny_models, data_f
         ratio = [r["document_tokens"] / max(r["document_positions"], 1) for r in pred["llmlingua"]]
         assert min(ratio) > 1.3  # LLMLingua actually deleted tokens at rate 1/2
     assert report["config"]["shot_ids"] and report["config"]["n_scored"] == len(examples) - 2
+
+
+def test_document_effect_pairs_arc_with_mismatched(tiny_arc, data_file):
+    model = tiny_arc()
+    report, _ = run(model, data_file, ["arc", "mismatched"])
+    arc, control = ({r["id"]: r for r in report["predictions"][m]} for m in ("arc", "mismatched"))
+    effect = report["metrics"]["arc"]["minus_mismatched"]
+    for name in ("em", "f1"):
+        differences = [arc[i][name] - control[i][name] for i in arc]
+        assert effect[name]["mean"] == pytest.approx(sum(differences) / len(differences))
+    assert f"ARC - mismatched, paired over the same examples: {effect['em']['mean']:+.1f}" in markdown_table([report])
+    assert "minus_mismatched" not in run(model, data_file, ["arc"])[0]["metrics"]["arc"]
 
 
 def test_shots_never_scored_and_fixed_by_seed(tiny_arc, data_file):

@@ -111,6 +111,16 @@ def mean_with_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> tuple[float, float]:
+    """Mean and standard error of a[k] - b[k] over the keys both hold (the same examples scored
+    two ways). Pairing removes the spread between examples, so the error is much smaller than
+    that of the difference of two unpaired means."""
+    common = [k for k in a if k in b]
+    if not common:
+        raise ValueError("paired difference of two score sets with no example in common")
+    return mean_with_stderr([a[k] - b[k] for k in common])
+
+
 def gain_kept(arc: float, closed: float, open_: float) -> float | None:
     """Share of the open-book gain over closed-book that the compressed context keeps.
 

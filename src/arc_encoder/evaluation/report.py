@@ -36,6 +36,12 @@ def markdown_table(runs: list[dict]) -> str:
                 "-" if gain is None else f"{100 * gain:.0f}%",
             ]
             lines.append("| " + " | ".join(row) + " |")
+    for run in runs:
+        effect = run["metrics"].get("arc", {}).get("minus_mismatched")
+        if effect:
+            label = run["config"].get("model", "")
+            scores = ", ".join(f"{values['mean']:+.1f} ± {values['stderr'] or 0:.1f} {n.upper()}" for n, values in effect.items())
+            lines.append(f"\n{label}: ARC - mismatched, paired over the same examples: {scores}")
     return "\n".join(lines)
 
 

@@ -83,6 +83,21 @@ def summarise(task: str, rows: list[dict], seed: int = 0) -> dict:
     return out
 
 
+def add_document_effect(metric_table: dict[str, dict], predictions: dict[str, list[dict]], task: str) -> None:
+    """ARC - mismatched, paired over the same examples (per score): what reading the right
+    document adds to ARC's answers beyond the prompt format, under `metric_table["arc"]`."""
+    if "arc" not in predictions or "mismatched" not in predictions:
+        return
+    effect = {}
+    for name in metric_for_task(task):
+        if name == "bleu":  # a corpus score: no per-example difference
+            continue
+        arc, control = ({r["id"]: r[name] for r in predictions[m]} for m in ("arc", "mismatched"))
+        mean, stderr = metrics.paired_difference(arc, control)
+        effect[name] = {"mean": mean, "stderr": None if math.isnan(stderr) else stderr}
+    metric_table["arc"]["minus_mismatched"] = effect
+
+
 def add_gain_kept(metric_table: dict[str, dict], task: str) -> None:
     """(method - closed) / (open - closed) per score, for every method but the two anchors."""
     if "closed" not in metric_table or "open" not in metric_table:
@@ -219,6 +234,7 @@ def evaluate(
         predictions[name] = rows
         settings[name] = method.describe()
     add_gain_kept(table, task)
+    add_document_effect(table, predictions, task)
 
     config = {
         "task": task,
