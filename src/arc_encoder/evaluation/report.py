@@ -40,7 +40,7 @@ def markdown_table(runs: list[dict]) -> str:
         effect = run["metrics"].get("arc", {}).get("minus_mismatched")
         if effect:
             label = run["config"].get("model", "")
-            scores = ", ".join(f"{values['mean']:+.1f} ± {values['stderr'] or 0:.1f} {n.upper()}" for n, values in effect.items())
+            scores = ", ".join(f"{v['mean']:+.1f} ± {v['stderr'] or 0:.1f} {n.upper()}" for n, v in effect.items())
             lines.append(f"\n{label}: ARC - mismatched, paired over the same examples: {scores}")
     return "\n".join(lines)
 
