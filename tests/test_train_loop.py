@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from arc_encoder.loading import load_model
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.training import checkpoint as ckpt
 from arc_encoder.training.config import config_from_dict
@@ -109,6 +110,18 @@ def test_reconstruction_loss_falls_on_cpu(sharp, tmp_path):
     for name, tensor in loaded.state_dict().items():
         if not name.startswith("decoders."):
             assert torch.equal(tensor, trainer.arc.state_dict()[name]), name
+
+
+def test_commands_read_a_run_folder_as_its_latest_checkpoint(tiny_models, tmp_path):
+    trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=2))
+    trainer.fit()
+    loaded = load_model(str(tmp_path / "run"))
+    for name, tensor in loaded.state_dict().items():
+        if not name.startswith("decoders."):
+            assert torch.equal(tensor, trainer.arc.state_dict()[name]), name
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model: .*empty is neither"):
+        load_model(str(tmp_path / "empty"))
 
 
 def test_a_step_moves_encoder_projector_and_used_special_only(tiny_models, tmp_path):

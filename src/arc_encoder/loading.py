@@ -14,15 +14,19 @@ def quiet_transformers() -> None:
 
 
 def load_model(model: str):
-    """A saved model folder, a shipped model ("smollm2-arc4": trained, in the package), or
-    "PRESET-untrained" / a preset without shipped weights for a fresh, untrained model."""
+    """A saved model folder or a training run folder (its latest checkpoint), a shipped model
+    ("smollm2-arc4": trained, in the package), or "PRESET-untrained" / a preset without shipped
+    weights for a fresh, untrained model."""
     from .config import PRESETS
     from .model.arc import ARCModel
     from .model.delta import SHIPPED
+    from .training.model_init import saved_model_dir
 
     quiet_transformers()
-    if Path(model).is_dir() or model in SHIPPED:
-        return ARCModel.from_pretrained(model)
+    if model in SHIPPED:
+        return ARCModel.from_pretrained(model)  # verifies the pinned checksum
+    if Path(model).is_dir():  # a saved model, or a training run folder: its latest checkpoint
+        return ARCModel.from_pretrained(saved_model_dir(model, role="model"))
     preset = model.removesuffix(UNTRAINED)
     if preset in PRESETS:
         return ARCModel.from_config(preset)
@@ -32,4 +36,4 @@ def load_model(model: str):
 
 UNTRAINED = "-untrained"  # "smollm2-arc4-untrained": the preset's architecture, fresh weights
 DEFAULT_MODEL = "smollm2-arc4"  # shipped in the package: SmolLM2-135M's encoder for itself, x4
-MODEL_HELP = "saved model folder, shipped model (smollm2-arc4) or PRESET-untrained"
+MODEL_HELP = "saved model or run folder, shipped model (smollm2-arc4) or PRESET-untrained"

@@ -49,8 +49,9 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     return arc
 
 
-def saved_model_dir(path: str | Path) -> Path:
-    """A saved model folder, or a training run folder (its latest complete checkpoint)."""
+def saved_model_dir(path: str | Path, role: str = "model.init_from") -> Path:
+    """A saved model folder, or a training run folder (its latest complete checkpoint).
+    `role` names the setting the path came from in the error."""
     from .checkpoint import latest_checkpoint
 
     if shipped := shipped_folder(str(path)):
@@ -62,7 +63,7 @@ def saved_model_dir(path: str | Path) -> Path:
     if latest is not None:
         return latest
     raise FileNotFoundError(
-        f"model.init_from: {path} is neither a saved ARC model (no {CONFIG_FILE}) "
+        f"{role}: {path} is neither a saved ARC model (no {CONFIG_FILE}) "
         "nor a training run folder with a complete checkpoint"
     )
 
