@@ -425,3 +425,76 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file_and_the_one_before(tiny
     file.write_bytes(file.read_bytes()[:100])  # truncated, as a full disk would leave it
     with pytest.raises(ValueError, match=rf"cannot read .*{damaged}.*previous complete checkpoint is .*step_00000002"):
         new_trainer(make_config(tmp_path, tiny_models["llama"], steps=6, checkpoint__every=2)).resume()
+
+
+def lora_config(tmp_path, backbone, **overrides):
+    lora = dict(encoder_lora__rank=4, encoder_lora__alpha=8.0, encoder_lora__blocks=1)
+    return make_config(tmp_path, backbone, **{**lora, **overrides})
+
+
+def test_encoder_lora_trains_its_factors_and_saves_the_merged_weights(tiny_models, tmp_path):
+    pytest.importorskip("peft")
+    trainer = new_trainer(lora_config(tmp_path, tiny_models["llama"], steps=3))
+    last = len(trainer.arc.encoder.layers) - 1
+    trained = {n for n, p in trainer.arc.named_parameters() if p.requires_grad and n.startswith("encoder.")}
+    q = f"encoder.layers.{last}.self_attn.q_proj"
+    assert {f"{q}.lora_A.default.weight", f"{q}.lora_B.default.weight"} <= trained
+    assert all(".lora_" in n and f"layers.{last}." in n for n in trained), trained
+    before = snapshot(trainer.arc)
+    final = trainer.fit()
+    after = snapshot(trainer.arc)
+    assert torch.equal(before[f"{q}.base_layer.weight"], after[f"{q}.base_layer.weight"])  # frozen
+    assert not torch.equal(before[f"{q}.lora_B.default.weight"], after[f"{q}.lora_B.default.weight"])
+
+    # the checkpoint is a plain model whose adapted weight is W + (alpha / rank) B A
+    loaded = ARCModel.from_pretrained(final)
+    W, A, B = (after[f"{q}.{k}.weight"] for k in ("base_layer", "lora_A.default", "lora_B.default"))
+    by_hand = W + (8.0 / 4) * B @ A
+    torch.testing.assert_close(loaded.state_dict()[f"{q}.weight"], by_hand, rtol=0, atol=1e-6)
+    assert torch.equal(
+        loaded.state_dict()["encoder.layers.0.self_attn.q_proj.weight"],
+        before["encoder.layers.0.self_attn.q_proj.weight"],
+    )
+    ids = torch.randint(5, 300, (2, 12))
+    trainer.arc.eval()
+    with torch.no_grad():
+        expected, _ = trainer.arc.encoder(ids, [12, 9])
+        got, _ = loaded.encoder(ids, [12, 9])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_lora_resumes_bit_identically(tiny_models, tmp_path):
+    pytest.importorskip("peft")
+    texts = random_texts(11, 16, seed=5)
+    whole = new_trainer(
+        lora_config(tmp_path / "whole", tiny_models["llama"], checkpoint__every=2), TokenBatches(texts, 4)
+    )
+    whole.fit()
+    config = lora_config(tmp_path / "killed", tiny_models["llama"], checkpoint__every=2)
+    killed = new_trainer(config, TokenBatches(texts, 4, fail_at=3))  # dies in step 4
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = new_trainer(config, TokenBatches(texts, 4), seed=1234)  # other LoRA initialisation
+    assert resumed.resume().name == "step_00000002"
+    resumed.fit()
+    expected, got = snapshot(whole.arc), snapshot(resumed.arc)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    # a checkpoint without its LoRA file is refused by name
+    (ckpt.latest_checkpoint(tmp_path / "killed" / "run") / "lora.safetensors").unlink()
+    with pytest.raises(ValueError, match="lora.safetensors is missing"):
+        new_trainer(config, TokenBatches(texts, 4)).resume()
+
+
+def test_encoder_lora_config_is_checked(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="leave freeze_encoder false"):
+        lora_config(tmp_path, tiny_models["llama"], train_encoder_blocks=1)
+    with pytest.raises(ValueError, match="encoder_lora.rank"):
+        lora_config(tmp_path, tiny_models["llama"], encoder_lora__rank=-1)
+    with pytest.raises(ValueError, match="rnak"):
+        make_config(tmp_path, tiny_models["llama"], encoder_lora__rnak=4)
+    pytest.importorskip("peft")
+    with pytest.raises(ValueError, match="only 3 blocks"):
+        new_trainer(lora_config(tmp_path, tiny_models["llama"], encoder_lora__blocks=9))
+    with pytest.raises(ValueError, match="encoder_lora.targets"):
+        new_trainer(lora_config(tmp_path, tiny_models["llama"], encoder_lora__targets=["no_such_proj"]))

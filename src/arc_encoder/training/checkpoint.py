@@ -27,6 +27,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..model.arc import WEIGHTS_FILE
 from ..model.weights import check_tensors, read_weights, shapes_of
+from .lora import LORA_FILE, has_lora, unmerged_state
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -101,6 +102,8 @@ def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
     """Load a model.safetensors into a model whose parameters may be sharded."""
     try:
         state = read_weights(file)
+        if has_lora(model):  # the file holds merged weights; LoRA layers come from beside it
+            state = unmerged_state(model, state, Path(file).with_name(LORA_FILE))
     except (ValueError, FileNotFoundError) as e:
         raise CorruptCheckpoint(str(e)) from None
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("decoders.")}

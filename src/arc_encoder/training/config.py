@@ -121,6 +121,31 @@ class DistillConfig:
 
 
 @dataclass
+class LoraConfig:
+    # LoRA on the encoder (training/lora.py, through peft): the blocks stay frozen and each
+    # targeted linear layer learns a rank-`rank` update scaled by alpha / rank. 0 turns it off.
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    blocks: int | None = None  # adapt only the last k blocks (None: all); no backward below them
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"encoder_lora.rank must be >= 0 (0: off), got {self.rank}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"encoder_lora.alpha must be a finite number > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"encoder_lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.blocks is not None and self.blocks < 1:
+            raise ValueError(f"encoder_lora.blocks must be None or >= 1, got {self.blocks}")
+        if not self.targets:
+            raise ValueError("encoder_lora.targets must name at least one linear layer (e.g. q_proj)")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 1000  # steps between checkpoints (0: only at the end)
     keep: int = 3  # newest checkpoints kept
@@ -197,6 +222,7 @@ class TrainConfig:
     # Train only the encoder's last k blocks (None: all). The embeddings and the blocks below stay
     # frozen, so the backward pass stops at block n-k: on CPU this buys steps.
     train_encoder_blocks: int | None = None
+    encoder_lora: LoraConfig = field(default_factory=LoraConfig)  # instead of training the blocks
     # Pooling-factor curriculum: [[factor, until_step], ...], e.g. [[1, 25], [2, 50]] trains steps
     # 0-24 at x1, 25-49 at x2, then at the model's own factor. Content is easy to carry at a low
     # factor; the vectors then learn to pack more tokens without ever losing it. Evaluation and the
@@ -237,6 +263,14 @@ class TrainConfig:
             self.data_config({"loop": False, **self.eval.data}, section="eval.data", check_only=True)
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
             raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
+        if self.encoder_lora.rank:
+            if self.freeze_encoder or self.train_encoder_blocks is not None:
+                raise ValueError(
+                    "encoder_lora trains low-rank updates of a frozen encoder: leave freeze_encoder false "
+                    "and train_encoder_blocks unset (encoder_lora.blocks picks the adapted blocks)"
+                )
+            if self.parallel == "fsdp":
+                raise ValueError("encoder_lora runs with parallel: ddp (its checkpoints merge unsharded weights)")
         check_pooling_schedule(self.pooling_schedule, self.steps)
         if self.decoder_weights is not None:
             if any(w < 0 for w in self.decoder_weights) or sum(self.decoder_weights) <= 0:
@@ -362,6 +396,8 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 # ------------------------------------------------------------------------- resume compatibility
 # Keys that may change when a run resumes: they move no weights and no data position.
 RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
+# Sections added after runs were already saved without them.
+NEWER_KEYS = ("encoder_lora.",)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -376,10 +412,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Differences between a checkpoint's config and this run's that resuming cannot honour."""
     old, new = _flatten(saved), _flatten(current)
+    # a key newer than the checkpoint counts as its default: older runs resume while it is unused
+    defaults = {k: v for k, v in _flatten(dataclasses.asdict(TrainConfig())).items() if k.startswith(NEWER_KEYS)}
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_SAFE):
             continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+        before = old.get(key, defaults.get(key, "<absent>"))
+        if before != new.get(key, "<absent>"):
+            diffs.append(f"{key}: {before!r} -> {new.get(key, '<absent>')!r}")
     return diffs

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..atomic import write_folder
@@ -44,6 +45,7 @@ from .distributed import (
     init_distributed,
     wrap,
 )
+from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
 from .schedule import lr_lambda
 
@@ -146,6 +148,8 @@ class Trainer:
             arc.encoder.requires_grad_(False)
         elif config.train_encoder_blocks is not None:
             freeze_lower_blocks(arc.encoder, config.train_encoder_blocks)
+        elif config.encoder_lora.rank:
+            add_encoder_lora(arc.encoder, config.encoder_lora)
         if config.pooling_schedule:
             with arc.encoder.pooling_factor(config.pooling_schedule[0][0]):  # refused now, not at step 1
                 pass
@@ -236,7 +240,10 @@ class Trainer:
             }
 
             def write(folder: Path) -> None:
-                self.arc.save_pretrained(folder, state_dict=model_state)
+                # an ordinary saved model: LoRA updates merged into the weights they adapt
+                self.arc.save_pretrained(folder, state_dict=merged_state(self.arc, model_state))
+                if has_lora(self.arc):
+                    save_file(lora_state(self.arc, model_state), str(folder / LORA_FILE))
                 ckpt.save_trainer_state(folder, state)
                 save_config(self.config, folder / ckpt.CONFIG_FILE)
 
