@@ -8,6 +8,7 @@ lora.safetensors keeps what an exact resume needs: each adapted layer's frozen W
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -48,10 +49,10 @@ def add_encoder_lora(encoder: nn.Module, config: LoraConfig) -> None:
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The LoRA-wrapped linear layers of `model`, by name ({} when it has none)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # peft is optional: without it no model has LoRA layers
+    if "peft" not in sys.modules:  # nothing added LoRA (add_encoder_lora imports peft): skip its import
         return {}
+    from peft.tuners.lora import LoraLayer
+
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
