@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.weights import read_weights
 from .config import LoraConfig
 
 LORA_FILE = "lora.safetensors"
@@ -84,8 +85,6 @@ def lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, to
 def unmerged_state(model: nn.Module, merged: dict[str, torch.Tensor], lora_file: Path) -> dict[str, torch.Tensor]:
     """The state dict to load into `model` (with LoRA) from a checkpoint's merged weights and
     its lora.safetensors: LoRA layers from the latter, everything else from the former."""
-    from ..model.weights import read_weights
-
     if not lora_file.is_file():
         raise FileNotFoundError(f"{lora_file} is missing: this run trains encoder LoRA, its checkpoints hold one")
     state = read_weights(lora_file)
