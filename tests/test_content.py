@@ -119,3 +119,92 @@ def test_held_out_samples_are_one_per_document():
     b = Sample([3, 4], [[5, 6]], [0], [True, True])  # another span of the same document
     c = Sample([3, 4], [[7, 8]], [0], [True, True])
     assert document_use.distinct_documents([a, b, c]) == [a, c]
+
+
+# ----------------------------------------------------------------------------------- greedy output
+
+
+def test_split_prompt_keeps_the_text_and_blocks_before_the_first_target():
+    s = Sample([1, 2, 3, 4, 5], [[7, 8], [9]], [1, 2], [False, False, True, True, True])
+    prompt, target = document_use.split_prompt(s)
+    assert prompt.text_ids == [1, 2] and prompt.segments == [[7, 8], [9]] and prompt.offsets == [1, 2]
+    assert target == [3, 4, 5]
+    with pytest.raises(ValueError, match="end of the text"):
+        document_use.split_prompt(Sample([1, 2, 3], [], [], [True, False, True]))
+    with pytest.raises(ValueError, match="nothing to write"):
+        document_use.split_prompt(Sample([1, 2], [], [], [False, False]))
+
+
+class _Letters:
+    """A tokenizer stand-in: id i is the i-th lowercase letter followed by a space; 0 is EOS."""
+
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(f"{chr(96 + i)} " for i in ids if i != 0)
+
+
+class _Lines(_Letters):
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("\n" if i == 99 else f"{chr(96 + i)} " for i in ids if i != 0)
+
+
+def test_greedy_scores_of_a_hand_case():
+    tok = _Letters()
+    # target "a b c" + EOS; written "a x c": 2 of 3 tokens at their place, not exact
+    row = document_use.greedy_scores(tok, [1, 24, 3], [1, 2, 3, 0], answer=False)
+    assert row[:4] == [1.0, 2, 3, 0.0]
+    assert row[4] == pytest.approx(2 / 3)  # ROUGE-L F of "a x c" against "a b c": LCS 2 of 3 words
+    assert row[5:] == [0.0, 0.0]
+    # an answer, scored after the SQuAD normalisation (which drops the article "a")
+    exact = document_use.greedy_scores(tok, [1, 2, 3], [2, 3, 0], answer=True)
+    assert exact[3] == 0.0 and exact[5:] == [1.0, 1.0]  # "a b c" = "b c" as answers, not as tokens
+    partial = document_use.greedy_scores(tok, [2, 4], [2, 3, 0], answer=True)
+    assert partial[5] == 0.0 and partial[6] == pytest.approx(0.5)  # F1 of {b, d} against {b, c}
+    # only the first line of an answer counts (id 99 stands for a newline here)
+    assert document_use.greedy_scores(_Lines(), [2, 3, 99, 4], [2, 3, 0], answer=True)[5] == 1.0
+
+
+def test_greedy_outputs_equal_a_naive_argmax_loop(tiny_arc):
+    """The KV-cached batch decode against re-running the whole spliced sequence every token."""
+    arc = tiny_arc().eval()
+    tok = arc.encoder_tokenizer
+    samples = [
+        Sample(tok(" a question", add_special_tokens=False)["input_ids"], [seg], [1])
+        for seg in (tok(t, add_special_tokens=False)["input_ids"] for t in SENTENCES[:2])
+    ]
+    outputs = document_use.greedy_outputs(arc, samples, "cont", 0, [5, 3], stop_at_newline=False)
+    dec, embed = arc.decoders[0], arc.decoders[0].get_input_embeddings()
+    eos = {arc.decoder_tokenizers[0].eos_token_id}
+    for s, out, n in zip(samples, outputs, [5, 3]):
+        [block] = arc.decoder_blocks(arc.encode_segments(s.segments, 0), 0, "cont")
+        with torch.no_grad():
+            text = embed(torch.tensor(s.text_ids))
+            sequence = torch.cat([text[:1], block, text[1:]])
+            expected = []
+            for _ in range(n):
+                logits = dec(inputs_embeds=sequence[None]).logits[0, -1]
+                token = int(logits.argmax())
+                if token in eos:
+                    break
+                expected.append(token)
+                sequence = torch.cat([sequence, embed(torch.tensor([token]))])
+        assert out == expected
+
+
+def test_greedy_sums_score_answers_with_the_right_and_a_wrong_document(tiny_arc, monkeypatch):
+    arc = tiny_arc().eval()
+    samples = [qa_sample(arc, SENTENCES[i], "what is it?", SENTENCES[i].split()[0]) for i in range(3)]
+    # A decoder that always writes the gold answer of the document it reads: EM 1 with the right
+    # document, 0 with another's.
+    answers = {tuple(s.segments[-1]): s.text_ids[s.targets.index(True) :] for s in samples}
+
+    def fake(arc_, prompts, special, decoder, max_new, stop_at_newline):
+        assert stop_at_newline and special == "cont"
+        eos = arc.decoder_tokenizers[0].eos_token_id
+        return [[t for t in answers[tuple(p.segments[-1])] if t != eos] for p in prompts]
+
+    monkeypatch.setattr(document_use, "greedy_outputs", fake)
+    row = document_use.greedy_summary(document_use.greedy_sums(arc, [Batch(samples, "finetune")], batch_size=2))
+    assert row["finetune"]["answer_em"] == 1.0 and row["finetune"]["answer_f1"] == 1.0
+    assert row["finetune"]["answer_em_mismatched"] == 0.0

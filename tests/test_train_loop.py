@@ -96,6 +96,7 @@ def test_reconstruction_loss_falls_on_cpu(sharp, tmp_path):
     assert [r["step"] for r in evals] == [100, 200]
     held_out = evals[-1]["eval"]
     names = ("", "/mismatched", "/none", "/text", "/gap", "/accuracy", "/accuracy_none")
+    names += ("/greedy_accuracy", "/greedy_exact", "/greedy_rouge_l")
     assert set(held_out) == {f"d0/{task}{n}" for task in ("reconstruction", "continuation") for n in names}
     # the content gap is the mismatched-document loss minus the right one
     assert held_out["d0/reconstruction/gap"] == pytest.approx(

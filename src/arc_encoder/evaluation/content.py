@@ -10,8 +10,12 @@ frozen decoder's loss on the supervised tokens is measured under four conditions
 
 The **content gap** `mismatched - right` (nats per token) is what reading the right document is
 worth. A loss that falls while the gap stays 0 is the model learning the format, not the content.
-Teacher-forced token accuracy (argmax = target) is reported under `right` and `none`, and a few
-documents can be reconstructed greedily and scored with ROUGE-L against the original.
+Teacher-forced token accuracy (argmax = target) is reported under `right` and `none`. Teacher
+forcing overstates what the decoder can copy (each prediction is handed the right text before it),
+so `greedy_sums` also lets the decoder write the supervised tokens itself from the prompt before
+them: for prose, the share of target tokens it writes at their place, whole spans written exactly
+and ROUGE-L; for answers, SQuAD exact match and F1 of its first line against the gold answer, with
+the right document and with another's.
 
 Training (`Trainer.evaluate`), the quickstart, `arc-encoder eval --content` and
 `benchmarks/document_use.py` all call `content_sums` / `content_summary` below.
@@ -23,7 +27,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..model.splice import Sample
+from ..model.decoder import end_and_pad_ids, generate_ids
+from ..model.splice import Sample, splice
+from .metrics import exact_match, f1, rouge_l
 
 CONDITIONS = ("right", "mismatched", "none", "text")
 # loss_fn(samples, special) -> (loss_sum, supervised tokens, correct argmax tokens)
@@ -130,6 +136,115 @@ def flat_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> dict
     return flat
 
 
+# ----------------------------------------------------------------------------------- greedy output
+# Per task and condition, summed over samples: samples, target tokens written at their place,
+# target tokens, spans written exactly, ROUGE-L, answer exact match, answer F1.
+GREEDY_FIELDS = ("samples", "matched", "tokens", "exact", "rouge_l", "em", "f1")
+ANSWER_TASKS = ("finetune",)  # scored as answers (first line, SQuAD normalisation), not as spans
+ANSWER_SLACK = 8  # new tokens allowed beyond the gold answer's length
+
+
+def split_prompt(s: Sample) -> tuple[Sample, list[int]]:
+    """A sample's prompt (its text up to the first supervised token, with the blocks placed
+    there) and its supervised tokens, which must be the end of its text."""
+    if not s.targets or True not in s.targets:
+        raise ValueError("a sample without supervised tokens has nothing to write greedily")
+    first = s.targets.index(True)
+    if not all(s.targets[first:]):
+        raise ValueError("greedy scoring needs the supervised tokens at the end of the text")
+    kept = [(seg, o) for seg, o in zip(s.segments, s.offsets) if o <= first]
+    prompt = Sample(s.text_ids[:first], [seg for seg, _ in kept], [o for _, o in kept])
+    return prompt, s.text_ids[first:]
+
+
+@torch.no_grad()
+def greedy_outputs(arc, prompts: list[Sample], special: str, decoder: int, max_new: list[int], stop_at_newline: bool):
+    """Greedy new token ids of the frozen decoder after each prompt sample (its blocks compressed
+    now), at most max_new[i] for prompt i."""
+    dec, tokenizer = arc.decoders[decoder], arc.decoder_tokenizers[decoder]
+    segments = [seg for p in prompts for seg in p.segments]
+    vectors = arc.encode_segments(segments, decoder) if segments else []
+    blocks, cursor = [], 0
+    for p in prompts:
+        blocks.append(arc.decoder_blocks(vectors[cursor : cursor + len(p.segments)], decoder, special))
+        cursor += len(p.segments)
+    embed = dec.get_input_embeddings()
+    text = [embed(torch.tensor(p.text_ids, dtype=torch.long, device=arc.device)) for p in prompts]
+    batch = splice(text, blocks, [p.offsets for p in prompts], left_pad=True)
+    eos, pad = end_and_pad_ids(dec, tokenizer)
+
+    def should_stop(i, ids):
+        return len(ids) >= max_new[i] or (stop_at_newline and "\n" in tokenizer.decode(ids))
+
+    return generate_ids(
+        dec, batch.embeds, batch.attention_mask, batch.position_ids, max(max_new), eos, pad, should_stop=should_stop
+    )
+
+
+def greedy_scores(tokenizer, generated: list[int], target: list[int], answer: bool) -> list[float]:
+    """One sample's GREEDY_FIELDS. `target` may end with an EOS, which generation never returns."""
+    if target and target[-1] == tokenizer.eos_token_id:
+        target = target[:-1]
+    written = tokenizer.decode(generated, skip_special_tokens=True)
+    reference = tokenizer.decode(target, skip_special_tokens=True)
+    matched = sum(g == t for g, t in zip(generated, target))
+    row = [1.0, matched, len(target), float(generated[: len(target)] == target), rouge_l(written, reference)]
+    if answer:
+        first_line = written.strip().split("\n", 1)[0].strip()
+        row += [exact_match(first_line, reference.strip()), f1(first_line, reference.strip())]
+    else:
+        row += [0.0, 0.0]
+    return row
+
+
+@torch.no_grad()
+def greedy_sums(arc, batches, decoder: int = 0, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """{"task/greedy_right": float64 [GREEDY_FIELDS]} over held-out batches, one sample per
+    distinct document; answer tasks also under "task/greedy_mismatched". Sums, for ranks to add."""
+    by_task: dict[str, tuple[str, list[Sample]]] = {}
+    for b in batches:
+        special, samples = by_task.setdefault(b.task, (b.special, []))
+        samples.extend(s for s in b.samples if s.segments and s.targets and any(s.targets))
+    sums = {}
+    tokenizer = arc.decoder_tokenizers[decoder]
+    for task, (special, samples) in by_task.items():
+        samples = distinct_documents(samples)
+        answer = task in ANSWER_TASKS
+        conditions = {"right": samples}
+        if answer and len(samples) >= 2:
+            conditions["mismatched"] = mismatched(samples)
+        for condition, group in conditions.items():
+            total = torch.zeros(len(GREEDY_FIELDS), dtype=torch.float64)
+            for i in range(0, len(group), batch_size):
+                prompts, targets = zip(*(split_prompt(s) for s in group[i : i + batch_size]))
+                max_new = [len(t) + (ANSWER_SLACK if answer else 0) for t in targets]
+                outputs = greedy_outputs(arc, list(prompts), special, decoder, max_new, stop_at_newline=answer)
+                for generated, target in zip(outputs, targets):
+                    total += torch.tensor(greedy_scores(tokenizer, generated, target, answer), dtype=torch.float64)
+            sums[f"{task}/greedy_{condition}"] = total
+    return sums
+
+
+def greedy_summary(sums: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Greedy sums -> {task: {greedy_accuracy, greedy_exact, greedy_rouge_l} for spans, or
+    {answer_em, answer_f1, answer_em_mismatched, answer_f1_mismatched} for answers}."""
+    out: dict[str, dict[str, float]] = {}
+    for key, total in sums.items():
+        task, condition = key.rsplit("/greedy_", 1)
+        values = dict(zip(GREEDY_FIELDS, total.tolist()))
+        n = max(values["samples"], 1.0)
+        row = out.setdefault(task, {})
+        if task in ANSWER_TASKS:
+            suffix = "" if condition == "right" else f"_{condition}"
+            row[f"answer_em{suffix}"] = values["em"] / n
+            row[f"answer_f1{suffix}"] = values["f1"] / n
+        else:
+            row["greedy_accuracy"] = values["matched"] / max(values["tokens"], 1.0)
+            row["greedy_exact"] = values["exact"] / n
+            row["greedy_rouge_l"] = values["rouge_l"] / n
+    return out
+
+
 def text_batches(arc, texts: list[str], span: int, decoder: int = 0) -> list:
     """Held-out batches from plain texts, one sample per distinct text and task: reconstruction of
     its first `span` decoder tokens, and continuation of `span` tokens after `span` compressed ones
@@ -165,7 +280,6 @@ def summary_from_flat(flat: dict[str, float], decoder: int = 0) -> dict[str, dic
 @torch.no_grad()
 def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int = 96) -> list[dict]:
     """Greedy reconstruction of each text from its vectors (<Rec>), scored by ROUGE-L."""
-    from .metrics import rouge_l
 
     compressed = arc.compress(texts, decoder)
     out = []
@@ -184,15 +298,22 @@ def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int
     return out
 
 
-def content_report(arc, batches, decoder: int = 0, reconstruct: list[str] | None = None, batch_size: int = 8) -> dict:
-    """The whole measurement for one model: losses, gaps, accuracies, and reconstructions."""
+def content_report(
+    arc, batches, decoder: int = 0, reconstruct: list[str] | None = None, batch_size: int = 8, greedy: bool = True
+) -> dict:
+    """The whole measurement for one model: losses, gaps, accuracies, greedy output and
+    reconstructions."""
     was_training = arc.training
     arc.eval()
 
     def loss_fn(samples, special):
         return arc.loss(samples, decoder, special, with_accuracy=True)
 
-    report = {"tasks": content_summary(content_sums(loss_fn, arc, batches, decoder, batch_size))}
+    tasks = content_summary(content_sums(loss_fn, arc, batches, decoder, batch_size))
+    if greedy:
+        for task, row in greedy_summary(greedy_sums(arc, batches, decoder, batch_size)).items():
+            tasks.setdefault(task, {}).update(row)
+    report = {"tasks": tasks}
     if reconstruct:
         rows = reconstructions(arc, reconstruct, decoder)
         report["reconstructions"] = rows
@@ -215,5 +336,15 @@ def describe(summary: dict[str, dict[str, float]]) -> list[str]:
         )
         if "accuracy" in row:
             line += f"; next-token accuracy {row['accuracy']:.0%} (no document: {row['accuracy_none']:.0%})"
+        if "greedy_accuracy" in row:
+            line += (
+                f"; written greedily: {row['greedy_accuracy']:.0%} of tokens at their place, "
+                f"{row['greedy_exact']:.0%} of spans exact, ROUGE-L {row['greedy_rouge_l']:.2f}"
+            )
+        if "answer_em" in row:
+            line += (
+                f"; greedy answers EM {row['answer_em']:.0%} / F1 {row['answer_f1']:.0%}"
+                f" (another document's: EM {row.get('answer_em_mismatched', float('nan')):.0%})"
+            )
         lines.append(line)
     return lines

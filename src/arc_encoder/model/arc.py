@@ -20,6 +20,7 @@ from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .decoder import (
+    end_and_pad_ids,
     generate_ids,
     load_frozen_decoder,
     target_logits,
@@ -447,10 +448,7 @@ class ARCModel(nn.Module):
                 return True
             return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
 
-        eos = dec.generation_config.eos_token_id if dec.generation_config else None
-        eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-        eos |= {tokenizer.eos_token_id} - {None}
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+        eos, pad = end_and_pad_ids(dec, tokenizer)
         new_ids = generate_ids(
             dec, embeds, mask, positions, max_new_tokens, eos, pad, temperature, top_p, generator, should_stop, cache
         )

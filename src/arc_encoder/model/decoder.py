@@ -41,6 +41,16 @@ def target_logits(decoder, embeds, attention_mask, position_ids, index) -> torch
     return decoder_logits(decoder, picked).float()
 
 
+def end_and_pad_ids(decoder: PreTrainedModel, tokenizer) -> tuple[set[int], int]:
+    """The token ids that end a generation (the model's and the tokenizer's EOS) and the id that
+    fills finished rows of a batch."""
+    eos = decoder.generation_config.eos_token_id if decoder.generation_config else None
+    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+    eos |= {tokenizer.eos_token_id} - {None}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+    return eos, pad
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     """[B, V] -> [B]: argmax at temperature 0, else nucleus sampling."""
     if temperature <= 0:

@@ -161,6 +161,10 @@ class EvalConfig:
     batches: int = 10  # held-out batches per decoder, drawn once at the start
     # Keys replacing those of the `data` section to build the held-out pipeline (its files/split).
     data: dict[str, Any] = field(default_factory=dict)
+    # Also let the decoder write the supervised tokens greedily from the vectors (evaluation/
+    # content.py: tokens written at their place, exact spans, ROUGE-L; answers' EM/F1). Teacher
+    # forcing overstates what it can copy. Not under FSDP, whose ranks must run as many forwards.
+    greedy: bool = True
 
     def __post_init__(self):
         if self.every < 0 or self.batches < 1:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..atomic import write_folder
 from ..data.batch import Batch
-from ..evaluation.content import content_summary, content_sums, flat_summary
+from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
 from . import checkpoint as ckpt
@@ -337,11 +337,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out content measures per decoder and task, over all ranks (evaluation.content):
-        "d0/reconstruction" is the loss with the right document, ".../gap" the content gap, etc."""
+        "d0/reconstruction" is the loss with the right document, ".../gap" the content gap,
+        ".../greedy_accuracy" or ".../answer_em" what the decoder writes greedily, etc."""
         if not self.eval_batches:
             return {}
         self.arc.eval()
         sums: dict[str, torch.Tensor] = {}
+        greedy: dict[str, torch.Tensor] = {}
+        # Greedy decodes stop at different lengths on each rank: FSDP, which gathers weights in
+        # every forward, would wait on the ranks that stopped.
+        with_greedy = self.config.eval.greedy and not (self.runtime.distributed and self.config.parallel == "fsdp")
         # FSDP gathers weights in every forward: all ranks must run as many, so the rank with the
         # fewest held-out batches (of its shard) sets the count.
         counts = [min(c) for c in zip(*gather_objects([len(b) for b in self.eval_batches]))]
@@ -353,14 +358,26 @@ class Trainer:
 
             for key, value in content_sums(loss_fn, self.arc, batches[:count], decoder).items():
                 sums[f"d{decoder}/{key}"] = value
+            if with_greedy:
+                with self.autocast:
+                    for key, value in greedy_sums(self.arc, batches[:count], decoder).items():
+                        greedy[f"d{decoder}/{key}"] = value
         self.arc.train()
-        # Every rank must reduce the same keys in the same order, even if its batches differ.
+        losses = self._reduce(sums, 3)
+        out = flat_summary(content_summary({k: s for k, s in losses.items() if s[1] > 0}))
+        if with_greedy:
+            out.update(flat_summary(greedy_summary({k: s for k, s in self._reduce(greedy, 7).items() if s[0] > 0})))
+        return out
+
+    def _reduce(self, sums: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        """Sums of every rank added up. Every rank must reduce the same keys in the same order,
+        even if its batches differ."""
         keys = sorted({k for ks in gather_objects(sorted(sums)) for k in ks})
         if not keys:  # fewer than two distinct held-out documents: nothing to compare
             return {}
-        stacked = torch.stack([sums.get(k, torch.zeros(3, dtype=torch.float64)) for k in keys])
+        stacked = torch.stack([sums.get(k, torch.zeros(width, dtype=torch.float64)) for k in keys])
         stacked = all_reduce_sum(stacked.to(self.runtime.device)).cpu()
-        return flat_summary(content_summary({k: s for k, s in zip(keys, stacked) if s[1] > 0}))
+        return dict(zip(keys, stacked))
 
     # ------------------------------------------------------------------------- the loop
     def fit(self) -> Path:
