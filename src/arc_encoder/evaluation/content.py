@@ -162,12 +162,7 @@ def greedy_outputs(arc, prompts: list[Sample], special: str, decoder: int, max_n
     """Greedy new token ids of the frozen decoder after each prompt sample (its blocks compressed
     now), at most max_new[i] for prompt i."""
     dec, tokenizer = arc.decoders[decoder], arc.decoder_tokenizers[decoder]
-    segments = [seg for p in prompts for seg in p.segments]
-    vectors = arc.encode_segments(segments, decoder) if segments else []
-    blocks, cursor = [], 0
-    for p in prompts:
-        blocks.append(arc.decoder_blocks(vectors[cursor : cursor + len(p.segments)], decoder, special))
-        cursor += len(p.segments)
+    blocks = arc.sample_blocks(prompts, decoder, special)
     embed = dec.get_input_embeddings()
     text = [embed(torch.tensor(p.text_ids, dtype=torch.long, device=arc.device)) for p in prompts]
     batch = splice(text, blocks, [p.offsets for p in prompts], left_pad=True)

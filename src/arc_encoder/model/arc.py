@@ -275,6 +275,16 @@ class ARCModel(nn.Module):
             blocks.append(adapter.expand(chunk))
         return blocks
 
+    def sample_blocks(self, samples: list[Sample], decoder: int, special: str) -> list[list[torch.Tensor]]:
+        """Each sample's segments compressed in one encoder batch, as decoder blocks [m_i (+1), d_dec]."""
+        segments = [seg for s in samples for seg in s.segments]
+        vectors = self.encode_segments(segments, decoder) if segments else []
+        blocks, cursor = [], 0
+        for s in samples:
+            blocks.append(self.decoder_blocks(vectors[cursor : cursor + len(s.segments)], decoder, special))
+            cursor += len(s.segments)
+        return blocks
+
     # ----------------------------------------------------------------------------- training
     def loss(
         self,
@@ -293,12 +303,7 @@ class ARCModel(nn.Module):
         """
         self._check_decoder(decoder)
         dec = self.decoders[decoder]
-        segments = [seg for s in samples for seg in s.segments]
-        vectors = self.encode_segments(segments, decoder) if segments else []
-        blocks, cursor = [], 0
-        for s in samples:
-            blocks.append(self.decoder_blocks(vectors[cursor : cursor + len(s.segments)], decoder, special))
-            cursor += len(s.segments)
+        blocks = self.sample_blocks(samples, decoder, special)
         embed = dec.get_input_embeddings()
         text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]
         batch = splice(text, blocks, [s.offsets for s in samples])
@@ -308,7 +313,7 @@ class ARCModel(nn.Module):
             raise ValueError("no supervised token in this batch")
         logits = target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)  # [T, V]
         loss = F.cross_entropy(logits, labels, reduction="sum")
-        if distill is not None and segments:
+        if distill is not None and any(s.segments for s in samples):
             teacher = self._teacher_logits(samples, tokens, decoder)
             loss = loss + distill.weight * kl_to_teacher(logits, teacher, distill.temperature)
         if with_accuracy:
