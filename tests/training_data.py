@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 
 from arc_encoder.data.batch import Batch
 from arc_encoder.model.splice import Sample
 
 BOS = 1  # the tiny tokenizer's <bos>
+
+
+def resumed_batches(make: Callable, before: int, after: int):
+    """A data pipeline's batches before+1 .. before+after, run straight through (`expected`) and
+    after saving its state at `before` (through a JSON round trip) and restoring it into a fresh
+    pipeline (`resumed`); `make()` builds a pipeline. Returns (expected, resumed, state)."""
+    straight = make()
+    expected = [next(straight) for _ in range(before + after)][before:]
+    first = make()
+    [next(first) for _ in range(before)]
+    state = json.loads(json.dumps(first.state_dict()))
+    restored = make()
+    restored.load_state_dict(state)
+    return expected, [next(restored) for _ in range(after)], state
 
 
 def random_texts(n: int, length: int, low: int = 3, high: int = 35, seed: int = 0) -> list[list[int]]:
