@@ -26,6 +26,35 @@ def resumed_batches(make: Callable, before: int, after: int):
     return expected, [next(restored) for _ in range(after)], state
 
 
+def tiny_run(tmp_path, tiny_models) -> dict:
+    """A training config tree for a 3-step run of the tiny llama ARC model on a small text file
+    (tmp_path/docs.txt) with the real pretraining pipeline; callers add or change sections."""
+    from conftest import CORPUS
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(CORPUS[:5] * 4) + "\n")
+    model = tiny_models["llama"]
+    return {
+        "model": {
+            "arc": {"backbone": model, "drop_layers": 1, "decoders": [model], "bottleneck": 32, "pooling_factors": [2]}
+        },
+        "data": {
+            "kind": "pretrain",
+            "sources": [str(docs)],
+            "seq_len": 16,
+            "compress_tokens": 8,
+            "target_tokens": 8,
+            "prefix": False,
+        },
+        "optim": {"lr_encoder": 1e-3, "lr_projector": 1e-3, "lr_special": 1e-3},
+        "steps": 3,
+        "batch_size": 2,
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "log": {"every": 1, "progress": False, "plot": False},
+    }
+
+
 def random_texts(n: int, length: int, low: int = 3, high: int = 35, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(low, high) for _ in range(length)] for _ in range(n)]
