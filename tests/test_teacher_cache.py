@@ -218,3 +218,26 @@ def test_the_distill_cache_command(tiny_models, tmp_path):
     assert result.exit_code == 2 and "holds top-8 logits, not 4" in result.output
     result = runner.invoke(app, ["distill-cache", str(path), "distill.cache=null"])
     assert result.exit_code == 2 and "distill.cache must name the folder" in result.output
+
+
+@pytest.mark.parametrize(
+    "distill, message",
+    [
+        ({"weight": 1.0, "k": 0}, "distill.k must be >= 1, got 0"),
+        ({"weight": 1.0, "cache": " "}, "distill.cache must be a folder path or null"),
+        ({"weight": 1.0, "cahce": "x"}, "unknown key(s) ['cahce'] in section 'distill'"),
+    ],
+)
+def test_bad_cache_settings_are_named(distill, message):
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        config_from_dict({"data": {"kind": "pretrain", "sources": ["x.txt"]}, "distill": distill})
+
+
+def test_runs_saved_before_the_cache_keys_resume():
+    from arc_encoder.training.config import resume_differences
+
+    current = config_from_dict({"data": {"kind": "pretrain", "sources": ["x.txt"]}}).to_dict()
+    saved = {**current, "distill": {k: v for k, v in current["distill"].items() if k not in ("cache", "k")}}
+    assert resume_differences(saved, current) == []
+    cached = {**current, "distill": {**current["distill"], "cache": "runs/teacher"}}
+    assert resume_differences(saved, cached) == ["distill.cache: None -> 'runs/teacher'"]
