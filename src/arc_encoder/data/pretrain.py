@@ -370,14 +370,15 @@ class PretrainData:
         r = self.task_rng.random()
         rest = 1.0 - sum(objectives.values())
         task = "continuation" if r < rest * share else "reconstruction"
-        if r >= rest:
+        if r >= rest:  # in READING_OBJECTIVES order: a mapping's key order must not change the draws
             r -= rest
-            task = [name for name, weight in objectives.items() if weight > 0][-1]  # rounding: the last
-            for name, weight in objectives.items():
-                if r < weight:
+            shares = [(name, objectives.get(name, 0.0)) for name in READING_OBJECTIVES]
+            task = [name for name, share in shares if share > 0][-1]  # (past the last by rounding)
+            for name, share in shares:
+                if r < share:
                     task = name
                     break
-                r -= weight
+                r -= share
         seq_len = c.seq_len
         if task == "reconstruction" and c.curriculum:
             mix = curriculum_mix(c.curriculum, c.seq_len, self.served, c.curriculum_batches)
