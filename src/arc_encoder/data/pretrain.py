@@ -33,7 +33,7 @@ import hashlib
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,7 @@ from ..config import DictConfig
 from ..model.splice import Sample
 from .batch import Batch
 from .reading import cloze_query, lookup_query
-from .resume import check_same_run, rng_state, set_rng_state
+from .resume import check_same_run, config_defaults, rng_state, set_rng_state
 from .sources import check_reading_options, open_mixture, parse_sources, seeded_rng, text_field
 from .tokens import (
     DecoderText,
@@ -156,17 +156,6 @@ class PretrainDataConfig(DictConfig):
                 f"lookup: cue + target tokens ({question}) do not fit in a compressed span of "
                 f"compress_tokens={self.compress_tokens}"
             )
-
-
-def config_defaults(cls) -> dict[str, Any]:
-    """Default of every field of a config dataclass that has one."""
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 # ----------------------------------------------------------------------------------- cutting
@@ -367,18 +356,19 @@ class PretrainData:
         # One draw r in [0, 1): [0, rest * share) continuation, [.., rest) reconstruction, then one
         # interval per reading objective. Without objectives (rest = 1) this is the draw of runs
         # made before they existed, so those runs resume onto the same stream.
+        # The objectives in READING_OBJECTIVES order: a mapping's key order must not change the draws.
+        reading = [(name, objectives.get(name, 0.0)) for name in READING_OBJECTIVES]
         r = self.task_rng.random()
-        rest = 1.0 - sum(objectives.values())
+        rest = 1.0 - sum(weight for _, weight in reading)
         task = "continuation" if r < rest * share else "reconstruction"
-        if r >= rest:  # in READING_OBJECTIVES order: a mapping's key order must not change the draws
+        if r >= rest:
             r -= rest
-            shares = [(name, objectives.get(name, 0.0)) for name in READING_OBJECTIVES]
-            task = [name for name, share in shares if share > 0][-1]  # (past the last by rounding)
-            for name, share in shares:
-                if r < share:
+            task = [name for name, weight in reading if weight > 0][-1]  # (past the last by rounding)
+            for name, weight in reading:
+                if r < weight:
                     task = name
                     break
-                r -= share
+                r -= weight
         seq_len = c.seq_len
         if task == "reconstruction" and c.curriculum:
             mix = curriculum_mix(c.curriculum, c.seq_len, self.served, c.curriculum_batches)

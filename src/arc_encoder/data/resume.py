@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from typing import Any
 
 
 def rng_state(rng: random.Random) -> list:
@@ -44,3 +46,14 @@ def check_same_run(
             f"data config changed since the state was saved ({', '.join(changed)}); "
             "resuming would not continue the same stream"
         )
+
+
+def config_defaults(cls) -> dict[str, Any]:
+    """Default of every field of a config dataclass that has one (for check_same_run's `defaults`)."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
