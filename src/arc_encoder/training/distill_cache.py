@@ -60,7 +60,7 @@ def build_teacher_cache(
 ) -> dict[str, int]:
     """Cache the teacher's top-k for the batches of `steps` optimizer steps (default: the
     config's) of each of `world_size` ranks. Returns counts: samples cached, already there, batches."""
-    from .distributed import Runtime
+    from .distributed import Runtime, pick_device
     from .model_init import build_model
     from .trainer import build_data, choose_decoder
 
@@ -70,7 +70,8 @@ def build_teacher_cache(
     steps = config.steps if steps is None else steps
     if steps < 1 or world_size < 1:
         raise ValueError(f"steps and world_size must be >= 1, got {steps} and {world_size}")
-    arc = build_model(config, log=log).eval()
+    # on the run's device (a GPU when there is one, `device: auto`); the teacher runs in float32
+    arc = build_model(config, log=log).eval().to(pick_device(config.device))
     vocab = min(dec.get_output_embeddings().weight.shape[0] for dec in arc.decoders)
     if d.k > vocab:
         raise ValueError(f"distill.k={d.k} is more than the decoder's {vocab} tokens")
