@@ -64,6 +64,41 @@ def test_lookup_cue_comes_from_the_span_and_the_target_follows_it_there(chars):
         assert at + cue + target <= len(span)  # the target lies inside the compressed span
 
 
+def test_several_lookups_of_one_span_do_not_overlap(chars):
+    text = "the cat sat on a mat; a dog ran to the barn, and birds flew over the mill."
+    doc = doc_of(text, chars)
+    a, b, cue, target = 1, len(doc.ids) - 1, 4, 3
+    span = text[a - 1 : b - 1]
+    separator = chars.convert_tokens_to_ids("|")
+    counts = set()
+    for seed in range(30):
+        ids, flags = lookup_query(doc, a, b, cue, target, random.Random(seed), questions=3, separator=[separator])
+        parts, part_flags, starts = [[]], [[]], []
+        for token, flag in zip(ids, flags):
+            if token == separator:
+                assert flag is False  # the separator is given, not predicted
+                parts.append([])
+                part_flags.append([])
+            else:
+                parts[-1].append(token)
+                part_flags[-1].append(flag)
+        counts.add(len(parts))
+        for part, part_flag in zip(parts, part_flags):
+            assert part_flag == [False] * cue + [True] * target
+            cue_text, answer = chars.decode(part[:cue]), chars.decode(part[cue:])
+            assert span.count(cue_text) == 1
+            at = span.index(cue_text)
+            assert answer == span[at + cue : at + cue + target]
+            starts.append(at)
+        # the windows cue + target are disjoint: no question's answer is inside another's cue
+        assert all(abs(x - y) >= cue + target for i, x in enumerate(starts) for y in starts[i + 1 :])
+    assert counts == {3}
+    # one question is the single-question sample, whatever the separator
+    assert lookup_query(doc, a, b, cue, target, random.Random(4), questions=1, separator=[separator]) == lookup_query(
+        doc, a, b, cue, target, random.Random(4)
+    )
+
+
 def test_lookup_skips_cues_that_repeat_and_spans_without_room(chars):
     # "abab..." then "xyz": only cues touching "xyz" occur once in the span
     text = "abababababababxyz"
@@ -192,6 +227,19 @@ def test_the_order_of_the_objectives_mapping_does_not_matter(tmp_path, tiny):
     assert [next(one) for _ in range(6)] == [next(other) for _ in range(6)]
 
 
+def test_the_pipeline_asks_several_lookups_of_a_span(tmp_path, tiny):
+    f = write_docs(tmp_path / "d.txt", 30)
+    config = small_config([f], objectives={"lookup": 1.0}, lookup_questions=2, lookup_separator="\n", loop=False)
+    newline = tiny("\n", add_special_tokens=False)["input_ids"]
+    samples = [s for b in PretrainData(config, tiny, tiny) for s in b.samples]
+    for s in samples:
+        n = sum(s.targets) // 8
+        assert sum(s.targets) == 8 * n and len(s.text_ids) == 14 * n + len(newline) * (n - 1)
+        if n == 2:
+            assert s.text_ids[14 : 14 + len(newline)] == newline
+    assert {sum(s.targets) for s in samples} == {8, 16}  # short tail spans have room for one
+
+
 def test_reconstruction_only_phase_holds_the_objectives_back(tmp_path, tiny):
     f = write_docs(tmp_path / "d.txt", 200)
     config = small_config([f], objectives={"lookup": 0.5, "cloze": 0.5}, reconstruction_only_batches=3)
@@ -223,8 +271,8 @@ def test_states_saved_before_the_objectives_still_resume(tmp_path, tiny):
     state = json.loads(json.dumps(first.state_dict()))
     expected = [next(first) for _ in range(3)]
     # what the previous version saved: no reading keys in the config, stats or RNGs
-    newer = ("objectives", "lookup_cue_tokens", "lookup_target_tokens", "cloze_words", "cloze_placeholder")
-    for key in (*newer, "cloze_separator"):
+    newer = ("objectives", "lookup_cue_tokens", "lookup_target_tokens", "lookup_questions", "lookup_separator")
+    for key in (*newer, "cloze_words", "cloze_placeholder", "cloze_separator"):
         del state["config"][key]
     del state["question_rng"]
     for counts in state["stats"].values():
@@ -249,6 +297,7 @@ def test_states_saved_before_the_objectives_still_resume(tmp_path, tiny):
         ({"objectives": {"lookup": 0.5}, "compress_tokens": 10}, "lookup: cue + target tokens (14) do not fit"),
         ({"lookup_cue_tokens": 0}, "lookup_cue_tokens must be an integer >= 1, got 0"),
         ({"cloze_words": 0}, "cloze_words must be an integer >= 1, got 0"),
+        ({"lookup_questions": 0}, "lookup_questions must be an integer >= 1, got 0"),
         ({"cloze_placeholder": "  "}, "cloze_placeholder must be visible text"),
     ],
 )

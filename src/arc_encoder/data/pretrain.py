@@ -99,6 +99,8 @@ class PretrainDataConfig(DictConfig):
     objectives: dict[str, float] = field(default_factory=dict)
     lookup_cue_tokens: int = 6  # lookup: verbatim decoder tokens copied from the span as the cue
     lookup_target_tokens: int = 8  # lookup: the tokens after the cue there, to predict
+    lookup_questions: int = 1  # lookup: cue + target pairs asked of one compressed span
+    lookup_separator: str = "\n"  # lookup: text between two questions
     cloze_words: int = 3  # cloze: consecutive words blanked in a sentence of the span
     cloze_placeholder: str = "____"  # what stands in the sentence for the blanked words
     cloze_separator: str = "\nMissing:"  # between the sentence and the blanked words
@@ -133,7 +135,7 @@ class PretrainDataConfig(DictConfig):
         self._check_objectives()
 
     def _check_objectives(self) -> None:
-        for name in ("lookup_cue_tokens", "lookup_target_tokens", "cloze_words"):
+        for name in ("lookup_cue_tokens", "lookup_target_tokens", "lookup_questions", "cloze_words"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -334,12 +336,21 @@ class PretrainData:
 
     def _query(self, task: str, decoder: int, rng: random.Random) -> Query:
         c = self.config
+        tokenizer = self.decoder_tokenizers[decoder]
         if task == "lookup":
-            return partial(lookup_query, cue=c.lookup_cue_tokens, target=c.lookup_target_tokens, rng=rng)
+            separator = tokenizer(c.lookup_separator, add_special_tokens=False)["input_ids"]
+            return partial(
+                lookup_query,
+                cue=c.lookup_cue_tokens,
+                target=c.lookup_target_tokens,
+                rng=rng,
+                questions=c.lookup_questions,
+                separator=list(separator),
+            )
         if task == "cloze":
             return partial(
                 cloze_query,
-                tokenizer=self.decoder_tokenizers[decoder],
+                tokenizer=tokenizer,
                 words=c.cloze_words,
                 placeholder=c.cloze_placeholder,
                 separator=c.cloze_separator,

@@ -8,7 +8,9 @@ the samples; here is what each objective asks of one span):
     lookup   a verbatim cue of `cue` tokens copied from the middle of the span, then the
              `target` tokens that follow the cue there (loss only on those):
                  [C(T[a:b])][<Cont>] T[s:s+cue] T[s+cue:s+cue+target]
-             The cue occurs once in the span, so the target is determined by the span.
+             The cue occurs once in the span, so the target is determined by the span. With
+             `questions` > 1, several such cue + target windows (disjoint, in random order, a
+             separator between them) follow the same block: more answers per compressed span.
     cloze    one whole sentence of the span with `words` consecutive words replaced by a visible
              placeholder, a separator, then the blanked words (loss only on those):
                  [C(T[a:b])][<Cont>] "The quick ____ jumps over the dog.\nMissing: brown fox"
@@ -38,13 +40,22 @@ class Word:
 
 
 def lookup_query(
-    doc: DecoderText, a: int, b: int, cue: int, target: int, rng: random.Random
+    doc: DecoderText,
+    a: int,
+    b: int,
+    cue: int,
+    target: int,
+    rng: random.Random,
+    questions: int = 1,
+    separator: list[int] | None = None,
 ) -> tuple[list[int], list[bool]] | None:
-    """A cue T[s:s+cue] from inside T[a:b] that occurs nowhere else in it, and its continuation
-    T[s+cue:s+cue+target] inside the span, as (cue + target ids, [False] * cue + [True] * target)."""
-    ids = doc.ids
+    """Up to `questions` cues T[s:s+cue] from inside T[a:b], each occurring nowhere else in it,
+    each followed by its continuation T[s+cue:s+cue+target] inside the span, as (ids, loss flags):
+    cue + target ids per question, `separator` ids between questions, loss on the targets only.
+    The questions' windows T[s:s+cue+target] do not overlap: no answer shows in another's cue."""
+    ids, width = doc.ids, cue + target
     first = max(a, doc.n_bos)  # a BOS is no text to look up
-    last = b - cue - target  # the last cue start whose target still lies in the span
+    last = b - width  # the last cue start whose target still lies in the span
     if last < first:
         return None
     windows: dict[tuple[int, ...], int] = {}
@@ -52,10 +63,22 @@ def lookup_query(
         key = tuple(ids[s : s + cue])
         windows[key] = windows.get(key, 0) + 1
     starts = range(first, last + 1)
-    for s in rng.sample(starts, min(CUE_TRIES, len(starts))):
-        if windows[tuple(ids[s : s + cue])] == 1:
-            return ids[s : s + cue + target], [False] * cue + [True] * target
-    return None  # a span of repeats: no cue tells where to look
+    chosen: list[int] = []
+    for s in rng.sample(starts, min(CUE_TRIES * questions, len(starts))):
+        if windows[tuple(ids[s : s + cue])] == 1 and all(abs(s - t) >= width for t in chosen):
+            chosen.append(s)
+            if len(chosen) == questions:
+                break
+    if not chosen:
+        return None  # a span of repeats: no cue tells where to look
+    text, flags = [], []
+    for n, s in enumerate(chosen):
+        if n:
+            text += list(separator or [])
+            flags += [False] * len(separator or [])
+        text += ids[s : s + width]
+        flags += [False] * cue + [True] * target
+    return text, flags
 
 
 def sentences(text: str, starts_text: bool) -> list[list[Word]]:
