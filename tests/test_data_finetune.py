@@ -21,6 +21,7 @@ from arc_encoder.data.finetune import (
 from arc_encoder.data.sources import BadRecord
 from conftest import SHARED_DATA, tiny_tokenizer
 from data_tokenizers import CHAT_TEMPLATE, char_tokenizer, other_bpe
+from training_data import resumed_batches
 
 SQUAD = SHARED_DATA / "squad" / "train.jsonl"
 SMOLLM2 = os.path.expanduser("~/.cache/arc-encoder/smollm2-135m")
@@ -229,14 +230,8 @@ def test_resume_gives_the_same_batches(tmp_path, tiny):
         [{"context": f"context {i}", "question": f"w{i}", "answers": [f"c{i}"]} for i in range(15)],
     )
     config = FinetuneDataConfig([f"{a}:2:3", f"{b}:1:1"], batch_size=3, max_passages=2, shuffle_buffer=4, seed=5)
-    uninterrupted = FinetuneData(config, tiny, tiny)
-    expected = [next(uninterrupted) for _ in range(7)]
-    first = FinetuneData(config, tiny, tiny)
-    [next(first) for _ in range(3)]
-    state = json.loads(json.dumps(first.state_dict()))
-    resumed = FinetuneData(config, tiny, tiny)
-    resumed.load_state_dict(state)
-    assert [next(resumed) for _ in range(4)] == expected[3:]
+    expected, resumed, _ = resumed_batches(lambda: FinetuneData(config, tiny, tiny), 3, 4)
+    assert resumed == expected
     assert all(b.task == "finetune" and len(b.samples) == 3 for b in expected)
     assert max(len(s.segments) for b in expected for s in b.samples) == 4  # 3 shots from source a
 

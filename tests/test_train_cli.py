@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from arc_encoder.cli import app
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.training.checkpoint import list_checkpoints
-from conftest import CORPUS
+from training_data import tiny_run
 
 
 @pytest.fixture(autouse=True)
@@ -22,30 +22,10 @@ def one_thread():
 
 
 def write_config(tmp_path, tiny_models) -> str:
-    docs = tmp_path / "docs.txt"
-    docs.write_text("\n\n".join(CORPUS[:5] * 4) + "\n")
-    model = tiny_models["llama"]
-    config = {
-        "model": {
-            "arc": {"backbone": model, "drop_layers": 1, "decoders": [model], "bottleneck": 32, "pooling_factors": [2]}
-        },
-        "data": {
-            "kind": "pretrain",
-            "sources": [str(docs)],
-            "seq_len": 16,
-            "compress_tokens": 8,
-            "target_tokens": 8,
-            "prefix": False,
-        },
-        "optim": {"lr_encoder": 1e-3, "lr_projector": 1e-3, "lr_special": 1e-3},
-        "steps": 3,
-        "batch_size": 2,
-        "device": "cpu",
-        "out_dir": str(tmp_path / "run"),
-        "checkpoint": {"every": 2, "keep": 2},
-        "eval": {"every": 2, "batches": 2},
-        "log": {"every": 1, "progress": False, "plot": True},
-    }
+    config = tiny_run(tmp_path, tiny_models)
+    config["checkpoint"] = {"every": 2, "keep": 2}
+    config["eval"] = {"every": 2, "batches": 2}
+    config["log"]["plot"] = True
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)

@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 
 from arc_encoder.data.batch import Batch
 from arc_encoder.model.splice import Sample
 
 BOS = 1  # the tiny tokenizer's <bos>
+
+
+def resumed_batches(make: Callable, before: int, after: int):
+    """A data pipeline's batches before+1 .. before+after, run straight through (`expected`) and
+    after saving its state at `before` (through a JSON round trip) and restoring it into a fresh
+    pipeline (`resumed`); `make()` builds a pipeline. Returns (expected, resumed, state)."""
+    straight = make()
+    expected = [next(straight) for _ in range(before + after)][before:]
+    first = make()
+    [next(first) for _ in range(before)]
+    state = json.loads(json.dumps(first.state_dict()))
+    restored = make()
+    restored.load_state_dict(state)
+    return expected, [next(restored) for _ in range(after)], state
+
+
+def tiny_run(tmp_path, tiny_models) -> dict:
+    """A training config tree for a 3-step run of the tiny llama ARC model on a small text file
+    (tmp_path/docs.txt) with the real pretraining pipeline; callers add or change sections."""
+    from conftest import CORPUS
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(CORPUS[:5] * 4) + "\n")
+    model = tiny_models["llama"]
+    return {
+        "model": {
+            "arc": {"backbone": model, "drop_layers": 1, "decoders": [model], "bottleneck": 32, "pooling_factors": [2]}
+        },
+        "data": {
+            "kind": "pretrain",
+            "sources": [str(docs)],
+            "seq_len": 16,
+            "compress_tokens": 8,
+            "target_tokens": 8,
+            "prefix": False,
+        },
+        "optim": {"lr_encoder": 1e-3, "lr_projector": 1e-3, "lr_special": 1e-3},
+        "steps": 3,
+        "batch_size": 2,
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "log": {"every": 1, "progress": False, "plot": False},
+    }
 
 
 def random_texts(n: int, length: int, low: int = 3, high: int = 35, seed: int = 0) -> list[list[int]]:

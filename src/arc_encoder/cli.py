@@ -119,6 +119,23 @@ def train(
     raise typer.Exit(train_command(config, overrides or [], resume))
 
 
+@app.command("distill-cache")
+def distill_cache(
+    config: Path = typer.Argument(..., help="the training YAML of the run to distill (distill.cache: the folder)"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="dotted overrides: distill.cache=runs/teacher distill.k=32"
+    ),
+    steps: int | None = typer.Option(None, help="optimizer steps to cache the batches of (default: the config's)"),
+    world_size: int = typer.Option(1, help="ranks the run will train on (each reads its own share of the data)"),
+):
+    """Cache the frozen decoder's top-k logits (reading the raw documents) for every sample a run
+    will draw, so that `distill.cache` trains without running the teacher each step."""
+    from .training.distill_cache import distill_cache_command
+
+    quiet_transformers()
+    raise typer.Exit(distill_cache_command(config, overrides or [], steps, world_size))
+
+
 from .convert.commands import convert_app  # noqa: E402
 
 app.add_typer(convert_app, name="convert")

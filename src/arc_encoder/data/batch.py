@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..model.splice import Sample
 
-TASKS = ("reconstruction", "continuation", "finetune")
+TASKS = ("reconstruction", "continuation", "lookup", "cloze", "finetune")
 
 
 @dataclass

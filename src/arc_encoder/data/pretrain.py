@@ -14,6 +14,15 @@ With `supervise_first_token` the special token's output predicts the first text 
 block, so across the pieces of a reconstructed document every token but BOS is predicted once.
 Short documents give short samples; the model pads. Every batch holds one task only (5.2).
 
+The reading objectives (`objectives: {lookup: share, cloze: share}`, reading.py) take their
+share of documents first; the rest splits between continuation and reconstruction as above.
+They cut the document into spans of compress_tokens and ask one question of each:
+
+    lookup / cloze   [C(T[a:b])][<Cont>] question tokens, answer tokens (loss on the answer)
+
+All four build their samples through `span_sample`: one compressed span of the document, read by
+the encoder in its own tokens, placed in a text stream at an offset.
+
 Multi-decoder runs ask for a batch for decoder k (`next_batch(k)`): documents are then cut in
 decoder k's tokens, and the encoder reads the same characters in its own tokens.
 """
@@ -21,14 +30,18 @@ decoder k's tokens, and the encoder reads the same characters in its own tokens.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..config import DictConfig
 from ..model.splice import Sample
 from .batch import Batch
-from .resume import check_same_run, rng_state, set_rng_state
+from .reading import cloze_query, lookup_query
+from .resume import check_same_run, config_defaults, rng_state, set_rng_state
 from .sources import check_reading_options, open_mixture, parse_sources, seeded_rng, text_field
 from .tokens import (
     DecoderText,
@@ -40,7 +53,9 @@ from .tokens import (
     sample_to_dict,
 )
 
-PRETRAIN_TASKS = ("reconstruction", "continuation")
+# Objectives a config gives a share of documents by name (`objectives`), beside the two above.
+READING_OBJECTIVES = ("lookup", "cloze")
+PRETRAIN_TASKS = ("reconstruction", "continuation", *READING_OBJECTIVES)
 # This many documents in a row without a usable sample means the data cannot feed training.
 MAX_BARREN_DOCUMENTS = 10_000
 
@@ -78,6 +93,17 @@ class PretrainDataConfig(DictConfig):
     # keep at most this many samples per document (0: all).
     distinct: bool = False
     samples_per_document: int = 0
+    # Reading objectives (reading.py): share of documents per objective, e.g. {lookup: 0.3,
+    # cloze: 0.2}; the documents left split between continuation and reconstruction by
+    # `continuation`. Each cuts its documents into spans of compress_tokens, one question a span.
+    objectives: dict[str, float] = field(default_factory=dict)
+    lookup_cue_tokens: int = 6  # lookup: verbatim decoder tokens copied from the span as the cue
+    lookup_target_tokens: int = 8  # lookup: the tokens after the cue there, to predict
+    lookup_questions: int = 1  # lookup: cue + target pairs asked of one compressed span
+    lookup_separator: str = "\n"  # lookup: text between two questions
+    cloze_words: int = 3  # cloze: consecutive words blanked in a sentence of the span
+    cloze_placeholder: str = "____"  # what stands in the sentence for the blanked words
+    cloze_separator: str = "\nMissing:"  # between the sentence and the blanked words
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
@@ -106,6 +132,32 @@ class PretrainDataConfig(DictConfig):
                 raise ValueError("curriculum: batch_size * seq_len must hold at least one shortest span")
         elif self.curriculum_batches:
             raise ValueError("curriculum_batches is set but curriculum (the span lengths) is empty")
+        self._check_objectives()
+
+    def _check_objectives(self) -> None:
+        for name in ("lookup_cue_tokens", "lookup_target_tokens", "lookup_questions", "cloze_words"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.cloze_placeholder.strip():
+            raise ValueError("cloze_placeholder must be visible text (e.g. ____), got only whitespace")
+        for name, share in self.objectives.items():
+            if name not in READING_OBJECTIVES:
+                raise ValueError(
+                    f"objectives: unknown objective {name!r}; known objectives: {', '.join(READING_OBJECTIVES)} "
+                    "(reconstruction and continuation share the documents left, by `continuation`)"
+                )
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+                raise ValueError(f"objectives.{name} must be a share in [0, 1], got {share!r}")
+        self.objectives = {name: float(share) for name, share in self.objectives.items()}
+        if sum(self.objectives.values()) > 1.0 + 1e-9:
+            raise ValueError(f"objectives: the shares add up to more than 1: {self.objectives}")
+        question = self.lookup_cue_tokens + self.lookup_target_tokens
+        if self.objectives.get("lookup") and question > self.compress_tokens:
+            raise ValueError(
+                f"lookup: cue + target tokens ({question}) do not fit in a compressed span of "
+                f"compress_tokens={self.compress_tokens}"
+            )
 
 
 # ----------------------------------------------------------------------------------- cutting
@@ -137,17 +189,32 @@ def continuation_plan(n: int, compress: int, target: int, prefix: int) -> list[t
     return pieces
 
 
+def span_sample(
+    doc: DecoderText,
+    encoder: EncoderView,
+    span: tuple[int, int],
+    text: list[int],
+    targets: list[bool],
+    offset: int,
+    min_encoder_tokens: int,
+) -> Sample | None:
+    """The one way every objective builds a sample: decoder tokens span = (a, b) of the document,
+    read by the encoder as the same characters, compressed after `offset` tokens of `text`.
+    None when the encoder side is shorter than min_encoder_tokens or nothing is supervised."""
+    segment = encoder.ids(doc, *span)
+    if len(segment) < min_encoder_tokens or not any(targets):
+        return None
+    return Sample(text, [segment], [offset], targets)
+
+
 def reconstruction_samples(
     doc: DecoderText, encoder: EncoderView, seq_len: int, min_encoder_tokens: int = 2
 ) -> list[Sample]:
     samples = []
     for a, b in reconstruction_plan(len(doc.ids), seq_len):
-        segment = encoder.ids(doc, a, b)
         targets = [j >= doc.n_bos for j in range(a, b)]  # BOS is given, never predicted
-        if len(segment) < min_encoder_tokens or not any(targets):
-            continue
-        samples.append(Sample(doc.ids[a:b], [segment], [0], targets))
-    return samples
+        samples.append(span_sample(doc, encoder, (a, b), doc.ids[a:b], targets, 0, min_encoder_tokens))
+    return [s for s in samples if s is not None]
 
 
 def continuation_samples(
@@ -157,13 +224,28 @@ def continuation_samples(
     for p, c, d, e in continuation_plan(len(doc.ids), compress, target, prefix):
         if len(set(doc.ids[c:d])) == 1:
             continue  # one repeated token compressed: nothing to learn from (method.md 5.5)
-        segment = encoder.ids(doc, c, d)
-        if len(segment) < min_encoder_tokens:
-            continue
         text = doc.ids[p:c] + doc.ids[d:e]
         targets = [False] * (c - p) + [True] * (e - d)
-        samples.append(Sample(text, [segment], [c - p], targets))
-    return samples
+        samples.append(span_sample(doc, encoder, (c, d), text, targets, c - p, min_encoder_tokens))
+    return [s for s in samples if s is not None]
+
+
+# (document, a, b) -> (text after the block, loss flags) or None: one question about span T[a:b]
+Query = Callable[[DecoderText, int, int], tuple[list[int], list[bool]] | None]
+
+
+def question_samples(
+    doc: DecoderText, encoder: EncoderView, span_tokens: int, query: Query, min_encoder_tokens: int = 2
+) -> list[Sample]:
+    """Reading objectives: consecutive spans of span_tokens compressed, each followed by the
+    question and answer `query` asks of it (spans it has none for are skipped)."""
+    samples = []
+    for a, b in reconstruction_plan(len(doc.ids), span_tokens):
+        asked = query(doc, a, b)
+        if asked is not None:
+            text, targets = asked
+            samples.append(span_sample(doc, encoder, (a, b), text, targets, 0, min_encoder_tokens))
+    return [s for s in samples if s is not None]
 
 
 def curriculum_mix(levels: list[int], seq_len: int, served: int, total: int) -> dict[int, float]:
@@ -213,6 +295,8 @@ class PretrainData:
             config.seed,
         )
         self.task_rng = seeded_rng(config.seed, rank, "task")
+        # Where the reading objectives put their questions (cue positions, blanked words).
+        self.question_rng = seeded_rng(config.seed, rank, "question")
         # Samples waiting for a full batch, per task; reconstruction spans per curriculum length.
         self.pending = [{t: [] for t in PRETRAIN_TASKS} for _ in tokenizers]
         self.ready: list[deque[Batch]] = [deque() for _ in tokenizers]
@@ -240,18 +324,62 @@ class PretrainData:
         doc = decoder_text(text, self.decoder_tokenizers[decoder], self.decoder_bos[decoder], c.add_eos)
         if task == "reconstruction":
             samples = reconstruction_samples(doc, self.encoder, seq_len or c.seq_len, c.min_encoder_tokens)
-        else:
+        elif task == "continuation":
             prefix = c.prefix_tokens if c.prefix else 0
             samples = continuation_samples(
                 doc, self.encoder, c.compress_tokens, c.target_tokens, prefix, c.min_encoder_tokens
             )
+        else:
+            query = self._query(task, decoder, self.question_rng)
+            samples = question_samples(doc, self.encoder, c.compress_tokens, query, c.min_encoder_tokens)
         return samples[: c.samples_per_document] if c.samples_per_document else samples
+
+    def _query(self, task: str, decoder: int, rng: random.Random) -> Query:
+        c = self.config
+        tokenizer = self.decoder_tokenizers[decoder]
+        if task == "lookup":
+            separator = tokenizer(c.lookup_separator, add_special_tokens=False)["input_ids"]
+            return partial(
+                lookup_query,
+                cue=c.lookup_cue_tokens,
+                target=c.lookup_target_tokens,
+                rng=rng,
+                questions=c.lookup_questions,
+                separator=list(separator),
+            )
+        if task == "cloze":
+            return partial(
+                cloze_query,
+                tokenizer=tokenizer,
+                words=c.cloze_words,
+                placeholder=c.cloze_placeholder,
+                separator=c.cloze_separator,
+                rng=rng,
+            )
+        raise ValueError(f"unknown pretraining task {task!r}; tasks: {', '.join(PRETRAIN_TASKS)}")
 
     def _draw(self) -> tuple[str, int]:
         """Task and reconstruction span length of the next document, from the current schedule."""
         c = self.config
-        share = 0.0 if self.served < c.reconstruction_only_batches else c.continuation
-        task = "continuation" if self.task_rng.random() < share else "reconstruction"
+        phase1 = self.served < c.reconstruction_only_batches
+        objectives = {} if phase1 else c.objectives
+        share = 0.0 if phase1 else c.continuation
+        # One draw r in [0, 1): [0, rest * share) continuation, [.., rest) reconstruction, then one
+        # interval per reading objective. Without objectives (rest = 1) this is the draw of runs
+        # made before they existed, so those runs resume onto the same stream.
+        # The objectives in READING_OBJECTIVES order: a mapping's key order must not change the draws.
+        reading = [(name, objectives.get(name, 0.0)) for name in READING_OBJECTIVES]
+        r = self.task_rng.random()
+        rest = 1.0 - sum(weight for _, weight in reading)
+        task = "continuation" if r < rest * share else "reconstruction"
+        if r >= rest:
+            r -= rest
+            task = [name for name, weight in reading if weight > 0][-1]  # (past the last by rounding)
+            for name, weight in reading:
+                if r < weight:
+                    task = name
+                    break
+                r -= weight
         seq_len = c.seq_len
         if task == "reconstruction" and c.curriculum:
             mix = curriculum_mix(c.curriculum, c.seq_len, self.served, c.curriculum_batches)
@@ -264,7 +392,7 @@ class PretrainData:
         return task, seq_len
 
     def _queue_key(self, task: str, seq_len: int) -> str:
-        return task if task == "continuation" or seq_len == self.config.seq_len else f"{task}@{seq_len}"
+        return task if task != "reconstruction" or seq_len == self.config.seq_len else f"{task}@{seq_len}"
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
@@ -300,7 +428,7 @@ class PretrainData:
             self.stats["samples"][task] += len(samples)
             queue = pending.setdefault(self._queue_key(task, seq_len), [])
             queue.extend(samples)
-            size = self.config.batch_size if task == "continuation" else max(1, budget // seq_len)
+            size = self.config.batch_size if task != "reconstruction" else max(1, budget // seq_len)
             while len(queue) >= size:
                 ready.append(Batch(queue[:size], task))
                 del queue[:size]
@@ -323,6 +451,7 @@ class PretrainData:
             "decoders": len(self.decoder_tokenizers),
             "stream": self.stream.state_dict(),
             "task_rng": rng_state(self.task_rng),
+            "question_rng": rng_state(self.question_rng),
             "exhausted": self.exhausted,
             "pending": [{k: [sample_to_dict(s) for s in v] for k, v in q.items()} for q in self.pending],
             "served": self.served,
@@ -341,9 +470,12 @@ class PretrainData:
             self.world_size,
             len(self.decoder_tokenizers),
             resumable_changes=("batch_size", "on_bad_line"),
+            defaults=config_defaults(PretrainDataConfig),
         )
         self.stream.load_state_dict(state["stream"])
         set_rng_state(self.task_rng, state["task_rng"])
+        if "question_rng" in state:  # (states saved before the reading objectives have none)
+            set_rng_state(self.question_rng, state["question_rng"])
         self.exhausted = state["exhausted"]
         self.pending = [{k: [sample_from_dict(s) for s in v] for k, v in q.items()} for q in state["pending"]]
         self.served = state.get("served", 0)
@@ -351,4 +483,4 @@ class PretrainData:
         self.ready = [
             deque(Batch([sample_from_dict(s) for s in b["samples"]], b["task"]) for b in r) for r in state["ready"]
         ]
-        self.stats = {k: dict(v) for k, v in state["stats"].items()}
+        self.stats = {k: {**dict.fromkeys(PRETRAIN_TASKS, 0), **v} for k, v in state["stats"].items()}

@@ -26,7 +26,7 @@ from .decoder import (
     target_logits,
 )
 from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
-from .distill import Distillation, kl_to_teacher, teacher_inputs
+from .distill import Distillation, kl_to_teacher, kl_to_top_k, teacher_inputs, teacher_targets
 from .encoder import Encoder
 from .prefix import PrefixMemo
 from .prompting import Compressed, splice_prompts
@@ -314,11 +314,33 @@ class ARCModel(nn.Module):
         logits = target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)  # [T, V]
         loss = F.cross_entropy(logits, labels, reduction="sum")
         if distill is not None and any(s.segments for s in samples):
-            teacher = self._teacher_logits(samples, tokens, decoder)
-            loss = loss + distill.weight * kl_to_teacher(logits, teacher, distill.temperature)
+            if distill.cache is not None:  # the teacher's top-k, computed before the run
+                values, indices = distill.cache.rows(samples, tokens, decoder, distill.k)  # [T, k] each
+                kl = kl_to_top_k(logits, values, indices, distill.temperature)
+            else:
+                kl = kl_to_teacher(logits, self._teacher_logits(samples, tokens, decoder), distill.temperature)
+            loss = loss + distill.weight * kl
         if with_accuracy:
             return loss, index.numel(), int((logits.argmax(-1) == labels).sum())
         return loss, index.numel()
+
+    @torch.no_grad()
+    def teacher_top_k(
+        self, samples: list[Sample], decoder: int, k: int
+    ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Per sample: the supervised text tokens the decoder reading its documents as text
+        predicts, and its top-k logits there, (tokens, values [n, k] float32, indices [n, k]),
+        largest first: what a teacher cache stores."""
+        docs = [[self._decoder_ids(seg, decoder) for seg in s.segments] for s in samples]
+        tokens = teacher_targets(samples, docs)
+        if not tokens:
+            return [([], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)) for _ in samples]
+        values, indices = self._teacher_logits(samples, tokens, decoder).float().topk(k, dim=-1)
+        out = []
+        for i in range(len(samples)):
+            rows = [r for r, (j, _) in enumerate(tokens) if j == i]
+            out.append(([tokens[r][1] for r in rows], values[rows].cpu(), indices[rows].cpu()))
+        return out
 
     @torch.no_grad()
     def _teacher_logits(self, samples: list[Sample], tokens: list[tuple[int, int]], decoder: int) -> torch.Tensor:

@@ -11,26 +11,38 @@ carry.
     sample  text t0 t1 t2, block [v v] (from document d0 d1 d2 d3) at offset 1
     student t0 v v t1 t2          teacher t0 d0 d1 d2 d3 t1 t2
     t1 is predicted by the last v in the student, by d3 in the teacher.
+
+With a teacher cache (teacher_cache.py) the teacher is not run: its top-k logits per supervised
+token were computed once and are read from disk, and the KL is taken over those k tokens, both
+distributions renormalised over them (`kl_to_top_k`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .splice import Sample
 
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherCache
+
 
 @dataclass(frozen=True)
 class Distillation:
     weight: float  # of the summed KL against the summed cross-entropy
     temperature: float = 1.0
+    cache: TeacherCache | None = None  # cached top-k teacher logits instead of a teacher forward
+    k: int | None = None  # with a cache: the first k of its top-k (None: all it holds)
 
     def __post_init__(self):
         if not self.weight > 0 or not 0 < self.temperature < float("inf"):
             raise ValueError(f"distillation needs weight > 0 and a finite temperature > 0, got {self}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"distillation k must be >= 1, got {self.k}")
 
 
 def teacher_inputs(
@@ -60,8 +72,35 @@ def teacher_inputs(
     return texts, predictors
 
 
+def teacher_targets(samples: list[Sample], document_ids: list[list[list[int]]]) -> list[tuple[int, int]]:
+    """Every supervised (sample i, text token k) that something precedes in the teacher's input:
+    what a teacher cache stores, whichever of them the student's loss then uses."""
+    out = []
+    for i, (sample, docs) in enumerate(zip(samples, document_ids)):
+        lead = sum(len(doc) for offset, doc in zip(sample.offsets, docs) if offset == 0)  # before token 0
+        out += [(i, k) for k, t in enumerate(sample.targets or []) if t and (k > 0 or lead > 0)]
+    return out
+
+
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Summed KL(teacher || student) over rows of [T, V] logits at `temperature`, times T^2."""
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
+
+def kl_to_top_k(
+    student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed KL(teacher || student) over rows, restricted to each row's teacher top-k tokens with
+    both distributions renormalised over those k, at `temperature`, times T^2.
+
+    student_logits [T, V]; teacher_values [T, k] (the teacher's logits at) teacher_indices [T, k].
+    Over the full vocabulary (k = V) this is kl_to_teacher. Renormalising, rather than adding a
+    bucket for the tail's mass, needs nothing but the k logits, so the temperature stays a
+    training setting: the top-k tokens are the same at every temperature.
+    """
+    picked = student_logits.float().gather(-1, teacher_indices.to(student_logits.device))  # [T, k]
+    student = F.log_softmax(picked / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_values.to(student_logits.device).float() / temperature, dim=-1)
     return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2

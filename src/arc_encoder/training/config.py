@@ -107,12 +107,20 @@ class DistillConfig:
     # Batches of these tasks are distilled. Reconstruction is left out by default: the teacher
     # there only copies text it has just read, which the cross-entropy already asks for.
     tasks: list[str] = field(default_factory=lambda: ["continuation", "finetune"])
+    # A folder of the teacher's top-k logits (model/teacher_cache.py, `arc-encoder distill-cache`)
+    # read instead of running the teacher each step; the KL is then over those k tokens.
+    cache: str | None = None
+    k: int = 32  # top-k logits the cache stores (building) or the KL uses (training, <= stored)
 
     def __post_init__(self):
         from ..data.batch import TASKS
 
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"distill.weight must be a finite number >= 0, got {self.weight}")
+        if self.k < 1:
+            raise ValueError(f"distill.k must be >= 1, got {self.k}")
+        if self.cache is not None and not self.cache.strip():
+            raise ValueError("distill.cache must be a folder path or null, got an empty string")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"distill.temperature must be a finite number > 0, got {self.temperature}")
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -401,7 +409,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 # Keys that may change when a run resumes: they move no weights and no data position.
 RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.",)
+NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -34,8 +34,10 @@ from ..data.batch import Batch
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
+from ..model.teacher_cache import TeacherCache
 from . import checkpoint as ckpt
 from .config import TrainConfig, pooling_factor_at, resume_differences, save_config
+from .distill_cache import open_cache
 from .distributed import (
     Runtime,
     all_reduce_sum,
@@ -99,10 +101,13 @@ def freeze_lower_blocks(encoder, trained: int) -> None:
         layer.requires_grad_(False)
 
 
-def distillation_for(config: TrainConfig, batch: Batch) -> Distillation | None:
-    """The distillation a batch is trained with under this config (None: none)."""
+def distillation_for(config: TrainConfig, batch: Batch, cache: TeacherCache | None = None) -> Distillation | None:
+    """The distillation a batch is trained with under this config (None: none); with the run's
+    teacher cache, the KL over its top-k logits."""
     d = config.distill
-    return Distillation(d.weight, d.temperature) if d.weight > 0 and batch.task in d.tasks else None
+    if not (d.weight > 0 and batch.task in d.tasks):
+        return None
+    return Distillation(d.weight, d.temperature, cache, d.k if cache is not None else None)
 
 
 def input_tokens(batch: Batch) -> int:
@@ -140,6 +145,8 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.step = 0  # optimizer steps done
         self.last_checkpoint: Path | None = None
+        # distill.cache: the teacher's top-k logits, refused if built for other decoders or data
+        self.teacher_cache = open_cache(config, arc)
 
         device = self.runtime.device
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_bf16(device))
@@ -282,7 +289,11 @@ class Trainer:
                 self.arc.encoder.pooling_factor(factor),
             ):
                 loss_sum, n_tokens = self.module(
-                    batch.samples, decoder, batch.special, False, distillation_for(self.config, batch)
+                    batch.samples,
+                    decoder,
+                    batch.special,
+                    False,
+                    distillation_for(self.config, batch, self.teacher_cache),
                 )
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
