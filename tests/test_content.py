@@ -208,3 +208,7 @@ def test_greedy_sums_score_answers_with_the_right_and_a_wrong_document(tiny_arc,
     row = document_use.greedy_summary(document_use.greedy_sums(arc, [Batch(samples, "finetune")], batch_size=2))
     assert row["finetune"]["answer_em"] == 1.0 and row["finetune"]["answer_f1"] == 1.0
     assert row["finetune"]["answer_em_mismatched"] == 0.0
+    # the trainer names tasks per decoder ("d0/finetune"): still scored as answers
+    sums = document_use.greedy_sums(arc, [Batch(samples, "finetune")], batch_size=2)
+    prefixed = document_use.greedy_summary({f"d0/{k}": v for k, v in sums.items()})
+    assert prefixed["d0/finetune"] == row["finetune"]

@@ -225,11 +225,11 @@ def greedy_summary(sums: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]
     {answer_em, answer_f1, answer_em_mismatched, answer_f1_mismatched} for answers}."""
     out: dict[str, dict[str, float]] = {}
     for key, total in sums.items():
-        task, condition = key.rsplit("/greedy_", 1)
+        task, condition = key.rsplit("/greedy_", 1)  # task may carry a prefix: "d0/finetune"
         values = dict(zip(GREEDY_FIELDS, total.tolist()))
         n = max(values["samples"], 1.0)
         row = out.setdefault(task, {})
-        if task in ANSWER_TASKS:
+        if task.rsplit("/", 1)[-1] in ANSWER_TASKS:
             suffix = "" if condition == "right" else f"_{condition}"
             row[f"answer_em{suffix}"] = values["em"] / n
             row[f"answer_f1{suffix}"] = values["f1"] / n
