@@ -17,7 +17,7 @@ message (chat) or before the prompt (completions). The standard response fields 
 field `arc` says what compression did: document tokens, vectors, ratio, positions saved, sources.
 
 These routes share the worker, the batching, the key and the limits of the native ones (app.py);
-their errors take OpenAI's shape (openai_schemas.openai_error).
+their errors take OpenAI's shape (errors.py).
 """
 
 from __future__ import annotations
@@ -196,7 +196,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
     @api.get("/models/{model_id:path}")
     async def get_model(model_id: str):
         if model_id != model_name:
-            raise ClientError(404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model")
+            raise ClientError(
+                404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+            )
         return card
 
     def tokenizer():
@@ -205,7 +207,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
     def checked(body: OpenAIRequest) -> DecodeParams:
         """The request's decoding parameters, every field this server refuses named."""
         if body.model != model_name:
-            raise ClientError(404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model")
+            raise ClientError(
+                404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+            )
         for field, why in body.unsupported():
             raise ClientError(400, why, field)
         limits = checks.limits
@@ -230,7 +234,8 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
         default = COMPLETION_DEFAULT_TOKENS if isinstance(body, CompletionRequest) else cap
         n = body.new_tokens() or min(default, cap)
         if n > cap:
-            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", "max_tokens")
+            field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", field)
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop_strings()), body.seed)
 
     @api.post("/chat/completions")

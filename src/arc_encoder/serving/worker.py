@@ -33,14 +33,15 @@ DISCONNECT_POLL_S = 0.1
 
 
 class ClientError(Exception):
-    """A request the service refuses, with the HTTP status to answer (and, for the OpenAI-compatible
-    routes, the request field at fault)."""
+    """A request the service refuses, with the HTTP status to answer, the request field at fault
+    (`param`, as OpenAI names fields: `messages[0].content`) and OpenAI's error `code` if it has one."""
 
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True)
