@@ -28,9 +28,9 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 
 from ..model.arc import Compressed
-from ..prompt import Doc
-from ..storage.indexing import compress_documents, open_store
+from ..storage.indexing import open_store
 from .ask import ask_prompt, retrieve
+from .documents import RequestDoc
 from .errors import install_error_handlers
 from .guard import RequestGuard
 from .openai_routes import add_openai_routes
@@ -178,7 +178,8 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
             raise checks.too_large("number of texts", len(body.texts), limits.max_texts, "texts")
         for i, t in enumerate(body.texts):
             checks.text(f"texts[{i}]", t)
-        results: list[Compressed] = await run_job(worker, CompressJob(body.texts), request)
+        fields = [f"texts[{i}]" for i in range(len(body.texts))]
+        results: list[Compressed] = await run_job(worker, CompressJob(body.texts, fields), request)
         return {
             "decoder": info["decoder"],
             "dim": bottleneck,
@@ -206,7 +207,7 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
                 parts.append(part.text)
             elif part.document is not None:
                 checks.text(f"prompt[{i}].document", part.document)
-                parts.append(Doc(part.document))
+                parts.append(RequestDoc(part.document, f"prompt[{i}].document"))
             elif part.stored_id is not None:
                 parts.append(lambda res, doc_id=part.stored_id, i=i: _stored(res, doc_id, f"prompt[{i}].stored_id"))
             else:
@@ -223,7 +224,7 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
 
-        out, _ = await run_job(worker, GenerateJob(build, params), request)
+        out, _ = await run_job(worker, GenerateJob(build, params, "prompt"), request)
         return _generation(out)
 
     @api.post("/search", response_model=SearchResponse)
@@ -245,7 +246,7 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
             sources = retrieve(res.store, res.bm25, body.question, body.k)
             return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
 
-        out, sources = await run_job(worker, GenerateJob(build, params), request)
+        out, sources = await run_job(worker, GenerateJob(build, params, "question"), request)
         return {
             "answer": out.text.strip(),
             "prompt_length": out.prompt_length,
@@ -275,7 +276,8 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
                 present = [i for i in ids if res.store.has(i)]
                 if present:
                     raise ClientError(409, f'already stored: {present} (set "replace": true to overwrite)')
-            records = compress_documents(res.model, [d.text for d in body.documents], res.settings, res.compress_batch)
+            planned = [res.documents.plan(d.text, f"documents[{i}].text") for i, d in enumerate(body.documents)]
+            records = res.documents.compress(planned)
             res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)), replace=body.replace)
             return [
                 {

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .worker import Busy, ClientError
+from .refusals import Busy, ClientError
 
 # Paths whose errors take OpenAI's shape alone.
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")

@@ -31,8 +31,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..model.arc import Generation
-from ..prompt import DOCUMENT, Doc
+from ..prompt import DOCUMENT
 from .ask import retrieve
+from .documents import RequestDoc
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
 from .stored import stored_chunks, stored_document
 from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
@@ -88,7 +89,7 @@ def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[di
             documents.append(stored_chunks(res.store, body.chunk_ids, decoder))
         except KeyError as e:
             raise ClientError(404, str(e.args[0]), "chunk_ids") from None
-    documents += [Doc(text) for text in body.documents or []]
+    documents += [RequestDoc(text, f"documents[{i}]") for i, text in enumerate(body.documents or [])]
     sources = []
     if body.retrieve is not None:
         found = retrieve(res.store, res.bm25, body.retrieve.query, body.retrieve.k)
@@ -248,7 +249,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             documents, sources = gather_documents(res, body)
             return chat_prompt(tokenizer(), body.messages, documents), sources
 
-        return await answer(request, body, GenerateJob(build, params), ChatShape)
+        return await answer(request, body, GenerateJob(build, params, "messages"), ChatShape)
 
     @api.post("/completions")
     async def completions(request: Request, body: CompletionRequest):
@@ -259,7 +260,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             documents, sources = gather_documents(res, body)
             return [*document_parts(documents), body.prompt_text()], sources
 
-        return await answer(request, body, GenerateJob(build, params), CompletionShape)
+        return await answer(request, body, GenerateJob(build, params, "prompt"), CompletionShape)
 
     async def answer(request: Request, body: OpenAIRequest, job: GenerateJob, shape):
         ident = f"{shape.prefix}-{uuid.uuid4().hex[:24]}"

@@ -25,23 +25,13 @@ from typing import Any
 
 from ..model.arc import Compressed
 from ..prompt import Doc
+from .documents import DocumentCompressor, Planned, as_compressed
+from .refusals import Busy, ClientError
 
 log = logging.getLogger(__name__)
 
 # How often a request waiting for the model checks that its client is still there.
 DISCONNECT_POLL_S = 0.1
-
-
-class ClientError(Exception):
-    """A request the service refuses, with the HTTP status to answer, the request field at fault
-    (`param`, as OpenAI names fields: `messages[0].content`) and OpenAI's error `code` if it has one."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,8 @@ class Resources:
         self.model = model
         self.store = store
         self.settings = settings  # IndexSettings: decoder and chunk size of the store's vectors
-        self.compress_batch = compress_batch
+        # request documents, chunked and compressed as the store's are
+        self.documents = DocumentCompressor(model, settings, compress_batch)
         # generate(prompts, decoder, params, on_token) -> list[Generation]; the HF decoder unless a
         # backend says. on_token(i, ids) after each new token of prompt i; True ends that prompt.
         self.generate = generate or self._generate_hf
@@ -92,24 +83,29 @@ class Resources:
             self._bm25 = open_retrieval(self.store)
         return self._bm25
 
-    def compress_texts(self, texts: list[str]) -> list[Compressed]:
-        """Documents -> Compressed, chunked exactly as the store's documents are."""
-        from ..storage.indexing import compress_documents
+    def compress_texts(self, texts: list[str], fields: list[str] | None = None) -> list[Compressed]:
+        """Documents -> Compressed, chunked exactly as the store's documents are; every document is
+        planned (and refused, naming its field) before any is compressed."""
+        planned = [self.documents.plan(t, f) for t, f in zip(texts, fields or [None] * len(texts))]
+        return [as_compressed(r, self.settings.decoder) for r in self.documents.compress(planned)]
 
-        records = compress_documents(self.model, texts, self.settings, self.compress_batch)
-        return [
-            Compressed([c.vectors for c in doc], self.settings.decoder, sum(c.n_tokens for c in doc)) for doc in records
-        ]
+    def plan_prompt(self, prompt: list, params: DecodeParams, param: str) -> list[Planned]:
+        """The prompt's documents, planned; a ClientError (400, naming `param`, OpenAI's code
+        context_length_exceeded) if the prompt and its new tokens would not fit the decoder's
+        positions, counted from token counts before anything is compressed."""
+        planned: dict[str, Planned] = {}
+        for part in prompt:
+            if isinstance(part, Doc) and part.text not in planned:
+                planned[part.text] = self.documents.plan(part.text, getattr(part, "param", None))
+        decoder, new_tokens = self.settings.decoder, params.max_new_tokens
+        try:
+            self.model.check_prompt(prompt, decoder, new_tokens, doc_chunks=lambda d: planned[d.text].chunk_lengths())
+        except ValueError as e:
+            raise ClientError(400, str(e), param, "context_length_exceeded") from None
+        return list(planned.values())
 
     def close(self) -> None:
         self.store.close()
-
-
-class Busy(ClientError):
-    """The queue of jobs waiting for the model is full."""
-
-    def __init__(self, pending: int):
-        super().__init__(503, f"the server is busy ({pending} requests waiting for the model); retry shortly")
 
 
 # Every job has a future (its answer) and `abandoned`, set by the service when its client has gone:
@@ -119,6 +115,7 @@ class GenerateJob:
     # build(resources) -> (prompt parts: str | Doc | Compressed, extra data returned with the result)
     build: Callable[[Resources], tuple[list, Any]]
     params: DecodeParams
+    param: str = "prompt"  # the request field named when the prompt is too long for the decoder
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
     # called in the worker thread with the new token ids so far, after every token (streaming)
@@ -134,6 +131,7 @@ class GenerateJob:
 @dataclass
 class CompressJob:
     texts: list[str]
+    fields: list[str] | None = None  # the request field of each text, for errors
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
 
@@ -269,24 +267,25 @@ class BatchingWorker:
         self.largest_batch = max(self.largest_batch, n)
 
     def _run_generate(self, res: Resources, batch: list[GenerateJob]) -> None:
-        prepared = []  # (job, prompt, extra)
+        prepared = []  # (job, prompt, extra, planned documents)
         for job in batch:
             if not self._start(job):
                 continue
             try:
                 prompt, extra = job.build(res)
-                prepared.append((job, prompt, extra))
+                # refused here, before any compression, if it cannot fit the decoder
+                prepared.append((job, prompt, extra, res.plan_prompt(prompt, job.params, job.param)))
             except Exception as e:
-                job.future.set_exception(e)
+                _set_error(job.future, e)
         if not prepared:
             return
         params, decoder = batch[0].params, res.settings.decoder
 
         def run(items):
-            # Documents of all prompts are compressed in one call, chunked like stored ones.
-            docs = [part.text for _, prompt, _ in items for part in prompt if isinstance(part, Doc)]
-            compressed = iter(res.compress_texts(docs) if docs else [])
-            prompts = [[next(compressed) if isinstance(p, Doc) else p for p in prompt] for _, prompt, _ in items]
+            # Documents of all prompts are compressed in shared encoder batches, chunked like stored ones.
+            planned = [d for *_, docs in items for d in docs]
+            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, res.documents.compress(planned))}
+            prompts = [[compressed[p.text] if isinstance(p, Doc) else p for p in prompt] for _, prompt, *_ in items]
             return res.generate(prompts, decoder, params, lambda i, ids: items[i][0].watch(ids))
 
         self._count(len(prepared))
@@ -300,23 +299,36 @@ class BatchingWorker:
             for item in prepared:
                 _settle(item[0].future, lambda item=item: (run([item])[0], item[2]), running=True)
             return
-        for (job, _, extra), out in zip(prepared, outputs):
+        for (job, _, extra, _), out in zip(prepared, outputs):
             self.abandoned += job.abandoned.is_set()  # stopped at its next token
             job.future.set_result((out, extra))
 
     def _run_compress(self, res: Resources, batch: list[CompressJob]) -> None:
-        jobs = [j for j in batch if self._start(j)]
-        if not jobs:
+        planned = []  # (job, its planned documents): every job refused before any compression
+        for job in batch:
+            if not self._start(job):
+                continue
+            try:
+                fields = job.fields or [None] * len(job.texts)
+                planned.append((job, [res.documents.plan(t, f) for t, f in zip(job.texts, fields)]))
+            except Exception as e:
+                _set_error(job.future, e)
+        if not planned:
             return
-        self._count(len(jobs))
+        self._count(len(planned))
+        decoder = res.settings.decoder
+
+        def run(docs):
+            return [as_compressed(r, decoder) for r in res.documents.compress(docs)]
+
         try:
-            out = iter(res.compress_texts([t for j in jobs for t in j.texts]))
-            results = [[next(out) for _ in j.texts] for j in jobs]
+            out = iter(run([d for _, docs in planned for d in docs]))
+            results = [[next(out) for _ in docs] for _, docs in planned]
         except Exception:
-            for job in jobs:
-                _settle(job.future, lambda job=job: res.compress_texts(job.texts), running=True)
+            for job, docs in planned:
+                _settle(job.future, lambda docs=docs: run(docs), running=True)
             return
-        for job, r in zip(jobs, results):
+        for (job, _), r in zip(planned, results):
             job.future.set_result(r)
 
 
