@@ -8,13 +8,16 @@
     DELETE /v1/documents/{id}
     POST   /v1/search              BM25 top-k stored chunks (ids, scores, texts)
     POST   /v1/ask                 BM25 top-k stored chunks -> answer + sources
+    GET    /metrics                Prometheus counters: the cache of compressed documents, the worker
     GET    /v1/models, POST /v1/chat/completions, POST /v1/completions
                                    OpenAI-compatible, with compressed documents (openai_routes.py)
     GET    /docs                   OpenAPI documentation
 
 Every request that touches the model or the store becomes a job for one worker thread
 (worker.py), which batches generation and compression requests that arrive together. The store is
-on disk: a restarted service finds every document it had.
+on disk: a restarted service finds every document it had. Documents sent as text (to compress,
+generate from, chat about or store) go through one cache of compressed documents (cache.py): a
+document asked about again is not compressed again.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from pathlib import Path
 
 import torch
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import PlainTextResponse
 
 from ..model.arc import Compressed
 from ..storage.indexing import open_store
 from .ask import ask_prompt, retrieve
-from .documents import RequestDoc
+from .cache import DEFAULT_CACHE_MB, DocumentCache
+from .documents import RequestDoc, cache_counts
 from .errors import install_error_handlers
 from .guard import RequestGuard
+from .metrics import CONTENT_TYPE, metrics_text
 from .openai_routes import add_openai_routes
 from .schemas import (
     AddDocumentsRequest,
@@ -79,13 +85,18 @@ def create_app(
     backend=None,
     backend_name: str = "hf",
     model_name: str = "arc-encoder",
+    cache_mb: float = DEFAULT_CACHE_MB,
+    cache: DocumentCache | None = None,
 ) -> FastAPI:
     """The service for one model and one store (created if missing).
 
     backend: None (generate with the model's HF decoder) or a factory called in the worker thread
     with (model, decoder index), returning generate(prompts, decoder, DecodeParams, on_token) ->
     list[Generation]. model_name: the id the OpenAI-compatible routes answer to (openai_routes.py).
+    cache_mb: the bound of the cache of compressed documents (0: none kept); `cache` gives one
+    instead (several services may share one: its keys hold the model, decoder and chunking).
     """
+    cache = cache if cache is not None else DocumentCache.of_megabytes(cache_mb)
     store_path = Path(store_path)
     bottleneck = model.vector_dim
     info: dict = {}
@@ -99,7 +110,7 @@ def create_app(
             chunk_tokens=settings.chunk_tokens,
         )
         generate = backend(model, settings.decoder) if backend is not None else None
-        return Resources(model, store, settings, generate)
+        return Resources(model, store, settings, generate, cache=cache)
 
     worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending)
 
@@ -138,6 +149,10 @@ def create_app(
             "batched_jobs": worker.batched_jobs,
             "largest_batch": worker.largest_batch,
         }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(metrics_text(cache, worker), media_type=CONTENT_TYPE)
 
     add_generation_routes(api, worker, checks, info, bottleneck)
     add_store_routes(api, worker, checks)
@@ -179,10 +194,12 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
         for i, t in enumerate(body.texts):
             checks.text(f"texts[{i}]", t)
         fields = [f"texts[{i}]" for i in range(len(body.texts))]
-        results: list[Compressed] = await run_job(worker, CompressJob(body.texts, fields), request)
+        job = CompressJob(body.texts, fields)
+        results: list[Compressed] = await run_job(worker, job, request)
         return {
             "decoder": info["decoder"],
             "dim": bottleneck,
+            "cache": job.cache,
             "results": [
                 {
                     "chunks": [vectors_to_json(c, body.encoding) for c in r.chunks],
@@ -224,8 +241,9 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
 
-        out, _ = await run_job(worker, GenerateJob(build, params, "prompt"), request)
-        return _generation(out)
+        job = GenerateJob(build, params, "prompt")
+        out, _ = await run_job(worker, job, request)
+        return {**_generation(out), "cache": job.cache}
 
     @api.post("/search", response_model=SearchResponse)
     async def search(request: Request, body: SearchRequest):
@@ -279,7 +297,7 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
             planned = [res.documents.plan(d.text, f"documents[{i}].text") for i, d in enumerate(body.documents)]
             records = res.documents.compress(planned)
             res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)), replace=body.replace)
-            return [
+            added = [
                 {
                     "id": d.id,
                     "chunks": len(r),
@@ -288,8 +306,9 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
                 }
                 for d, r in zip(body.documents, records)
             ]
+            return {"added": added, "cache": cache_counts(planned)}
 
-        return {"added": await run_job(worker, CallJob(add), request)}
+        return await run_job(worker, CallJob(add), request)
 
     @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
     async def get_document(request: Request, doc_id: str, vectors: str = "none"):

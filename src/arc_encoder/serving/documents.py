@@ -3,8 +3,9 @@
 Planning chunks a document with the store's settings and counts its tokens (the encoder does not
 run): a document over the model's max_chunks, or a prompt that would not fit the decoder's
 positions (ARCModel.check_prompt), is refused then, naming the request field that holds it, before
-any compression. Compression runs the planned chunks of all the documents of a batch of requests
-in shared encoder batches; a text that appears twice is compressed once.
+any compression. Compression first looks each document up in the cache of compressed documents
+(cache.py), then runs the planned chunks of the documents it lacks, all the documents of a batch
+of requests in shared encoder batches; a text that appears twice is compressed once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..model.arc import Compressed
 from ..prompt import Doc
 from ..storage.indexing import ChunkPlan, IndexSettings, compress_chunks, plan_chunks
 from ..storage.store import ChunkRecord
+from .cache import DEFAULT_CACHE_MB, DocumentCache, cache_key, vectors_identity
 from .refusals import ClientError
 
 
@@ -32,6 +34,8 @@ class Planned:
     text: str
     param: str | None  # the request field holding the text (`documents[2]`), for errors
     chunks: list[ChunkPlan]
+    key: str  # its key in the cache of compressed documents
+    cached: bool | None = None  # after compression: whether it came from the cache (or a batch-mate)
 
     def chunk_lengths(self) -> list[int]:
         """Encoder tokens per chunk (what prompt_positions counts vectors from)."""
@@ -43,34 +47,74 @@ def as_compressed(records: list[ChunkRecord], decoder: int) -> Compressed:
     return Compressed([r.vectors for r in records], decoder, sum(r.n_tokens for r in records))
 
 
-class DocumentCompressor:
-    """Plans and compresses request documents for one model and one store's settings."""
+def cache_counts(docs: list[Planned]) -> dict:
+    """The `cache` report of a request: how many of its documents the cache had, how many were compressed."""
+    hits = sum(1 for d in docs if d.cached)
+    return {"hits": hits, "misses": len(docs) - hits}
 
-    def __init__(self, model, settings: IndexSettings, batch_size: int = 16):
+
+class DocumentCompressor:
+    """Plans and compresses request documents for one model and one store's settings, through a
+    cache (a new one of DEFAULT_CACHE_MB unless given: it may be shared)."""
+
+    def __init__(
+        self,
+        model,
+        settings: IndexSettings,
+        batch_size: int = 16,
+        cache: DocumentCache | None = None,
+        fingerprint: str | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"the compression batch size must be >= 1, got {batch_size}")
         self.model = model
         self.settings = settings
         self.batch_size = batch_size
+        self.cache = cache if cache is not None else DocumentCache.of_megabytes(DEFAULT_CACHE_MB)
+        self.identity = vectors_identity(
+            fingerprint or model.fingerprint(),
+            model.config.to_dict(),
+            settings.decoder,
+            settings.decoder_name,
+            settings.chunk_tokens,
+        )
 
     def plan(self, text: str, param: str | None = None) -> Planned:
         """The document's chunks; a ClientError (400) naming `param` for one the model cannot take
         (empty, or more chunks than max_chunks)."""
         try:
-            return Planned(text, param, plan_chunks(self.model, text, self.settings))
+            chunks = plan_chunks(self.model, text, self.settings)
         except (ValueError, TypeError) as e:
             raise ClientError(400, f"{param}: {e}" if param else str(e), param) from None
+        return Planned(text, param, chunks, cache_key(self.identity, text))
 
     def compress(self, docs: list[Planned]) -> list[list[ChunkRecord]]:
-        """Each planned document's chunk records (vectors float32 on the CPU), in the order given;
-        a text given twice is compressed once."""
-        unique: dict[str, Planned] = {}
+        """Each planned document's chunk records (vectors float32 on the CPU), in the order given:
+        from the cache, else compressed (and cached). A text given twice is compressed once; each
+        document's `cached` says which it was."""
+        found: dict[str, list[ChunkRecord]] = {}
+        missing: dict[str, Planned] = {}
+        repeats = []
         for d in docs:
-            unique.setdefault(d.text, d)
-        flat = [c for d in unique.values() for c in d.chunks]
+            if d.key in found or d.key in missing:
+                repeats.append(d)
+                continue
+            records = self.cache.get(d.key)
+            d.cached = records is not None
+            if records is None:
+                missing[d.key] = d
+            else:
+                found[d.key] = records
+        for key, records in self._encode(list(missing.values())).items():
+            self.cache.put(key, records)
+            found[key] = records
+        for d in repeats:  # compressed (or found) once for an earlier document of the call
+            d.cached = True
+            self.cache.get(d.key)  # counted as the hit it is
+        return [found[d.key] for d in docs]
+
+    def _encode(self, docs: list[Planned]) -> dict[str, list[ChunkRecord]]:
+        """Run the encoder on the documents' chunks, in shared batches: key -> chunk records."""
+        flat = [c for d in docs for c in d.chunks]
         vectors = iter(compress_chunks(self.model, flat, self.settings.decoder, self.batch_size) if flat else [])
-        records = {
-            text: [ChunkRecord(next(vectors), c.n_tokens, c.start, c.end) for c in d.chunks]
-            for text, d in unique.items()
-        }
-        return [records[d.text] for d in docs]
+        return {d.key: [ChunkRecord(next(vectors), c.n_tokens, c.start, c.end) for c in d.chunks] for d in docs}

@@ -137,14 +137,16 @@ def usage(out: Generation) -> dict:
     return {"prompt_tokens": out.prompt_length, "completion_tokens": new, "total_tokens": out.prompt_length + new}
 
 
-def compression(out: Generation, sources: list[dict]) -> dict:
+def compression(out: Generation, sources: list[dict], cache: dict | None) -> dict:
     """The `arc` extension field. Positions saved: document tokens minus the vectors that replaced
-    them (the one special vector per chunk not counted)."""
+    them (the one special vector per chunk not counted). cache: of the `documents` sent as text,
+    how many the cache of compressed documents had (hits) and how many were compressed (misses)."""
     return {
         "document_tokens": out.document_tokens,
         "compressed_vectors": out.compressed_vectors,
         "compression_ratio": out.compression_ratio,
         "positions_saved": out.document_tokens - out.compressed_vectors,
+        "cache": cache or {"hits": 0, "misses": 0},
         "sources": sources,
     }
 
@@ -272,7 +274,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
                 "object": shape.object,
                 "choices": [shape.choice(out.text, finish_reason(out, job.params, tokenizer()))],
                 "usage": usage(out),
-                "arc": compression(out, sources),
+                "arc": compression(out, sources, job.cache),
             }
         return await stream(request, body, job, shape, stamp)
 
@@ -322,7 +324,8 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
                 if tail:
                     yield event(shape.delta(tail, None))
                 yield event(
-                    shape.delta(None, finish_reason(out, job.params, tokenizer())), arc=compression(out, sources)
+                    shape.delta(None, finish_reason(out, job.params, tokenizer())),
+                    arc=compression(out, sources, job.cache),
                 )
                 if body.stream_options is not None and body.stream_options.include_usage:
                     yield event(None, usage=usage(out))

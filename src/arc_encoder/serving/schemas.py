@@ -182,6 +182,14 @@ class AskRequest(DecodeOptions):
 # ----------------------------------------------------------------------------- responses
 
 
+class CacheReport(BaseModel):
+    """How many of the request's documents the cache of compressed documents had (hits) and how
+    many were compressed for it (misses)."""
+
+    hits: int
+    misses: int
+
+
 class CompressedOut(BaseModel):
     chunks: list[dict]
     n_vectors: int
@@ -192,6 +200,7 @@ class CompressedOut(BaseModel):
 class CompressResponse(BaseModel):
     decoder: int
     dim: int
+    cache: CacheReport
     results: list[CompressedOut]
 
 
@@ -202,6 +211,7 @@ class GenerateResponse(BaseModel):
     document_tokens: int
     compressed_vectors: int
     compression_ratio: float | None
+    cache: CacheReport
 
 
 class AddedDocument(BaseModel):
@@ -213,6 +223,7 @@ class AddedDocument(BaseModel):
 
 class AddDocumentsResponse(BaseModel):
     added: list[AddedDocument]
+    cache: CacheReport
 
 
 class ChunkOut(BaseModel):

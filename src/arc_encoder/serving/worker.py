@@ -25,7 +25,8 @@ from typing import Any
 
 from ..model.arc import Compressed
 from ..prompt import Doc
-from .documents import DocumentCompressor, Planned, as_compressed
+from .cache import DocumentCache
+from .documents import DocumentCompressor, Planned, as_compressed, cache_counts
 from .refusals import Busy, ClientError
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,20 @@ class DecodeParams:
 class Resources:
     """What jobs may use, all owned by the worker thread: model, store, retrieval index, generator."""
 
-    def __init__(self, model, store, settings, generate: Callable | None = None, compress_batch: int = 16):
+    def __init__(
+        self,
+        model,
+        store,
+        settings,
+        generate: Callable | None = None,
+        compress_batch: int = 16,
+        cache: DocumentCache | None = None,
+    ):
         self.model = model
         self.store = store
         self.settings = settings  # IndexSettings: decoder and chunk size of the store's vectors
-        # request documents, chunked and compressed as the store's are
-        self.documents = DocumentCompressor(model, settings, compress_batch)
+        # request documents, chunked and compressed as the store's are, through the cache
+        self.documents = DocumentCompressor(model, settings, compress_batch, cache, store.fingerprint)
         # generate(prompts, decoder, params, on_token) -> list[Generation]; the HF decoder unless a
         # backend says. on_token(i, ids) after each new token of prompt i; True ends that prompt.
         self.generate = generate or self._generate_hf
@@ -118,6 +127,7 @@ class GenerateJob:
     param: str = "prompt"  # the request field named when the prompt is too long for the decoder
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    cache: dict | None = None  # set by the worker: how many of its documents the cache had (cache_counts)
     # called in the worker thread with the new token ids so far, after every token (streaming)
     on_token: Callable[[list[int]], None] | None = None
 
@@ -134,6 +144,7 @@ class CompressJob:
     fields: list[str] | None = None  # the request field of each text, for errors
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    cache: dict | None = None  # as GenerateJob.cache
 
 
 @dataclass
@@ -284,7 +295,8 @@ class BatchingWorker:
         def run(items):
             # Documents of all prompts are compressed in shared encoder batches, chunked like stored ones.
             planned = [d for *_, docs in items for d in docs]
-            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, res.documents.compress(planned))}
+            records = res.documents.compress(planned) if planned else []
+            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, records)}
             prompts = [[compressed[p.text] if isinstance(p, Doc) else p for p in prompt] for _, prompt, *_ in items]
             return res.generate(prompts, decoder, params, lambda i, ids: items[i][0].watch(ids))
 
@@ -297,9 +309,10 @@ class BatchingWorker:
                 return
             # One bad prompt must not fail its batch-mates: answer them one by one.
             for item in prepared:
-                _settle(item[0].future, lambda item=item: (run([item])[0], item[2]), running=True)
+                _settle(item[0].future, lambda item=item: _reported(item[0], item[3], run([item])[0], item[2]), True)
             return
-        for (job, _, extra, _), out in zip(prepared, outputs):
+        for (job, _, extra, docs), out in zip(prepared, outputs):
+            job.cache = cache_counts(docs)
             self.abandoned += job.abandoned.is_set()  # stopped at its next token
             job.future.set_result((out, extra))
 
@@ -326,9 +339,10 @@ class BatchingWorker:
             results = [[next(out) for _ in docs] for _, docs in planned]
         except Exception:
             for job, docs in planned:
-                _settle(job.future, lambda docs=docs: run(docs), running=True)
+                _settle(job.future, lambda job=job, docs=docs: _reported(job, docs, run(docs)), running=True)
             return
-        for (job, _), r in zip(planned, results):
+        for (job, docs), r in zip(planned, results):
+            job.cache = cache_counts(docs)
             job.future.set_result(r)
 
 
@@ -354,6 +368,12 @@ def _batch_key(job):
     if isinstance(job, CompressJob):
         return ("compress",)
     return None
+
+
+def _reported(job, docs: list[Planned], *result):
+    """The job's answer, once its cache report is set (the route reads it when the answer comes)."""
+    job.cache = cache_counts(docs)
+    return result if len(result) > 1 else result[0]
 
 
 def _settle(future: Future, fn: Callable[[], Any], running: bool = False) -> None:
