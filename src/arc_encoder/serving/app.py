@@ -87,6 +87,7 @@ def create_app(
     model_name: str = "arc-encoder",
     cache_mb: float = DEFAULT_CACHE_MB,
     cache: DocumentCache | None = None,
+    compress_batch: int = 16,
 ) -> FastAPI:
     """The service for one model and one store (created if missing).
 
@@ -95,6 +96,8 @@ def create_app(
     list[Generation]. model_name: the id the OpenAI-compatible routes answer to (openai_routes.py).
     cache_mb: the bound of the cache of compressed documents (0: none kept); `cache` gives one
     instead (several services may share one: its keys hold the model, decoder and chunking).
+    compress_batch: chunks per encoder call; a request whose client has left stops being
+    compressed at the next call, so smaller batches free the worker sooner (GPUs want larger ones).
     """
     cache = cache if cache is not None else DocumentCache.of_megabytes(cache_mb)
     store_path = Path(store_path)
@@ -110,7 +113,7 @@ def create_app(
             chunk_tokens=settings.chunk_tokens,
         )
         generate = backend(model, settings.decoder) if backend is not None else None
-        return Resources(model, store, settings, generate, cache=cache)
+        return Resources(model, store, settings, generate, compress_batch, cache)
 
     worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending)
 
@@ -294,8 +297,11 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
                 present = [i for i in ids if res.store.has(i)]
                 if present:
                     raise ClientError(409, f'already stored: {present} (set "replace": true to overwrite)')
-            planned = [res.documents.plan(d.text, f"documents[{i}].text") for i, d in enumerate(body.documents)]
+            docs = enumerate(body.documents)
+            planned = [res.documents.plan(d.text, f"documents[{i}].text", job.abandoned) for i, d in docs]
             records = res.documents.compress(planned)
+            if any(r is None for r in records):  # the client left while they were being compressed
+                raise ClientError(499, "the client closed the request")
             res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)), replace=body.replace)
             added = [
                 {
@@ -308,7 +314,8 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
             ]
             return {"added": added, "cache": cache_counts(planned)}
 
-        return await run_job(worker, CallJob(add), request)
+        job = CallJob(add)
+        return await run_job(worker, job, request)
 
     @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
     async def get_document(request: Request, doc_id: str, vectors: str = "none"):

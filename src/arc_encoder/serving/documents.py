@@ -5,11 +5,14 @@ run): a document over the model's max_chunks, or a prompt that would not fit the
 positions (ARCModel.check_prompt), is refused then, naming the request field that holds it, before
 any compression. Compression first looks each document up in the cache of compressed documents
 (cache.py), then runs the planned chunks of the documents it lacks, all the documents of a batch
-of requests in shared encoder batches; a text that appears twice is compressed once.
+of requests in shared encoder batches; a text that appears twice is compressed once. Between two
+encoder batches, the chunks of documents whose requests have all gone (their clients left) are
+dropped: the worker is free for the next request within one batch (`--compress-batch` chunks).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ..model.arc import Compressed
@@ -35,6 +38,7 @@ class Planned:
     param: str | None  # the request field holding the text (`documents[2]`), for errors
     chunks: list[ChunkPlan]
     key: str  # its key in the cache of compressed documents
+    abandoned: threading.Event | None = None  # set when the request that sent it has gone
     cached: bool | None = None  # after compression: whether it came from the cache (or a batch-mate)
 
     def chunk_lengths(self) -> list[int]:
@@ -79,42 +83,56 @@ class DocumentCompressor:
             settings.chunk_tokens,
         )
 
-    def plan(self, text: str, param: str | None = None) -> Planned:
+    def plan(self, text: str, param: str | None = None, abandoned: threading.Event | None = None) -> Planned:
         """The document's chunks; a ClientError (400) naming `param` for one the model cannot take
-        (empty, or more chunks than max_chunks)."""
+        (empty, or more chunks than max_chunks). `abandoned`: set when the request that sent the
+        document has gone (its compression then stops)."""
         try:
             chunks = plan_chunks(self.model, text, self.settings)
         except (ValueError, TypeError) as e:
             raise ClientError(400, f"{param}: {e}" if param else str(e), param) from None
-        return Planned(text, param, chunks, cache_key(self.identity, text))
+        return Planned(text, param, chunks, cache_key(self.identity, text), abandoned)
 
-    def compress(self, docs: list[Planned]) -> list[list[ChunkRecord]]:
+    def compress(self, docs: list[Planned]) -> list[list[ChunkRecord] | None]:
         """Each planned document's chunk records (vectors float32 on the CPU), in the order given:
         from the cache, else compressed (and cached). A text given twice is compressed once; each
-        document's `cached` says which it was."""
+        document's `cached` says which it was. A document whose requests have all been abandoned
+        stops being compressed at the next encoder batch, and is None here."""
         found: dict[str, list[ChunkRecord]] = {}
-        missing: dict[str, Planned] = {}
-        repeats = []
+        missing: dict[str, list[Planned]] = {}  # key -> the documents of the call with that text
         for d in docs:
-            if d.key in found or d.key in missing:
-                repeats.append(d)
+            if d.key in missing:
+                missing[d.key].append(d)
                 continue
-            records = self.cache.get(d.key)
+            records = self.cache.get(d.key) if d.key not in found else found[d.key]
+            if d.key in found:
+                self.cache.get(d.key)  # a repeat of a document found: counted as the hit it is
             d.cached = records is not None
             if records is None:
-                missing[d.key] = d
+                missing[d.key] = [d]
             else:
                 found[d.key] = records
-        for key, records in self._encode(list(missing.values())).items():
+        encoded = self._encode(missing)
+        for key, records in encoded.items():
             self.cache.put(key, records)
             found[key] = records
-        for d in repeats:  # compressed (or found) once for an earlier document of the call
-            d.cached = True
-            self.cache.get(d.key)  # counted as the hit it is
-        return [found[d.key] for d in docs]
+            for d in missing[key][1:]:  # compressed once, for the first of them
+                d.cached = True
+                self.cache.get(key)
+        return [found.get(d.key) for d in docs]
 
-    def _encode(self, docs: list[Planned]) -> dict[str, list[ChunkRecord]]:
-        """Run the encoder on the documents' chunks, in shared batches: key -> chunk records."""
-        flat = [c for d in docs for c in d.chunks]
-        vectors = iter(compress_chunks(self.model, flat, self.settings.decoder, self.batch_size) if flat else [])
-        return {d.key: [ChunkRecord(next(vectors), c.n_tokens, c.start, c.end) for c in d.chunks] for d in docs}
+    def _encode(self, missing: dict[str, list[Planned]]) -> dict[str, list[ChunkRecord]]:
+        """Run the encoder on the documents' chunks, in shared batches, until nobody wants them:
+        key -> chunk records, for the documents compressed whole."""
+        flat = [(key, c) for key, group in missing.items() for c in group[0].chunks]
+        if not flat:
+            return {}
+
+        def wanted(i: int) -> bool:
+            return any(d.abandoned is None or not d.abandoned.is_set() for d in missing[flat[i][0]])
+
+        vectors = compress_chunks(self.model, [c for _, c in flat], self.settings.decoder, self.batch_size, wanted)
+        out: dict[str, list[ChunkRecord]] = {}
+        for (key, c), v in zip(flat, vectors):
+            out.setdefault(key, []).append(None if v is None else ChunkRecord(v, c.n_tokens, c.start, c.end))
+        return {key: records for key, records in out.items() if None not in records}

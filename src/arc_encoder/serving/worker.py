@@ -23,7 +23,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.arc import Compressed
 from ..prompt import Doc
 from .cache import DocumentCache
 from .documents import DocumentCompressor, Planned, as_compressed, cache_counts
@@ -92,20 +91,17 @@ class Resources:
             self._bm25 = open_retrieval(self.store)
         return self._bm25
 
-    def compress_texts(self, texts: list[str], fields: list[str] | None = None) -> list[Compressed]:
-        """Documents -> Compressed, chunked exactly as the store's documents are; every document is
-        planned (and refused, naming its field) before any is compressed."""
-        planned = [self.documents.plan(t, f) for t, f in zip(texts, fields or [None] * len(texts))]
-        return [as_compressed(r, self.settings.decoder) for r in self.documents.compress(planned)]
-
-    def plan_prompt(self, prompt: list, params: DecodeParams, param: str) -> list[Planned]:
+    def plan_prompt(
+        self, prompt: list, params: DecodeParams, param: str, abandoned: threading.Event | None = None
+    ) -> list[Planned]:
         """The prompt's documents, planned; a ClientError (400, naming `param`, OpenAI's code
         context_length_exceeded) if the prompt and its new tokens would not fit the decoder's
-        positions, counted from token counts before anything is compressed."""
+        positions, counted from token counts before anything is compressed. `abandoned`: the
+        request's event (its documents stop being compressed once it is set)."""
         planned: dict[str, Planned] = {}
         for part in prompt:
             if isinstance(part, Doc) and part.text not in planned:
-                planned[part.text] = self.documents.plan(part.text, getattr(part, "param", None))
+                planned[part.text] = self.documents.plan(part.text, getattr(part, "param", None), abandoned)
         decoder, new_tokens = self.settings.decoder, params.max_new_tokens
         try:
             self.model.check_prompt(prompt, decoder, new_tokens, doc_chunks=lambda d: planned[d.text].chunk_lengths())
@@ -285,33 +281,47 @@ class BatchingWorker:
             try:
                 prompt, extra = job.build(res)
                 # refused here, before any compression, if it cannot fit the decoder
-                prepared.append((job, prompt, extra, res.plan_prompt(prompt, job.params, job.param)))
+                prepared.append((job, prompt, extra, res.plan_prompt(prompt, job.params, job.param, job.abandoned)))
             except Exception as e:
                 _set_error(job.future, e)
         if not prepared:
             return
         params, decoder = batch[0].params, res.settings.decoder
 
-        def run(items):
-            # Documents of all prompts are compressed in shared encoder batches, chunked like stored ones.
+        def run(items) -> list:
+            """Compress the items' documents (shared encoder batches, chunked like stored ones),
+            then generate for the items whose clients are still there: [(item, Generation)]."""
             planned = [d for *_, docs in items for d in docs]
             records = res.documents.compress(planned) if planned else []
-            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, records)}
-            prompts = [[compressed[p.text] if isinstance(p, Doc) else p for p in prompt] for _, prompt, *_ in items]
-            return res.generate(prompts, decoder, params, lambda i, ids: items[i][0].watch(ids))
+            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, records) if r is not None}
+            live = []
+            for item in items:
+                if all(d.text in compressed for d in item[3]):
+                    live.append(item)
+                else:  # its client left while its documents were being compressed
+                    self._gone(item[0], item[3])
+            if not live:
+                return []
+            prompts = [[compressed[p.text] if isinstance(p, Doc) else p for p in prompt] for _, prompt, *_ in live]
+            return list(zip(live, res.generate(prompts, decoder, params, lambda i, ids: live[i][0].watch(ids))))
 
         self._count(len(prepared))
         try:
-            outputs = run(prepared)
+            answered = run(prepared)
         except Exception as e:
             if len(prepared) == 1:
                 _set_error(prepared[0][0].future, e)
                 return
             # One bad prompt must not fail its batch-mates: answer them one by one.
+            answered = []
             for item in prepared:
-                _settle(item[0].future, lambda item=item: _reported(item[0], item[3], run([item])[0], item[2]), True)
-            return
-        for (job, _, extra, docs), out in zip(prepared, outputs):
+                if item[0].future.done():
+                    continue
+                try:
+                    answered += run([item])
+                except Exception as e:
+                    _set_error(item[0].future, e)
+        for (job, _, extra, docs), out in answered:
             job.cache = cache_counts(docs)
             self.abandoned += job.abandoned.is_set()  # stopped at its next token
             job.future.set_result((out, extra))
@@ -323,7 +333,7 @@ class BatchingWorker:
                 continue
             try:
                 fields = job.fields or [None] * len(job.texts)
-                planned.append((job, [res.documents.plan(t, f) for t, f in zip(job.texts, fields)]))
+                planned.append((job, [res.documents.plan(t, f, job.abandoned) for t, f in zip(job.texts, fields)]))
             except Exception as e:
                 _set_error(job.future, e)
         if not planned:
@@ -331,19 +341,31 @@ class BatchingWorker:
         self._count(len(planned))
         decoder = res.settings.decoder
 
-        def run(docs):
-            return [as_compressed(r, decoder) for r in res.documents.compress(docs)]
+        def finish(job: CompressJob, docs: list[Planned], records: list) -> None:
+            if any(r is None for r in records):  # its client left while they were being compressed
+                self._gone(job, docs)
+                return
+            job.cache = cache_counts(docs)
+            job.future.set_result([as_compressed(r, decoder) for r in records])
 
         try:
-            out = iter(run([d for _, docs in planned for d in docs]))
+            out = iter(res.documents.compress([d for _, docs in planned for d in docs]))
             results = [[next(out) for _ in docs] for _, docs in planned]
         except Exception:
             for job, docs in planned:
-                _settle(job.future, lambda job=job, docs=docs: _reported(job, docs, run(docs)), running=True)
+                try:
+                    finish(job, docs, res.documents.compress(docs))
+                except Exception as e:
+                    _set_error(job.future, e)
             return
-        for (job, docs), r in zip(planned, results):
-            job.cache = cache_counts(docs)
-            job.future.set_result(r)
+        for (job, docs), records in zip(planned, results):
+            finish(job, docs, records)
+
+    def _gone(self, job, docs: list[Planned]) -> None:
+        """End a running job whose client has gone (nobody reads the answer)."""
+        self.abandoned += 1
+        job.cache = cache_counts(docs)
+        job.future.set_exception(ClientError(499, "the client closed the request"))
 
 
 async def run_job(worker: BatchingWorker, job, request) -> object:
@@ -368,12 +390,6 @@ def _batch_key(job):
     if isinstance(job, CompressJob):
         return ("compress",)
     return None
-
-
-def _reported(job, docs: list[Planned], *result):
-    """The job's answer, once its cache report is set (the route reads it when the answer comes)."""
-    job.cache = cache_counts(docs)
-    return result if len(result) > 1 else result[0]
 
 
 def _settle(future: Future, fn: Callable[[], Any], running: bool = False) -> None:
