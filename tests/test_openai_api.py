@@ -218,3 +218,66 @@ def test_text_stream_never_shows_a_stop_string_or_half_a_character():
     assert deltas == ["He", "llo", "", ""]
     stream = TextStream([])
     assert [stream.update("caf\ufffd"), stream.update("café"), stream.finish("café!")] == ["caf", "é", "!"]
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TRIMMING = (  # as Llama 3's template does: the content trimmed
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | trim }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+OLD_MARK = "\x00arc-documents\x00"  # the marker string the documents' place used to be found by
+
+
+@pytest.mark.parametrize(
+    "template, user, expected_before, expected_after",
+    [
+        (
+            None,
+            "what is it?",
+            f"system: rules {OLD_MARK} here\nuser: first\nassistant: ok\nuser: ",
+            "what is it?\nassistant:",
+        ),
+        (
+            CHATML,
+            "what is it?",
+            f"<|im_start|>system\nrules {OLD_MARK} here<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n"
+            "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\n",
+            "what is it?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            TRIMMING,
+            "  what is it?  ",
+            f"[system] rules {OLD_MARK} here\n[user] first\n[assistant] ok\n[user] ",
+            "what is it?\n[assistant] ",
+        ),
+        (CHATML, "", None, "<|im_end|>\n<|im_start|>assistant\n"),  # an empty message: where its text would be
+    ],
+)
+def test_documents_go_before_the_last_user_message_whatever_the_messages_say(
+    model, template, user, expected_before, expected_after
+):
+    """The documents' place comes from the template's structure: a message holding the string that
+    used to mark it (here the system message) does not move them."""
+    import copy
+
+    from arc_encoder.serving.openai_routes import chat_prompt
+    from arc_encoder.serving.openai_schemas import ChatMessage
+
+    tokenizer = copy.deepcopy(model.decoder_tokenizers[0])
+    tokenizer.chat_template = template
+    messages = [
+        ChatMessage(role="system", content=f"rules {OLD_MARK} here"),
+        ChatMessage(role="user", content="first"),
+        ChatMessage(role="assistant", content="ok"),
+        ChatMessage(role="user", content=user),
+    ]
+    doc = Doc("a document")
+    parts = chat_prompt(tokenizer, messages, [doc])
+    assert parts[1:4] == ["Document: ", doc, "\n"] and len(parts) == 5
+    if expected_before is not None:
+        assert parts[0] == expected_before
+    assert parts[4] == expected_after
+    assert parts[0] + parts[4] == chat_prompt(tokenizer, messages, [])[0]  # the conversation, whole and unchanged

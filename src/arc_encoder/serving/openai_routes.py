@@ -12,9 +12,10 @@ Documents travel as extension fields of the request body (the openai client's `e
     "retrieve":     {"query": "...", "k": 3} the store's BM25 top-k chunks for the query
 
 They go, in that order, each as `"Document: " [vectors] "\n"`, just before the text of the last user
-message (chat) or before the prompt (completions). The standard response fields stay standard
-(`usage.prompt_tokens` counts the decoder positions actually used, vectors included); the extension
-field `arc` says what compression did: document tokens, vectors, ratio, positions saved, sources.
+message (chat: the place found from the template's structure, chat_prompt) or before the prompt
+(completions). The standard response fields stay standard (`usage.prompt_tokens` counts the decoder
+positions actually used, vectors included); the extension field `arc` says what compression did:
+document tokens, vectors, ratio, positions saved, cache hits and misses, sources.
 
 These routes share the worker, the batching, the key and the limits of the native ones (app.py);
 their errors take OpenAI's shape (errors.py).
@@ -39,7 +40,7 @@ from .stored import stored_chunks, stored_document
 from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
-DOCUMENTS_MARK = "\x00arc-documents\x00"  # where the documents go in a rendered chat template
+PROBE = "\x01"  # stands for an empty last user message while its place is found (chat_prompt)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -60,18 +61,48 @@ def document_parts(documents: list) -> list:
 
 def chat_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
     """Prompt parts of a chat request: the rendered template, documents spliced before the text of
-    the last user message."""
+    the last user message.
+
+    The place is found from the structure of the rendering, not from a marker a message could
+    contain: the conversation is rendered twice, the last user message once with its text and once
+    empty, and the two renderings differ by one inserted block, the message's text as the template
+    writes it; the documents go where it starts."""
     rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     if not documents:
         return [render_chat(tokenizer, rendered)]
     users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
     if not users:
         raise ClientError(400, "documents go before the last user message, and there is none", "messages")
-    rendered[users[-1]]["content"] = DOCUMENTS_MARK + rendered[users[-1]]["content"]
-    before, mark, after = render_chat(tokenizer, rendered).partition(DOCUMENTS_MARK)
-    if not mark:
-        raise ClientError(400, "the decoder's chat template drops the user message's text", "messages")
-    return [before, *document_parts(documents), after]
+    last = users[-1]
+
+    def with_last(content: str) -> str:
+        return render_chat(tokenizer, [*rendered[:last], {**rendered[last], "content": content}, *rendered[last + 1 :]])
+
+    actual = rendered[last]["content"]
+    full = with_last(actual)
+    # an empty (or blank) message has no text to find: a probe character stands in for it
+    start = insertion_point(with_last(""), full if actual.strip() else with_last(PROBE))
+    if start is None:
+        raise ClientError(400, "the decoder's chat template changes the user message's text", "messages")
+    return [full[:start], *document_parts(documents), full[start:]]
+
+
+def insertion_point(short: str, long: str) -> int | None:
+    """Where `long` is `short` with one block inserted: the first such place (None if it is not).
+
+    With a common prefix of length p and a common suffix of length q (at most len(short)), the
+    block may start anywhere in [len(short) - q, p]; every place there gives the same text, and the
+    first puts the documents before all of the user's text."""
+    if len(long) < len(short):
+        return None
+    p = 0
+    while p < len(short) and short[p] == long[p]:
+        p += 1
+    q = 0
+    while q < len(short) and short[len(short) - 1 - q] == long[len(long) - 1 - q]:
+        q += 1
+    start = len(short) - q
+    return start if start <= p else None
 
 
 def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[dict]]:
