@@ -219,16 +219,6 @@ def compress_chunks(
     return out
 
 
-def compress_documents(
-    model, texts: list[str], settings: IndexSettings, batch_size: int = 16
-) -> list[list[ChunkRecord]]:
-    """Chunk and compress documents (all their chunks in shared encoder batches)."""
-    plans = [plan_chunks(model, t, settings) for t in texts]
-    flat = [p for doc in plans for p in doc]
-    vectors = iter(compress_chunks(model, flat, settings.decoder, batch_size))
-    return [[ChunkRecord(next(vectors), p.n_tokens, p.start, p.end) for p in doc] for doc in plans]
-
-
 # --------------------------------------------------------------------- indexing
 
 
