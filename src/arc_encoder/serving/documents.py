@@ -104,9 +104,11 @@ class DocumentCompressor:
             if d.key in missing:
                 missing[d.key].append(d)
                 continue
-            records = self.cache.get(d.key) if d.key not in found else found[d.key]
-            if d.key in found:
-                self.cache.get(d.key)  # a repeat of a document found: counted as the hit it is
+            if d.key in found:  # a repeat of a document found: counted as the hit it is
+                self.cache.get(d.key)
+                d.cached = True
+                continue
+            records = self.cache.get(d.key)
             d.cached = records is not None
             if records is None:
                 missing[d.key] = [d]
@@ -135,4 +137,4 @@ class DocumentCompressor:
         out: dict[str, list[ChunkRecord]] = {}
         for (key, c), v in zip(flat, vectors):
             out.setdefault(key, []).append(None if v is None else ChunkRecord(v, c.n_tokens, c.start, c.end))
-        return {key: records for key, records in out.items() if None not in records}
+        return {key: records for key, records in out.items() if all(r is not None for r in records)}
