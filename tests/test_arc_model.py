@@ -332,6 +332,52 @@ def test_long_documents_are_chunked_never_dropped(tiny_arc):
         model.compress([text * 3])
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # mean pooling x2
+        {"pooling_factors": [2, 3]},  # two pooling blocks: ceil(ceil(n/2)/3)
+        {"pooling": "memory", "memory_tokens": 3, "pooling_factors": []},
+        {"special_tokens": False},
+    ],
+)
+def test_prompt_positions_are_counted_before_compressing(tiny_arc, overrides):
+    """prompt_positions (token counts only) against the positions the spliced prompt really takes
+    (Generation.prompt_length), for text, documents of several chunks and stored vectors."""
+    from arc_encoder.model.prompting import prompt_positions
+
+    model = tiny_arc(chunk_tokens=16, **overrides).eval()
+    long_text = " ".join(TEXTS)
+    stored = model.compress([TEXTS[1]])[0]
+    prompts = [
+        ["Document: ", Doc(long_text), "\nQuestion: what?\nAnswer:"],
+        [Doc(TEXTS[0]), stored, "Answer:"],
+        ["Question: who?\nAnswer:"],
+        [stored],
+    ]
+    assert len(model.chunks_of(long_text)) > 2
+    for prompt in prompts:
+        assert prompt_positions(model, prompt, 0) == model.generate([prompt], max_new_tokens=1)[0].prompt_length
+    # by hand, x2 pooling with a special token per chunk: chunks of n tokens take ceil(n/2) + 1
+    if not overrides:
+        lengths = [len(c.encoder_ids) for c in model.chunks_of(long_text)]
+        assert prompt_positions(model, [Doc(long_text)], 0) == sum(-(-n // 2) + 1 for n in lengths)
+
+
+def test_a_prompt_too_long_is_refused_before_the_encoder_runs(tiny_arc, monkeypatch):
+    model = tiny_arc(chunk_tokens=16, max_chunks=256).eval()  # the tiny decoder has 512 positions
+    calls = []
+    encode = model.encode_segments
+    monkeypatch.setattr(model, "encode_segments", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    long_text = " ".join(TEXTS * 40)  # chunks of 16 tokens take 9 positions each at x2
+    assert len(model.chunks_of(long_text)) * 9 > 512
+    with pytest.raises(ValueError, match="more than decoder 0's 512"):
+        model.generate([["Document: ", Doc(long_text), "Answer:"]], max_new_tokens=4)
+    assert calls == []  # refused from the token counts
+    model.generate([["Document: ", Doc(TEXTS[0]), "Answer:"]], max_new_tokens=1)
+    assert calls  # the counter does see the encoder
+
+
 def test_nothing_runs_past_the_decoders_positions(tiny_arc):
     model = tiny_arc(chunk_tokens=64).eval()  # the tiny decoder has 512 positions
     question = "\nQuestion: what is it?\nAnswer:"

@@ -3,6 +3,9 @@ the library's own generate() on the documented prompt, retrieved chunks are read
 id (never recompressed), and refusals surface as errors naming the field. Each framework's tests
 are skipped when its extra is not installed."""
 
+import importlib
+import inspect
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -26,7 +29,8 @@ def served(tiny_models, tmp_path_factory):
     """(url, model, store path): the tiny model serving a store of four documents."""
     model = build_tiny_arc(tiny_models, seed=3, chunk_tokens=16).eval()
     store = tmp_path_factory.mktemp("integrations") / "store"
-    app = create_app(model, store, limits=ServeLimits(max_new_tokens=NEW))
+    # a model id other than the adapters' old default "arc-encoder": they must ask the server
+    app = create_app(model, store, limits=ServeLimits(max_new_tokens=NEW), model_name="tiny-served")
     with BackgroundServer(app) as server:
         client = ARCClient(server.url)
         docs = [{"id": d, "text": t} for d, t in corpus_docs(4)]
@@ -114,3 +118,61 @@ def test_llamaindex_query_engine_answers_from_stored_chunks(served):
     assert answer.message.content == expected(model, "what is mentioned?", [Doc(text)])
     assert llm.complete("what is mentioned?", documents=[text]).text == answer.message.content
     assert list(llm.stream_complete("what is mentioned?", documents=[text]))[-1].text == answer.message.content
+
+
+def test_the_client_asks_the_server_for_its_model(served):
+    url, _, _ = served
+    assert ARCClient(url).model == "tiny-served"
+    assert ARCClient(url, model="mine").model == "mine"  # a given id is used as is
+    with pytest.raises(ARCServiceError) as caught:
+        ARCClient(url, model="mine").chat([{"role": "user", "content": "hi"}])
+    assert caught.value.status == 404 and caught.value.param == "model"
+
+
+def test_a_string_is_one_document_not_its_characters(served):
+    """`documents="text"` (a str is iterable) reads as one document, in both adapters."""
+    url, model, _ = served
+    text = corpus_docs(4)[3][1]
+    one = expected(model, "what is mentioned?", [Doc(text)])
+    if importlib.util.find_spec("langchain_core") is not None:
+        from arc_encoder.integrations.langchain import ARCChatModel
+
+        answer = ARCChatModel(base_url=url).invoke("what is mentioned?", documents=text)
+        assert answer.content == one
+        assert answer.response_metadata["arc"]["document_tokens"] == model.compress([text])[0].document_tokens
+    if importlib.util.find_spec("llama_index") is not None:
+        from arc_encoder.integrations.llamaindex import ARCLLM
+
+        assert ARCLLM(base_url=url).complete("what is mentioned?", documents=text).text == one
+
+
+def docstring_examples(module) -> list[str]:
+    """The code blocks (lines indented under a docstring's text) of a module's docstring and of its
+    classes' docstrings, `pip install` lines left out."""
+    own = [c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__]
+    docs = [inspect.getdoc(module)] + [inspect.cleandoc(c.__doc__) for c in own if c.__dict__.get("__doc__")]
+    blocks = []
+    for doc in filter(None, docs):
+        block: list[str] = []
+        for line in doc.splitlines() + [""]:
+            if line.startswith("    ") and not line.strip().startswith("pip "):
+                block.append(line[4:])
+            elif block and line.strip():
+                blocks.append("\n".join(block))
+                block = []
+        if block:
+            blocks.append("\n".join(block))
+    return blocks
+
+
+@pytest.mark.parametrize("name", ["client", "langchain", "llamaindex"])
+def test_every_docstring_example_runs_against_a_server(served, name):
+    """The examples as written (the server's address swapped in), with the model id left to the
+    server: the old default model name made each of them a 404."""
+    pytest.importorskip({"client": "httpx", "langchain": "langchain_core", "llamaindex": "llama_index.core"}[name])
+    url, _, _ = served
+    module = importlib.import_module(f"arc_encoder.integrations.{name}")
+    examples = docstring_examples(module)
+    assert examples, f"no example in {module.__name__}"
+    for code in examples:
+        exec(code.replace("http://127.0.0.1:8000", url), dict(vars(module)))

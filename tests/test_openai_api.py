@@ -2,6 +2,8 @@
 127.0.0.1 (tiny model): answers equal the library's own generate() on the prompt the routes are
 documented to build, streaming adds up to the same text, and refusals come as OpenAI errors."""
 
+import json
+
 import httpx
 import pytest
 
@@ -148,7 +150,66 @@ def test_a_missing_key_is_an_authentication_error(server):
     anonymous = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
         anonymous.models.list()
-    assert caught.value.body["type"] == "authentication_error"
+    # OpenAI's own answer to a wrong key: an invalid_request_error with code invalid_api_key
+    assert (caught.value.body["type"], caught.value.body["code"]) == ("invalid_request_error", "invalid_api_key")
+
+
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("stream", "yes", "stream"),
+        ("max_tokens", True, "max_tokens"),
+        ("temperature", "0.5", "temperature"),
+        ("seed", 1.0, "seed"),
+        ("messages", [{"role": "user", "content": 5}], "messages[0].content"),
+        ("messages", [{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text"),
+        ("messages", [{"role": "user", "content": "a\ud800b"}], "messages[0].content"),
+        ("messages", [{"role": "user"}], "messages[0].content"),
+        ("documents", ["fine", "\udfff"], "documents[1]"),
+        ("retrieve", {"query": "q", "k": "2"}, "retrieve.k"),
+        ("stream_options", {"include_usage": 1}, "stream_options.include_usage"),
+    ],
+)
+def test_loose_types_and_lone_surrogates_are_refused_naming_the_field(server, field, value, param):
+    """OpenAI's schema: no "yes" for a boolean, no true or 1.0 for an integer, no "0.5" for a
+    number; a string escaping half a surrogate pair is no text. Sent raw (the openai client would
+    not send these), so the JSON is exactly what a careless client writes."""
+    base, _, _ = server
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+    raw = json.dumps(body).encode()  # a lone surrogate goes out as its JSON escape
+    r = httpx.post(
+        f"{base}/v1/chat/completions",
+        content=raw,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param), error
+    assert "lone surrogate" in error["message"] if "\\u" in raw.decode() else param in error["message"]
+
+
+@pytest.mark.parametrize(
+    "method, path, content, status, words",
+    [
+        ("POST", "/v1/chat/completions", b'{"model": "\xff"}', 400, "not UTF-8"),
+        ("POST", "/v1/chat/completions", b'{"model": ', 400, "not valid JSON"),
+        ("GET", "/v1/chat/completions", None, 405, "allowed: POST"),
+        ("POST", "/v1/embeddings", b"{}", 404, "no route POST /v1/embeddings"),
+        ("POST", "/v1/compress", b'{"texts": ["\xfe"]}', 400, "not UTF-8"),
+        ("DELETE", "/v1/search", None, 405, "allowed: POST"),
+    ],
+)
+def test_every_error_under_v1_is_openai_shaped(server, method, path, content, status, words):
+    base, _, _ = server
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.request(method, f"{base}{path}", content=content, headers=headers, timeout=60)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert words in error["message"]
+    if path.startswith("/v1/c") and path != "/v1/chat/completions":  # a native route keeps its "detail"
+        assert r.json()["detail"] == error["message"]
 
 
 def test_text_stream_never_shows_a_stop_string_or_half_a_character():
@@ -157,3 +218,66 @@ def test_text_stream_never_shows_a_stop_string_or_half_a_character():
     assert deltas == ["He", "llo", "", ""]
     stream = TextStream([])
     assert [stream.update("caf\ufffd"), stream.update("café"), stream.finish("café!")] == ["caf", "é", "!"]
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TRIMMING = (  # as Llama 3's template does: the content trimmed
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | trim }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+OLD_MARK = "\x00arc-documents\x00"  # the marker string the documents' place used to be found by
+
+
+@pytest.mark.parametrize(
+    "template, user, expected_before, expected_after",
+    [
+        (
+            None,
+            "what is it?",
+            f"system: rules {OLD_MARK} here\nuser: first\nassistant: ok\nuser: ",
+            "what is it?\nassistant:",
+        ),
+        (
+            CHATML,
+            "what is it?",
+            f"<|im_start|>system\nrules {OLD_MARK} here<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n"
+            "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\n",
+            "what is it?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            TRIMMING,
+            "  what is it?  ",
+            f"[system] rules {OLD_MARK} here\n[user] first\n[assistant] ok\n[user] ",
+            "what is it?\n[assistant] ",
+        ),
+        (CHATML, "", None, "<|im_end|>\n<|im_start|>assistant\n"),  # an empty message: where its text would be
+    ],
+)
+def test_documents_go_before_the_last_user_message_whatever_the_messages_say(
+    model, template, user, expected_before, expected_after
+):
+    """The documents' place comes from the template's structure: a message holding the string that
+    used to mark it (here the system message) does not move them."""
+    import copy
+
+    from arc_encoder.serving.openai_routes import chat_prompt
+    from arc_encoder.serving.openai_schemas import ChatMessage
+
+    tokenizer = copy.deepcopy(model.decoder_tokenizers[0])
+    tokenizer.chat_template = template
+    messages = [
+        ChatMessage(role="system", content=f"rules {OLD_MARK} here"),
+        ChatMessage(role="user", content="first"),
+        ChatMessage(role="assistant", content="ok"),
+        ChatMessage(role="user", content=user),
+    ]
+    doc = Doc("a document")
+    parts = chat_prompt(tokenizer, messages, [doc])
+    assert parts[1:4] == ["Document: ", doc, "\n"] and len(parts) == 5
+    if expected_before is not None:
+        assert parts[0] == expected_before
+    assert parts[4] == expected_after
+    assert parts[0] + parts[4] == chat_prompt(tokenizer, messages, [])[0]  # the conversation, whole and unchanged

@@ -20,17 +20,18 @@ def worker_for(saved_model, tmp_path):
         def open_resources():
             store, settings = open_store(tmp_path / "store", model)
             res = Resources(model, store, settings)
-            hf_generate, hf_compress = res.generate, res.compress_texts
+            hf_generate, hf_compress = res.generate, res.documents.compress
 
             def generate(prompts, decoder, params, on_token=None):
                 calls.append(("generate", len(prompts), params))
                 return hf_generate(prompts, decoder, params, on_token)
 
-            def compress(texts):
-                calls.append(("compress", len(texts), None))
-                return hf_compress(texts)
+            def compress(docs, *args, **kwargs):
+                if docs:
+                    calls.append(("compress", len(docs), None))
+                return hf_compress(docs, *args, **kwargs)
 
-            res.generate, res.compress_texts = generate, compress
+            res.generate, res.documents.compress = generate, compress
             return res
 
         worker = BatchingWorker(open_resources, **options)

@@ -43,12 +43,36 @@ class Documents:
 
 
 class ARCClient:
-    def __init__(self, base_url: str, api_key: str | None = None, model: str = "arc-encoder", timeout: float = 300.0):
+    """Chat and search against one service.
+
+        client = ARCClient("http://127.0.0.1:8000")
+        hits = client.search("Who designed the tower?", k=2)
+        reply = client.chat(
+            [{"role": "user", "content": "Who designed the tower?"}],
+            Documents(chunk_ids=[h["chunk_id"] for h in hits]),
+        )
+        print(reply.text, reply.compression)
+
+    `model`: the model id to ask for; None (the default) asks the service which model it serves
+    (`GET /v1/models`), once, on first use.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 300.0):
         import httpx
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.model = model
+        self._model = model
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    @property
+    def model(self) -> str:
+        """The model id requests name: the one given, else the one the service serves."""
+        if self._model is None:
+            served = [m["id"] for m in _checked(self._http.get("/v1/models")).get("data", [])]
+            if not served:
+                raise ARCServiceError(404, "the service lists no model at /v1/models", "model")
+            self._model = served[0]
+        return self._model
 
     def _body(self, messages, documents, max_tokens, temperature, stop, stream) -> dict:
         body = {"model": self.model, "messages": messages, "temperature": temperature, "stream": stream}
@@ -104,7 +128,7 @@ class ARCClient:
         self._http.close()
 
 
-def connection(owner, model: str = "arc-encoder") -> ARCClient:
+def connection(owner, model: str | None = None) -> ARCClient:
     """An adapter's client of the service (from its base_url, api_key and timeout fields), made on
     first use and kept in its private `_connection` (the adapters are pydantic models)."""
     if owner._connection is None:

@@ -6,11 +6,14 @@
     retriever = ARCRetriever(base_url="http://127.0.0.1:8000", k=3)
     docs = retriever.invoke("Who designed the tower?")
     llm.invoke("Who designed the tower?", documents=docs)
+    llm.invoke("Who designed the tower?", documents="Gustave Eiffel's company designed the tower.")
 
-`documents` takes LangChain Documents or plain strings. A Document from ARCRetriever carries its
-stored chunk's id (metadata "chunk_id"): the model reads the stored vectors, nothing is compressed
-again. Any other Document or string is compressed by the service for this request. Stored
-documents can also be named whole: `document_ids=["doc-1"]`. Both work inside chains (`.bind()`).
+The model id is the one the service serves unless `model_name=` says otherwise. `documents` takes a
+list of LangChain Documents or plain strings; a single string (or Document) is one document, never
+a list of characters. A Document from ARCRetriever carries its stored chunk's id (metadata
+"chunk_id"): the model reads the stored vectors, nothing is compressed again. Any other Document or
+string is compressed by the service for this request. Stored documents can also be named whole:
+`document_ids=["doc-1"]`. Both work inside chains (`.bind()`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ def to_openai(messages: list[BaseMessage]) -> list[dict]:
 
 
 def to_documents(documents=None, document_ids=None) -> Documents:
-    """LangChain Documents / strings / stored ids -> what the request carries."""
+    """LangChain Documents / strings / stored ids -> what the request carries. A single string or
+    Document is one document (a str is iterable: it would otherwise be read as its characters)."""
+    if isinstance(documents, (str, Document)):
+        documents = [documents]
+    if isinstance(document_ids, str):
+        document_ids = [document_ids]
     out = Documents(document_ids=list(document_ids or []))
     for d in documents or []:
         if isinstance(d, str):
@@ -58,7 +66,7 @@ def to_documents(documents=None, document_ids=None) -> Documents:
 class ARCChatModel(BaseChatModel):
     base_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
-    model_name: str = "arc-encoder"  # the server's --served-model-name
+    model_name: str | None = None  # None: the model the service serves (its --served-model-name)
     max_tokens: int | None = None
     temperature: float = 0.0
     timeout: float = 300.0

@@ -5,11 +5,14 @@
     llm = ARCLLM(base_url="http://127.0.0.1:8000")
     engine = ARCQueryEngine(retriever=ARCRetriever(base_url="http://127.0.0.1:8000", k=3), llm=llm)
     engine.query("Who designed the tower?")
+    llm.complete("Who designed the tower?", documents="Gustave Eiffel's company designed the tower.")
 
 The query engine hands the retrieved nodes to the model as compressed documents: nodes from
 ARCRetriever carry their stored chunk's id (metadata "chunk_id") and are read from the store without
 recompressing; nodes of any other LlamaIndex retriever are compressed by the service. `ARCLLM` also
-takes `documents=` / `document_ids=` in `complete`, `chat` and their streaming forms.
+takes `documents=` / `document_ids=` in `complete`, `chat` and their streaming forms: a list of nodes
+or strings, and a single string (or node) is one document, never a list of characters. The model
+id is the one the service serves unless `model_name=` says otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
 from pydantic import Field, PrivateAttr
 
 from .client import ARCClient, Documents, connection
@@ -40,7 +43,12 @@ ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASS
 
 
 def to_documents(documents=None, document_ids=None) -> Documents:
-    """Nodes / strings / stored ids -> what the request carries."""
+    """Nodes / strings / stored ids -> what the request carries. A single string or node is one
+    document (a str is iterable: it would otherwise be read as its characters)."""
+    if isinstance(documents, (str, BaseNode, NodeWithScore)):
+        documents = [documents]
+    if isinstance(document_ids, str):
+        document_ids = [document_ids]
     out = Documents(document_ids=list(document_ids or []))
     for d in documents or []:
         node = d.node if isinstance(d, NodeWithScore) else d
@@ -67,7 +75,7 @@ def to_openai(messages: Sequence[ChatMessage]) -> list[dict]:
 class ARCLLM(CustomLLM):
     base_url: str = Field("http://127.0.0.1:8000", description="the arc-encoder service")
     api_key: str | None = None
-    model_name: str = "arc-encoder"  # the server's --served-model-name
+    model_name: str | None = None  # None: the model the service serves (its --served-model-name)
     max_tokens: int | None = None
     temperature: float = 0.0
     context_window: int = 8192  # the decoder's positions (SmolLM2-135M: 8,192)
@@ -79,7 +87,9 @@ class ARCLLM(CustomLLM):
         return LLMMetadata(
             context_window=self.context_window,
             num_output=self.max_tokens or 256,
-            model_name=self.model_name,
+            # no request from here (LlamaIndex reads metadata when it sets things up): the served
+            # model's id once a request has asked for it
+            model_name=self.model_name or getattr(self._connection, "_model", None) or "arc-encoder",
             is_chat_model=True,
         )
 

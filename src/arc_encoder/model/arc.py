@@ -29,7 +29,7 @@ from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped
 from .distill import Distillation, kl_to_teacher, kl_to_top_k, teacher_inputs, teacher_targets
 from .encoder import Encoder
 from .prefix import PrefixMemo
-from .prompting import Compressed, splice_prompts
+from .prompting import Compressed, prompt_positions, splice_prompts
 from .registry import resolve_model, sha256_of
 from .splice import Sample, loss_positions, splice
 from .weights import check_tensors, read_weights, shapes_of
@@ -357,6 +357,16 @@ class ARCModel(nn.Module):
         index = torch.tensor([i * L + p for i, p in predictors], dtype=torch.long, device=self.device)
         return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
 
+    def check_prompt(
+        self, prompt: list, decoder: int, max_new_tokens: int, special: str | None = "cont", doc_chunks=None
+    ) -> int:
+        """Refuse (ValueError) a prompt that, with max_new_tokens, needs more positions than the
+        decoder has, counted from token counts before anything is compressed (prompting.
+        prompt_positions; `doc_chunks` as there). Returns the prompt's positions."""
+        positions = prompt_positions(self, prompt, decoder, special, doc_chunks)
+        self._check_positions(positions, max_new_tokens, decoder)
+        return positions
+
     def _check_positions(self, prompt_positions: int, new_tokens: int, decoder: int) -> None:
         """Refuse, before running anything, a sequence longer than the decoder's positions."""
         limit = getattr(self.decoders[decoder].config, "max_position_embeddings", None)
@@ -458,8 +468,9 @@ class ARCModel(nn.Module):
         on_token=None,
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
+        for prompt in prompts:  # before any document is compressed
+            self.check_prompt(prompt, decoder, max_new_tokens, special)
         batch, stats = splice_prompts(self, prompts, decoder, special)
-        self._check_positions(int(batch.attention_mask.sum(1).max()), max_new_tokens, decoder)
         embeds, mask, positions, cache = (
             self._prefix_memo.split(self.decoders[decoder], decoder, batch)
             if share_prefix

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from ..config import ARCConfig
-from .pooling import group_index, pool
+from .pooling import group_index, pool, pooled_length
 
 
 def backbone_config(path: str, drop_layers: int, attn_implementation: str) -> PretrainedConfig:
@@ -106,6 +106,25 @@ class Encoder(nn.Module):
             return self.rotary_emb(h, positions, layer_type)
         return self.rotary_emb(h, positions)
 
+    def _active_factors(self) -> tuple[list[int], list[bool]]:
+        """The factor each block pools by (a scheduled one included), and which blocks pool."""
+        factors = list(self.factors)
+        if self._scheduled_factor is not None:  # the one pooling block pools by the scheduled factor
+            factors[factors.index(max(factors))] = self._scheduled_factor
+        return factors, [f > 1 for f in self.factors]  # a configured pooling block pools even at x1
+
+    def output_length(self, n_tokens: int, memory_tokens: int = 0) -> int:
+        """How many vectors a segment of `n_tokens` encoder tokens becomes, without running
+        anything: `memory_tokens` with memory tokens, else the length after every pooling block
+        (pooling.pooled_length, the rule `forward` pools by)."""
+        if memory_tokens:
+            return memory_tokens
+        factors, pooling = self._active_factors()
+        for factor, pools in zip(factors, pooling):
+            if pools:
+                n_tokens = pooled_length(n_tokens, factor)
+        return n_tokens
+
     def forward(self, input_ids: torch.Tensor, lengths: list[int], memory: torch.Tensor | None = None):
         """Compress a batch of segments.
 
@@ -117,10 +136,7 @@ class Encoder(nn.Module):
         lengths = list(lengths)
         if memory is not None:
             h, lengths = self._append_memory(h, lengths, memory)
-        factors = list(self.factors)
-        if self._scheduled_factor is not None:  # the one pooling block pools by the scheduled factor
-            factors[factors.index(max(factors))] = self._scheduled_factor
-        pooling = [f > 1 for f in self.factors]  # a configured pooling block pools even at x1
+        factors, pooling = self._active_factors()
         for layer, layer_type, factor, pools in zip(self.layers, self.layer_types, factors, pooling):
             if not pools:
                 h = self._plain_block(layer, layer_type, h, lengths)

@@ -3,11 +3,14 @@
 A prompt is a list of parts: `str` (text), `Doc` (a document to compress now) or `Compressed`
 (vectors made earlier, e.g. read from a store). `build_prompts` turns a batch of prompts into
 decoder token ids plus compressed blocks and where they go; `splice_prompts` embeds the text and
-splices the blocks in (model/splice.py), left-padded for generation.
+splices the blocks in (model/splice.py), left-padded for generation. `prompt_positions` counts the
+decoder positions a prompt will take from token counts alone, before anything is compressed: the
+library and the service refuse a prompt too long for the decoder with it, before the encoder runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +36,45 @@ class Compressed:
         return self.document_tokens / self.n_vectors
 
 
+def text_token_ids(tokenizer, part: str, first: bool) -> list[int]:
+    """Decoder token ids of a text part; the tokenizer's special tokens (BOS) only on the first part."""
+    return tokenizer(part, add_special_tokens=first)["input_ids"] if part else []
+
+
+def block_length(model, vectors: int, special: str | None) -> int:
+    """Decoder positions of one chunk's block: its vectors, and its special token (decoder_blocks)."""
+    return vectors + (1 if model.config.special_tokens and special is not None else 0)
+
+
+def prompt_positions(
+    model,
+    prompt: list,
+    decoder: int,
+    special: str | None = "cont",
+    doc_chunks: Callable[[Doc], list[int]] | None = None,
+) -> int:
+    """The decoder positions a prompt takes (Generation.prompt_length), counted without compressing
+    anything: text tokens, and per chunk of each document its vectors (Encoder.output_length of its
+    encoder tokens) plus its special token.
+
+    doc_chunks(doc) -> encoder tokens per chunk of a Doc; by default the model's own chunking
+    (ARCModel.chunks_of at the config's chunk size, as ARCModel.compress chunks)."""
+    tokenizer = model.decoder_tokenizers[decoder]
+    memory = model.config.memory_tokens if model.config.pooling == "memory" else 0
+    total = 0
+    for k, part in enumerate(prompt):
+        if isinstance(part, str):
+            total += len(text_token_ids(tokenizer, part, k == 0))
+        elif isinstance(part, Doc):
+            lengths = doc_chunks(part) if doc_chunks else [len(c.encoder_ids) for c in model.chunks_of(part.text)]
+            total += sum(block_length(model, model.encoder.output_length(n, memory), special) for n in lengths)
+        elif isinstance(part, Compressed):
+            total += sum(block_length(model, c.shape[0], special) for c in part.chunks)
+        else:
+            raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
+    return total
+
+
 def build_prompts(model, prompts: list[list], decoder: int, special: str = "cont"):
     """Tokenize text pieces, compress Docs (one encoder batch), expand stored vectors.
 
@@ -46,7 +88,7 @@ def build_prompts(model, prompts: list[list], decoder: int, special: str = "cont
         ids, sample_blocks, sample_offsets, n_doc, n_vec = [], [], [], 0, 0
         for k, part in enumerate(prompt):
             if isinstance(part, str):
-                ids += tokenizer(part, add_special_tokens=(k == 0))["input_ids"] if part else []
+                ids += text_token_ids(tokenizer, part, k == 0)
                 continue
             if isinstance(part, Doc):
                 part = next(compressed)

@@ -8,36 +8,38 @@
     DELETE /v1/documents/{id}
     POST   /v1/search              BM25 top-k stored chunks (ids, scores, texts)
     POST   /v1/ask                 BM25 top-k stored chunks -> answer + sources
+    GET    /metrics                Prometheus counters: the cache of compressed documents, the worker
     GET    /v1/models, POST /v1/chat/completions, POST /v1/completions
                                    OpenAI-compatible, with compressed documents (openai_routes.py)
     GET    /docs                   OpenAPI documentation
 
 Every request that touches the model or the store becomes a job for one worker thread
 (worker.py), which batches generation and compression requests that arrive together. The store is
-on disk: a restarted service finds every document it had.
+on disk: a restarted service finds every document it had. Documents sent as text (to compress,
+generate from, chat about or store) go through one cache of compressed documents (cache.py): a
+document asked about again is not compressed again.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import PlainTextResponse
 
 from ..model.arc import Compressed
-from ..prompt import Doc
-from ..storage.indexing import compress_documents, open_store
+from ..storage.indexing import open_store
 from .ask import ask_prompt, retrieve
+from .cache import DEFAULT_CACHE_MB, DocumentCache
+from .documents import RequestDoc, cache_counts
+from .errors import install_error_handlers
 from .guard import RequestGuard
+from .metrics import CONTENT_TYPE, metrics_text
 from .openai_routes import add_openai_routes
-from .openai_schemas import is_openai_path, openai_error
 from .schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
@@ -58,7 +60,6 @@ from .schemas import (
 from .stored import stored_document
 from .worker import (
     BatchingWorker,
-    Busy,
     CallJob,
     ClientError,
     CompressJob,
@@ -69,17 +70,6 @@ from .worker import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def json_safe(value):
-    """Non-finite floats (from the request or a limit) as strings, so the answer is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def create_app(
@@ -95,13 +85,21 @@ def create_app(
     backend=None,
     backend_name: str = "hf",
     model_name: str = "arc-encoder",
+    cache_mb: float = DEFAULT_CACHE_MB,
+    cache: DocumentCache | None = None,
+    compress_batch: int = 16,
 ) -> FastAPI:
     """The service for one model and one store (created if missing).
 
     backend: None (generate with the model's HF decoder) or a factory called in the worker thread
     with (model, decoder index), returning generate(prompts, decoder, DecodeParams, on_token) ->
     list[Generation]. model_name: the id the OpenAI-compatible routes answer to (openai_routes.py).
+    cache_mb: the bound of the cache of compressed documents (0: none kept); `cache` gives one
+    instead (several services may share one: its keys hold the model, decoder and chunking).
+    compress_batch: chunks per encoder call; a request whose client has left stops being
+    compressed at the next call, so smaller batches free the worker sooner (GPUs want larger ones).
     """
+    cache = cache if cache is not None else DocumentCache.of_megabytes(cache_mb)
     store_path = Path(store_path)
     bottleneck = model.vector_dim
     info: dict = {}
@@ -115,7 +113,7 @@ def create_app(
             chunk_tokens=settings.chunk_tokens,
         )
         generate = backend(model, settings.decoder) if backend is not None else None
-        return Resources(model, store, settings, generate)
+        return Resources(model, store, settings, generate, compress_batch, cache)
 
     worker = BatchingWorker(open_resources, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending)
 
@@ -155,60 +153,15 @@ def create_app(
             "largest_batch": worker.largest_batch,
         }
 
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(metrics_text(cache, worker), media_type=CONTENT_TYPE)
+
     add_generation_routes(api, worker, checks, info, bottleneck)
     add_store_routes(api, worker, checks)
     app.include_router(api)
     add_openai_routes(app, worker, checks, model, model_name, info)
     return app
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error a request can meet, as JSON with the right status: {"detail": ...} on the
-    native routes, OpenAI's {"error": {...}} on the OpenAI-compatible ones."""
-
-    def error(request: Request, status: int, message: str, param=None, headers=None, **extra) -> JSONResponse:
-        if is_openai_path(request.url.path):
-            return JSONResponse(openai_error(status, message, param), status_code=status, headers=headers)
-        return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
-
-    @app.exception_handler(ClientError)
-    async def _client_error(request: Request, e: ClientError):
-        headers = {"Retry-After": "1"} if isinstance(e, Busy) else None
-        return error(request, e.status, e.message, e.param, headers)
-
-    @app.exception_handler(ValueError)
-    async def _value_error(request: Request, e: ValueError):
-        return error(request, 400, str(e))
-
-    @app.exception_handler(TypeError)
-    async def _type_error(request: Request, e: TypeError):
-        return error(request, 400, str(e))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        # the offending input is not echoed back: it may be huge, or a NaN that JSON cannot carry
-        errors = jsonable_encoder(
-            [{k: v for k, v in err.items() if k != "input"} for err in e.errors()], custom_encoder={Exception: str}
-        )
-        errors = json_safe(errors)
-        readable = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
-        if is_openai_path(request.url.path):  # OpenAI answers a malformed request with 400
-            first = errors[0] if errors else {}
-            unknown = first.get("type") == "extra_forbidden"
-            message = f"unsupported parameter: {field_of(first)}" if unknown else f"invalid request: {readable}"
-            return error(request, 400, message, field_of(first) or None)
-        return error(request, 422, f"invalid request: {readable}", errors=errors)
-
-
-def field_of(err: dict) -> str:
-    """'messages[0].role' for a validation error at ('body', 'messages', 0, 'role')."""
-    loc = list(err.get("loc", ()))
-    if loc[:1] == ["body"]:
-        loc = loc[1:]
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 class Checks:
@@ -217,18 +170,19 @@ class Checks:
     def __init__(self, limits: ServeLimits):
         self.limits = limits
 
-    def too_large(self, what: str, n: int, limit: int) -> ClientError:
-        return ClientError(413, f"{what}: {n} exceeds the server's limit of {limit}")
+    def too_large(self, what: str, n: int, limit: int, param: str | None = None) -> ClientError:
+        return ClientError(413, f"{what}: {n} exceeds the server's limit of {limit}", param)
 
-    def text(self, what: str, text: str) -> None:
+    def text(self, field: str, text: str) -> None:
+        """`field`: the request field holding the text, as errors name it (`messages[0].content`)."""
         if len(text) > self.limits.max_chars:
-            raise self.too_large(f"{what} length in characters", len(text), self.limits.max_chars)
+            raise self.too_large(f"{field} length in characters", len(text), self.limits.max_chars, field)
 
     def decode_params(self, body) -> DecodeParams:
         cap = self.limits.max_new_tokens
         n = body.max_new_tokens if body.max_new_tokens is not None else min(64, cap)
         if n > cap:
-            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {cap}")
+            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {cap}", "max_new_tokens")
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
 
 
@@ -239,13 +193,16 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
     @api.post("/compress", response_model=CompressResponse)
     async def compress(request: Request, body: CompressRequest):
         if len(body.texts) > limits.max_texts:
-            raise checks.too_large("number of texts", len(body.texts), limits.max_texts)
+            raise checks.too_large("number of texts", len(body.texts), limits.max_texts, "texts")
         for i, t in enumerate(body.texts):
             checks.text(f"texts[{i}]", t)
-        results: list[Compressed] = await run_job(worker, CompressJob(body.texts), request)
+        fields = [f"texts[{i}]" for i in range(len(body.texts))]
+        job = CompressJob(body.texts, fields)
+        results: list[Compressed] = await run_job(worker, job, request)
         return {
             "decoder": info["decoder"],
             "dim": bottleneck,
+            "cache": job.cache,
             "results": [
                 {
                     "chunks": [vectors_to_json(c, body.encoding) for c in r.chunks],
@@ -260,7 +217,7 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
     @api.post("/generate", response_model=GenerateResponse)
     async def generate(request: Request, body: GenerateRequest):
         if len(body.prompt) > limits.max_parts:
-            raise checks.too_large("number of prompt parts", len(body.prompt), limits.max_parts)
+            raise checks.too_large("number of prompt parts", len(body.prompt), limits.max_parts, "prompt")
         params = checks.decode_params(body)
         # Each part is text, a Doc, or a function of the worker's resources (store reads happen there).
         parts, n_vectors = [], 0
@@ -270,31 +227,32 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
                 parts.append(part.text)
             elif part.document is not None:
                 checks.text(f"prompt[{i}].document", part.document)
-                parts.append(Doc(part.document))
+                parts.append(RequestDoc(part.document, f"prompt[{i}].document"))
             elif part.stored_id is not None:
-                parts.append(lambda res, doc_id=part.stored_id: _stored(res, doc_id))
+                parts.append(lambda res, doc_id=part.stored_id, i=i: _stored(res, doc_id, f"prompt[{i}].stored_id"))
             else:
                 n_vectors += sum(c.rows() for c in part.vectors.chunks)
                 if n_vectors > limits.max_vectors:
-                    raise checks.too_large("number of vectors", n_vectors, limits.max_vectors)
+                    raise checks.too_large("number of vectors", n_vectors, limits.max_vectors, f"prompt[{i}].vectors")
                 try:
                     chunks = [vectors_from_json(c, bottleneck) for c in part.vectors.chunks]
                 except ValueError as e:
-                    raise ClientError(422, f"prompt[{i}].vectors: {e}") from None
+                    raise ClientError(422, f"prompt[{i}].vectors: {e}", f"prompt[{i}].vectors") from None
                 tokens = part.vectors.document_tokens
                 parts.append(lambda res, chunks=chunks, tokens=tokens: Compressed(chunks, res.settings.decoder, tokens))
 
         def build(res: Resources):
             return [p(res) if callable(p) else p for p in parts], None
 
-        out, _ = await run_job(worker, GenerateJob(build, params), request)
-        return _generation(out)
+        job = GenerateJob(build, params, "prompt")
+        out, _ = await run_job(worker, job, request)
+        return {**_generation(out), "cache": job.cache}
 
     @api.post("/search", response_model=SearchResponse)
     async def search(request: Request, body: SearchRequest):
         checks.text("query", body.query)
         if body.k > limits.max_k:
-            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
+            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}", "k")
         found = await run_job(worker, CallJob(lambda res: retrieve(res.store, res.bm25, body.query, body.k)), request)
         return {"sources": [vars(s) for s in found]}
 
@@ -302,14 +260,14 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
     async def ask(request: Request, body: AskRequest):
         checks.text("question", body.question)
         if body.k > limits.max_k:
-            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}")
+            raise ClientError(422, f"k={body.k} exceeds the server's cap of {limits.max_k}", "k")
         params = checks.decode_params(body)
 
         def build(res: Resources):
             sources = retrieve(res.store, res.bm25, body.question, body.k)
             return ask_prompt(res.store, sources, body.question, res.settings.decoder), sources
 
-        out, sources = await run_job(worker, GenerateJob(build, params), request)
+        out, sources = await run_job(worker, GenerateJob(build, params, "question"), request)
         return {
             "answer": out.text.strip(),
             "prompt_length": out.prompt_length,
@@ -325,23 +283,27 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
     @api.post("/documents", response_model=AddDocumentsResponse)
     async def add_documents(request: Request, body: AddDocumentsRequest):
         if len(body.documents) > limits.max_texts:
-            raise checks.too_large("number of documents", len(body.documents), limits.max_texts)
+            raise checks.too_large("number of documents", len(body.documents), limits.max_texts, "documents")
         ids = [d.id for d in body.documents]
         if len(set(ids)) != len(ids):
-            raise ClientError(422, "document ids must be unique within a request")
-        for d in body.documents:
-            checks.text(f"document {d.id!r}", d.text)
+            raise ClientError(422, "document ids must be unique within a request", "documents")
+        for i, d in enumerate(body.documents):
+            checks.text(f"documents[{i}].text", d.text)
             if not d.text.strip():
-                raise ClientError(422, f"document {d.id!r} has an empty text")
+                raise ClientError(422, f"document {d.id!r} has an empty text", f"documents[{i}].text")
 
         def add(res: Resources):
             if not body.replace:
                 present = [i for i in ids if res.store.has(i)]
                 if present:
                     raise ClientError(409, f'already stored: {present} (set "replace": true to overwrite)')
-            records = compress_documents(res.model, [d.text for d in body.documents], res.settings, res.compress_batch)
+            docs = enumerate(body.documents)
+            planned = [res.documents.plan(d.text, f"documents[{i}].text", job.abandoned) for i, d in docs]
+            records = res.documents.compress(planned)
+            if any(r is None for r in records):  # the client left while they were being compressed
+                raise ClientError(499, "the client closed the request")
             res.store.add_many(((d.id, d.text, r) for d, r in zip(body.documents, records)), replace=body.replace)
-            return [
+            added = [
                 {
                     "id": d.id,
                     "chunks": len(r),
@@ -350,13 +312,15 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
                 }
                 for d, r in zip(body.documents, records)
             ]
+            return {"added": added, "cache": cache_counts(planned)}
 
-        return {"added": await run_job(worker, CallJob(add), request)}
+        job = CallJob(add)
+        return await run_job(worker, job, request)
 
     @api.get("/documents/{doc_id:path}", response_model=DocumentOut)
     async def get_document(request: Request, doc_id: str, vectors: str = "none"):
         if vectors not in ("none", "float", "base64"):
-            raise ClientError(422, "query parameter 'vectors' must be none, float or base64")
+            raise ClientError(422, "query parameter 'vectors' must be none, float or base64", "vectors")
 
         def read(res: Resources):
             try:
@@ -386,11 +350,11 @@ def add_store_routes(api: APIRouter, worker: BatchingWorker, checks: Checks) -> 
         return await run_job(worker, CallJob(delete), request)
 
 
-def _stored(res: Resources, doc_id: str) -> Compressed:
+def _stored(res: Resources, doc_id: str, param: str) -> Compressed:
     try:
         return stored_document(res.store, doc_id, res.settings.decoder)
     except KeyError:
-        raise ClientError(404, f"stored_id {doc_id!r} is not in the store") from None
+        raise ClientError(404, f"stored_id {doc_id!r} is not in the store", param) from None
 
 
 def _generation(out) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..loading import DEFAULT_MODEL, MODEL_HELP
+from .cache import DEFAULT_CACHE_MB
 
 API_KEY_ENV = "ARC_ENCODER_API_KEY"
 
@@ -129,6 +130,16 @@ def serve(
     max_texts: int = typer.Option(32, help="texts per compress request / documents per add request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_new_tokens: int = typer.Option(512, help="cap on a request's max_new_tokens"),
+    cache_mb: float = typer.Option(
+        DEFAULT_CACHE_MB,
+        help="memory for the cache of compressed documents, in MB (0: none): a document asked about again "
+        "is not compressed again",
+    ),
+    compress_batch: int | None = typer.Option(
+        None,
+        help="chunks per encoder call (default 16 on a GPU, 4 on the CPU); a request whose client has left "
+        "stops being compressed at the next call",
+    ),
     gpu_memory_utilization: float = typer.Option(0.5, help="vLLM's share of GPU memory"),
     served_model_name: str | None = typer.Option(
         None, help="the model id of the OpenAI-compatible routes (default: the --model folder's name)"
@@ -144,6 +155,10 @@ def serve(
 
     if backend not in ("hf", "vllm"):
         _fail(f"--backend must be hf or vllm, got {backend!r}")
+    if not cache_mb >= 0:
+        _fail(f"--cache-mb must be >= 0, got {cache_mb}")
+    if compress_batch is not None and compress_batch < 1:
+        _fail(f"--compress-batch must be >= 1, got {compress_batch}")
     factory = None
     if backend == "vllm":
         from .vllm_backend import import_vllm, vllm_backend_factory
@@ -174,6 +189,8 @@ def serve(
             backend=factory,
             backend_name=backend,
             model_name=served_model_name or Path(model).name,
+            cache_mb=cache_mb,
+            compress_batch=compress_batch or (16 if arc.device.type == "cuda" else 4),
         )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))

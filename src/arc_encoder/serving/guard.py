@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 
-from .openai_schemas import is_openai_path, openai_error
+from .errors import error_body
 
 KEY_HELP = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
 
@@ -25,8 +25,8 @@ def given_key(headers: dict[str, str]) -> str | None:
 
 
 async def respond(send, path: str, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    """A JSON error, in OpenAI's shape on the OpenAI-compatible paths."""
-    body = json.dumps(openai_error(status, detail) if is_openai_path(path) else {"detail": detail}).encode()
+    """A JSON error in the path's shape (errors.py)."""
+    body = json.dumps(error_body(path, status, detail)).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

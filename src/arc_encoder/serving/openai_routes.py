@@ -12,12 +12,13 @@ Documents travel as extension fields of the request body (the openai client's `e
     "retrieve":     {"query": "...", "k": 3} the store's BM25 top-k chunks for the query
 
 They go, in that order, each as `"Document: " [vectors] "\n"`, just before the text of the last user
-message (chat) or before the prompt (completions). The standard response fields stay standard
-(`usage.prompt_tokens` counts the decoder positions actually used, vectors included); the extension
-field `arc` says what compression did: document tokens, vectors, ratio, positions saved, sources.
+message (chat: the place found from the template's structure, chat_prompt) or before the prompt
+(completions). The standard response fields stay standard (`usage.prompt_tokens` counts the decoder
+positions actually used, vectors included); the extension field `arc` says what compression did:
+document tokens, vectors, ratio, positions saved, cache hits and misses, sources.
 
 These routes share the worker, the batching, the key and the limits of the native ones (app.py);
-their errors take OpenAI's shape (openai_schemas.openai_error).
+their errors take OpenAI's shape (errors.py).
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..model.arc import Generation
-from ..prompt import DOCUMENT, Doc
+from ..prompt import DOCUMENT
 from .ask import retrieve
+from .documents import RequestDoc
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
 from .stored import stored_chunks, stored_document
 from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
-DOCUMENTS_MARK = "\x00arc-documents\x00"  # where the documents go in a rendered chat template
+PROBE = "\x01"  # stands for an empty last user message while its place is found (chat_prompt)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -59,18 +61,48 @@ def document_parts(documents: list) -> list:
 
 def chat_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
     """Prompt parts of a chat request: the rendered template, documents spliced before the text of
-    the last user message."""
+    the last user message.
+
+    The place is found from the structure of the rendering, not from a marker a message could
+    contain: the conversation is rendered twice, the last user message once with its text and once
+    empty, and the two renderings differ by one inserted block, the message's text as the template
+    writes it; the documents go where it starts."""
     rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
     if not documents:
         return [render_chat(tokenizer, rendered)]
     users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
     if not users:
         raise ClientError(400, "documents go before the last user message, and there is none", "messages")
-    rendered[users[-1]]["content"] = DOCUMENTS_MARK + rendered[users[-1]]["content"]
-    before, mark, after = render_chat(tokenizer, rendered).partition(DOCUMENTS_MARK)
-    if not mark:
-        raise ClientError(400, "the decoder's chat template drops the user message's text", "messages")
-    return [before, *document_parts(documents), after]
+    last = users[-1]
+
+    def with_last(content: str) -> str:
+        return render_chat(tokenizer, [*rendered[:last], {**rendered[last], "content": content}, *rendered[last + 1 :]])
+
+    actual = rendered[last]["content"]
+    full = with_last(actual)
+    # an empty (or blank) message has no text to find: a probe character stands in for it
+    start = insertion_point(with_last(""), full if actual.strip() else with_last(PROBE))
+    if start is None:
+        raise ClientError(400, "the decoder's chat template changes the user message's text", "messages")
+    return [full[:start], *document_parts(documents), full[start:]]
+
+
+def insertion_point(short: str, long: str) -> int | None:
+    """Where `long` is `short` with one block inserted: the first such place (None if it is not).
+
+    With a common prefix of length p and a common suffix of length q (at most len(short)), the
+    block may start anywhere in [len(short) - q, p]; every place there gives the same text, and the
+    first puts the documents before all of the user's text."""
+    if len(long) < len(short):
+        return None
+    p = 0
+    while p < len(short) and short[p] == long[p]:
+        p += 1
+    q = 0
+    while q < len(short) and short[len(short) - 1 - q] == long[len(long) - 1 - q]:
+        q += 1
+    start = len(short) - q
+    return start if start <= p else None
 
 
 def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[dict]]:
@@ -88,7 +120,7 @@ def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[di
             documents.append(stored_chunks(res.store, body.chunk_ids, decoder))
         except KeyError as e:
             raise ClientError(404, str(e.args[0]), "chunk_ids") from None
-    documents += [Doc(text) for text in body.documents or []]
+    documents += [RequestDoc(text, f"documents[{i}]") for i, text in enumerate(body.documents or [])]
     sources = []
     if body.retrieve is not None:
         found = retrieve(res.store, res.bm25, body.retrieve.query, body.retrieve.k)
@@ -136,14 +168,16 @@ def usage(out: Generation) -> dict:
     return {"prompt_tokens": out.prompt_length, "completion_tokens": new, "total_tokens": out.prompt_length + new}
 
 
-def compression(out: Generation, sources: list[dict]) -> dict:
+def compression(out: Generation, sources: list[dict], cache: dict | None) -> dict:
     """The `arc` extension field. Positions saved: document tokens minus the vectors that replaced
-    them (the one special vector per chunk not counted)."""
+    them (the one special vector per chunk not counted). cache: of the `documents` sent as text,
+    how many the cache of compressed documents had (hits) and how many were compressed (misses)."""
     return {
         "document_tokens": out.document_tokens,
         "compressed_vectors": out.compressed_vectors,
         "compression_ratio": out.compression_ratio,
         "positions_saved": out.document_tokens - out.compressed_vectors,
+        "cache": cache or {"hits": 0, "misses": 0},
         "sources": sources,
     }
 
@@ -196,7 +230,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
     @api.get("/models/{model_id:path}")
     async def get_model(model_id: str):
         if model_id != model_name:
-            raise ClientError(404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model")
+            raise ClientError(
+                404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+            )
         return card
 
     def tokenizer():
@@ -205,7 +241,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
     def checked(body: OpenAIRequest) -> DecodeParams:
         """The request's decoding parameters, every field this server refuses named."""
         if body.model != model_name:
-            raise ClientError(404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model")
+            raise ClientError(
+                404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+            )
         for field, why in body.unsupported():
             raise ClientError(400, why, field)
         limits = checks.limits
@@ -230,7 +268,8 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
         default = COMPLETION_DEFAULT_TOKENS if isinstance(body, CompletionRequest) else cap
         n = body.new_tokens() or min(default, cap)
         if n > cap:
-            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", "max_tokens")
+            field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", field)
         return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop_strings()), body.seed)
 
     @api.post("/chat/completions")
@@ -243,7 +282,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             documents, sources = gather_documents(res, body)
             return chat_prompt(tokenizer(), body.messages, documents), sources
 
-        return await answer(request, body, GenerateJob(build, params), ChatShape)
+        return await answer(request, body, GenerateJob(build, params, "messages"), ChatShape)
 
     @api.post("/completions")
     async def completions(request: Request, body: CompletionRequest):
@@ -254,7 +293,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             documents, sources = gather_documents(res, body)
             return [*document_parts(documents), body.prompt_text()], sources
 
-        return await answer(request, body, GenerateJob(build, params), CompletionShape)
+        return await answer(request, body, GenerateJob(build, params, "prompt"), CompletionShape)
 
     async def answer(request: Request, body: OpenAIRequest, job: GenerateJob, shape):
         ident = f"{shape.prefix}-{uuid.uuid4().hex[:24]}"
@@ -266,7 +305,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
                 "object": shape.object,
                 "choices": [shape.choice(out.text, finish_reason(out, job.params, tokenizer()))],
                 "usage": usage(out),
-                "arc": compression(out, sources),
+                "arc": compression(out, sources, job.cache),
             }
         return await stream(request, body, job, shape, stamp)
 
@@ -316,7 +355,8 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
                 if tail:
                     yield event(shape.delta(tail, None))
                 yield event(
-                    shape.delta(None, finish_reason(out, job.params, tokenizer())), arc=compression(out, sources)
+                    shape.delta(None, finish_reason(out, job.params, tokenizer())),
+                    arc=compression(out, sources, job.cache),
                 )
                 if body.stream_options is not None and body.stream_options.include_usage:
                     yield event(None, usage=usage(out))

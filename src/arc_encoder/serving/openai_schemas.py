@@ -13,32 +13,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from .schemas import Strict
+from .schemas import Strict, Text
 
-# Paths whose errors take OpenAI's shape {"error": {"message", "type", "param", "code"}}.
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 
-def is_openai_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
-
-
-def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    """The error body OpenAI's clients parse; `type` follows the status as OpenAI's does."""
-    if status == 401:
-        kind, code = "authentication_error", code or "invalid_api_key"
-    elif status == 404:
-        kind = "not_found_error"
-    elif status >= 500:
-        kind = "server_error"
-    else:
-        kind = "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 class Retrieve(Strict):
-    query: str = Field(..., min_length=1)
+    query: Text = Field(..., min_length=1)
     k: int = Field(3, ge=1)
 
 
@@ -49,21 +30,21 @@ class StreamOptions(Strict):
 class OpenAIRequest(Strict):
     """What chat and completions requests share, the compressed-document extensions included."""
 
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    user: str | None = None  # accepted and unused, as OpenAI uses it only for abuse monitoring
+    user: Text | None = None  # accepted and unused, as OpenAI uses it only for abuse monitoring
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     # extensions: compressed documents (openai_routes.py module doc)
-    documents: list[str] | None = None
-    document_ids: list[str] | None = None
+    documents: list[Text] | None = None
+    document_ids: list[Text] | None = None
     chunk_ids: list[int] | None = None
     retrieve: Retrieve | None = None
 
@@ -89,13 +70,13 @@ class OpenAIRequest(Strict):
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: Text | list[TextPart]
+    name: Text | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -117,10 +98,10 @@ class ChatCompletionRequest(OpenAIRequest):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     echo: bool = False
     logprobs: int | None = None
-    suffix: str | None = None
+    suffix: Text | None = None
 
     def new_tokens(self) -> int | None:
         return self.max_tokens

@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,30 @@ class ServeLimits:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, and JSON types taken as they are (OpenAI's schema):
+    no "yes" for a boolean, no true or 1.0 for an integer, no "0.5" for a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def unicode_text(text: str) -> str:
+    """A JSON string may escape half of a surrogate pair alone ("\\ud800"): not a character, and
+    no tokenizer reads it. Refused here, so the error names the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text holds a lone surrogate U+{ord(text[e.start]):04X} at character {e.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(unicode_text)]  # every string field of a request
 
 
 # ----------------------------------------------------------------------------- vectors
 
 
 class VectorChunk(Strict):
-    shape: tuple[int, int] | None = Field(None, description="[m, d]; required with base64")
+    shape: list[int] | None = Field(None, min_length=2, max_length=2, description="[m, d]; required with base64")
     data: list[list[float]] | None = Field(None, description="nested float rows [m][d]")
     base64: str | None = Field(None, description="little-endian float32, row-major")
 
@@ -98,7 +114,7 @@ class DecodeOptions(Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server's cap if lower)")
     temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    stop: list[str] = Field(default_factory=list, max_length=8, description="stop strings (cut from the text)")
+    stop: list[Text] = Field(default_factory=list, max_length=8, description="stop strings (cut from the text)")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
 
     @model_validator(mode="after")
@@ -109,7 +125,7 @@ class DecodeOptions(Strict):
 
 
 class CompressRequest(Strict):
-    texts: list[str] = Field(..., min_length=1)
+    texts: list[Text] = Field(..., min_length=1)
     encoding: Literal["float", "base64"] = "float"
 
 
@@ -122,9 +138,9 @@ class PromptPart(Strict):
     """Exactly one of: text (read as tokens), document (compressed now), stored_id (a stored
     document's vectors), vectors (vectors from /v1/compress)."""
 
-    text: str | None = None
-    document: str | None = None
-    stored_id: str | None = None
+    text: Text | None = None
+    document: Text | None = None
+    stored_id: Text | None = None
     vectors: VectorsIn | None = None
 
     @model_validator(mode="after")
@@ -143,8 +159,8 @@ class GenerateRequest(DecodeOptions):
 
 
 class DocumentIn(Strict):
-    id: str = Field(..., min_length=1, max_length=512)
-    text: str
+    id: Text = Field(..., min_length=1, max_length=512)
+    text: Text
 
 
 class AddDocumentsRequest(Strict):
@@ -153,17 +169,25 @@ class AddDocumentsRequest(Strict):
 
 
 class SearchRequest(Strict):
-    query: str = Field(..., min_length=1)
+    query: Text = Field(..., min_length=1)
     k: int = Field(3, ge=1)
 
 
 class AskRequest(DecodeOptions):
-    question: str = Field(..., min_length=1)
+    question: Text = Field(..., min_length=1)
     k: int = Field(3, ge=1)
-    stop: list[str] = Field(default_factory=lambda: ["\n"], max_length=8)
+    stop: list[Text] = Field(default_factory=lambda: ["\n"], max_length=8)
 
 
 # ----------------------------------------------------------------------------- responses
+
+
+class CacheReport(BaseModel):
+    """How many of the request's documents the cache of compressed documents had (hits) and how
+    many were compressed for it (misses)."""
+
+    hits: int
+    misses: int
 
 
 class CompressedOut(BaseModel):
@@ -176,6 +200,7 @@ class CompressedOut(BaseModel):
 class CompressResponse(BaseModel):
     decoder: int
     dim: int
+    cache: CacheReport
     results: list[CompressedOut]
 
 
@@ -186,6 +211,7 @@ class GenerateResponse(BaseModel):
     document_tokens: int
     compressed_vectors: int
     compression_ratio: float | None
+    cache: CacheReport
 
 
 class AddedDocument(BaseModel):
@@ -197,6 +223,7 @@ class AddedDocument(BaseModel):
 
 class AddDocumentsResponse(BaseModel):
     added: list[AddedDocument]
+    cache: CacheReport
 
 
 class ChunkOut(BaseModel):

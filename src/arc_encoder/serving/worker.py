@@ -23,24 +23,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.arc import Compressed
 from ..prompt import Doc
+from .cache import DocumentCache
+from .documents import DocumentCompressor, Planned, as_compressed, cache_counts
+from .refusals import Busy, ClientError
 
 log = logging.getLogger(__name__)
 
 # How often a request waiting for the model checks that its client is still there.
 DISCONNECT_POLL_S = 0.1
-
-
-class ClientError(Exception):
-    """A request the service refuses, with the HTTP status to answer (and, for the OpenAI-compatible
-    routes, the request field at fault)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -60,11 +51,20 @@ class DecodeParams:
 class Resources:
     """What jobs may use, all owned by the worker thread: model, store, retrieval index, generator."""
 
-    def __init__(self, model, store, settings, generate: Callable | None = None, compress_batch: int = 16):
+    def __init__(
+        self,
+        model,
+        store,
+        settings,
+        generate: Callable | None = None,
+        compress_batch: int = 16,
+        cache: DocumentCache | None = None,
+    ):
         self.model = model
         self.store = store
         self.settings = settings  # IndexSettings: decoder and chunk size of the store's vectors
-        self.compress_batch = compress_batch
+        # request documents, chunked and compressed as the store's are, through the cache
+        self.documents = DocumentCompressor(model, settings, compress_batch, cache, store.fingerprint)
         # generate(prompts, decoder, params, on_token) -> list[Generation]; the HF decoder unless a
         # backend says. on_token(i, ids) after each new token of prompt i; True ends that prompt.
         self.generate = generate or self._generate_hf
@@ -91,24 +91,26 @@ class Resources:
             self._bm25 = open_retrieval(self.store)
         return self._bm25
 
-    def compress_texts(self, texts: list[str]) -> list[Compressed]:
-        """Documents -> Compressed, chunked exactly as the store's documents are."""
-        from ..storage.indexing import compress_documents
-
-        records = compress_documents(self.model, texts, self.settings, self.compress_batch)
-        return [
-            Compressed([c.vectors for c in doc], self.settings.decoder, sum(c.n_tokens for c in doc)) for doc in records
-        ]
+    def plan_prompt(
+        self, prompt: list, params: DecodeParams, param: str, abandoned: threading.Event | None = None
+    ) -> list[Planned]:
+        """The prompt's documents, planned; a ClientError (400, naming `param`, OpenAI's code
+        context_length_exceeded) if the prompt and its new tokens would not fit the decoder's
+        positions, counted from token counts before anything is compressed. `abandoned`: the
+        request's event (its documents stop being compressed once it is set)."""
+        planned: dict[str, Planned] = {}
+        for part in prompt:
+            if isinstance(part, Doc) and part.text not in planned:
+                planned[part.text] = self.documents.plan(part.text, getattr(part, "param", None), abandoned)
+        decoder, new_tokens = self.settings.decoder, params.max_new_tokens
+        try:
+            self.model.check_prompt(prompt, decoder, new_tokens, doc_chunks=lambda d: planned[d.text].chunk_lengths())
+        except ValueError as e:
+            raise ClientError(400, str(e), param, "context_length_exceeded") from None
+        return list(planned.values())
 
     def close(self) -> None:
         self.store.close()
-
-
-class Busy(ClientError):
-    """The queue of jobs waiting for the model is full."""
-
-    def __init__(self, pending: int):
-        super().__init__(503, f"the server is busy ({pending} requests waiting for the model); retry shortly")
 
 
 # Every job has a future (its answer) and `abandoned`, set by the service when its client has gone:
@@ -118,8 +120,10 @@ class GenerateJob:
     # build(resources) -> (prompt parts: str | Doc | Compressed, extra data returned with the result)
     build: Callable[[Resources], tuple[list, Any]]
     params: DecodeParams
+    param: str = "prompt"  # the request field named when the prompt is too long for the decoder
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    cache: dict | None = None  # set by the worker: how many of its documents the cache had (cache_counts)
     # called in the worker thread with the new token ids so far, after every token (streaming)
     on_token: Callable[[list[int]], None] | None = None
 
@@ -133,8 +137,10 @@ class GenerateJob:
 @dataclass
 class CompressJob:
     texts: list[str]
+    fields: list[str] | None = None  # the request field of each text, for errors
     future: Future = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    cache: dict | None = None  # as GenerateJob.cache
 
 
 @dataclass
@@ -268,55 +274,98 @@ class BatchingWorker:
         self.largest_batch = max(self.largest_batch, n)
 
     def _run_generate(self, res: Resources, batch: list[GenerateJob]) -> None:
-        prepared = []  # (job, prompt, extra)
+        prepared = []  # (job, prompt, extra, planned documents)
         for job in batch:
             if not self._start(job):
                 continue
             try:
                 prompt, extra = job.build(res)
-                prepared.append((job, prompt, extra))
+                # refused here, before any compression, if it cannot fit the decoder
+                prepared.append((job, prompt, extra, res.plan_prompt(prompt, job.params, job.param, job.abandoned)))
             except Exception as e:
-                job.future.set_exception(e)
+                _set_error(job.future, e)
         if not prepared:
             return
         params, decoder = batch[0].params, res.settings.decoder
 
-        def run(items):
-            # Documents of all prompts are compressed in one call, chunked like stored ones.
-            docs = [part.text for _, prompt, _ in items for part in prompt if isinstance(part, Doc)]
-            compressed = iter(res.compress_texts(docs) if docs else [])
-            prompts = [[next(compressed) if isinstance(p, Doc) else p for p in prompt] for _, prompt, _ in items]
-            return res.generate(prompts, decoder, params, lambda i, ids: items[i][0].watch(ids))
+        def run(items) -> list:
+            """Compress the items' documents (shared encoder batches, chunked like stored ones),
+            then generate for the items whose clients are still there: [(item, Generation)]."""
+            planned = [d for *_, docs in items for d in docs]
+            records = res.documents.compress(planned) if planned else []
+            compressed = {d.text: as_compressed(r, decoder) for d, r in zip(planned, records) if r is not None}
+            live = []
+            for item in items:
+                if all(d.text in compressed for d in item[3]):
+                    live.append(item)
+                else:  # its client left while its documents were being compressed
+                    self._gone(item[0], item[3])
+            if not live:
+                return []
+            prompts = [[compressed[p.text] if isinstance(p, Doc) else p for p in prompt] for _, prompt, *_ in live]
+            return list(zip(live, res.generate(prompts, decoder, params, lambda i, ids: live[i][0].watch(ids))))
 
         self._count(len(prepared))
         try:
-            outputs = run(prepared)
+            answered = run(prepared)
         except Exception as e:
             if len(prepared) == 1:
                 _set_error(prepared[0][0].future, e)
                 return
             # One bad prompt must not fail its batch-mates: answer them one by one.
+            answered = []
             for item in prepared:
-                _settle(item[0].future, lambda item=item: (run([item])[0], item[2]), running=True)
-            return
-        for (job, _, extra), out in zip(prepared, outputs):
+                if item[0].future.done():
+                    continue
+                try:
+                    answered += run([item])
+                except Exception as e:
+                    _set_error(item[0].future, e)
+        for (job, _, extra, docs), out in answered:
+            job.cache = cache_counts(docs)
             self.abandoned += job.abandoned.is_set()  # stopped at its next token
             job.future.set_result((out, extra))
 
     def _run_compress(self, res: Resources, batch: list[CompressJob]) -> None:
-        jobs = [j for j in batch if self._start(j)]
-        if not jobs:
+        planned = []  # (job, its planned documents): every job refused before any compression
+        for job in batch:
+            if not self._start(job):
+                continue
+            try:
+                fields = job.fields or [None] * len(job.texts)
+                planned.append((job, [res.documents.plan(t, f, job.abandoned) for t, f in zip(job.texts, fields)]))
+            except Exception as e:
+                _set_error(job.future, e)
+        if not planned:
             return
-        self._count(len(jobs))
+        self._count(len(planned))
+        decoder = res.settings.decoder
+
+        def finish(job: CompressJob, docs: list[Planned], records: list) -> None:
+            if any(r is None for r in records):  # its client left while they were being compressed
+                self._gone(job, docs)
+                return
+            job.cache = cache_counts(docs)
+            job.future.set_result([as_compressed(r, decoder) for r in records])
+
         try:
-            out = iter(res.compress_texts([t for j in jobs for t in j.texts]))
-            results = [[next(out) for _ in j.texts] for j in jobs]
+            out = iter(res.documents.compress([d for _, docs in planned for d in docs]))
+            results = [[next(out) for _ in docs] for _, docs in planned]
         except Exception:
-            for job in jobs:
-                _settle(job.future, lambda job=job: res.compress_texts(job.texts), running=True)
+            for job, docs in planned:
+                try:
+                    finish(job, docs, res.documents.compress(docs))
+                except Exception as e:
+                    _set_error(job.future, e)
             return
-        for job, r in zip(jobs, results):
-            job.future.set_result(r)
+        for (job, docs), records in zip(planned, results):
+            finish(job, docs, records)
+
+    def _gone(self, job, docs: list[Planned]) -> None:
+        """End a running job whose client has gone (nobody reads the answer)."""
+        self.abandoned += 1
+        job.cache = cache_counts(docs)
+        job.future.set_exception(ClientError(499, "the client closed the request"))
 
 
 async def run_job(worker: BatchingWorker, job, request) -> object:

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -195,28 +195,28 @@ def plan_chunks(model, text: str, settings: IndexSettings) -> list[ChunkPlan]:
 
 
 @torch.no_grad()
-def compress_chunks(model, plans: list[ChunkPlan], decoder: int, batch_size: int = 16) -> list[torch.Tensor]:
-    """Bottleneck vectors [m_i, bottleneck] (float32, CPU) per chunk, in the order given."""
+def compress_chunks(
+    model, plans: list[ChunkPlan], decoder: int, batch_size: int = 16, wanted: Callable[[int], bool] | None = None
+) -> list[torch.Tensor | None]:
+    """Bottleneck vectors [m_i, bottleneck] (float32, CPU) per chunk, in the order given.
+
+    wanted(i), if given, is asked before every encoder batch for each chunk still to compress; a
+    chunk no longer wanted is skipped and its entry is None: a caller whose reader has gone stops
+    within one batch."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     order = sorted(range(len(plans)), key=lambda i: -len(plans[i].encoder_ids))  # little padding
     out: list[torch.Tensor | None] = [None] * len(plans)
-    for first in range(0, len(order), batch_size):
-        batch = order[first : first + batch_size]
+    while order:
+        if wanted is not None:
+            order = [i for i in order if wanted(i)]
+        batch, order = order[:batch_size], order[batch_size:]
+        if not batch:
+            break
         vectors = model.encode_segments([plans[i].encoder_ids for i in batch], decoder)
         for i, v in zip(batch, vectors):
             out[i] = v.float().cpu()
     return out
-
-
-def compress_documents(
-    model, texts: list[str], settings: IndexSettings, batch_size: int = 16
-) -> list[list[ChunkRecord]]:
-    """Chunk and compress documents (all their chunks in shared encoder batches)."""
-    plans = [plan_chunks(model, t, settings) for t in texts]
-    flat = [p for doc in plans for p in doc]
-    vectors = iter(compress_chunks(model, flat, settings.decoder, batch_size))
-    return [[ChunkRecord(next(vectors), p.n_tokens, p.start, p.end) for p in doc] for doc in plans]
 
 
 # --------------------------------------------------------------------- indexing
