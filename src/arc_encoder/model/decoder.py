@@ -33,9 +33,12 @@ def target_logits(decoder, embeds, attention_mask, position_ids, index) -> torch
 
     Logits are computed only at those positions: over a 49k-256k vocabulary, logits everywhere
     would be the largest cost of a training step.
+
+    `use_cache=False`: decoder configs default to caching, and a cache the blocks append to would
+    hold twice the keys when activation checkpointing recomputes them in the backward pass.
     """
     hidden = decoder.base_model(
-        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # [B, L, d] after the final norm
     picked = hidden.reshape(-1, hidden.shape[-1])[index]  # [T, d]
     return decoder_logits(decoder, picked).float()

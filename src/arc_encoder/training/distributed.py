@@ -139,10 +139,22 @@ def enable_activation_checkpointing(arc: nn.Module) -> None:
         layer._arc_checkpointed = True
 
 
+# The names transformers 5.x gives a block's KV-cache argument (renamed within 5.x).
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+
+
 def _recomputed(forward):
     @wraps(forward)
     def run(*args, **kwargs):
         if torch.is_grad_enabled():
+            # A block that appends to a cache would append twice (forward, then recomputation),
+            # and its recomputed attention would read twice the keys the mask covers.
+            cached = [k for k in CACHE_ARGUMENTS if kwargs.get(k) is not None]
+            if cached:
+                raise RuntimeError(
+                    f"an activation-checkpointed block was called with a KV cache ({cached[0]}=): "
+                    "a training forward must pass use_cache=False"
+                )
             return checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
