@@ -7,14 +7,19 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 
 def load_frozen_decoder(
-    path: str, attn_implementation: str = "sdpa", pretrained: bool = True, config=None
+    path: str,
+    attn_implementation: str = "sdpa",
+    pretrained: bool = True,
+    config=None,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """Any AutoModelForCausalLM, in eval mode, with every parameter frozen."""
+    """Any AutoModelForCausalLM, in eval mode, with every parameter frozen, stored in `dtype`
+    (read from disk straight into it: an 8B decoder never takes its float32 32 GB)."""
     if pretrained:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     else:
         config._attn_implementation = attn_implementation
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
     return model.eval()
 

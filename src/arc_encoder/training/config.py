@@ -215,6 +215,10 @@ class TrainConfig:
     batch_size: int = 8  # samples per micro-batch on each rank
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # What the frozen decoders are stored in. auto: bf16 where bf16 autocast runs on a GPU (an 8B
+    # decoder then takes 16 GB, not 32), fp32 elsewhere (a CPU computes fp32 faster). The trained
+    # weights and their AdamW moments are fp32 whatever this says.
+    decoder_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     activation_checkpointing: bool = False
     # New-decoder adaptation: the encoder is frozen; projectors and special tokens train.
@@ -278,6 +282,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def uses_bf16(self, device_type: str) -> bool:
+        """Whether the step runs under bf16 autocast on this device type (method.md D6: bf16
+        autocast over fp32 master weights on GPU; fp32 on CPU unless asked)."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def frozen_decoder_dtype(self, device_type: str) -> str:
+        """'fp32' or 'bf16': what `decoder_dtype` resolves to on this device type."""
+        if self.decoder_dtype != "auto":
+            return self.decoder_dtype
+        return "bf16" if device_type == "cuda" and self.uses_bf16(device_type) else "fp32"
 
     def data_config(self, overrides: dict[str, Any] | None = None, section: str = "data", check_only: bool = False):
         """The typed config of the `data` section's pipeline (PretrainDataConfig or
@@ -397,7 +412,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 # Keys that may change when a run resumes: they move no weights and no data position.
 RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.",)
+NEWER_KEYS = ("encoder_lora.", "decoder_dtype")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..devices import resolve_device
+
 
 @dataclass
 class Runtime:
@@ -40,10 +42,11 @@ class Runtime:
 
 
 def pick_device(preference: str) -> torch.device:
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for, but torch sees no CUDA device")
+    """The config's `device` (auto, cpu, cuda) -> this process's device: under torchrun the GPU
+    of its LOCAL_RANK."""
+    device = resolve_device(preference)
+    if device.type == "cpu":
+        return device
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 

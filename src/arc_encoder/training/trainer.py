@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..atomic import write_folder
 from ..data.batch import Batch
+from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
@@ -142,7 +143,10 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
         device = self.runtime.device
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_bf16(device))
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(device.type))
+        # build_model reads the decoders in this dtype already; a model built elsewhere is cast
+        # here, before it moves, so a GPU never holds their float32 copy
+        cast_weights(arc.decoders, DTYPES[config.frozen_decoder_dtype(device.type)])
         arc.to(device)
         if config.freeze_encoder:
             arc.encoder.requires_grad_(False)
@@ -166,11 +170,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups]
         )
-
-    def _use_bf16(self, device: torch.device) -> bool:
-        # method.md D6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
-        precision = self.config.precision
-        return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     # ------------------------------------------------------------------------- resume
     def resume(self) -> Path:
