@@ -31,11 +31,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    kind, colon, index = name.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
         raise ValueError(f"unknown device {name!r}: use {DEVICE_NAMES}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device (use --device cpu)")
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device")
     count = torch.cuda.device_count()
     if index and int(index) >= count:
         raise ValueError(f"device {name!r} was asked for, but torch sees {count} CUDA device(s): cuda:0..{count - 1}")

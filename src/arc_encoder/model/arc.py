@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import PRESETS, ARCConfig
+from ..devices import cast_weights
 from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
@@ -91,6 +92,7 @@ class ARCModel(nn.Module):
         # computed for the first batch and reused by the next ones (see generate)
         self._prefix_memo = PrefixMemo()
         self._shared_vocab: dict[int, bool] = {}  # decoder -> its tokenizer has the encoder's vocabulary
+        self._pinned_fingerprint: str | None = None  # set by to_dtype
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -563,8 +565,20 @@ class ARCModel(nn.Module):
         check_tensors(state, expected, f"checkpoint {file} (against this model)")
         self.load_state_dict(state, strict=False)
 
+    def to_dtype(self, dtype: torch.dtype) -> ARCModel:
+        """Cast every weight to `dtype` for inference (`devices.cast_weights`: RoPE tables stay
+        float32). The fingerprint stays that of the weights before the cast: vectors made at
+        either precision belong to one store."""
+        if self._pinned_fingerprint is None:
+            self._pinned_fingerprint = self.fingerprint()
+        cast_weights(self, dtype)
+        return self
+
     def fingerprint(self) -> str:
-        """A short hash of the trainable weights: stores refuse vectors from another model."""
+        """A short hash of the trainable weights: stores refuse vectors from another model.
+        A model cast with `to_dtype` keeps the hash of its weights before the cast."""
+        if self._pinned_fingerprint is not None:
+            return self._pinned_fingerprint
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             if not name.startswith("decoders."):
