@@ -17,9 +17,8 @@ from train_worker import distributed_config, make_trainer
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ranks")
+def run_two_ranks(worker: str, out: Path, tiny_models, timeout: float) -> None:
+    """torchrun, 2 CPU ranks (gloo): `worker OUT MODEL WIDE_MODEL`; fails the test on a non-zero exit."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -32,13 +31,19 @@ def two_ranks(tiny_models, tmp_path_factory):
         "--standalone",
         "--nproc-per-node",
         "2",
-        str(HERE / "train_worker.py"),
+        str(HERE / worker),
         str(out),
         tiny_models["llama"],
         tiny_models["llama-wide"],
     ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    run_two_ranks("train_worker.py", out, tiny_models, timeout=300)
     return out
 
 
@@ -81,3 +86,18 @@ def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
     saved = load_file(str(two_ranks / parallel / "checkpoints" / "step_00000004" / "model.safetensors"))
     for name, value in saved.items():
         assert torch.equal(value, ranks[0][name]), name
+
+
+def test_a_weight_non_finite_on_one_rank_stops_both(tiny_models, tmp_path):
+    # rank 1 alone holds a NaN after step 2's update (its DDP replica, or its FSDP2 shard): both
+    # ranks must stop with the named error at that step, within the worker's 60 s collective
+    # timeout (a rank stopping alone would leave the other waiting in the next collective)
+    run_two_ranks("diverge_worker.py", tmp_path, tiny_models, timeout=240)
+    expected = (
+        "TrainingDiverged: training stopped at step 2: 1 weight tensor(s) are no longer finite "
+        "(first: adapters.0.up.weight); nothing of this step was saved"
+    )
+    for parallel in ("ddp", "fsdp"):
+        for rank in (0, 1):
+            outcome = (tmp_path / f"{parallel}-rank{rank}.txt").read_text()
+            assert outcome.startswith(expected), f"{parallel} rank {rank}: {outcome}"

@@ -7,7 +7,10 @@ One optimizer step:
      (DDP synchronises only on the last one);
   3. add up loss and supervised-token counts over micro-batches and ranks, and scale the gradients
      by world_size / tokens: every supervised token of the step weighs the same, wherever it was;
-  4. clip, stop on a non-finite loss or gradient norm, AdamW step, schedule step.
+  4. clip, stop on a non-finite loss or gradient norm, AdamW step, schedule step;
+  5. stop if a weight is no longer finite on any rank. Every stop is agreed by all ranks: the loss
+     is reduced over ranks, the gradient norm is of reduced gradients, and the weight check is one
+     all-reduce of per-tensor flags, so no rank stops while the others wait for it.
 Only the chosen decoder's adapter gets gradients; the others keep grad None, which AdamW skips,
 so their weights and moments stay untouched.
 
@@ -309,7 +312,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        bad = [self.param_names[p] for p in self.trainable if not torch.isfinite(p).all()]
+        bad = self._nonfinite_weights()
         if bad:  # finite gradients can still make non-finite weights (e.g. a huge learning rate)
             raise TrainingDiverged(
                 f"training stopped at step {self.step}: {len(bad)} weight tensor(s) are no longer finite "
@@ -326,6 +329,17 @@ class Trainer:
             "task": task,
             **({"pooling_factor": factor} if factor is not None else {}),
         }
+
+    def _nonfinite_weights(self) -> list[str]:
+        """Names of the trainable tensors holding a non-finite value on any rank, the same list on
+        every rank. Each rank reads only what it holds (its FSDP2 shard, or its DDP replica), so
+        the per-tensor flags go through one all-reduce: all ranks stop together, where a rank
+        stopping alone would leave the others waiting in the next collective (a hang, not an
+        error). One host sync for all tensors, not one per tensor."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable]
+        flags = torch.stack([(~torch.isfinite(t.detach())).any() for t in local]).float()  # [P] on the device
+        flags = all_reduce_sum(flags)
+        return [self.param_names[p] for p, flag in zip(self.trainable, flags.tolist()) if flag > 0]
 
     def _last_good(self) -> str:
         if self.last_checkpoint is None:
