@@ -221,6 +221,12 @@ class TrainConfig:
     decoder_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     activation_checkpointing: bool = False
+    # torch.compile each encoder and decoder block (its forward; FSDP2's hooks stay outside). The
+    # first steps pay the compilation; the numbers do not change beyond float reassociation.
+    compile: bool = False
+    # On a GPU, float32 matmuls outside bf16 autocast use TF32 tensor cores (10-bit mantissa, as
+    # PyTorch's "high" float32 matmul precision); false keeps them exact. No effect on a CPU.
+    tf32: bool = True
     # New-decoder adaptation: the encoder is frozen; projectors and special tokens train.
     freeze_encoder: bool = False
     # Train only the encoder's last k blocks (None: all). The embeddings and the blocks below stay
@@ -410,7 +416,17 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------- resume compatibility
 # Keys that may change when a run resumes: they move no weights and no data position.
-RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
+RESUME_SAFE = (
+    "steps",
+    "time_limit_minutes",
+    "out_dir",
+    "activation_checkpointing",
+    "compile",
+    "tf32",
+    "checkpoint.",
+    "eval.",
+    "log.",
+)
 # Sections added after runs were already saved without them.
 NEWER_KEYS = ("encoder_lora.", "decoder_dtype")
 

@@ -132,14 +132,19 @@ def enable_activation_checkpointing(arc: nn.Module) -> None:
     activations. The frozen decoders stay in eval mode, where transformers' own switch does
     nothing, yet their activations are what dominates memory; so we wrap each block's forward.
     Module hooks (FSDP2's) stay outside the recomputed part."""
-    layers = list(arc.encoder.layers)
-    for decoder in arc.decoders:
-        layers += list(decoder.base_model.layers)
-    for layer in layers:
+    for layer in _blocks(arc):
         if getattr(layer, "_arc_checkpointed", False):
             continue
         layer.forward = _recomputed(layer.forward)
         layer._arc_checkpointed = True
+
+
+def _blocks(arc: nn.Module) -> list[nn.Module]:
+    """Every encoder block, then every block of every frozen decoder."""
+    layers = list(arc.encoder.layers)
+    for decoder in arc.decoders:
+        layers += list(decoder.base_model.layers)
+    return layers
 
 
 # The names transformers 5.x gives a block's KV-cache argument (renamed within 5.x).
@@ -162,3 +167,33 @@ def _recomputed(forward):
         return forward(*args, **kwargs)
 
     return run
+
+
+# What `compile: true` compiles the blocks with (tests swap in "eager": tracing without code generation).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_blocks(arc: nn.Module, backend: str | None = None) -> None:
+    """torch.compile the forward of each encoder and decoder block, after activation checkpointing
+    wrapped it (the recomputation is compiled with it) and outside module hooks (FSDP2's gathers
+    run eagerly around it). Shapes vary from batch to batch: after the first recompilation
+    dynamo treats the lengths as dynamic instead of compiling every length."""
+    backend = backend or COMPILE_BACKEND
+    for layer in _blocks(arc):
+        if getattr(layer, "_arc_compiled", False):
+            continue
+        layer.forward = torch.compile(layer.forward, backend=backend)
+        layer._arc_compiled = True
+
+
+def optimizer_options(device: torch.device) -> dict:
+    """AdamW options for this device: the fused kernel on a GPU (one launch for all tensors
+    instead of several per tensor); the default implementation on a CPU."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def set_matmul_precision(device: torch.device, tf32: bool) -> None:
+    """TF32 tensor cores for float32 matmuls on a GPU (PyTorch's "high" precision), or exact
+    float32 ("highest"). A process-wide setting; nothing changes on a CPU."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")

@@ -39,14 +39,17 @@ from ..evaluation.content import content_summary, content_sums, flat_summary
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
 from . import checkpoint as ckpt
-from .config import TrainConfig, pooling_factor_at, resume_differences, save_config
+from .config import RESUME_SAFE, TrainConfig, pooling_factor_at, resume_differences, save_config
 from .distributed import (
     Runtime,
     all_reduce_sum,
     barrier,
+    compile_blocks,
     enable_activation_checkpointing,
     gather_objects,
     init_distributed,
+    optimizer_options,
+    set_matmul_precision,
     wrap,
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
@@ -162,6 +165,9 @@ class Trainer:
                 pass
         if config.activation_checkpointing:
             enable_activation_checkpointing(arc)
+        if config.compile:  # after checkpointing (the recomputation is compiled too), before sharding
+            compile_blocks(arc)
+        set_matmul_precision(device, config.tf32)
         arc.train()
         self.module = wrap(arc, config.parallel, self.runtime)
         # After wrapping: FSDP2 replaces parameters with sharded ones.
@@ -169,7 +175,9 @@ class Trainer:
         groups = param_groups(arc, config)
         self.trainable = [p for g in groups for p in g["params"]]
         o = config.optim
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, **optimizer_options(device)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups]
         )
@@ -188,8 +196,9 @@ class Trainer:
             raise ValueError(
                 f"cannot resume from {path}: the configuration changed:\n  "
                 + "\n  ".join(diffs)
-                + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
-                "and log.* may change when resuming."
+                + "\nOnly "
+                + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE)
+                + " may change when resuming."
             )
         self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / ckpt.WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
