@@ -88,7 +88,7 @@ def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
         assert torch.equal(value, ranks[0][name]), name
 
 
-def test_a_weight_non_finite_on_one_rank_stops_both(tiny_models, tmp_path):
+def test_a_weight_non_finite_on_one_rank_stops_both_in_fp32_ddp_and_bf16_fsdp(tiny_models, tmp_path):
     # rank 1 alone holds a NaN after step 2's update (its DDP replica, or its FSDP2 shard): both
     # ranks must stop with the named error at that step, within the worker's 60 s collective
     # timeout (a rank stopping alone would leave the other waiting in the next collective)
@@ -101,3 +101,10 @@ def test_a_weight_non_finite_on_one_rank_stops_both(tiny_models, tmp_path):
         for rank in (0, 1):
             outcome = (tmp_path / f"{parallel}-rank{rank}.txt").read_text()
             assert outcome.startswith(expected), f"{parallel} rank {rank}: {outcome}"
+    # the FSDP2 run was the bf16 one: bf16 decoders, parameters gathered in bf16 for the forward,
+    # fp32 shards and AdamW moments; the DDP run stayed fp32 throughout
+    fp32, bf16 = "torch.float32", "torch.bfloat16"
+    for rank in (0, 1):
+        ddp, fsdp = (json.loads((tmp_path / f"{p}-rank{rank}.json").read_text()) for p in ("ddp", "fsdp"))
+        assert ddp == {"decoders": [fp32], "forward": fp32, "trained": [fp32], "moments": [fp32]}, ddp
+        assert fsdp == {"decoders": [bf16], "forward": bf16, "trained": [fp32], "moments": [fp32]}, fsdp

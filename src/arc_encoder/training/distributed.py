@@ -99,8 +99,12 @@ class TrainStep(nn.Module):
         return self._arc[0].loss(samples, decoder, special, with_accuracy, distill)
 
 
-def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
-    """The training module for this runtime: plain, DDP, or FSDP2-sharded."""
+def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False) -> nn.Module:
+    """The training module for this runtime: plain, DDP, or FSDP2-sharded.
+
+    `bf16` (the step runs under bf16 autocast): FSDP2 gathers the parameters in bf16 (half the
+    all-gather traffic and unsharded memory) and reduce-scatters gradients in fp32 onto the fp32
+    shards AdamW updates. DDP keeps fp32 parameters and reduces fp32 gradients either way."""
     if not runtime.distributed:
         return TrainStep(arc, with_decoders=False)
     if parallel == "ddp":
@@ -113,16 +117,15 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
         return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        shard = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
         step = TrainStep(arc, with_decoders=True)
-        for layer in arc.encoder.layers:
-            fully_shard(layer, mesh=mesh)
-        for decoder in arc.decoders:
-            for layer in decoder.base_model.layers:
-                fully_shard(layer, mesh=mesh)
-        fully_shard(step, mesh=mesh)
+        for layer in _blocks(arc):
+            fully_shard(layer, **shard)
+        fully_shard(step, **shard)
         return step
     raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
