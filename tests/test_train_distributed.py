@@ -63,10 +63,12 @@ def one_rank(tiny_models, tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "fsdp-replicate"])
 def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
     start, expected = one_rank
     ranks = [load_file(str(two_ranks / f"{parallel}-rank{r}.safetensors")) for r in range(2)]
+    held = {(two_ranks / f"{parallel}-rank{r}-decoders.txt").read_text() for r in range(2)}
+    assert held == {"DTensor" if parallel == "fsdp" else "Parameter"}, (parallel, held)
     assert set(ranks[0]) == set(expected)
     for name, value in expected.items():
         # every trainable tensor, the special tokens included, was reduced: the ranks agree exactly

@@ -244,6 +244,10 @@ class TrainConfig:
     # With pooling_schedule starting at x1 this is what makes CPU-scale runs carry the document.
     projector_init: Literal["random", "lstsq"] = "random"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
+    # Under parallel: fsdp, the frozen decoders' blocks are sharded like the encoder's ("shard":
+    # each GPU holds 1/N of them, gathered block by block), or every GPU keeps a whole copy
+    # ("replicate": no gathers for them, at the memory of a full decoder per GPU).
+    fsdp_decoders: Literal["shard", "replicate"] = "shard"
     # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
     decoder_weights: list[float] | None = None
@@ -423,6 +427,7 @@ RESUME_SAFE = (
     "activation_checkpointing",
     "compile",
     "tf32",
+    "fsdp_decoders",
     "checkpoint.",
     "eval.",
     "log.",

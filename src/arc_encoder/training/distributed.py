@@ -9,7 +9,8 @@ this on. What data parallelism wraps is `TrainStep`, a module whose forward is `
   official code left the special tokens out and let each rank drift).
 - FSDP2: it also holds the decoders, so one root shards everything: each encoder block and each
   frozen decoder block is its own `fully_shard` group, and the root takes what is left
-  (embeddings, adapters and special tokens, decoder heads).
+  (embeddings, adapters and special tokens, decoder heads). With `fsdp_decoders: replicate` the
+  decoders stay outside, whole on every rank, as under DDP.
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ class TrainStep(nn.Module):
         return self._arc[0].loss(samples, decoder, special, with_accuracy, distill)
 
 
-def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False) -> nn.Module:
-    """The training module for this runtime: plain, DDP, or FSDP2-sharded.
+def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False, shard_decoders: bool = True) -> nn.Module:
+    """The training module for this runtime: plain, DDP, or FSDP2-sharded (the frozen decoders
+    too, unless `shard_decoders` is False: then each rank keeps them whole, as under DDP).
 
     `bf16` (the step runs under bf16 autocast): FSDP2 gathers the parameters in bf16 (half the
     all-gather traffic and unsharded memory) and reduce-scatters gradients in fp32 onto the fp32
@@ -122,8 +124,8 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False) ->
         mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         shard = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-        step = TrainStep(arc, with_decoders=True)
-        for layer in _blocks(arc):
+        step = TrainStep(arc, with_decoders=shard_decoders)
+        for layer in _blocks(arc) if shard_decoders else arc.encoder.layers:
             fully_shard(layer, **shard)
         fully_shard(step, **shard)
         return step

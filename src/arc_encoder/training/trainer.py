@@ -169,7 +169,13 @@ class Trainer:
             compile_blocks(arc)
         set_matmul_precision(device, config.tf32)
         arc.train()
-        self.module = wrap(arc, config.parallel, self.runtime, bf16=config.uses_bf16(device.type))
+        self.module = wrap(
+            arc,
+            config.parallel,
+            self.runtime,
+            bf16=config.uses_bf16(device.type),
+            shard_decoders=config.fsdp_decoders == "shard",
+        )
         # After wrapping: FSDP2 replaces parameters with sharded ones.
         self.param_names = {p: n for n, p in arc.named_parameters() if not n.startswith("decoders.")}
         groups = param_groups(arc, config)
