@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
@@ -22,6 +25,25 @@ def load_frozen_decoder(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
     return model.eval()
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The keyword a decoder class's forward takes its KV cache under: `cache` from transformers
+    5.24 on, `past_key_values` before (5.24-5.39 still accept the old name, with a warning)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(decoder: PreTrainedModel, cache) -> dict:
+    """{keyword: cache} for a call of `decoder` (see `_cache_keyword`)."""
+    return {_cache_keyword(type(decoder)): cache}
+
+
+def returned_cache(output):
+    """The KV cache a decoder call returned: `output.cache` (transformers >= 5.24), or
+    `output.past_key_values`."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def decoder_logits(decoder: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -90,9 +112,9 @@ def generate_ids(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        cache=cache,
         use_cache=True,
         logits_to_keep=1,
+        **with_cache(decoder, cache),
     )
     next_position = position_ids[:, -1:] + 1  # [B, 1]
     outputs: list[list[int]] = [[] for _ in range(B)]
@@ -118,8 +140,8 @@ def generate_ids(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
-            cache=out.cache,
             use_cache=True,
+            **with_cache(decoder, returned_cache(out)),
         )
         next_position = next_position + 1
     return outputs
@@ -157,7 +179,13 @@ def shared_prefix_cache(decoder: PreTrainedModel, prefix: torch.Tensor) -> Share
     """Run the decoder once on prefix embeddings [P, d]; keep each layer's keys and values."""
     cache = DynamicCache(config=decoder.config)
     positions = torch.arange(prefix.shape[0], device=prefix.device)[None]
-    decoder(inputs_embeds=prefix[None], position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    decoder(
+        inputs_embeds=prefix[None],
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **with_cache(decoder, cache),
+    )
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
