@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from arc_encoder import ARCConfig, ARCModel, Doc
-from arc_encoder.model.decoder import common_prefix_length
+from arc_encoder.model.decoder import common_prefix_length, with_cache
 from arc_encoder.model.prompting import build_prompts, splice_prompts
 from arc_encoder.model.splice import Sample, splice
 from conftest import FAMILIES
@@ -160,7 +160,7 @@ def test_shared_prefix_generate_equals_whole_prompts(tiny_models, family):
         ).logits[:, -1]
         embeds, mask, positions, cache = model._prefix_memo.split(dec, 0, batch)
         split = dec(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **with_cache(dec, cache)
         ).logits[:, -1]
     assert embeds.shape[1] < batch.embeds.shape[1]
     torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)

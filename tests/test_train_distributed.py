@@ -17,9 +17,8 @@ from train_worker import distributed_config, make_trainer
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ranks")
+def run_two_ranks(worker: str, out: Path, tiny_models, timeout: float) -> None:
+    """torchrun, 2 CPU ranks (gloo): `worker OUT MODEL WIDE_MODEL`; fails the test on a non-zero exit."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -32,13 +31,19 @@ def two_ranks(tiny_models, tmp_path_factory):
         "--standalone",
         "--nproc-per-node",
         "2",
-        str(HERE / "train_worker.py"),
+        str(HERE / worker),
         str(out),
         tiny_models["llama"],
         tiny_models["llama-wide"],
     ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    run_two_ranks("train_worker.py", out, tiny_models, timeout=300)
     return out
 
 
@@ -58,10 +63,12 @@ def one_rank(tiny_models, tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "fsdp-replicate"])
 def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
     start, expected = one_rank
     ranks = [load_file(str(two_ranks / f"{parallel}-rank{r}.safetensors")) for r in range(2)]
+    held = {(two_ranks / f"{parallel}-rank{r}-decoders.txt").read_text() for r in range(2)}
+    assert held == {"DTensor" if parallel == "fsdp" else "Parameter"}, (parallel, held)
     assert set(ranks[0]) == set(expected)
     for name, value in expected.items():
         # every trainable tensor, the special tokens included, was reduced: the ranks agree exactly
@@ -81,3 +88,25 @@ def test_two_ranks_match_one_rank(two_ranks, one_rank, parallel):
     saved = load_file(str(two_ranks / parallel / "checkpoints" / "step_00000004" / "model.safetensors"))
     for name, value in saved.items():
         assert torch.equal(value, ranks[0][name]), name
+
+
+def test_a_weight_non_finite_on_one_rank_stops_both_in_fp32_ddp_and_bf16_fsdp(tiny_models, tmp_path):
+    # rank 1 alone holds a NaN after step 2's update (its DDP replica, or its FSDP2 shard): both
+    # ranks must stop with the named error at that step, within the worker's 60 s collective
+    # timeout (a rank stopping alone would leave the other waiting in the next collective)
+    run_two_ranks("diverge_worker.py", tmp_path, tiny_models, timeout=240)
+    expected = (
+        "TrainingDiverged: training stopped at step 2: 1 weight tensor(s) are no longer finite "
+        "(first: adapters.0.up.weight); nothing of this step was saved"
+    )
+    for parallel in ("ddp", "fsdp"):
+        for rank in (0, 1):
+            outcome = (tmp_path / f"{parallel}-rank{rank}.txt").read_text()
+            assert outcome.startswith(expected), f"{parallel} rank {rank}: {outcome}"
+    # the FSDP2 run was the bf16 one: bf16 decoders, parameters gathered in bf16 for the forward,
+    # fp32 shards and AdamW moments; the DDP run stayed fp32 throughout
+    fp32, bf16 = "torch.float32", "torch.bfloat16"
+    for rank in (0, 1):
+        ddp, fsdp = (json.loads((tmp_path / f"{p}-rank{rank}.json").read_text()) for p in ("ddp", "fsdp"))
+        assert ddp == {"decoders": [fp32], "forward": fp32, "trained": [fp32], "moments": [fp32]}, ddp
+        assert fsdp == {"decoders": [bf16], "forward": bf16, "trained": [fp32], "moments": [fp32]}, fsdp

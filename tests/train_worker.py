@@ -1,4 +1,5 @@
-"""Run under torchrun by test_train_distributed: the same training with DDP, then with FSDP2.
+"""Run under torchrun by test_train_distributed: the same training with DDP, then with FSDP2
+(frozen decoders sharded, then replicated).
 
 For each mode: 2 steps and a checkpoint, then a fresh model resumes from it and trains to step 4.
 Every rank writes the full weights it ends with, so the test can compare ranks with each other and
@@ -26,8 +27,13 @@ TEXTS = random_texts(11, 12)  # 11: batches never repeat within a run, so a lost
 GLOBAL_BATCH = 4
 
 
-def distributed_config(out_dir, model: str, wide: str, parallel: str, steps: int):
+# How each run is wrapped: (parallel, fsdp_decoders).
+MODES = {"ddp": ("ddp", "shard"), "fsdp": ("fsdp", "shard"), "fsdp-replicate": ("fsdp", "replicate")}
+
+
+def distributed_config(out_dir, model: str, wide: str, mode: str, steps: int):
     lr = 2e-3  # the same constant rate for every group, so a resume may change `steps`
+    parallel, decoders = MODES[mode]
     return config_from_dict(
         {
             "model": {
@@ -50,6 +56,7 @@ def distributed_config(out_dir, model: str, wide: str, parallel: str, steps: int
             },
             "decoder_order": "round_robin",
             "parallel": parallel,
+            "fsdp_decoders": decoders,
             "device": "cpu",
             "steps": steps,
             "batch_size": GLOBAL_BATCH,
@@ -76,13 +83,16 @@ def make_trainer(config, runtime=None, seed: int = 0) -> Trainer:
 def main(out: Path, model: str, wide: str) -> None:
     torch.set_num_threads(1)
     runtime = init_distributed("cpu")
-    for parallel in ("ddp", "fsdp"):
+    for parallel in MODES:
         first = make_trainer(distributed_config(out / parallel, model, wide, parallel, 2), runtime)
         first.fit()
         resumed = make_trainer(distributed_config(out / parallel, model, wide, parallel, 4), runtime, seed=99)
         resumed.resume()
         resumed.fit()
         save_file(ckpt.model_state(resumed.arc), str(out / f"{parallel}-rank{runtime.rank}.safetensors"))
+        # how the frozen decoders were held: DTensor shards, or whole tensors on every rank
+        kinds = sorted({type(p).__name__ for p in resumed.arc.decoders.parameters()})
+        (out / f"{parallel}-rank{runtime.rank}-decoders.txt").write_text(",".join(kinds))
     torch.distributed.destroy_process_group()
 
 

@@ -13,23 +13,27 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(model: str):
+def load_model(model: str, decoder_dtype=None):
     """A saved model folder or a training run folder (its latest checkpoint), a shipped model
     ("smollm2-arc4": trained, in the package), or "PRESET-untrained" / a preset without shipped
-    weights for a fresh, untrained model."""
+    weights for a fresh, untrained model. `decoder_dtype` (default float32): what the frozen
+    decoders are read into."""
+    import torch
+
     from .config import PRESETS
     from .model.arc import ARCModel
     from .model.delta import SHIPPED
     from .training.model_init import saved_model_dir
 
     quiet_transformers()
+    dtype = decoder_dtype or torch.float32
     if model in SHIPPED:
-        return ARCModel.from_pretrained(model)  # verifies the pinned checksum
+        return ARCModel.from_pretrained(model, decoder_dtype=dtype)  # verifies the pinned checksum
     if Path(model).is_dir():  # a saved model, or a training run folder: its latest checkpoint
-        return ARCModel.from_pretrained(saved_model_dir(model, role="model"))
+        return ARCModel.from_pretrained(saved_model_dir(model, role="model"), decoder_dtype=dtype)
     preset = model.removesuffix(UNTRAINED)
     if preset in PRESETS:
-        return ARCModel.from_config(preset)
+        return ARCModel.from_config(preset, decoder_dtype=dtype)
     names = sorted(SHIPPED) + sorted(p + UNTRAINED if p in SHIPPED else p for p in PRESETS)
     raise ValueError(f"{model!r} is neither a saved model folder nor a model name ({', '.join(names)})")
 
@@ -37,3 +41,24 @@ def load_model(model: str):
 UNTRAINED = "-untrained"  # "smollm2-arc4-untrained": the preset's architecture, fresh weights
 DEFAULT_MODEL = "smollm2-arc4"  # shipped in the package: SmolLM2-135M's encoder for itself, x4
 MODEL_HELP = "saved model or run folder, shipped model (smollm2-arc4) or PRESET-untrained"
+
+
+def placement(device: str = "auto", dtype: str = "auto"):
+    """`--device` and `--dtype` names -> (torch device, torch dtype); a bad name, or a GPU asked
+    for where torch sees none, is a ValueError naming it (checked before any model loads)."""
+    from .devices import resolve_device, resolve_dtype
+
+    where = resolve_device(device)
+    return where, resolve_dtype(dtype, where)
+
+
+def load_model_on(model: str, device: str = "auto", dtype: str = "auto"):
+    """`load_model` on a device in a dtype, in eval mode: the decoders are read straight into the
+    dtype; the encoder and adapters are cast (`ARCModel.to_dtype`: the fingerprint is unchanged)."""
+    where, dtype = placement(device, dtype)
+    arc = load_model(model, decoder_dtype=dtype)
+    return arc.to_dtype(dtype).to(where).eval()
+
+
+DEVICE_HELP = "auto (a GPU if torch sees one), cpu, cuda or cuda:N"
+DTYPE_HELP = "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16 or float16"

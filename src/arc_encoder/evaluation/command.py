@@ -13,7 +13,7 @@ from arc_encoder.evaluation.report import markdown_table, plot_scores
 from arc_encoder.evaluation.tasks import load_task, metric_for_task
 
 from ..atomic import write_json
-from ..loading import DEFAULT_MODEL, MODEL_HELP
+from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP
 
 REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
@@ -59,12 +59,14 @@ def eval_command(
     content_span: int = typer.Option(32, help="decoder tokens per reconstruction/continuation span for --content"),
     out: Path | None = typer.Option(None, help="JSON result file; with several models a PNG plot beside it"),
     threads: int | None = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)"),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP}; LLMLingua's scorer runs there too"),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
     from arc_encoder.evaluation.runner import evaluate
 
-    from ..loading import load_model
+    from ..loading import load_model_on, placement
 
     if threads is not None:
         if threads < 1:
@@ -73,6 +75,7 @@ def eval_command(
 
         torch.set_num_threads(threads)
     try:
+        placement(device, dtype)  # a GPU that is not there is refused before anything loads
         metric_for_task(task)
         names = check_methods(methods)
         if limit is not None and limit < 1:
@@ -83,7 +86,7 @@ def eval_command(
 
     runs = []
     for name in model:
-        arc = load_model(name)
+        arc = load_model_on(name, device, dtype)
         if chunk_size is not None:
             arc.config.chunk_tokens = chunk_size
         if max_chunks is not None:

@@ -263,8 +263,8 @@ class StoredARC(ARC):
         return {**super().describe(), "store": str(self.store.path), "codec": self.store.codec.name}
 
 
-def _llmlingua_compressor(model_path: str, counting_tokenizer, llmlingua2: bool):
-    """An llmlingua `PromptCompressor` on CPU that counts tokens with our decoder's tokenizer.
+def _llmlingua_compressor(model_path: str, counting_tokenizer, llmlingua2: bool, device: str = "cpu"):
+    """An llmlingua `PromptCompressor` on `device` that counts tokens with our decoder's tokenizer.
 
     llmlingua 0.2.2's constructor fetches tiktoken's GPT-3.5 vocabulary from the network just to
     report token counts; offline that fails. Counting with the evaluated decoder's tokenizer
@@ -291,7 +291,7 @@ def _llmlingua_compressor(model_path: str, counting_tokenizer, llmlingua2: bool)
             self.cache_bos_num = 10
             self.prefix_bos_num = 100
             self.oai_tokenizer = DecoderTokenCounter()
-            self.load_model(model_path, "cpu", {})
+            self.load_model(model_path, device, {})
             if llmlingua2:
                 self.init_llmlingua2()
 
@@ -334,7 +334,10 @@ class LLMLingua(TextMethod):
             from arc_encoder.model.registry import resolve_model
 
             self.scorer_path = resolve_model(scorer or "smollm2-135m")
-        self.compressor = _llmlingua_compressor(self.scorer_path, model.decoder_tokenizers[decoder], self.llmlingua2)
+        # the scorer runs where the evaluated model does (a CPU-bound scorer would pace a GPU run)
+        self.compressor = _llmlingua_compressor(
+            self.scorer_path, model.decoder_tokenizers[decoder], self.llmlingua2, str(model.device)
+        )
         super().__init__(model, decoder, shots)
 
     def rewrite(self, text: str) -> str:
@@ -363,6 +366,7 @@ class LLMLingua(TextMethod):
             "rate": self.rate,
             "scorer": self.scorer_path,
             "variant": "llmlingua-2" if self.llmlingua2 else "llmlingua-1",
+            "device": str(self.compressor.device),
         }
 
 

@@ -256,6 +256,7 @@ def evaluate(
         "fingerprint": model.fingerprint(),
         "method_settings": settings,
         "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }
     return {"config": config, "metrics": table, "predictions": predictions}

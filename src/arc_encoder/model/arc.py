@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import PRESETS, ARCConfig
+from ..devices import cast_weights
 from ..prompt import Doc
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
@@ -92,13 +93,18 @@ class ARCModel(nn.Module):
         # computed for the first batch and reused by the next ones (see generate)
         self._prefix_memo = PrefixMemo()
         self._shared_vocab: dict[int, bool] = {}  # decoder -> its tokenizer has the encoder's vocabulary
+        self._pinned_fingerprint: str | None = None  # set by to_dtype
 
     # ----------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, config: ARCConfig | str, pretrained: bool = True) -> ARCModel:
+    def from_config(
+        cls, config: ARCConfig | str, pretrained: bool = True, decoder_dtype: torch.dtype = torch.float32
+    ) -> ARCModel:
         """Build a fresh model: encoder from the backbone, untrained adapters, frozen decoders.
 
         `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
+        `decoder_dtype`: what the frozen decoders are stored in (bfloat16 halves their memory on a
+        GPU; float32, the default, is faster on a CPU). The encoder and adapters stay float32.
         """
         if isinstance(config, str):
             if config not in PRESETS:
@@ -106,10 +112,12 @@ class ARCModel(nn.Module):
             config = PRESETS[config]
         backbone = resolve_model(config.backbone)
         encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
-        return cls._with_decoders(config, encoder, AutoTokenizer.from_pretrained(backbone), pretrained)
+        return cls._with_decoders(config, encoder, AutoTokenizer.from_pretrained(backbone), pretrained, decoder_dtype)
 
     @classmethod
-    def from_saved_architecture(cls, path: str | Path, config: ARCConfig, pretrained: bool = True) -> ARCModel:
+    def from_saved_architecture(
+        cls, path: str | Path, config: ARCConfig, pretrained: bool = True, decoder_dtype: torch.dtype = torch.float32
+    ) -> ARCModel:
         """The model a saved folder describes, before any of its weights are read: the encoder
         built from the folder's (truncated) backbone config and tokenizer, untrained adapters, and
         the frozen decoders `config` names. `from_pretrained` and training warm starts load into it."""
@@ -117,13 +125,18 @@ class ARCModel(nn.Module):
         hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
         hf_config._attn_implementation = config.attn_implementation
         tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR)
-        return cls._with_decoders(config, Encoder(hf_config, config), tokenizer, pretrained)
+        return cls._with_decoders(config, Encoder(hf_config, config), tokenizer, pretrained, decoder_dtype)
 
     @classmethod
-    def _with_decoders(cls, config: ARCConfig, encoder: Encoder, encoder_tokenizer, pretrained: bool) -> ARCModel:
+    def _with_decoders(
+        cls, config: ARCConfig, encoder: Encoder, encoder_tokenizer, pretrained: bool, decoder_dtype: torch.dtype
+    ) -> ARCModel:
         paths = [resolve_model(d) for d in config.decoders]
         decoders = [
-            load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p)) for p in paths
+            load_frozen_decoder(
+                p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p), dtype=decoder_dtype
+            )
+            for p in paths
         ]
         return cls(config, encoder, decoders, encoder_tokenizer, [AutoTokenizer.from_pretrained(p) for p in paths])
 
@@ -135,6 +148,11 @@ class ARCModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.adapters[0].rec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the trained weights (encoder, adapters): compressed vectors enter in it."""
+        return self.adapters[0].rec.dtype
 
     @property
     def vector_dim(self) -> int:
@@ -266,10 +284,14 @@ class ARCModel(nn.Module):
         return out
 
     def decoder_blocks(self, chunks: list[torch.Tensor], decoder: int, special: str | None) -> list[torch.Tensor]:
-        """Bottleneck chunks -> decoder-space blocks [m_i (+1), d_dec], special token appended."""
+        """Bottleneck chunks -> decoder-space blocks [m_i (+1), d_dec], special token appended.
+
+        Chunks are moved to the adapter's device and dtype first: vectors a store kept in float32
+        feed a bfloat16 model, and a bfloat16 model's vectors a float32 one."""
         adapter = self.adapters[decoder]
         blocks = []
         for chunk in chunks:
+            chunk = chunk.to(device=adapter.rec.device, dtype=adapter.rec.dtype)
             if self.config.special_tokens and special is not None:
                 chunk = torch.cat([chunk, adapter.special_bottleneck(special)[None]])
             blocks.append(adapter.expand(chunk))
@@ -533,10 +555,13 @@ class ARCModel(nn.Module):
         return size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, decoders: list[str] | None = None) -> ARCModel:
+    def from_pretrained(
+        cls, path: str | Path, decoders: list[str] | None = None, decoder_dtype: torch.dtype = torch.float32
+    ) -> ARCModel:
         """Load a saved model: a folder (full or delta), or the name of a model shipped in this
         package (model/delta.py SHIPPED, e.g. "smollm2-arc4"). `decoders` overrides the recorded
-        decoder names or paths (same count and widths), e.g. to point at local copies."""
+        decoder names or paths (same count and widths), e.g. to point at local copies.
+        `decoder_dtype`: what the frozen decoders are read into (see `from_config`)."""
         pinned = SHIPPED.get(str(path))
         path = shipped_folder(str(path)) or Path(path)
         if not path.is_dir():
@@ -551,7 +576,11 @@ class ARCModel(nn.Module):
             config.decoders = list(decoders)
         delta = meta.get("weights") == "delta"
         # a delta's encoder is the backbone's own blocks, overwritten below where they differ
-        model = cls.from_config(config) if delta else cls.from_saved_architecture(path, config)
+        model = (
+            cls.from_config(config, decoder_dtype=decoder_dtype)
+            if delta
+            else cls.from_saved_architecture(path, config, decoder_dtype=decoder_dtype)
+        )
         for i, (dec, dim) in enumerate(zip(model.decoders, meta["decoder_dims"])):
             if dec.config.hidden_size != dim:
                 raise ValueError(
@@ -572,8 +601,20 @@ class ARCModel(nn.Module):
         check_tensors(state, expected, f"checkpoint {file} (against this model)")
         self.load_state_dict(state, strict=False)
 
+    def to_dtype(self, dtype: torch.dtype) -> ARCModel:
+        """Cast every weight to `dtype` for inference (`devices.cast_weights`: RoPE tables stay
+        float32). The fingerprint stays that of the weights before the cast: vectors made at
+        either precision belong to one store."""
+        if self._pinned_fingerprint is None:
+            self._pinned_fingerprint = self.fingerprint()
+        cast_weights(self, dtype)
+        return self
+
     def fingerprint(self) -> str:
-        """A short hash of the trainable weights: stores refuse vectors from another model."""
+        """A short hash of the trainable weights: stores refuse vectors from another model.
+        A model cast with `to_dtype` keeps the hash of its weights before the cast."""
+        if self._pinned_fingerprint is not None:
+            return self._pinned_fingerprint
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             if not name.startswith("decoders."):

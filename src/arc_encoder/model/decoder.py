@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 
 def load_frozen_decoder(
-    path: str, attn_implementation: str = "sdpa", pretrained: bool = True, config=None
+    path: str,
+    attn_implementation: str = "sdpa",
+    pretrained: bool = True,
+    config=None,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """Any AutoModelForCausalLM, in eval mode, with every parameter frozen."""
+    """Any AutoModelForCausalLM, in eval mode, with every parameter frozen, stored in `dtype`
+    (read from disk straight into it: an 8B decoder never takes its float32 32 GB)."""
     if pretrained:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     else:
         config._attn_implementation = attn_implementation
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
     return model.eval()
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The keyword a decoder class's forward takes its KV cache under: `cache` from transformers
+    5.24 on, `past_key_values` before (5.24-5.39 still accept the old name, with a warning)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(decoder: PreTrainedModel, cache) -> dict:
+    """{keyword: cache} for a call of `decoder` (see `_cache_keyword`)."""
+    return {_cache_keyword(type(decoder)): cache}
+
+
+def returned_cache(output):
+    """The KV cache a decoder call returned: `output.cache` (transformers >= 5.24), or
+    `output.past_key_values`."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def decoder_logits(decoder: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -33,9 +60,12 @@ def target_logits(decoder, embeds, attention_mask, position_ids, index) -> torch
 
     Logits are computed only at those positions: over a 49k-256k vocabulary, logits everywhere
     would be the largest cost of a training step.
+
+    `use_cache=False`: decoder configs default to caching, and a cache the blocks append to would
+    hold twice the keys when activation checkpointing recomputes them in the backward pass.
     """
     hidden = decoder.base_model(
-        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # [B, L, d] after the final norm
     picked = hidden.reshape(-1, hidden.shape[-1])[index]  # [T, d]
     return decoder_logits(decoder, picked).float()
@@ -92,9 +122,9 @@ def generate_ids(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        cache=cache,
         use_cache=True,
         logits_to_keep=1,
+        **with_cache(decoder, cache),
     )
     next_position = position_ids[:, -1:] + 1  # [B, 1]
     outputs: list[list[int]] = [[] for _ in range(B)]
@@ -120,8 +150,8 @@ def generate_ids(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
-            cache=out.cache,
             use_cache=True,
+            **with_cache(decoder, returned_cache(out)),
         )
         next_position = next_position + 1
     return outputs
@@ -159,7 +189,13 @@ def shared_prefix_cache(decoder: PreTrainedModel, prefix: torch.Tensor) -> Share
     """Run the decoder once on prefix embeddings [P, d]; keep each layer's keys and values."""
     cache = DynamicCache(config=decoder.config)
     positions = torch.arange(prefix.shape[0], device=prefix.device)[None]
-    decoder(inputs_embeds=prefix[None], position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    decoder(
+        inputs_embeds=prefix[None],
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **with_cache(decoder, cache),
+    )
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

@@ -41,7 +41,9 @@ class PrefixMemo:
         real = batch.attention_mask.bool()
         rows = [batch.embeds[i][real[i]] for i in range(real.shape[0])]  # [n_i, d] each
         memo = self.entry
-        if memo is not None and (memo[0] != decoder or memo[1].device != rows[0].device):
+        if memo is not None and (
+            memo[0] != decoder or memo[1].device != rows[0].device or memo[1].dtype != rows[0].dtype
+        ):
             memo = None
         if memo is not None and all(
             r.shape[0] > memo[1].shape[0] and torch.equal(r[: memo[1].shape[0]], memo[1]) for r in rows

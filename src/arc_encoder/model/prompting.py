@@ -96,7 +96,8 @@ def build_prompts(model, prompts: list[list], decoder: int, special: str = "cont
                 raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
             if part.decoder != decoder:
                 raise ValueError(f"vectors compressed for decoder {part.decoder} cannot feed decoder {decoder}")
-            for block in model.decoder_blocks([c.to(model.device) for c in part.chunks], decoder, special):
+            # decoder_blocks moves the vectors (e.g. float32 from a store) to the model's device and dtype
+            for block in model.decoder_blocks(part.chunks, decoder, special):
                 sample_blocks.append(block)
                 sample_offsets.append(len(ids))
             n_doc += part.document_tokens

@@ -54,7 +54,10 @@ def splice(
     offsets: list[list[int]],
     left_pad: bool = False,
 ) -> SplicedBatch:
-    """Interleave text embeddings [s_i, d] with blocks [k, d] at the given text offsets, and pad."""
+    """Interleave text embeddings [s_i, d] with blocks [k, d] at the given text offsets, and pad.
+
+    Blocks take the text embeddings' dtype, the decoder's: a float32 adapter's output enters a
+    bfloat16 decoder in bfloat16 (the cast is differentiable, so gradients reach the adapter)."""
     rows, text_positions, block_positions = [], [], []
     for text, sample_blocks, sample_offsets in zip(text_embeds, blocks, offsets):
         pieces, tpos, bpos, cursor, length = [], [], [], 0, 0
@@ -63,7 +66,7 @@ def splice(
             tpos.append(torch.arange(length, length + offset - cursor))
             length += offset - cursor
             bpos.append(length)
-            pieces.append(block)
+            pieces.append(block.to(text.dtype))
             length += block.shape[0]
             cursor = offset
         pieces.append(text[cursor:])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..loading import DEFAULT_MODEL, MODEL_HELP
+from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, placement
 from .cache import DEFAULT_CACHE_MB
 
 API_KEY_ENV = "ARC_ENCODER_API_KEY"
@@ -18,15 +18,11 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _load(model: str, device: str):
-    import torch
+def _load(model: str, device: str, dtype: str = "float32"):
+    """The model on `device` in `dtype` (names checked before it loads: ValueError)."""
+    from ..loading import load_model_on
 
-    from ..loading import load_model
-
-    arc = load_model(model)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return arc.to(device).eval()
+    return load_model_on(model, device, dtype)
 
 
 def index(
@@ -43,7 +39,7 @@ def index(
     ),
     replace: bool = typer.Option(False, "--replace", help="recompress documents already stored"),
     write_every: int = typer.Option(256, help="documents per store transaction (what an interruption can lose)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP}; vectors are computed in float32"),
 ):
     """Compress a JSONL corpus into a vector store; rerun the same command to resume."""
     from ..storage.indexing import index_corpus, scan_corpus
@@ -87,7 +83,8 @@ def ask(
     store: Path = typer.Option(..., "--store", help="vector store folder"),
     k: int = typer.Option(3, help="chunks to retrieve"),
     max_new_tokens: int = typer.Option(64),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Answer a question from the store: BM25 top-k chunks, their stored vectors in the prompt."""
     from ..records import command_line_text
@@ -96,7 +93,7 @@ def ask(
 
     try:
         question = command_line_text(question, "the question")
-        arc = _load(model, device)
+        arc = _load(model, device, dtype)
         vectors, settings = open_store(store, arc, create=False)
         with vectors:
             answer = ask_store(arc, vectors, question, settings.decoder, k=k, max_new_tokens=max_new_tokens)
@@ -124,7 +121,8 @@ def serve(
     decoder: int | None = typer.Option(None, help="decoder index (default: the store's, else 0)"),
     chunk_tokens: int | None = typer.Option(None, help="chunk size for a new store"),
     backend: str = typer.Option("hf", help="hf (PyTorch decoder) or vllm (GPU)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_batch: int = typer.Option(8, help="most requests answered by one model call"),
     batch_window_ms: float = typer.Option(10.0, help="how long the first request waits for batch-mates"),
     max_texts: int = typer.Option(32, help="texts per compress request / documents per add request"),
@@ -159,6 +157,10 @@ def serve(
         _fail(f"--cache-mb must be >= 0, got {cache_mb}")
     if compress_batch is not None and compress_batch < 1:
         _fail(f"--compress-batch must be >= 1, got {compress_batch}")
+    try:
+        _, torch_dtype = placement(device, dtype)  # before vLLM's import and minutes of loading
+    except ValueError as e:
+        _fail(str(e))
     factory = None
     if backend == "vllm":
         from .vllm_backend import import_vllm, vllm_backend_factory
@@ -167,14 +169,14 @@ def serve(
             import_vllm()  # before minutes of model loading
         except ImportError as e:
             _fail(str(e))
-        factory = vllm_backend_factory(gpu_memory_utilization=gpu_memory_utilization)
+        factory = vllm_backend_factory(gpu_memory_utilization=gpu_memory_utilization, dtype=torch_dtype)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         typer.echo(f"warning: serving on {host} without an API key", err=True)
     limits = ServeLimits(max_texts=max_texts, max_chars=max_chars, max_new_tokens=max_new_tokens)
     from ..storage.indexing import open_store
 
     try:
-        arc = _load(model, device)
+        arc = _load(model, device, dtype)
         opened, _ = open_store(store, arc, decoder, chunk_tokens)  # errors now, not inside uvicorn
         opened.close()
         app = create_app(

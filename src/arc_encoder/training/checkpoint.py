@@ -92,6 +92,14 @@ def _like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return full
 
 
+def _step_like(step: torch.Tensor, param: torch.Tensor, group: dict) -> torch.Tensor:
+    """AdamW's `step` where this optimizer keeps it: a CPU scalar, or (fused or capturable, as on
+    a GPU) a float32 scalar on the parameter's device, which the fused kernel requires."""
+    if group.get("fused") or group.get("capturable"):
+        return step.to(device=param.device, dtype=torch.float32)
+    return step.clone()
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full tensors of everything ARCModel.save_pretrained writes (the decoders are not saved)."""
     return {k: _full(v) for k, v in model.state_dict().items() if not k.startswith("decoders.")}
@@ -140,12 +148,12 @@ def load_optimizer_state(
     if layout != [g["params"] for g in saved_groups]:
         raise ValueError("the checkpoint's optimizer groups hold other parameters than this run's")
     by_name = {names[p]: p for g in groups for p in g["params"]}
+    group_of = {names[p]: g for g in groups for p in g["params"]}
     optimizer.state.clear()
     for name, values in saved["state"].items():
         p = by_name[name]
         optimizer.state[p] = {
-            # AdamW keeps `step` as a CPU float scalar (non-capturable); moments are laid out like p
-            k: (v.clone() if k == "step" else _like(v, p)) if torch.is_tensor(v) else v
+            k: (_step_like(v, p, group_of[name]) if k == "step" else _like(v, p)) if torch.is_tensor(v) else v
             for k, v in values.items()
         }
     for group, saved_group in zip(groups, saved_groups):

@@ -227,8 +227,18 @@ class TrainConfig:
     batch_size: int = 8  # samples per micro-batch on each rank
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # What the frozen decoders are stored in. auto: bf16 where bf16 autocast runs on a GPU (an 8B
+    # decoder then takes 16 GB, not 32), fp32 elsewhere (a CPU computes fp32 faster). The trained
+    # weights and their AdamW moments are fp32 whatever this says.
+    decoder_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     activation_checkpointing: bool = False
+    # torch.compile each encoder and decoder block (its forward; FSDP2's hooks stay outside). The
+    # first steps pay the compilation; the numbers do not change beyond float reassociation.
+    compile: bool = False
+    # On a GPU, float32 matmuls outside bf16 autocast use TF32 tensor cores (10-bit mantissa, as
+    # PyTorch's "high" float32 matmul precision); false keeps them exact. No effect on a CPU.
+    tf32: bool = True
     # New-decoder adaptation: the encoder is frozen; projectors and special tokens train.
     freeze_encoder: bool = False
     # Train only the encoder's last k blocks (None: all). The embeddings and the blocks below stay
@@ -246,6 +256,10 @@ class TrainConfig:
     # With pooling_schedule starting at x1 this is what makes CPU-scale runs carry the document.
     projector_init: Literal["random", "lstsq"] = "random"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
+    # Under parallel: fsdp, the frozen decoders' blocks are sharded like the encoder's ("shard":
+    # each GPU holds 1/N of them, gathered block by block), or every GPU keeps a whole copy
+    # ("replicate": no gathers for them, at the memory of a full decoder per GPU).
+    fsdp_decoders: Literal["shard", "replicate"] = "shard"
     # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
     decoder_weights: list[float] | None = None
@@ -290,6 +304,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def uses_bf16(self, device_type: str) -> bool:
+        """Whether the step runs under bf16 autocast on this device type (method.md D6: bf16
+        autocast over fp32 master weights on GPU; fp32 on CPU unless asked)."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def frozen_decoder_dtype(self, device_type: str) -> str:
+        """'fp32' or 'bf16': what `decoder_dtype` resolves to on this device type."""
+        if self.decoder_dtype != "auto":
+            return self.decoder_dtype
+        return "bf16" if device_type == "cuda" and self.uses_bf16(device_type) else "fp32"
 
     def data_config(self, overrides: dict[str, Any] | None = None, section: str = "data", check_only: bool = False):
         """The typed config of the `data` section's pipeline (PretrainDataConfig or
@@ -407,9 +432,20 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------- resume compatibility
 # Keys that may change when a run resumes: they move no weights and no data position.
-RESUME_SAFE = ("steps", "time_limit_minutes", "out_dir", "activation_checkpointing", "checkpoint.", "eval.", "log.")
+RESUME_SAFE = (
+    "steps",
+    "time_limit_minutes",
+    "out_dir",
+    "activation_checkpointing",
+    "compile",
+    "tf32",
+    "fsdp_decoders",
+    "checkpoint.",
+    "eval.",
+    "log.",
+)
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k")
+NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

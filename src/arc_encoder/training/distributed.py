@@ -9,7 +9,8 @@ this on. What data parallelism wraps is `TrainStep`, a module whose forward is `
   official code left the special tokens out and let each rank drift).
 - FSDP2: it also holds the decoders, so one root shards everything: each encoder block and each
   frozen decoder block is its own `fully_shard` group, and the root takes what is left
-  (embeddings, adapters and special tokens, decoder heads).
+  (embeddings, adapters and special tokens, decoder heads). With `fsdp_decoders: replicate` the
+  decoders stay outside, whole on every rank, as under DDP.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from ..devices import resolve_device
 
 
 @dataclass
@@ -40,10 +43,11 @@ class Runtime:
 
 
 def pick_device(preference: str) -> torch.device:
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for, but torch sees no CUDA device")
+    """The config's `device` (auto, cpu, cuda) -> this process's device: under torchrun the GPU
+    of its LOCAL_RANK."""
+    device = resolve_device(preference)
+    if device.type == "cpu":
+        return device
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
@@ -96,8 +100,13 @@ class TrainStep(nn.Module):
         return self._arc[0].loss(samples, decoder, special, with_accuracy, distill)
 
 
-def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
-    """The training module for this runtime: plain, DDP, or FSDP2-sharded."""
+def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False, shard_decoders: bool = True) -> nn.Module:
+    """The training module for this runtime: plain, DDP, or FSDP2-sharded (the frozen decoders
+    too, unless `shard_decoders` is False: then each rank keeps them whole, as under DDP).
+
+    `bf16` (the step runs under bf16 autocast): FSDP2 gathers the parameters in bf16 (half the
+    all-gather traffic and unsharded memory) and reduce-scatters gradients in fp32 onto the fp32
+    shards AdamW updates. DDP keeps fp32 parameters and reduces fp32 gradients either way."""
     if not runtime.distributed:
         return TrainStep(arc, with_decoders=False)
     if parallel == "ddp":
@@ -110,16 +119,15 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime) -> nn.Module:
         return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
-        step = TrainStep(arc, with_decoders=True)
-        for layer in arc.encoder.layers:
-            fully_shard(layer, mesh=mesh)
-        for decoder in arc.decoders:
-            for layer in decoder.base_model.layers:
-                fully_shard(layer, mesh=mesh)
-        fully_shard(step, mesh=mesh)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        shard = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+        step = TrainStep(arc, with_decoders=shard_decoders)
+        for layer in _blocks(arc) if shard_decoders else arc.encoder.layers:
+            fully_shard(layer, **shard)
+        fully_shard(step, **shard)
         return step
     raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
@@ -129,21 +137,68 @@ def enable_activation_checkpointing(arc: nn.Module) -> None:
     activations. The frozen decoders stay in eval mode, where transformers' own switch does
     nothing, yet their activations are what dominates memory; so we wrap each block's forward.
     Module hooks (FSDP2's) stay outside the recomputed part."""
-    layers = list(arc.encoder.layers)
-    for decoder in arc.decoders:
-        layers += list(decoder.base_model.layers)
-    for layer in layers:
+    for layer in _blocks(arc):
         if getattr(layer, "_arc_checkpointed", False):
             continue
         layer.forward = _recomputed(layer.forward)
         layer._arc_checkpointed = True
 
 
+def _blocks(arc: nn.Module) -> list[nn.Module]:
+    """Every encoder block, then every block of every frozen decoder."""
+    layers = list(arc.encoder.layers)
+    for decoder in arc.decoders:
+        layers += list(decoder.base_model.layers)
+    return layers
+
+
+# The names transformers 5.x gives a block's KV-cache argument (renamed within 5.x).
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+
+
 def _recomputed(forward):
     @wraps(forward)
     def run(*args, **kwargs):
         if torch.is_grad_enabled():
+            # A block that appends to a cache would append twice (forward, then recomputation),
+            # and its recomputed attention would read twice the keys the mask covers.
+            cached = [k for k in CACHE_ARGUMENTS if kwargs.get(k) is not None]
+            if cached:
+                raise RuntimeError(
+                    f"an activation-checkpointed block was called with a KV cache ({cached[0]}=): "
+                    "a training forward must pass use_cache=False"
+                )
             return checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
     return run
+
+
+# What `compile: true` compiles the blocks with (tests swap in "eager": tracing without code generation).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_blocks(arc: nn.Module, backend: str | None = None) -> None:
+    """torch.compile the forward of each encoder and decoder block, after activation checkpointing
+    wrapped it (the recomputation is compiled with it) and outside module hooks (FSDP2's gathers
+    run eagerly around it). Shapes vary from batch to batch: after the first recompilation
+    dynamo treats the lengths as dynamic instead of compiling every length."""
+    backend = backend or COMPILE_BACKEND
+    for layer in _blocks(arc):
+        if getattr(layer, "_arc_compiled", False):
+            continue
+        layer.forward = torch.compile(layer.forward, backend=backend)
+        layer._arc_compiled = True
+
+
+def optimizer_options(device: torch.device) -> dict:
+    """AdamW options for this device: the fused kernel on a GPU (one launch for all tensors
+    instead of several per tensor); the default implementation on a CPU."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def set_matmul_precision(device: torch.device, tf32: bool) -> None:
+    """TF32 tensor cores for float32 matmuls on a GPU (PyTorch's "high" precision), or exact
+    float32 ("highest"). A process-wide setting; nothing changes on a CPU."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")

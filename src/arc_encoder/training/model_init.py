@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..devices import DTYPES, resolve_device
 from ..model.arc import CONFIG_FILE, WEIGHTS_FILE, ARCModel, read_saved_config
 from ..model.delta import BACKBONE_PREFIXES, SHIPPED, check_checksum, shipped_folder
 from .config import TrainConfig
@@ -26,9 +27,12 @@ _ENCODER_SHAPE = ("backbone", "drop_layers", "pooling", "memory_tokens", "bottle
 
 
 def build_model(config: TrainConfig, log=print) -> ARCModel:
+    """The run's model, its frozen decoders read in the dtype `decoder_dtype` resolves to on the
+    run's device (the trainer would cast them otherwise, after holding them in float32)."""
     spec = config.model
+    dtype = DTYPES[config.frozen_decoder_dtype(resolve_device(config.device).type)]
     if spec.init_from is None:
-        return ARCModel.from_config(config.arc_config(), pretrained=spec.pretrained)
+        return ARCModel.from_config(config.arc_config(), pretrained=spec.pretrained, decoder_dtype=dtype)
     source = saved_model_dir(spec.init_from)
     meta, saved = read_saved_config(source)
     saved = saved.to_dict()
@@ -42,9 +46,9 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     delta = meta.get("weights") == "delta"
     if delta:  # the backbone's blocks, overwritten where the delta has them
         check_checksum(source / WEIGHTS_FILE, meta.get("sha256"), SHIPPED.get(str(spec.init_from)))
-        arc = ARCModel.from_config(arc_config, pretrained=spec.pretrained)
+        arc = ARCModel.from_config(arc_config, pretrained=spec.pretrained, decoder_dtype=dtype)
     else:  # the saved encoder config already has the truncated depth: no backbone weights are read
-        arc = ARCModel.from_saved_architecture(source, arc_config, pretrained=spec.pretrained)
+        arc = ARCModel.from_saved_architecture(source, arc_config, pretrained=spec.pretrained, decoder_dtype=dtype)
     load_warm_start(arc, source, saved["decoders"], spec.new_special_from, log, delta)
     return arc
 

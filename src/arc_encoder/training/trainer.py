@@ -7,7 +7,10 @@ One optimizer step:
      (DDP synchronises only on the last one);
   3. add up loss and supervised-token counts over micro-batches and ranks, and scale the gradients
      by world_size / tokens: every supervised token of the step weighs the same, wherever it was;
-  4. clip, stop on a non-finite loss or gradient norm, AdamW step, schedule step.
+  4. clip, stop on a non-finite loss or gradient norm, AdamW step, schedule step;
+  5. stop if a weight is no longer finite on any rank. Every stop is agreed by all ranks: the loss
+     is reduced over ranks, the gradient norm is of reduced gradients, and the weight check is one
+     all-reduce of per-tensor flags, so no rank stops while the others wait for it.
 Only the chosen decoder's adapter gets gradients; the others keep grad None, which AdamW skips,
 so their weights and moments stay untouched.
 
@@ -31,20 +34,24 @@ from tqdm import tqdm
 
 from ..atomic import write_folder
 from ..data.batch import Batch
+from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
 from ..model.teacher_cache import TeacherCache
 from . import checkpoint as ckpt
-from .config import TrainConfig, pooling_factor_at, resume_differences, save_config
+from .config import RESUME_SAFE, TrainConfig, pooling_factor_at, resume_differences, save_config
 from .distill_cache import open_cache
 from .distributed import (
     Runtime,
     all_reduce_sum,
     barrier,
+    compile_blocks,
     enable_activation_checkpointing,
     gather_objects,
     init_distributed,
+    optimizer_options,
+    set_matmul_precision,
     wrap,
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
@@ -149,7 +156,10 @@ class Trainer:
         self.teacher_cache = open_cache(config, arc)
 
         device = self.runtime.device
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_bf16(device))
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(device.type))
+        # build_model reads the decoders in this dtype already; a model built elsewhere is cast
+        # here, before it moves, so a GPU never holds their float32 copy
+        cast_weights(arc.decoders, DTYPES[config.frozen_decoder_dtype(device.type)])
         arc.to(device)
         if config.freeze_encoder:
             arc.encoder.requires_grad_(False)
@@ -162,22 +172,28 @@ class Trainer:
                 pass
         if config.activation_checkpointing:
             enable_activation_checkpointing(arc)
+        if config.compile:  # after checkpointing (the recomputation is compiled too), before sharding
+            compile_blocks(arc)
+        set_matmul_precision(device, config.tf32)
         arc.train()
-        self.module = wrap(arc, config.parallel, self.runtime)
+        self.module = wrap(
+            arc,
+            config.parallel,
+            self.runtime,
+            bf16=config.uses_bf16(device.type),
+            shard_decoders=config.fsdp_decoders == "shard",
+        )
         # After wrapping: FSDP2 replaces parameters with sharded ones.
         self.param_names = {p: n for n, p in arc.named_parameters() if not n.startswith("decoders.")}
         groups = param_groups(arc, config)
         self.trainable = [p for g in groups for p in g["params"]]
         o = config.optim
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, **optimizer_options(device)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lr_lambda(g["lr"], config.steps, o) for g in groups]
         )
-
-    def _use_bf16(self, device: torch.device) -> bool:
-        # method.md D6: bf16 autocast over fp32 master weights on GPU; fp32 on CPU unless asked
-        precision = self.config.precision
-        return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     # ------------------------------------------------------------------------- resume
     def resume(self) -> Path:
@@ -193,8 +209,9 @@ class Trainer:
             raise ValueError(
                 f"cannot resume from {path}: the configuration changed:\n  "
                 + "\n  ".join(diffs)
-                + "\nOnly steps, out_dir, activation_checkpointing, checkpoint.*, eval.* "
-                "and log.* may change when resuming."
+                + "\nOnly "
+                + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE)
+                + " may change when resuming."
             )
         self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / ckpt.WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
@@ -321,7 +338,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        bad = [self.param_names[p] for p in self.trainable if not torch.isfinite(p).all()]
+        bad = self._nonfinite_weights()
         if bad:  # finite gradients can still make non-finite weights (e.g. a huge learning rate)
             raise TrainingDiverged(
                 f"training stopped at step {self.step}: {len(bad)} weight tensor(s) are no longer finite "
@@ -338,6 +355,17 @@ class Trainer:
             "task": task,
             **({"pooling_factor": factor} if factor is not None else {}),
         }
+
+    def _nonfinite_weights(self) -> list[str]:
+        """Names of the trainable tensors holding a non-finite value on any rank, the same list on
+        every rank. Each rank reads only what it holds (its FSDP2 shard, or its DDP replica), so
+        the per-tensor flags go through one all-reduce: all ranks stop together, where a rank
+        stopping alone would leave the others waiting in the next collective (a hang, not an
+        error). One host sync for all tensors, not one per tensor."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable]
+        flags = torch.stack([(~torch.isfinite(t.detach())).any() for t in local]).float()  # [P] on the device
+        flags = all_reduce_sum(flags)
+        return [self.param_names[p] for p, flag in zip(self.trainable, flags.tolist()) if flag > 0]
 
     def _last_good(self) -> str:
         if self.last_checkpoint is None:
