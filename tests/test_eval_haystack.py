@@ -175,7 +175,7 @@ def run_haystack(model, dev_file, methods, multiple, window=200, **kwargs):
 
 
 def test_open_book_beyond_the_window_refused_by_name_while_arc_chunks_are_read(long_arc, dev_file):
-    methods = ["closed", "open", "truncate-window", "arc", "rag", "rag-arc"]
+    methods = ["closed", "open", "truncate-window", "arc", "rag", "rag-arc", "mismatched"]
     report = run_haystack(long_arc, dev_file, methods, multiple=2)
     window = 200
     refused = report["metrics"]["open"]["not_applicable"]
@@ -184,7 +184,7 @@ def test_open_book_beyond_the_window_refused_by_name_while_arc_chunks_are_read(l
     assert "gain_kept" not in report["metrics"]["arc"]  # no open-book anchor to measure against
     config = report["config"]["haystack"]
     assert config["target_positions"] == 2 * window and config["open_book_positions_per_example"] > window
-    for method in ("closed", "truncate-window", "arc", "rag", "rag-arc"):
+    for method in ("closed", "truncate-window", "arc", "rag", "rag-arc", "mismatched"):
         rows = report["predictions"][method]
         assert len(rows) == 3, method
         assert all(r["positions"] + 2 <= window for r in rows), method
@@ -200,6 +200,8 @@ def test_open_book_beyond_the_window_refused_by_name_while_arc_chunks_are_read(l
         assert rag["document_tokens"] == rag["document_positions"] < arc["document_tokens"]
     assert report["config"]["method_settings"]["rag-arc"]["top_k"] == 1
     assert report["config"]["method_settings"]["arc"]["separate_passages"] is True
+    assert report["config"]["method_settings"]["mismatched"]["separate_passages"] is True
+    assert "minus_mismatched" in report["metrics"]["arc"]
 
 
 def test_at_one_window_open_book_fits_and_reads_the_whole_haystack(long_arc, dev_file):

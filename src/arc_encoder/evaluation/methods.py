@@ -214,8 +214,8 @@ class MismatchedARC(ARC):
     name = "mismatched"
     REMEMBERED = 8  # distinct earlier passages kept for batches that cannot swap among themselves
 
-    def __init__(self, model, decoder, shots):
-        super().__init__(model, decoder, shots)
+    def __init__(self, model, decoder, shots, separate_passages: bool = False):
+        super().__init__(model, decoder, shots, separate_passages)
         self.seen: list[list[str]] = []
         self._remember([s.passages for s in self.shots])
 
@@ -496,7 +496,7 @@ def build_method(
     if name == "arc":
         return ARC(model, decoder, shots, separate_passages)
     if name == "mismatched":
-        return MismatchedARC(model, decoder, shots)
+        return MismatchedARC(model, decoder, shots, separate_passages)
     if name == "truncate":
         return Truncate(model, decoder, shots)
     if name == "truncate-window":

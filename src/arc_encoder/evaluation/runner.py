@@ -215,6 +215,7 @@ def evaluate(
     shots: int = 5,
     limit: int | None = None,
     seed: int = 0,
+    *,
     shuffle: bool = False,
     **settings,
 ) -> dict:
