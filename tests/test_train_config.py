@@ -216,6 +216,7 @@ def test_configs_are_shipped():
     for name in [
         "smollm2-arc4-default.yaml",
         "smollm2-arc4-default-finetune.yaml",
+        "smollm2-gemma3-adapt.yaml",
         "paper/llama3-arc8-pretrain.yaml",
         "paper/llama3-arc4-finetune.yaml",
         "paper/mistral-arc4-finetune.yaml",

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from arc_encoder.evaluation.content import content_report, describe, text_batches
-from arc_encoder.evaluation.methods import check_methods
+from arc_encoder.evaluation.methods import DEFAULT_TOP_K, check_methods
 from arc_encoder.evaluation.report import markdown_table, plot_scores
-from arc_encoder.evaluation.tasks import load_task, metric_for_task
+from arc_encoder.evaluation.tasks import HAYSTACK, load_task, metric_for_task
 
 from ..atomic import write_json
 from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP
@@ -19,16 +19,22 @@ REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
 # once, for the first model, and their results shared.
 DECODER_ONLY = ("closed", "open")
+DEFAULT_METHODS = "closed,open,arc,truncate"
+HAYSTACK_METHODS = "closed,open,truncate-window,arc,rag,rag-arc"
 
 
 def eval_command(
     model: list[str] = typer.Option(
         [DEFAULT_MODEL], "--model", help=f"{MODEL_HELP}; repeat to compare models (e.g. x4 and x8)"
     ),
-    task: str = typer.Option(..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn or flores-<language>"),
-    data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory)"),
-    methods: str = typer.Option(
-        "closed,open,arc,truncate", help="comma-separated: closed, open, arc, mismatched, truncate, llmlingua"
+    task: str = typer.Option(
+        ..., help="squad, nq, triviaqa, hotpotqa, jsonl, cnn, flores-<language>, or haystack (long documents)"
+    ),
+    data: str = typer.Option(..., help="data file (flores: a FLORES-200 dev directory; haystack: a SQuAD file)"),
+    methods: str | None = typer.Option(
+        None,
+        help=f"comma-separated: closed, open, arc, mismatched, truncate, llmlingua, truncate-window, rag, rag-arc "
+        f"(default {DEFAULT_METHODS}; for haystack {HAYSTACK_METHODS})",
     ),
     shots: int = typer.Option(5, help="fixed in-context examples, drawn from the data and never scored"),
     limit: int | None = typer.Option(None, help="score only the first N remaining examples"),
@@ -42,6 +48,13 @@ def eval_command(
     ),
     max_chunks: int | None = typer.Option(None, help="most chunks per document"),
     n_passages: int = typer.Option(1, help="retrieved passages per question (nq, triviaqa)"),
+    window: int | None = typer.Option(
+        None,
+        help="decoder positions a prompt and its answer may take: methods beyond it are reported not applicable "
+        "(never cut); required for haystack",
+    ),
+    multiple: int = typer.Option(1, help="haystack: the open-book sequence takes this many windows (1, 2, 4, 8)"),
+    top_k: int = typer.Option(DEFAULT_TOP_K, help="paragraphs rag and rag-arc read (BM25 over the passages)"),
     llmlingua_rate: float | None = typer.Option(
         None, help="share of tokens LLMLingua keeps (default 1 / pooling factor)"
     ),
@@ -64,7 +77,7 @@ def eval_command(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
-    from arc_encoder.evaluation.runner import evaluate
+    from arc_encoder.evaluation.runner import evaluate, evaluate_haystack
 
     from ..loading import load_model_on, placement
 
@@ -77,9 +90,16 @@ def eval_command(
     try:
         placement(device, dtype)  # a GPU that is not there is refused before anything loads
         metric_for_task(task)
-        names = check_methods(methods)
+        haystack = task.lower() == HAYSTACK
+        names = check_methods(methods or (HAYSTACK_METHODS if haystack else DEFAULT_METHODS))
         if limit is not None and limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")
+        if window is not None and window < 1:
+            raise ValueError(f"--window must be at least 1 position, got {window}")
+        if haystack and window is None:
+            raise ValueError("--task haystack needs --window: the decoder positions the haystacks are sized by")
+        if multiple < 1 or top_k < 1:
+            raise ValueError(f"--multiple and --top-k must be at least 1, got {multiple} and {top_k}")
         examples = load_task(task, data, n_passages=n_passages)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from None
@@ -96,24 +116,25 @@ def eval_command(
             shared = runs[0]
         todo = [m for m in names if shared is None or m not in DECODER_ONLY]
         start = time.perf_counter()
+        settings = dict(
+            shots=shots,
+            limit=limit,
+            seed=seed,
+            batch_size=batch_size,
+            decoder=decoder,
+            max_new_tokens=max_new_tokens,
+            llmlingua_rate=llmlingua_rate,
+            llmlingua_scorer=llmlingua_scorer,
+            llmlingua2_model=llmlingua2_model,
+            shuffle=shuffle,
+            progress=progress,
+            top_k=top_k,
+        )
         try:
-            run = evaluate(
-                arc,
-                task,
-                examples,
-                todo,
-                shots=shots,
-                limit=limit,
-                seed=seed,
-                batch_size=batch_size,
-                decoder=decoder,
-                max_new_tokens=max_new_tokens,
-                llmlingua_rate=llmlingua_rate,
-                llmlingua_scorer=llmlingua_scorer,
-                llmlingua2_model=llmlingua2_model,
-                shuffle=shuffle,
-                progress=progress,
-            )
+            if haystack:
+                run = evaluate_haystack(arc, examples, todo, window, multiple, **settings)
+            else:
+                run = evaluate(arc, task, examples, todo, window=window, **settings)
         except (ValueError, ImportError) as err:
             raise typer.BadParameter(str(err)) from None
         if shared is not None:

@@ -12,7 +12,11 @@ Every method turns (shots, example) into a prompt for the SAME frozen decoder th
 - truncate:  each document cut to its first k decoder tokens, k = the number of vectors ARC makes
              of it, so it spends the same decoder budget as ARC;
 - llmlingua: hard compression (tokens deleted) by LLMLingua at rate 1 / pooling factor, scored by a
-             small causal LM (LLMLingua-1), or by an LLMLingua-2 token classifier when given one.
+             small causal LM (LLMLingua-1), or by an LLMLingua-2 token classifier when given one;
+- truncate-window: the example's document cut to the first decoder tokens that fit a stated
+             context window with the rest of the prompt and the answer budget (long documents);
+- rag / rag-arc: the BM25 top-k of the example's passages (its paragraphs), read as text / as
+             vectors (long documents: evaluation/haystack.py).
 
 A method is built for one set of fixed shots and does its one-off work on them (compressing
 their documents) in its constructor; the example's own documents are processed in `prompts`,
@@ -27,11 +31,12 @@ from dataclasses import dataclass, replace
 
 from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
 from arc_encoder.evaluation.tasks import Example
-from arc_encoder.model.arc import ARCModel, Compressed
+from arc_encoder.model.arc import ARCModel, Compressed, PromptTooLong
 from arc_encoder.model.pooling import pooled_length
 from arc_encoder.prompt import Doc
 
-METHODS = ("closed", "open", "arc", "mismatched", "truncate", "llmlingua")
+METHODS = ("closed", "open", "arc", "mismatched", "truncate", "llmlingua", "truncate-window", "rag", "rag-arc")
+DEFAULT_TOP_K = 3  # paragraphs rag and rag-arc read
 # The model families llmlingua 0.2.2's LLMLingua-2 code knows (it matches them in the name).
 LLMLINGUA2_NAMES = ("xlm-roberta-large", "bert-base-multilingual-cased")
 
@@ -45,9 +50,10 @@ class BuiltPrompt:
     document_positions: int  # decoder positions those documents take in this method (0 if absent)
 
 
-def example_docs(example: Example) -> list[Doc]:
-    """The documents of one example as the template places them (shots excluded)."""
-    return [p for p in arc_prompt([], example) if isinstance(p, Doc)]
+def example_docs(example: Example, separate_passages: bool = False) -> list[Doc]:
+    """The documents of one example as the template places them (shots excluded): its passages
+    joined into one, or one Doc per passage with `separate_passages`."""
+    return [p for p in arc_prompt([], example, separate_passages) if isinstance(p, Doc)]
 
 
 def arc_vector_count(model: ARCModel, text: str) -> int:
@@ -160,13 +166,16 @@ class Truncate(TextMethod):
 
 
 class ARC(Method):
-    """Documents compressed by the encoder for this decoder; shots compressed once."""
+    """Documents compressed by the encoder for this decoder; shots compressed once.
+    `separate_passages`: each passage (e.g. each paragraph of a long document) is compressed on
+    its own, all in parallel, and their vectors placed back to back in passage order."""
 
     name = "arc"
 
-    def __init__(self, model, decoder, shots):
+    def __init__(self, model, decoder, shots, separate_passages: bool = False):
         super().__init__(model, decoder, shots)
-        texts = list(dict.fromkeys(d.text for s in self.shots for d in example_docs(s)))
+        self.separate_passages = separate_passages
+        texts = list(dict.fromkeys(d.text for s in self.shots for d in example_docs(s, separate_passages)))
         self.shot_vectors = dict(zip(texts, self.vectors(texts))) if texts else {}
 
     def vectors(self, texts: list[str]) -> list[Compressed]:
@@ -174,21 +183,26 @@ class ARC(Method):
         return self.model.compress(texts, self.decoder)  # one encoder batch
 
     def prompts(self, examples):
-        own_texts = [[d.text for d in example_docs(ex)] for ex in examples]
+        own_texts = [[d.text for d in example_docs(ex, self.separate_passages)] for ex in examples]
         flat = [t for texts in own_texts for t in texts]
         found = iter(self.vectors(flat))
         built = []
         for ex, texts in zip(examples, own_texts):
             own = {t: next(found) for t in texts}
             lookup = {**self.shot_vectors, **own}
-            parts = [lookup[p.text] if isinstance(p, Doc) else p for p in arc_prompt(self.shots, ex)]
+            template = arc_prompt(self.shots, ex, self.separate_passages)
+            parts = [lookup[p.text] if isinstance(p, Doc) else p for p in template]
             built.append(
                 BuiltPrompt(parts, sum(c.document_tokens for c in own.values()), sum(c.n_vectors for c in own.values()))
             )
         return built
 
     def describe(self):
-        return {"pooling_factors": list(self.model.config.pooling_factors), "pooling": self.model.config.pooling}
+        return {
+            "pooling_factors": list(self.model.config.pooling_factors),
+            "pooling": self.model.config.pooling,
+            "separate_passages": self.separate_passages,
+        }
 
 
 class MismatchedARC(ARC):
@@ -200,8 +214,8 @@ class MismatchedARC(ARC):
     name = "mismatched"
     REMEMBERED = 8  # distinct earlier passages kept for batches that cannot swap among themselves
 
-    def __init__(self, model, decoder, shots):
-        super().__init__(model, decoder, shots)
+    def __init__(self, model, decoder, shots, separate_passages: bool = False):
+        super().__init__(model, decoder, shots, separate_passages)
         self.seen: list[list[str]] = []
         self._remember([s.passages for s in self.shots])
 
@@ -370,6 +384,83 @@ class LLMLingua(TextMethod):
         }
 
 
+class WindowTruncate(TextMethod):
+    """The example's document cut to its first decoder tokens that fit `window` positions with
+    the rest of the prompt (shots, template, question) and `max_new_tokens` of answer: what a
+    decoder with that window can read of a long document. Shots' documents are kept whole."""
+
+    name = "truncate-window"
+
+    def __init__(self, model, decoder, shots, window: int, max_new_tokens: int):
+        if window < 1:
+            raise ValueError(f"truncate-window needs a window of at least 1 position, got {window}")
+        self.window = window
+        self.max_new_tokens = max_new_tokens
+        super().__init__(model, decoder, shots)
+
+    def prompt_positions(self, prompt: str) -> int:
+        # the decoder reads a one-string prompt with its special tokens (model/prompting.py)
+        return len(self.tokenizer(prompt)["input_ids"])
+
+    def prompts(self, examples):
+        return [self.fitted(ex) for ex in examples]
+
+    def fitted(self, example: Example) -> BuiltPrompt:
+        template = arc_prompt(self.shots, example)
+        last = max(i for i, p in enumerate(template) if isinstance(p, Doc))  # the example's document
+
+        def flat(document: str) -> str:
+            return "".join(
+                document if i == last else (p.text if isinstance(p, Doc) else p) for i, p in enumerate(template)
+            )
+
+        ids = self.tokenizer(template[last].text, add_special_tokens=False)["input_ids"]
+        limit = self.window - self.max_new_tokens
+        keep = min(len(ids), limit - self.prompt_positions(flat("")))
+        while keep >= 0:
+            # the cut text re-tokenized inside the template can merge or split a token at a
+            # seam: measure the real prompt and cut further until it fits
+            prompt = flat(self.tokenizer.decode(ids[:keep]))
+            over = self.prompt_positions(prompt) - limit
+            if over <= 0:
+                return BuiltPrompt([prompt], len(ids), keep)
+            keep -= over
+        raise PromptTooLong(
+            f"truncate-window: example {example.id!r}'s prompt without its document takes "
+            f"{self.prompt_positions(flat(''))} positions + {self.max_new_tokens} new tokens, more than the "
+            f"window of {self.window} positions"
+        )
+
+    def describe(self):
+        return {"window": self.window, "max_new_tokens": self.max_new_tokens}
+
+
+class Retrieval(Method):
+    """The BM25 top-k of each example's passages (e.g. the paragraphs of one long document,
+    scored against its question, storage/retrieval.py), best first, read by `inner`: as text
+    (OpenBook: "rag") or as vectors (ARC with separate passages: "rag-arc")."""
+
+    def __init__(self, inner: Method, name: str, k: int):
+        if k < 1:
+            raise ValueError(f"{name}: top_k must be at least 1, got {k}")
+        super().__init__(inner.model, inner.decoder, inner.shots)
+        self.inner = inner
+        self.name = name
+        self.k = k
+
+    def retrieved(self, example: Example) -> Example:
+        from arc_encoder.storage.retrieval import top_k_texts
+
+        best = top_k_texts(example.question, example.passages, self.k)
+        return replace(example, passages=[example.passages[i] for i in best])
+
+    def prompts(self, examples):
+        return self.inner.prompts([self.retrieved(ex) for ex in examples])
+
+    def describe(self):
+        return {**self.inner.describe(), "retriever": "bm25 over the example's passages", "top_k": self.k}
+
+
 def check_methods(names: Sequence[str]) -> list[str]:
     """Validate method names (in order, no repeats); unknown ones name the known ones."""
     if isinstance(names, str):
@@ -393,18 +484,33 @@ def build_method(
     llmlingua_rate: float | None = None,
     llmlingua_scorer: str | None = None,
     llmlingua2_model: str | None = None,
+    *,
+    window: int | None = None,
+    max_new_tokens: int = 64,
+    top_k: int = DEFAULT_TOP_K,
+    separate_passages: bool = False,
 ) -> Method:
+    """`window` and `max_new_tokens` size truncate-window; `top_k` is what rag and rag-arc read;
+    `separate_passages` makes ARC compress each passage on its own (rag-arc always does)."""
     check_methods([name])
     if name == "closed":
         return ClosedBook(model, decoder, shots)
     if name == "open":
         return OpenBook(model, decoder, shots)
     if name == "arc":
-        return ARC(model, decoder, shots)
+        return ARC(model, decoder, shots, separate_passages)
     if name == "mismatched":
-        return MismatchedARC(model, decoder, shots)
+        return MismatchedARC(model, decoder, shots, separate_passages)
     if name == "truncate":
         return Truncate(model, decoder, shots)
+    if name == "truncate-window":
+        if window is None:
+            raise ValueError("truncate-window needs a window (--window: decoder positions)")
+        return WindowTruncate(model, decoder, shots, window, max_new_tokens)
+    if name == "rag":
+        return Retrieval(OpenBook(model, decoder, shots), name, top_k)
+    if name == "rag-arc":
+        return Retrieval(ARC(model, decoder, shots, separate_passages=True), name, top_k)
     if llmlingua_rate is None:
         if model.config.pooling == "memory":
             raise ValueError("a memory-token model has no fixed pooling factor: give llmlingua_rate")
@@ -412,17 +518,21 @@ def build_method(
     return LLMLingua(model, decoder, shots, llmlingua_rate, llmlingua_scorer, llmlingua2_model)
 
 
-def generate_answers(model: ARCModel, built: list[BuiltPrompt], decoder: int, max_new_tokens: int):
-    """Greedy answers for a batch of prompts, generation stopping at the first blank line."""
+def generate_answers(
+    model: ARCModel, built: list[BuiltPrompt], decoder: int, max_new_tokens: int, window: int | None = None
+):
+    """Greedy answers for a batch of prompts, generation stopping at the first blank line; a
+    prompt that does not fit `window` (with the answer budget) is refused: PromptTooLong."""
     prompts = [b.parts for b in built]  # each a list of parts, so one string is one prompt
     return model.generate(
-        prompts, decoder=decoder, max_new_tokens=max_new_tokens, stop=["\n\n"], batch_size=len(prompts)
+        prompts, decoder=decoder, max_new_tokens=max_new_tokens, stop=["\n\n"], batch_size=len(prompts), window=window
     )
 
 
 __all__ = [
     "ARC",
     "BuiltPrompt",
+    "DEFAULT_TOP_K",
     "ClosedBook",
     "LLMLingua",
     "METHODS",
@@ -430,7 +540,9 @@ __all__ = [
     "MismatchedARC",
     "OpenBook",
     "StoredARC",
+    "Retrieval",
     "Truncate",
+    "WindowTruncate",
     "arc_vector_count",
     "build_method",
     "check_methods",

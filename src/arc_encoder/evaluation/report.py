@@ -21,9 +21,14 @@ def markdown_table(runs: list[dict]) -> str:
     main = names[0]
     header = ["model", "method", *names, "pooling factor", "positions/ex", "s/ex", f"gain kept ({main})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    refused = []
     for run in runs:
         label = run["config"].get("model", "")
         for method, values in run["metrics"].items():
+            if "not_applicable" in values:  # refused by the window: no scores, never a cut prompt
+                lines.append("| " + " | ".join([label, method, *["n/a"] * (len(header) - 2)]) + " |")
+                refused.append(f"{label}: not applicable: {values['not_applicable']}")
+                continue
             pf = values.get("pooling_factor")
             gain = values.get("gain_kept", {}).get(main)
             row = [
@@ -36,6 +41,18 @@ def markdown_table(runs: list[dict]) -> str:
                 "-" if gain is None else f"{100 * gain:.0f}%",
             ]
             lines.append("| " + " | ".join(row) + " |")
+    if refused:
+        lines.append("")
+        lines += refused
+    for run in runs:
+        stack = run["config"].get("haystack")
+        if stack:
+            lines.append(
+                f"\n{run['config'].get('model', '')}: haystacks of {stack['multiple']}x a {stack['window']}-position "
+                f"window: {stack['paragraphs_per_example']:.1f} paragraphs, open-book sequence "
+                f"{stack['open_book_positions_per_example']:.0f} positions per question; BM25 puts the question's "
+                f"paragraph in its top {stack['top_k']} for {stack['bm25_recall_at_k']:.0f}% of questions"
+            )
     for run in runs:
         effect = run["metrics"].get("arc", {}).get("minus_mismatched")
         if effect:
@@ -60,13 +77,13 @@ def plot_scores(runs: list[dict], path: str | Path) -> Path:
         points = sorted(
             (run["metrics"][method]["pooling_factor"], run["metrics"][method][main]["mean"])
             for run in runs
-            if method in run["metrics"] and run["metrics"][method]["pooling_factor"] is not None
+            if method in run["metrics"] and run["metrics"][method].get("pooling_factor") is not None
         )
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
     for method, style in (("open", "--"), ("closed", ":")):
         for run in runs:
-            if method in run["metrics"]:
+            if main in run["metrics"].get(method, {}):
                 ax.axhline(run["metrics"][method][main]["mean"], linestyle=style, color="grey", label=f"{method}-book")
                 break
     ax.set_xlabel("pooling factor (document tokens / decoder positions)")

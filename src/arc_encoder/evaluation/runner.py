@@ -9,6 +9,10 @@ with the same decoder, greedy decoding and answer cut, and returns a JSON-ready 
 
 Scores are on the paper's 0-100 scale. "pooling_factor" is the paper's (method.md D14): decoder
 tokens of an example's documents / the positions they take, averaged over examples.
+
+With a `window` (decoder positions), a method whose prompt plus answer budget does not fit it is
+refused, never cut: its entry is {"not_applicable": "<method>: <why>"} and it has no predictions.
+`evaluate_haystack` runs the same comparison on long documents (evaluation/haystack.py).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from arc_encoder.evaluation import metrics
-from arc_encoder.evaluation.methods import Method, build_method, check_methods, generate_answers
+from arc_encoder.evaluation.haystack import model_haystacks, paragraph_pool
+from arc_encoder.evaluation.methods import DEFAULT_TOP_K, Method, build_method, check_methods, generate_answers
 from arc_encoder.evaluation.prompts import postprocess_answer
 from arc_encoder.evaluation.tasks import Example, metric_for_task, split_shots
-from arc_encoder.model.arc import ARCModel
+from arc_encoder.model.arc import ARCModel, PromptTooLong
 
 from ..prompt import closed_question
 
@@ -88,6 +93,8 @@ def add_document_effect(metric_table: dict[str, dict], predictions: dict[str, li
     document adds to ARC's answers beyond the prompt format, under `metric_table["arc"]`."""
     if "arc" not in predictions or "mismatched" not in predictions:
         return
+    if not (applicable(metric_table["arc"]) and applicable(metric_table["mismatched"])):
+        return
     effect = {}
     for name in metric_for_task(task):
         if name == "bleu":  # a corpus score: no per-example difference
@@ -98,12 +105,19 @@ def add_document_effect(metric_table: dict[str, dict], predictions: dict[str, li
     metric_table["arc"]["minus_mismatched"] = effect
 
 
+def applicable(values: dict) -> bool:
+    """Whether a method's metrics are scores (not a method refused by the window)."""
+    return "not_applicable" not in values
+
+
 def add_gain_kept(metric_table: dict[str, dict], task: str) -> None:
     """(method - closed) / (open - closed) per score, for every method but the two anchors."""
     if "closed" not in metric_table or "open" not in metric_table:
         return
+    if not (applicable(metric_table["closed"]) and applicable(metric_table["open"])):
+        return
     for method, values in metric_table.items():
-        if method in ("closed", "open"):
+        if method in ("closed", "open") or not applicable(values):
             continue
         values["gain_kept"] = {
             name: metrics.gain_kept(
@@ -153,10 +167,12 @@ def answer_examples(
     max_new_tokens: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    window: int | None = None,
 ) -> list[dict]:
     """One row per example: the method's greedy answer, cut at the first blank line, its scores,
     prompt sizes and seconds: `seconds` from building the prompt (compression included) to the
-    answer, `prompt_seconds` the building alone; a batch's time is shared by its examples."""
+    answer, `prompt_seconds` the building alone; a batch's time is shared by its examples.
+    A prompt beyond `window` (with the answer budget) raises PromptTooLong."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     max_new_tokens = max_new_tokens or max_new_tokens_for(task)
@@ -167,7 +183,7 @@ def answer_examples(
         start = time.perf_counter()
         built = method.prompts(batch)  # includes compressing (or reading) these documents
         prompt_seconds = (time.perf_counter() - start) / len(batch)
-        generations = generate_answers(model, built, decoder, max_new_tokens)
+        generations = generate_answers(model, built, decoder, max_new_tokens, window)
         seconds = (time.perf_counter() - start) / len(batch)
         for ex, prompt, gen in zip(batch, built, generations):
             prediction = postprocess_answer(gen.text)
@@ -199,6 +215,109 @@ def evaluate(
     shots: int = 5,
     limit: int | None = None,
     seed: int = 0,
+    *,
+    shuffle: bool = False,
+    **settings,
+) -> dict:
+    """Score `methods` on `examples` of `task` with `shots` fixed in-context examples.
+
+    The scored examples keep file order; `shuffle` permutes them (with `seed`) before `limit`
+    is applied, so that a limited run samples the whole file rather than its first articles
+    (SQuAD files list all questions of a paragraph together). `settings`: those of
+    `compare_methods` (batch_size, decoder, max_new_tokens, llmlingua_*, progress, window, top_k).
+    """
+    metric_for_task(task)  # unknown task -> ValueError listing the known ones
+    check_methods(methods)
+    model._check_decoder(settings.get("decoder", 0))  # out of range -> ValueError naming the model's decoders
+    shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
+    return compare_methods(
+        model, task, shot_examples, scored, methods, seed=seed, shuffle=shuffle, limit=limit, **settings
+    )
+
+
+def evaluate_haystack(
+    model: ARCModel,
+    examples: Sequence[Example],
+    methods: Sequence[str] | str,
+    window: int,
+    multiple: int,
+    shots: int = 5,
+    limit: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+    decoder: int = 0,
+    max_new_tokens: int | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    **settings,
+) -> dict:
+    """Long documents (evaluation/haystack.py): shots and questions drawn from `examples` (a
+    held-out SQuAD-style file) as `evaluate` draws them, each scored question's paragraph hidden
+    among other articles' paragraphs so that its open-book sequence takes `multiple` x `window`
+    positions, then every method compared under that window. ARC and rag-arc compress each
+    paragraph on its own, in parallel. `settings`: the other arguments of `evaluate`."""
+    check_methods(methods)
+    model._check_decoder(decoder)
+    shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
+    max_new_tokens = max_new_tokens or max_new_tokens_for("haystack")
+    stacks = model_haystacks(
+        model.decoder_tokenizers[decoder],
+        shot_examples,
+        scored,
+        paragraph_pool(examples),
+        window,
+        multiple,
+        max_new_tokens,
+        seed,
+    )
+    report = compare_methods(
+        model,
+        "haystack",
+        shot_examples,
+        [h.example for h in stacks],
+        methods,
+        seed=seed,
+        decoder=decoder,
+        max_new_tokens=max_new_tokens,
+        shuffle=shuffle,
+        limit=limit,
+        window=window,
+        top_k=top_k,
+        separate_passages=True,
+        **settings,
+    )
+    by_id = {h.example.id: h for h in stacks}
+    for rows in report["predictions"].values():
+        for row in rows:
+            row["gold_paragraph"] = by_id[row["id"]].gold_index
+            row["paragraphs"] = len(by_id[row["id"]].example.passages)
+    n = len(stacks)
+    report["config"]["haystack"] = {
+        "window": window,
+        "multiple": multiple,
+        "target_positions": multiple * window,
+        "open_book_positions_per_example": sum(h.positions for h in stacks) / n,
+        "paragraphs_per_example": sum(len(h.example.passages) for h in stacks) / n,
+        "gold_paragraphs": [h.gold_index for h in stacks],
+        "top_k": top_k,
+        "bm25_recall_at_k": 100 * sum(gold_retrieved(h, top_k) for h in stacks) / n,
+    }
+    return report
+
+
+def gold_retrieved(stack, k: int) -> bool:
+    """Whether BM25 puts a haystack's own paragraph in the top k for its question."""
+    from arc_encoder.storage.retrieval import top_k_texts
+
+    return stack.gold_index in top_k_texts(stack.example.question, stack.example.passages, k)
+
+
+def compare_methods(
+    model: ARCModel,
+    task: str,
+    shot_examples: Sequence[Example],
+    scored: Sequence[Example],
+    methods: Sequence[str] | str,
+    seed: int = 0,
     batch_size: int = 8,
     decoder: int = 0,
     max_new_tokens: int | None = None,
@@ -206,40 +325,57 @@ def evaluate(
     llmlingua_scorer: str | None = None,
     llmlingua2_model: str | None = None,
     shuffle: bool = False,
+    limit: int | None = None,
     progress: bool = True,
+    window: int | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    separate_passages: bool = False,
 ) -> dict:
-    """Score `methods` on `examples` of `task` with `shots` fixed in-context examples.
-
-    The scored examples keep file order; `shuffle` permutes them (with `seed`) before `limit`
-    is applied, so that a limited run samples the whole file rather than its first articles
-    (SQuAD files list all questions of a paragraph together).
-    """
-    metric_for_task(task)  # unknown task -> ValueError listing the known ones
+    """Every method on the same shots and scored examples with the same decoder: the report."""
     methods = check_methods(methods)
-    model._check_decoder(decoder)  # out of range -> ValueError naming the model's decoders
+    model._check_decoder(decoder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
+    if window is not None and window < 1:
+        raise ValueError(f"window must be at least 1 position, got {window}")
     max_new_tokens = max_new_tokens or max_new_tokens_for(task)
     warm_up(model, decoder)
 
     table, predictions, settings = {}, {}, {}
     for name in methods:
         start = time.perf_counter()
-        method = build_method(name, model, decoder, shot_examples, llmlingua_rate, llmlingua_scorer, llmlingua2_model)
+        method = build_method(
+            name,
+            model,
+            decoder,
+            shot_examples,
+            llmlingua_rate,
+            llmlingua_scorer,
+            llmlingua2_model,
+            window=window,
+            max_new_tokens=max_new_tokens,
+            top_k=top_k,
+            separate_passages=separate_passages,
+        )
         setup_seconds = time.perf_counter() - start  # one-off: shot documents compressed once
-        rows = answer_examples(model, method, scored, task, decoder, max_new_tokens, batch_size, progress)
+        settings[name] = method.describe()
+        try:
+            rows = answer_examples(model, method, scored, task, decoder, max_new_tokens, batch_size, progress, window)
+        except PromptTooLong as err:
+            if window is None:
+                raise  # the decoder's own limit: a bad request, as before
+            table[name], predictions[name] = {"not_applicable": f"{name}: {err}"}, []
+            continue
         table[name] = summarise(task, rows, seed)
         table[name]["setup_seconds"] = setup_seconds
         predictions[name] = rows
-        settings[name] = method.describe()
     add_gain_kept(table, task)
     add_document_effect(table, predictions, task)
 
     config = {
         "task": task,
         "methods": methods,
-        "shots": shots,
+        "shots": len(shot_examples),
         "shot_ids": [s.id for s in shot_examples],
         "seed": seed,
         "shuffle": shuffle,
@@ -247,6 +383,7 @@ def evaluate(
         "n_scored": len(scored),
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
+        "window": window,
         "decoder": decoder,
         "decoder_name": model.config.decoders[decoder],
         "model_config": model.config.to_dict(),

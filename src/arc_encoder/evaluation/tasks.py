@@ -36,7 +36,9 @@ TRANSLATE_QUESTION = "Translate the previous document into {language}."
 FLORES_CODES = {"danish": "dan_Latn", "french": "fra_Latn", "german": "deu_Latn", "spanish": "spa_Latn"}
 
 QA_TASKS = ("squad", "nq", "triviaqa", "hotpotqa", "jsonl")
-KNOWN_TASKS = QA_TASKS + ("flores-<language>", "cnn")
+# Long documents built from a SQuAD-style file (evaluation/haystack.py): read as squad, scored as QA.
+HAYSTACK = "haystack"
+KNOWN_TASKS = QA_TASKS + (HAYSTACK, "flores-<language>", "cnn")
 
 
 @dataclass
@@ -292,7 +294,8 @@ def _flores_paths(language: str, path: Any) -> tuple[Path, Path]:
 def load_task(
     name: str, path: Any, *, n_passages: int = 1, split: str = "validation", config: str | None = None
 ) -> list[Example]:
-    """Load a data set by task name: squad, nq, triviaqa, hotpotqa, flores-<language>, cnn, jsonl.
+    """Load a data set by task name: squad, nq, triviaqa, hotpotqa, flores-<language>, cnn, jsonl,
+    or haystack (a SQuAD file, read as squad: the haystacks are built from it when evaluating).
 
     `path` is a local file (flores: a file pair or directory). For squad, hotpotqa and cnn a path
     that is not a local file is taken as a Hugging Face hub name (`split`, `config`), which needs
@@ -303,6 +306,8 @@ def load_task(
         language = task[len("flores-") :].capitalize()
         source, target = _flores_paths(language, path)
         return load_flores(source, target, language)
+    if task == HAYSTACK:
+        task = "squad"
     if task not in QA_TASKS and task != "cnn":
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}")
     # A missing "x.jsonl" is a typo in a local path, not a hub name: report it as a missing file.
@@ -346,6 +351,6 @@ def metric_for_task(name: str) -> tuple[str, ...]:
         return ("bleu",)
     if task == "cnn":
         return ("rougeL",)
-    if task in QA_TASKS:
+    if task in QA_TASKS or task == HAYSTACK:
         return ("em", "f1")
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}")

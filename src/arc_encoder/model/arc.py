@@ -41,6 +41,10 @@ WEIGHTS_FILE = "model.safetensors"
 ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
 
 
+class PromptTooLong(ValueError):
+    """A sequence longer than the decoder's positions (or a stated window): refused, never cut."""
+
+
 @dataclass
 class Generation:
     text: str
@@ -380,23 +384,36 @@ class ARCModel(nn.Module):
         return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
 
     def check_prompt(
-        self, prompt: list, decoder: int, max_new_tokens: int, special: str | None = "cont", doc_chunks=None
+        self,
+        prompt: list,
+        decoder: int,
+        max_new_tokens: int,
+        special: str | None = "cont",
+        doc_chunks=None,
+        window: int | None = None,
     ) -> int:
         """Refuse (ValueError) a prompt that, with max_new_tokens, needs more positions than the
-        decoder has, counted from token counts before anything is compressed (prompting.
-        prompt_positions; `doc_chunks` as there). Returns the prompt's positions."""
+        decoder has (or than `window`), counted from token counts before anything is compressed
+        (prompting.prompt_positions; `doc_chunks` as there). Returns the prompt's positions."""
         positions = prompt_positions(self, prompt, decoder, special, doc_chunks)
-        self._check_positions(positions, max_new_tokens, decoder)
+        self._check_positions(positions, max_new_tokens, decoder, window)
         return positions
 
-    def _check_positions(self, prompt_positions: int, new_tokens: int, decoder: int) -> None:
-        """Refuse, before running anything, a sequence longer than the decoder's positions."""
+    def _check_positions(self, prompt_positions: int, new_tokens: int, decoder: int, window: int | None = None) -> None:
+        """Refuse, before running anything, a sequence longer than the decoder's positions, or
+        than `window` positions when one is given (an evaluation's stated context window)."""
         limit = getattr(self.decoders[decoder].config, "max_position_embeddings", None)
+        if window is not None and (limit is None or window < limit):
+            if window < 1:
+                raise ValueError(f"window must be at least 1 position, got {window}")
+            limit, whose = window, f"the window of {window} positions"
+        else:
+            whose = f"decoder {decoder}'s {limit}"
         if limit is not None and prompt_positions + new_tokens > limit:
             asked = f" + {new_tokens} new tokens" if new_tokens else ""
-            raise ValueError(
-                f"the input takes {prompt_positions} decoder positions{asked}, more than decoder {decoder}'s "
-                f"{limit}: shorten the prompt or documents, or ask for fewer new tokens"
+            raise PromptTooLong(
+                f"the input takes {prompt_positions} decoder positions{asked}, more than {whose}: "
+                "shorten the prompt or documents, or ask for fewer new tokens"
             )
 
     def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
@@ -429,6 +446,7 @@ class ARCModel(nn.Module):
         special: str = "cont",
         share_prefix: bool = True,
         on_token: Callable[[int, list[int]], bool] | None = None,
+        window: int | None = None,
     ) -> list[Generation]:
         """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
         vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
@@ -436,7 +454,9 @@ class ARCModel(nn.Module):
         `share_prefix` runs the decoder once over the positions all prompts start with (few-shot
         examples) and reuses their keys and values, for this batch and the following ones.
         `on_token(i, ids)` is called after every new token of prompt i with its new token ids so
-        far; it may stream them, and returning True ends prompt i there (a client that has gone)."""
+        far; it may stream them, and returning True ends prompt i there (a client that has gone).
+        `window`: refuse (PromptTooLong) any prompt whose positions plus `max_new_tokens` exceed
+        it, as for the decoder's own limit: a context window smaller than the decoder's."""
         if not isinstance(prompts, list) or not prompts:
             raise TypeError("generate() takes a non-empty list of prompts")
         if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
@@ -457,6 +477,7 @@ class ARCModel(nn.Module):
                 special,
                 share_prefix,
                 None if on_token is None else (lambda i, ids, start=start: on_token(start + i, ids)),
+                window,
             )
         return results
 
@@ -488,10 +509,11 @@ class ARCModel(nn.Module):
         special,
         share_prefix=True,
         on_token=None,
+        window=None,
     ):
         dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
         for prompt in prompts:  # before any document is compressed
-            self.check_prompt(prompt, decoder, max_new_tokens, special)
+            self.check_prompt(prompt, decoder, max_new_tokens, special, window=window)
         batch, stats = splice_prompts(self, prompts, decoder, special)
         embeds, mask, positions, cache = (
             self._prefix_memo.split(self.decoders[decoder], decoder, batch)

@@ -35,6 +35,29 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords=_STOPWORDS, return_ids=False, show_progress=False)
 
 
+def bm25_scores(query: str, texts: list[str]) -> np.ndarray:
+    """[len(texts)] BM25 scores of `query` against `texts`, indexed on their own (their document
+    frequencies only): e.g. the paragraphs of one long document. Zero where nothing matches."""
+    if not texts:
+        raise ValueError("BM25 needs at least one text to score")
+    query_tokens = _tokenize([query])[0]
+    if not query_tokens:
+        return np.zeros(len(texts))  # only stopwords or punctuation: nothing to match
+    retriever = _import_bm25s().BM25()
+    retriever.index(_tokenize(texts), show_progress=False)
+    return np.asarray(retriever.get_scores(query_tokens), dtype=np.float64)
+
+
+def top_k_texts(query: str, texts: list[str], k: int) -> list[int]:
+    """Indices of the k texts that score highest for `query` (bm25_scores), best first; ties,
+    zero scores included, keep the texts' order, so there are always min(k, len(texts))."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    scores = bm25_scores(query, texts)
+    order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))
+    return order[:k]
+
+
 class BM25Index:
     """BM25 over every chunk text of a store: search(query, k) -> [(chunk_id, doc_id, score)]."""
 
