@@ -75,6 +75,15 @@ def distinct_documents(samples: list[Sample]) -> list[Sample]:
     return out
 
 
+def samples_by_task(batches, keep) -> dict[str, tuple[str, list[Sample]]]:
+    """{task: (its special token, the first kept sample of each distinct document)} over batches."""
+    by_task: dict[str, tuple[str, list[Sample]]] = {}
+    for b in batches:
+        special, samples = by_task.setdefault(b.task, (b.special, []))
+        samples.extend(s for s in b.samples if keep(s))
+    return {task: (special, distinct_documents(samples)) for task, (special, samples) in by_task.items()}
+
+
 def condition_samples(
     samples: list[Sample], arc, decoder: int, conditions: tuple[str, ...] = CONDITIONS
 ) -> dict[str, list[Sample]]:
@@ -93,13 +102,8 @@ def content_sums(
 ) -> dict[str, torch.Tensor]:
     """{"task/condition": float64 [loss sum, supervised tokens, correct tokens]} over held-out
     batches, one sample per distinct document. Sums, so data-parallel ranks can add them up."""
-    by_task: dict[str, tuple[str, list[Sample]]] = {}
-    for b in batches:
-        special, samples = by_task.setdefault(b.task, (b.special, []))
-        samples.extend(s for s in b.samples if s.segments)
     sums = {}
-    for task, (special, samples) in by_task.items():
-        samples = distinct_documents(samples)
+    for task, (special, samples) in samples_by_task(batches, lambda s: bool(s.segments)).items():
         if len(samples) < 2:
             continue  # no other document to swap in: the gap is undefined
         for condition, group in condition_samples(samples, arc, decoder, conditions).items():
@@ -142,6 +146,10 @@ def flat_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> dict
 GREEDY_FIELDS = ("samples", "matched", "tokens", "exact", "rouge_l", "em", "f1")
 ANSWER_TASKS = ("finetune",)  # scored as answers (first line, SQuAD normalisation), not as spans
 ANSWER_SLACK = 8  # new tokens allowed beyond the gold answer's length
+
+
+def has_documents_and_targets(s: Sample) -> bool:
+    return bool(s.segments and s.targets and any(s.targets))
 
 
 def split_prompt(s: Sample) -> tuple[Sample, list[int]]:
@@ -196,14 +204,9 @@ def greedy_scores(tokenizer, generated: list[int], target: list[int], answer: bo
 def greedy_sums(arc, batches, decoder: int = 0, batch_size: int = 8) -> dict[str, torch.Tensor]:
     """{"task/greedy_right": float64 [GREEDY_FIELDS]} over held-out batches, one sample per
     distinct document; answer tasks also under "task/greedy_mismatched". Sums, for ranks to add."""
-    by_task: dict[str, tuple[str, list[Sample]]] = {}
-    for b in batches:
-        special, samples = by_task.setdefault(b.task, (b.special, []))
-        samples.extend(s for s in b.samples if s.segments and s.targets and any(s.targets))
     sums = {}
     tokenizer = arc.decoder_tokenizers[decoder]
-    for task, (special, samples) in by_task.items():
-        samples = distinct_documents(samples)
+    for task, (special, samples) in samples_by_task(batches, has_documents_and_targets).items():
         answer = task in ANSWER_TASKS
         conditions = {"right": samples}
         if answer and len(samples) >= 2:
