@@ -310,3 +310,56 @@ def test_distinct_held_out_prompts_ask_about_each_document_once(tmp_path, tiny):
     assert len(state["seen"]) == 3
     again = pipeline(tmp_path, tiny, tiny, records, n_shots=2, loop=False, distinct=False)
     assert len([s for b in again for s in b.samples]) == 6
+
+
+# ----------------------------------------------------------------------------------- more questions
+
+
+def test_more_questions_on_the_final_document_counted_by_hand(tmp_path, chars):
+    # One token per character. After the current answer " a" come the other questions, each
+    # "\nQuestion: qN\nAnswer:" (no loss, 11 + 2 + 8 = 21 tokens) then " aN" (loss, 3), then EOS.
+    data = pipeline(tmp_path, chars, chars, questions_per_doc=3)
+    sample = data.build([], Shot("doc", "q", "a"), others=[Shot("doc", "q2", "a2"), Shot("doc", "q3", "a3")])
+    head = 1 + 10 + 20  # <BOS> "Document: " and "\nQuestion: q\nAnswer:"
+    assert sample.targets == [False] * head + [True] * 2 + ([False] * 21 + [True] * 3) * 2 + [True]
+    assert chars.decode(sample.text_ids[head:], skip_special_tokens=True) == (
+        " a\nQuestion: q2\nAnswer: a2\nQuestion: q3\nAnswer: a3"
+    )
+    assert sample.text_ids[-1] == 2 and sample.offsets == [11]  # EOS last; one document
+    assert data.build([], Shot("doc", "q", "a")).targets == [False] * head + [True] * 3  # none: one answer
+
+
+def test_other_questions_come_from_earlier_reads_of_the_same_document(tmp_path, tiny):
+    # two paragraphs, four questions each, in file order; no shots, so each prompt holds one document
+    records = [
+        {"passage": f"paragraph {p}", "question": f"question {p}{i}?", "answer": f"answer {p}{i}"}
+        for p in "AB"
+        for i in range(4)
+    ]
+    data = pipeline(tmp_path, tiny, tiny, records, n_shots=0, questions_per_doc=3, loop=True)
+    asked = []
+    for _ in range(16):  # two passes
+        text = tiny.decode(next(data).samples[0].text_ids, skip_special_tokens=True)
+        questions = [q.split("?")[0] for q in text.split("Question: ")[1:]]
+        asked.append(questions)
+        assert len(set(questions)) == len(questions)  # never the same question twice in one prompt
+        assert len({q.split()[1][0] for q in questions}) == 1  # all on one paragraph
+    # the first read of a paragraph has nothing earlier; the k-th read has min(k, 2) others
+    assert [len(q) for q in asked[:4]] == [1, 2, 3, 3]
+    assert all(len(q) == 3 for q in asked[8:])
+    with pytest.raises(ValueError, match="questions_per_doc"):
+        pipeline(tmp_path, tiny, tiny, records, questions_per_doc=2, chat=True)
+    with pytest.raises(ValueError, match="questions_per_doc"):
+        pipeline(tmp_path, tiny, tiny, records, questions_per_doc=0)
+
+
+def test_resume_keeps_the_question_pool(tmp_path, tiny):
+    records = [
+        {"passage": f"paragraph {p}", "question": f"question {p}{i}?", "answer": f"answer {p}{i}"}
+        for p in "ABC"
+        for i in range(3)
+    ]
+    path = write_jsonl(tmp_path / "q.jsonl", records)
+    config = FinetuneDataConfig([path], batch_size=2, n_shots=1, shuffle_buffer=4, seed=1, questions_per_doc=3)
+    expected, resumed, state = resumed_batches(lambda: FinetuneData(config, tiny, tiny), 4, 4)
+    assert resumed == expected and state["pool"]

@@ -17,6 +17,17 @@ joins the buffer only after its prompt is built, so it is never its own shot; a 
 with the same question and documents is also left out. Shuffle the stream (`shuffle_buffer`) when
 a file lists related examples together (SQuAD lists all questions of a paragraph in a row).
 
+More questions per document (`questions_per_doc: k`): after the final document, the current
+question and up to k - 1 other questions already read on the same document, each followed by its
+answer, every answer with loss:
+
+    ... [C(d)] "\nQuestion: q\nAnswer:" " a" "\nQuestion: q'\nAnswer:" " a'" EOS
+
+SQuAD asks ~5 questions per paragraph, so one compressed document then teaches ~5 answers for
+little more than the cost of one (the encoder pass and the shots are shared). The other questions
+come from a pool of recently read examples keyed by document (`POOL_DOCUMENTS` documents), so they
+appear once the stream has reached them; evaluation prompts keep one question.
+
 Records: the training schema of method.md 6.1 (`passage` or `passages`, optional `question`,
 `answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
 as in the SQuAD files. When there are several answers, one is drawn at random each time the
@@ -34,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +54,17 @@ from ..model.chunking import chunk_document
 from ..model.splice import Sample
 from ..prompt import DOCUMENT, SHOT_END, after_document
 from .batch import Batch
-from .resume import check_same_run, rng_state, set_rng_state
+from .resume import check_same_run, config_defaults, rng_state, set_rng_state
 from .sources import BadRecord, check_reading_options, open_mixture, parse_sources, seeded_rng
 from .tokens import EncoderView, decoder_tokenizers
 
 log = logging.getLogger(__name__)
 
 TOO_LONG_POLICIES = ("error", "truncate")
+# Documents remembered for `questions_per_doc` (their questions, at most POOL_QUESTIONS each):
+# all of SQuAD train's ~1,600 paragraphs fit.
+POOL_DOCUMENTS = 8192
+POOL_QUESTIONS = 16
 # Stand-ins for compressed documents inside a chat message: private-use characters that no
 # tokenizer merges with text around them, checked to be absent from the message text.
 DOC_MARK = "\ue000{}\ue001"
@@ -76,10 +91,13 @@ class FinetuneDataConfig(DictConfig):
     # Held-out sets: one prompt per distinct document (SQuAD asks several questions of one
     # paragraph); the later questions on a document already asked about only serve as shots.
     distinct: bool = False
+    # Questions asked of the final document, each with its answer and loss (1: the evaluation's
+    # layout); the others are drawn from earlier-read questions on the same document.
+    questions_per_doc: int = 1
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
-        for name in ("max_doc_tokens", "max_chunks", "batch_size"):
+        for name in ("max_doc_tokens", "max_chunks", "batch_size", "questions_per_doc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -92,6 +110,8 @@ class FinetuneDataConfig(DictConfig):
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {self.too_long!r}")
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
+        if self.questions_per_doc > 1 and (self.chat or self.distinct):
+            raise ValueError("questions_per_doc > 1 works with plain prompts for training (chat: false, distinct: false)")
 
 
 # ----------------------------------------------------------------------------------- records
@@ -162,6 +182,11 @@ def base_pieces(shots: list[Shot], current: Shot) -> tuple[list[str], str]:
     return texts, " " + current.answer
 
 
+def more_answers(others: list[Shot]) -> list[tuple[str, str]]:
+    """(question text, answer text) after the current answer, for other questions on its document."""
+    return [(after_document(o.question), " " + o.answer) for o in others]
+
+
 def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str], str]:
     """Text pieces of a chat-formatted prompt (ending with the reply's lead, no loss), and the
     reply as the template renders it (loss)."""
@@ -206,6 +231,12 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
 # ----------------------------------------------------------------------------------- pipeline
 
 
+def document_key(document: str) -> int:
+    """A 64-bit hash naming a document text (the held-out set's and the question pool's key)."""
+    return int(hashlib.blake2b(document.encode(), digest_size=8).hexdigest(), 16)
+
+
+
 class FinetuneData:
     """An iterator of fine-tuning `Batch`es (task "finetune") for one rank; resumable.
 
@@ -225,6 +256,7 @@ class FinetuneData:
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers
         self.seen: set[int] = set()  # hashes of documents asked about, with `distinct`
+        self.pool: OrderedDict[int, list[Shot]] = OrderedDict()  # document -> questions read on it
         self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
         self.stream = open_mixture(
             config.sources,
@@ -294,19 +326,28 @@ class FinetuneData:
             pieces = pieces[: c.max_chunks] if c.chunk_tokens else [pieces[0][: c.max_doc_tokens]]
         return pieces
 
-    def build(self, shots: list[Shot], current: Shot, decoder: int = 0) -> Sample:
-        """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer."""
+    def build(self, shots: list[Shot], current: Shot, decoder: int = 0, others: list[Shot] = ()) -> Sample:
+        """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer
+        (and on the answers to `others`, more questions on the current document)."""
         tok = self.decoder_tokenizers[decoder]
         if self.config.chat:
             texts, reply = chat_pieces(tok, shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
             if tok.eos_token_id in answer:  # nothing after the end of the reply needs predicting
                 answer = answer[: len(answer) - answer[::-1].index(tok.eos_token_id)]
+            loss = [True] * len(answer)
             first_special = False
         else:
             texts, reply = base_pieces(shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
-            answer += [tok.eos_token_id] if tok.eos_token_id is not None else []
+            loss = [True] * len(answer)
+            for question, more in more_answers(list(others)):  # the question: no loss; its answer: loss
+                question_ids = tok(question, add_special_tokens=False)["input_ids"]
+                more_ids = tok(more, add_special_tokens=False)["input_ids"]
+                answer += question_ids + more_ids
+                loss += [False] * len(question_ids) + [True] * len(more_ids)
+            if tok.eos_token_id is not None:
+                answer, loss = answer + [tok.eos_token_id], loss + [True]
             first_special = True
         documents = [s.document for s in shots] + [current.document]
         text_ids: list[int] = []
@@ -319,7 +360,7 @@ class FinetuneData:
                 for chunk in self.segments(documents[k], where):
                     segments.append(chunk)
                     offsets.append(len(text_ids))  # chunks of one document: equal offsets
-        targets = [False] * len(text_ids) + [True] * len(answer)
+        targets = [False] * len(text_ids) + loss
         return Sample(text_ids + answer, segments, offsets, targets)
 
     def next_example(self, decoder: int = 0) -> Sample:
@@ -328,17 +369,31 @@ class FinetuneData:
             current = self.read(record.value, record.where)
             if not self.config.distinct:
                 break
-            key = int(hashlib.blake2b(current.document.encode(), digest_size=8).hexdigest(), 16)
+            key = document_key(current.document)
             if key not in self.seen:
                 self.seen.add(key)
                 break
             self.shots[source].append(current)  # a document already asked about: a shot only
         buffer = self.shots[source]
         shots = [s for s in buffer if (s.question, s.document) != (current.question, current.document)]
-        sample = self.build(shots, current, decoder)
+        sample = self.build(shots, current, decoder, self.other_questions(current))
         buffer.append(current)
         self.stats["examples"] += 1
         return sample
+
+    def other_questions(self, current: Shot) -> list[Shot]:
+        """Up to questions_per_doc - 1 earlier-read questions on the current document (drawn at
+        random, each once); the current one then joins the pool."""
+        if self.config.questions_per_doc == 1:
+            return []
+        key = document_key(current.document)
+        asked = [s for s in self.pool.pop(key, []) if s.question != current.question]
+        k = min(self.config.questions_per_doc - 1, len(asked))
+        others = self.rng.sample(asked, k)
+        self.pool[key] = (asked + [current])[-POOL_QUESTIONS:]  # most recently used document last
+        while len(self.pool) > POOL_DOCUMENTS:
+            self.pool.popitem(last=False)
+        return others
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
@@ -369,6 +424,7 @@ class FinetuneData:
             "shots": [[dataclasses.asdict(s) for s in buffer] for buffer in self.shots],
             "stats": dict(self.stats),
             "seen": sorted(self.seen),
+            "pool": [[key, [dataclasses.asdict(s) for s in asked]] for key, asked in self.pool.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -379,6 +435,7 @@ class FinetuneData:
             self.world_size,
             len(self.decoder_tokenizers),
             resumable_changes=("batch_size", "on_bad_line"),
+            defaults=config_defaults(FinetuneDataConfig),
         )
         self.stream.load_state_dict(state["stream"])
         set_rng_state(self.rng, state["rng"])
@@ -388,3 +445,4 @@ class FinetuneData:
         ]
         self.stats = dict(state["stats"])
         self.seen = set(state.get("seen", []))
+        self.pool = OrderedDict((key, [Shot(**s) for s in asked]) for key, asked in state.get("pool", []))
