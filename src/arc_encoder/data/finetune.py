@@ -111,7 +111,9 @@ class FinetuneDataConfig(DictConfig):
             raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {self.too_long!r}")
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
         if self.questions_per_doc > 1 and (self.chat or self.distinct):
-            raise ValueError("questions_per_doc > 1 works with plain prompts for training (chat: false, distinct: false)")
+            raise ValueError(
+                "questions_per_doc > 1 works with plain prompts for training (chat: false, distinct: false)"
+            )
 
 
 # ----------------------------------------------------------------------------------- records
@@ -234,7 +236,6 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
 def document_key(document: str) -> int:
     """A 64-bit hash naming a document text (the held-out set's and the question pool's key)."""
     return int(hashlib.blake2b(document.encode(), digest_size=8).hexdigest(), 16)
-
 
 
 class FinetuneData:
