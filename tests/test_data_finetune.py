@@ -351,6 +351,9 @@ def test_other_questions_come_from_earlier_reads_of_the_same_document(tmp_path, 
         pipeline(tmp_path, tiny, tiny, records, questions_per_doc=2, chat=True)
     with pytest.raises(ValueError, match="questions_per_doc"):
         pipeline(tmp_path, tiny, tiny, records, questions_per_doc=0)
+    held_out = pipeline(tmp_path, tiny, tiny, records, n_shots=0, questions_per_doc=3, loop=False, distinct=True)
+    texts = [tiny.decode(s.text_ids) for b in held_out for s in b.samples]
+    assert len(texts) == 2 and all(t.count("Question:") == 1 for t in texts)  # the evaluation's layout
 
 
 def test_resume_keeps_the_question_pool(tmp_path, tiny):

@@ -26,7 +26,7 @@ answer, every answer with loss:
 SQuAD asks ~5 questions per paragraph, so one compressed document then teaches ~5 answers for
 little more than the cost of one (the encoder pass and the shots are shared). The other questions
 come from a pool of recently read examples keyed by document (`POOL_DOCUMENTS` documents), so they
-appear once the stream has reached them; evaluation prompts keep one question.
+appear once the stream has reached them; held-out prompts (`distinct`) keep one question.
 
 Records: the training schema of method.md 6.1 (`passage` or `passages`, optional `question`,
 `answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
@@ -110,10 +110,8 @@ class FinetuneDataConfig(DictConfig):
         if self.too_long not in TOO_LONG_POLICIES:
             raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {self.too_long!r}")
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
-        if self.questions_per_doc > 1 and (self.chat or self.distinct):
-            raise ValueError(
-                "questions_per_doc > 1 works with plain prompts for training (chat: false, distinct: false)"
-            )
+        if self.questions_per_doc > 1 and self.chat:
+            raise ValueError("questions_per_doc > 1 needs plain prompts (chat: false)")
 
 
 # ----------------------------------------------------------------------------------- records
@@ -384,8 +382,9 @@ class FinetuneData:
 
     def other_questions(self, current: Shot) -> list[Shot]:
         """Up to questions_per_doc - 1 earlier-read questions on the current document (drawn at
-        random, each once); the current one then joins the pool."""
-        if self.config.questions_per_doc == 1:
+        random, each once); the current one then joins the pool. Held-out sets (`distinct`) keep
+        the evaluation's one question per prompt."""
+        if self.config.questions_per_doc == 1 or self.config.distinct:
             return []
         key = document_key(current.document)
         asked = [s for s in self.pool.pop(key, []) if s.question != current.question]
