@@ -216,7 +216,8 @@ def benchmark(
                 try:
                     arc = build_shape(shape, Path(tmp), device, blocks)
                     record.update(measure(arc, shape, device, steps, warmup, Path(tmp) / "run"))
-                    record["blocks"] = {"encoder": len(arc.encoder.layers), "decoder": len(arc.decoders[0].base_model.layers)}
+                    decoder_blocks = len(arc.decoders[0].base_model.layers)
+                    record["blocks"] = {"encoder": len(arc.encoder.layers), "decoder": decoder_blocks}
                     break
                 except torch.OutOfMemoryError as e:
                     record[f"out_of_memory_at_{blocks or 'full'}_depth"] = str(e).splitlines()[0]
