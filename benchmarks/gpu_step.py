@@ -75,16 +75,18 @@ PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}
 
 
 def write_random_model(folder: Path, widths: dict, blocks: int | None = None) -> str:
-    """A Llama-architecture folder (config.json and a word-level tokenizer) that
-    `ARCModel.from_config(..., pretrained=False)` builds random weights from."""
-    from tokenizers import Tokenizer, models
+    """A Llama-architecture folder (config.json and a byte-level tokenizer: any text, 259 ids)
+    that `ARCModel.from_config(..., pretrained=False)` builds random weights from."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     values = dict(widths, max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if blocks is not None:
         values["num_hidden_layers"] = min(blocks, values["num_hidden_layers"])
     transformers.LlamaConfig(**values).save_pretrained(folder)
-    words = ["<pad>", "<bos>", "<eos>"] + [f"w{i}" for i in range(509)]  # ids up to 511: random tokens
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    symbols = ["<pad>", "<bos>", "<eos>", *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    tokenizer = Tokenizer(models.BPE({s: i for i, s in enumerate(symbols)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
     transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     ).save_pretrained(folder)
