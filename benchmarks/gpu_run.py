@@ -219,14 +219,16 @@ def describe_machine(device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for results.json, logs, bench.json and the delta")
-    parser.add_argument("--steps", default="tests,bench,answers", help="which of tests,bench,answers to run")
+    parser.add_argument(
+        "--steps", default="tests,bench,answers", help="tests,bench,answers or a part of them; stage: only stage"
+    )
     parser.add_argument("--minutes", type=float, default=8.0, help="wall time for this call, everything included")
     parser.add_argument("--dry-run", action="store_true", help="on the CPU, toy sizes (CI)")
     args = parser.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
-    unknown = sorted(set(steps) - {"tests", "bench", "answers"})
+    unknown = sorted(set(steps) - {"stage", "tests", "bench", "answers"})
     if unknown:
-        parser.error(f"unknown step(s) {unknown}: use tests, bench, answers")
+        parser.error(f"unknown step(s) {unknown}: use stage, tests, bench, answers")
     run = Run(args.out, args.minutes)
     status = prepare(run, "answers" in steps, args.dry_run)
     if status:
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     run.results["machine"] = describe_machine(device)
     jobs = {"tests": lambda: gpu_tests(run), "bench": lambda: bench(run, device, args.dry_run)}
     jobs["answers"] = lambda: answers(run, device, args.dry_run)
+    jobs["stage"] = lambda: {"staged": sorted(p.name for p in (STAGE / "parts").glob("*.part*"))}
     ok = [run.step(name, jobs[name]) for name in steps]
     run.say(f"done in {run.elapsed() / 60:.2f} min; results in {args.out / 'results.json'}")
     return 0 if all(ok) else 1
