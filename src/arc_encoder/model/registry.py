@@ -95,15 +95,18 @@ def _gguf_parts(model: EmbeddedModel) -> list[Path]:
     return parts
 
 
-def materialise_embedded(model: EmbeddedModel) -> Path:
-    """Convert the packaged GGUF to an fp32 safetensors folder in the cache (once)."""
+def materialise_embedded(model: EmbeddedModel, parts: list[Path] | None = None) -> Path:
+    """Convert the packaged GGUF to an fp32 safetensors folder in the cache (once).
+
+    `parts`: the GGUF's pieces in order, read instead of the installed packages (a machine
+    without them that was handed the file another way: benchmarks/gpu_run.py)."""
     target = cache_dir() / model.name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    parts = _gguf_parts(model)
+    parts = parts or _gguf_parts(model)
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         tmp = Path(tmp)
