@@ -25,8 +25,8 @@ answer, every answer with loss:
 
 SQuAD asks ~5 questions per paragraph, so one compressed document then teaches ~5 answers for
 little more than the cost of one (the encoder pass and the shots are shared). The other questions
-come from a pool of recently read examples keyed by document (`POOL_DOCUMENTS` documents), so they
-appear once the stream has reached them; held-out prompts (`distinct`) keep one question.
+come from an index of every question per document, read once from the sources when the pipeline
+opens (at most INDEX_DOCUMENTS documents); held-out prompts (`distinct`) keep one question.
 
 Records: the training schema of method.md 6.1 (`passage` or `passages`, optional `question`,
 `answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections import OrderedDict, deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,16 +55,15 @@ from ..model.splice import Sample
 from ..prompt import DOCUMENT, SHOT_END, after_document
 from .batch import Batch
 from .resume import check_same_run, config_defaults, rng_state, set_rng_state
-from .sources import BadRecord, check_reading_options, open_mixture, parse_sources, seeded_rng
+from .sources import BadRecord, check_reading_options, open_mixture, open_source, parse_sources, seeded_rng
 from .tokens import EncoderView, decoder_tokenizers
 
 log = logging.getLogger(__name__)
 
 TOO_LONG_POLICIES = ("error", "truncate")
-# Documents remembered for `questions_per_doc` (their questions, at most POOL_QUESTIONS each):
-# all of SQuAD train's ~1,600 paragraphs fit.
-POOL_DOCUMENTS = 8192
-POOL_QUESTIONS = 16
+# Documents indexed for `questions_per_doc` (SQuAD train has ~1,600 paragraphs); the index
+# stops growing there, so a huge source costs a bounded first read.
+INDEX_DOCUMENTS = 50_000
 # Stand-ins for compressed documents inside a chat message: private-use characters that no
 # tokenizer merges with text around them, checked to be absent from the message text.
 DOC_MARK = "\ue000{}\ue001"
@@ -232,8 +231,23 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
 
 
 def document_key(document: str) -> int:
-    """A 64-bit hash naming a document text (the held-out set's and the question pool's key)."""
+    """A 64-bit hash naming a document text (the held-out set's and the question index's key)."""
     return int(hashlib.blake2b(document.encode(), digest_size=8).hexdigest(), 16)
+
+
+def index_questions(config: FinetuneDataConfig) -> dict[int, list[dict]]:
+    """Every question of the sources, grouped by document (all passages of a record joined, as a
+    one-passage reading joins them), from one pass over every source in full (every rank reads
+    all, so another rank's shard can supply a question); at most INDEX_DOCUMENTS documents."""
+    index: dict[int, list[dict]] = defaultdict(list)
+    for spec in config.sources:
+        for record in open_source(spec, parse_example, loop=False, on_bad_line=config.on_bad_line):
+            key = document_key("\n".join(record.value["passages"]))
+            if key not in index and len(index) >= INDEX_DOCUMENTS:
+                break
+            index[key].append(record.value)
+    log.info("questions_per_doc: %d questions on %d documents", sum(map(len, index.values())), len(index))
+    return dict(index)
 
 
 class FinetuneData:
@@ -255,7 +269,6 @@ class FinetuneData:
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers
         self.seen: set[int] = set()  # hashes of documents asked about, with `distinct`
-        self.pool: OrderedDict[int, list[Shot]] = OrderedDict()  # document -> questions read on it
         self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
         self.stream = open_mixture(
             config.sources,
@@ -269,6 +282,9 @@ class FinetuneData:
         )
         self.rng = seeded_rng(config.seed, rank, "finetune")
         self.shots = [deque(maxlen=self._n_shots(s)) for s in config.sources]
+        self.questions_by_document = None  # document key -> parsed examples asking about it
+        if config.questions_per_doc > 1 and not config.distinct:
+            self.questions_by_document = index_questions(config)
         self.exhausted = False
         self.stats = {"examples": 0, "truncated": 0}
 
@@ -381,19 +397,16 @@ class FinetuneData:
         return sample
 
     def other_questions(self, current: Shot) -> list[Shot]:
-        """Up to questions_per_doc - 1 earlier-read questions on the current document (drawn at
-        random, each once); the current one then joins the pool. Held-out sets (`distinct`) keep
-        the evaluation's one question per prompt."""
-        if self.config.questions_per_doc == 1 or self.config.distinct:
+        """Up to questions_per_doc - 1 other questions on the current document, drawn at random
+        from the index. Held-out sets (`distinct`) keep the evaluation's one question per prompt."""
+        if self.questions_by_document is None:
             return []
-        key = document_key(current.document)
-        asked = [s for s in self.pool.pop(key, []) if s.question != current.question]
-        k = min(self.config.questions_per_doc - 1, len(asked))
-        others = self.rng.sample(asked, k)
-        self.pool[key] = (asked + [current])[-POOL_QUESTIONS:]  # most recently used document last
-        while len(self.pool) > POOL_DOCUMENTS:
-            self.pool.popitem(last=False)
-        return others
+        asked = self.questions_by_document.get(document_key(current.document), [])
+        candidates = [e for e in asked if e["question"] != current.question]
+        chosen = self.rng.sample(candidates, min(self.config.questions_per_doc - 1, len(candidates)))
+        return [
+            Shot(current.document, e["question"], self.rng.choice(e["answers"]), None, current.where) for e in chosen
+        ]
 
     def next_batch(self, decoder: int = 0) -> Batch:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoder_tokenizers):
@@ -424,7 +437,6 @@ class FinetuneData:
             "shots": [[dataclasses.asdict(s) for s in buffer] for buffer in self.shots],
             "stats": dict(self.stats),
             "seen": sorted(self.seen),
-            "pool": [[key, [dataclasses.asdict(s) for s in asked]] for key, asked in self.pool.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -445,4 +457,3 @@ class FinetuneData:
         ]
         self.stats = dict(state["stats"])
         self.seen = set(state.get("seen", []))
-        self.pool = OrderedDict((key, [Shot(**s) for s in asked]) for key, asked in state.get("pool", []))
