@@ -166,7 +166,8 @@ def plan_terms(
             [layer for d in arc.decoders for layer in d.base_model.layers] if shard_decoders else []
         )
         in_blocks = {id(p) for layer in blocks for p in layer.parameters()}
-        root = [p for p in (own + (list(arc.decoders.parameters()) if shard_decoders else [])) if id(p) not in in_blocks]
+        sharded_params = own + (list(arc.decoders.parameters()) if shard_decoders else [])
+        root = [p for p in sharded_params if id(p) not in in_blocks]
         largest = max(count(layer.parameters()) for layer in blocks)
         largest_trained = max(count(p for p in layer.parameters() if p.requires_grad) for layer in blocks)
         # the root's parameters stay gathered through the step; two blocks are gathered at once
@@ -204,9 +205,7 @@ def make_plans(planned: PlannedModel, shapes: list[StepShape], config: TrainConf
     plans = []
     for strategy in STRATEGIES:
         for checkpointing in (False, True):
-            by_shape = [
-                (plan_terms(planned, s, config, strategy, gpus, checkpointing, device_type), s) for s in shapes
-            ]
+            by_shape = [(plan_terms(planned, s, config, strategy, gpus, checkpointing, device_type), s) for s in shapes]
             terms, shape = max(by_shape, key=lambda t: t[0].total)
             plans.append(Plan(strategy, checkpointing, shape.task, terms))
     return plans
@@ -215,4 +214,3 @@ def make_plans(planned: PlannedModel, shapes: list[StepShape], config: TrainConf
 def trained_and_frozen(planned: PlannedModel) -> tuple[int, int]:
     params = list(planned.arc.parameters())
     return count(p for p in params if p.requires_grad), count(p for p in params if not p.requires_grad)
-
