@@ -158,3 +158,15 @@ def test_activation_estimate_is_within_25_percent_of_the_measured_peak(tmp_path,
         p.grad = None
     measured = peak_allocated_bytes(step, torch.device("cpu"))
     assert 0.75 <= estimate / measured <= 1.25, (estimate, measured, terms.detail)
+
+
+def test_a_warm_start_not_on_this_machine_needs_a_stand_in(tmp_path):
+    path = write_setup(tmp_path)
+    missing = f"model.init_from={tmp_path / 'no-such-run'}"
+    result = CliRunner().invoke(app, ["plan", str(path), missing, "model.arc={}"])
+    assert result.exit_code != 0 and "--init-preset" in str(result.exception)
+    # naming its decoders, it is planned as the paper's encoder (what model.arc does not set), and says so
+    config = load_config(path, [missing, 'model.arc={"backbone": "tiny/enc", "decoders": ["tiny/dec"]}'])
+    planned = build_meta_model(config, tmp_path / "configs" / "architectures")
+    assert (planned.config.drop_layers, planned.config.bottleneck, planned.config.pooling_factors) == (2, 2048, [8])
+    assert planned.config.decoders == ["tiny/dec"] and "planned as preset llama3-arc8" in planned.notes[0]

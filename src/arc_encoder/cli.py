@@ -146,8 +146,10 @@ def plan(
     architectures: Path | None = typer.Option(
         None, help="folder of model descriptions (default: the architectures/ folder nearest above CONFIG)"
     ),
-    init_preset: str = typer.Option(
-        "llama3-arc8", help="what a model.init_from that is not on this machine is planned as (a preset)"
+    init_preset: str | None = typer.Option(
+        None,
+        help="the preset a model.init_from that is not on this machine is planned as "
+        "(default: llama3-arc8 where the config names its decoders)",
     ),
 ):
     """Memory per GPU of a training config under DDP and FSDP2, with and without activation

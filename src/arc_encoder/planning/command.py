@@ -10,7 +10,7 @@ from pathlib import Path
 from ..training.config import load_config
 from .architectures import find_architectures
 from .memory import FIT_FRACTION, GIB, Plan, make_plans, trained_and_frozen
-from .meta_model import DEFAULT_INIT_PRESET, build_meta_model
+from .meta_model import build_meta_model
 from .shapes import step_shapes
 
 
@@ -20,7 +20,7 @@ def plan_report(
     gpus: int = 8,
     gpu_memory: float = 80.0,
     architectures: Path | None = None,
-    init_preset: str = DEFAULT_INIT_PRESET,
+    init_preset: str | None = None,
     device_type: str = "cuda",
 ) -> dict:
     """Everything `plan` prints, as a JSON-ready dict. `per_gpu_gib` and `fits` are those of the
@@ -123,7 +123,7 @@ def plan_command(
     gpu_memory: float,
     as_json: bool,
     architectures: Path | None,
-    init_preset: str,
+    init_preset: str | None,
 ) -> int:
     """Print the plan (whether it fits is in it, not in the exit status)."""
     report = plan_report(config_path, overrides, gpus, gpu_memory, architectures, init_preset)

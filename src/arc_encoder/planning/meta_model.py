@@ -15,8 +15,9 @@ from ..model.encoder import Encoder, truncated_config
 from ..training.config import TrainConfig
 from .architectures import architecture
 
-# What a warm start (`model.init_from`) that is not on this machine is planned as: the paper's
-# encoder, from which every paper config starts (its decoders and pooling come from the config).
+# What a warm start (`model.init_from`) that is not on this machine is planned as, when the config
+# names its decoders: the paper's encoder, from which every paper config starts (the decoders and
+# the pooling come from the config).
 DEFAULT_INIT_PRESET = "llama3-arc8"
 
 
@@ -27,9 +28,10 @@ class PlannedModel:
     notes: list[str]  # what was assumed to build it
 
 
-def arc_config_for(config: TrainConfig, init_preset: str = DEFAULT_INIT_PRESET) -> tuple[ARCConfig, Path | None, str]:
+def arc_config_for(config: TrainConfig, init_preset: str | None = None) -> tuple[ARCConfig, Path | None, str]:
     """The run's ARCConfig; the folder its truncated encoder config is read from (a warm start
-    that is on this machine), and a note when a warm start is not here and `init_preset` stands in."""
+    that is on this machine), and a note when a warm start is not here and a preset stands in:
+    `init_preset`, else the paper's encoder when the config names its decoders itself."""
     if config.model.init_from is None:
         return config.arc_config(), None, ""
     from ..training.model_init import saved_model_dir
@@ -37,18 +39,22 @@ def arc_config_for(config: TrainConfig, init_preset: str = DEFAULT_INIT_PRESET) 
     try:
         source = saved_model_dir(config.model.init_from)
     except FileNotFoundError:
-        if init_preset not in PRESETS:
-            raise ValueError(f"--init-preset: unknown preset {init_preset!r}; presets: {sorted(PRESETS)}") from None
-        note = f"model.init_from {config.model.init_from} is not here: its encoder is planned as preset {init_preset}"
-        return config.arc_config(saved=PRESETS[init_preset].to_dict()), None, note
+        if init_preset is None and "decoders" not in config.model.arc:
+            raise LookupError(
+                f"model.init_from {config.model.init_from} is not here and the config does not name its "
+                f"decoders: say what it is with --init-preset (presets: {sorted(PRESETS)})"
+            ) from None
+        preset = init_preset or DEFAULT_INIT_PRESET
+        if preset not in PRESETS:
+            raise ValueError(f"--init-preset: unknown preset {preset!r}; presets: {sorted(PRESETS)}") from None
+        note = f"model.init_from {config.model.init_from} is not here: its encoder is planned as preset {preset}"
+        return config.arc_config(saved=PRESETS[preset].to_dict()), None, note
     _, saved = read_saved_config(source)
     encoder_folder = source / ENCODER_DIR if (source / ENCODER_DIR / "config.json").is_file() else None
     return config.arc_config(saved=saved.to_dict()), encoder_folder, ""
 
 
-def build_meta_model(
-    config: TrainConfig, architectures: Path | None, init_preset: str = DEFAULT_INIT_PRESET
-) -> PlannedModel:
+def build_meta_model(config: TrainConfig, architectures: Path | None, init_preset: str | None = None) -> PlannedModel:
     from ..training.trainer import choose_trained
 
     arc_config, saved, note = arc_config_for(config, init_preset)
