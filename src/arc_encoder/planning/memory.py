@@ -81,12 +81,10 @@ def activation_bytes(planned: PlannedModel, shape: StepShape, bf16: bool, decode
     arc = planned.arc
     act = 2 if bf16 else 4
     enc_dims = BlockDims.of(arc.encoder.hf_config)
-    # Rows each encoder block runs on: a pooling block also runs its pooled queries (model/encoder.py).
-    rows, n = [], shape.segment_tokens
-    factors = [1] * (len(arc.encoder.layers) - len(planned.config.pooling_factors)) + list(
-        planned.config.pooling_factors
-    )
-    for factor in factors:
+    # Rows each encoder block runs on: a pooling block also runs its pooled queries, memory tokens
+    # follow the segment's own (model/encoder.py).
+    rows, n = [], shape.segment_tokens + planned.config.memory_tokens
+    for factor in arc.encoder.factors:
         if factor > 1:
             m = pooled_length(n, factor)
             rows.append(n + m)
@@ -121,7 +119,7 @@ def activation_bytes(planned: PlannedModel, shape: StepShape, bf16: bool, decode
         # float32 logits at the supervised positions, their log-softmax kept for the backward, its gradient
         loss = 3 * 4 * shape.loss_tokens * decoder.config.vocab_size
         decoder_parts.append((kept + shared + loss, kept, shared, loss, per_block))
-    total, kept, shared, loss, per_block = max(decoder_parts)
+    _, kept, shared, loss, per_block = max(decoder_parts)
     parts["decoder"] += kept
     parts["masks"] += shared
     parts["loss"] = loss
