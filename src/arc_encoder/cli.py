@@ -136,6 +136,30 @@ def distill_cache(
     raise typer.Exit(distill_cache_command(config, overrides or [], steps, world_size))
 
 
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="training YAML (see configs/paper/)"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides: batch_size=8 data.max_doc_tokens=512"),
+    gpus: int = typer.Option(8, "--gpus", help="GPUs the run shares (data parallel)"),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="memory of one GPU, GiB"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    architectures: Path | None = typer.Option(
+        None, help="folder of model descriptions (default: the architectures/ folder nearest above CONFIG)"
+    ),
+    init_preset: str | None = typer.Option(
+        None,
+        help="the preset a model.init_from that is not on this machine is planned as "
+        "(default: llama3-arc8 where the config names its decoders)",
+    ),
+):
+    """Memory per GPU of a training config under DDP and FSDP2, with and without activation
+    checkpointing, and whether it fits; from architecture descriptions, no weights downloaded."""
+    from .planning.command import plan_command
+
+    quiet_transformers()
+    raise typer.Exit(plan_command(config, overrides or [], gpus, gpu_memory, as_json, architectures, init_preset))
+
+
 from .convert.commands import convert_app  # noqa: E402
 
 app.add_typer(convert_app, name="convert")

@@ -24,11 +24,15 @@ from .pooling import group_index, pool, pooled_length
 
 
 def backbone_config(path: str, drop_layers: int, attn_implementation: str) -> PretrainedConfig:
-    config = AutoConfig.from_pretrained(path)
+    return truncated_config(AutoConfig.from_pretrained(path), drop_layers, attn_implementation, path)
+
+
+def truncated_config(config: PretrainedConfig, drop_layers: int, attn_implementation: str, name: str):
+    """A backbone's HF config without its last `drop_layers` blocks: the encoder's."""
     config = getattr(config, "text_config", None) or config  # multimodal wrappers (Gemma3)
     kept = config.num_hidden_layers - drop_layers
     if kept < 1:
-        raise ValueError(f"drop_layers={drop_layers} leaves no block of the {config.num_hidden_layers} in {path}")
+        raise ValueError(f"drop_layers={drop_layers} leaves no block of the {config.num_hidden_layers} in {name}")
     config.num_hidden_layers = kept
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:kept]

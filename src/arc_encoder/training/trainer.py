@@ -108,6 +108,17 @@ def freeze_lower_blocks(encoder, trained: int) -> None:
         layer.requires_grad_(False)
 
 
+def choose_trained(arc: ARCModel, config: TrainConfig) -> None:
+    """Freeze what the config does not train: the whole encoder, its lower blocks, or its blocks
+    under LoRA updates. The adapters always train; the decoders never do."""
+    if config.freeze_encoder:
+        arc.encoder.requires_grad_(False)
+    elif config.train_encoder_blocks is not None:
+        freeze_lower_blocks(arc.encoder, config.train_encoder_blocks)
+    elif config.encoder_lora.rank:
+        add_encoder_lora(arc.encoder, config.encoder_lora)
+
+
 def distillation_for(config: TrainConfig, batch: Batch, cache: TeacherCache | None = None) -> Distillation | None:
     """The distillation a batch is trained with under this config (None: none); with the run's
     teacher cache, the KL over its top-k logits."""
@@ -161,12 +172,7 @@ class Trainer:
         # here, before it moves, so a GPU never holds their float32 copy
         cast_weights(arc.decoders, DTYPES[config.frozen_decoder_dtype(device.type)])
         arc.to(device)
-        if config.freeze_encoder:
-            arc.encoder.requires_grad_(False)
-        elif config.train_encoder_blocks is not None:
-            freeze_lower_blocks(arc.encoder, config.train_encoder_blocks)
-        elif config.encoder_lora.rank:
-            add_encoder_lora(arc.encoder, config.encoder_lora)
+        choose_trained(arc, config)
         if config.pooling_schedule:
             with arc.encoder.pooling_factor(config.pooling_schedule[0][0]):  # refused now, not at step 1
                 pass
