@@ -140,7 +140,7 @@ class ARCConfig(DictConfig):
     bottleneck: int | None = 512
     # Append a learned <Rec>/<Cont> vector after every compressed segment.
     special_tokens: bool = True
-    # Paper (method.md D8): the special token's output predicts the first text token after its
+    # Paper (method.md §13.7): the special token's output predicts the first text token after its
     # block. False reproduces the official code, which leaves that token unsupervised.
     supervise_first_token: bool = True
     # Documents are split into chunks of at most this many encoder tokens, cut at word boundaries,

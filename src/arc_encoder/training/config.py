@@ -56,7 +56,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    # Peak learning rates of the three AdamW parameter groups (method.md D4).
+    # Peak learning rates of the three AdamW parameter groups (method.md §13.3).
     lr_encoder: float = 1e-5
     lr_projector: float = 5e-5
     lr_special: float = 1e-5  # <Rec>/<Cont> (and memory tokens)
@@ -260,7 +260,7 @@ class TrainConfig:
     # each GPU holds 1/N of them, gathered block by block), or every GPU keeps a whole copy
     # ("replicate": no gathers for them, at the memory of a full decoder per GPU).
     fsdp_decoders: Literal["shard", "replicate"] = "shard"
-    # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
+    # Which decoder a step trains (method.md §13.6): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
     decoder_weights: list[float] | None = None
     decoder_order: Literal["sample", "round_robin"] = "sample"
@@ -306,7 +306,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def uses_bf16(self, device_type: str) -> bool:
-        """Whether the step runs under bf16 autocast on this device type (method.md D6: bf16
+        """Whether the step runs under bf16 autocast on this device type (method.md §13.5: bf16
         autocast over fp32 master weights on GPU; fp32 on CPU unless asked)."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
