@@ -194,7 +194,11 @@ class ARCConfig(DictConfig):
         return total
 
 
-# Named starting points. Paths of large models are hub names; point them at local folders.
+# Named architectures. Paths of large models are hub names; point them at local folders.
+# A name means one model: where its trained weights ship in the package (model/delta.py SHIPPED:
+# "smollm2-arc4", the default model), loading it by name (`--model`, `load_model`,
+# `ARCModel.from_pretrained`) gives those weights and "NAME-untrained" fresh ones; a training
+# config's `model.preset` and `ARCModel.from_config` build the architecture with fresh weights.
 PRESETS: dict[str, ARCConfig] = {
     "smollm2-arc4": ARCConfig(),
     "smollm2-arc8": ARCConfig(pooling_factors=[8]),
