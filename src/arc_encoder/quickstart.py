@@ -154,6 +154,8 @@ def with_changes(tree: dict, changes: dict[str, Any]) -> dict:
 def stage_config(name: str, q: QuickstartConfig, data: Path, out_dir: Path, changes: dict[str, Any]) -> TrainConfig:
     """configs/NAME as `arc-encoder train` reads it, its data under `data`, with the quickstart's
     changes: the output folder, `q.model`, and `changes` (None values keep the config's)."""
+    if not (CONFIGS / name).is_file():
+        raise FileNotFoundError(f"the quickstart trains from the checkout's configs: {CONFIGS / name} is missing")
     tree = read_config_tree(CONFIGS / name)
     wanted = {"out_dir": str(out_dir), "device": q.device, "model": q.model}
     wanted |= {k: v for k, v in changes.items() if v is not None}
@@ -195,6 +197,7 @@ def seconds_per_step(config: TrainConfig, timing_dir: Path, steps: int = 3) -> t
         log=dataclasses.replace(config.log, every=1, progress=False, plot=False),
         time_limit_minutes=None,
     )
+    shutil.rmtree(timing_dir, ignore_errors=True)  # left by an interrupted timing run
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         run(probe)
