@@ -27,7 +27,7 @@ from pathlib import Path
 from arc_encoder.evaluation.content import CONDITIONS, content_report, describe
 from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, quiet_transformers
 from arc_encoder.model.arc import ARCModel
-from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_config, pretrain_config
+from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_stage_config, pretrain_stage_config
 from arc_encoder.training.distributed import Runtime, pick_device
 from arc_encoder.training.trainer import build_data, held_out_batches
 
@@ -37,7 +37,9 @@ def main():
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--data", default=None, help="folder with prose/ and squad/ (as the quickstart)")
     parser.add_argument("--batches", type=int, default=10, help="held-out batches per stage")
-    parser.add_argument("--shots", type=int, default=1, help="shots in the fine-tuning prompts")
+    parser.add_argument(
+        "--shots", type=int, default=None, help="shots in the fine-tuning prompts (default: its config's)"
+    )
     parser.add_argument("--reconstruct", type=int, default=3, help="documents reconstructed greedily")
     parser.add_argument(
         "--span", type=int, default=None, help="tokens per held-out prose span (default: pretraining's)"
@@ -52,8 +54,8 @@ def main():
     q = QuickstartConfig(finetune_shots=args.shots)
     factor = arc.config.pooling_factor
     configs = [
-        pretrain_config(q, data, Path("unused"), 2),
-        finetune_config(q, data, Path(args.model), factor, Path("unused"), 2),
+        pretrain_stage_config(q, data, Path("unused")),  # the held-out data of the shipped model's stages
+        finetune_stage_config(q, data, args.model, factor, Path("unused")),
     ]
     if args.span:
         configs[0].data.update(seq_len=args.span, compress_tokens=args.span, target_tokens=args.span)

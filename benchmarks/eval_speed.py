@@ -21,7 +21,7 @@ import torch
 from arc_encoder import ARCModel
 from arc_encoder.evaluation.runner import evaluate
 from arc_encoder.evaluation.tasks import load_jsonl
-from arc_encoder.loading import quiet_transformers
+from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev.jsonl"
 
@@ -38,7 +38,7 @@ def run(model: ARCModel, examples, methods, questions: int, shots: int, share: b
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-arc4", help="preset or saved model folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL + UNTRAINED, help=MODEL_HELP)
     parser.add_argument("--data", default=str(DEV))
     parser.add_argument("--questions", type=int, default=40)
     parser.add_argument("--shots", type=int, default=5)
@@ -49,9 +49,7 @@ def main():
     quiet_transformers()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the same untrained projector for both runs
-    model = (
-        ARCModel.from_pretrained(args.model) if Path(args.model).is_dir() else ARCModel.from_config(args.model)
-    ).eval()
+    model = load_model(args.model).eval()
     examples = load_jsonl(args.data)
     methods = args.methods.split(",")
     whole, whole_s = run(model, examples, methods, args.questions, args.shots, share=False)

@@ -7,7 +7,7 @@ documents, then runs N concurrent clients that each send a fixed number of reque
 unfinished requests count as lost. The server is stopped at the end, whatever happens.
 
     python benchmarks/load_test.py --tiny                      # tiny random model: the serving overhead
-    python benchmarks/load_test.py --model smollm2-arc4        # the embedded SmolLM2 pair
+    python benchmarks/load_test.py --model smollm2-arc4        # the shipped model (the default)
     python benchmarks/load_test.py --model runs/my-model --clients 64 --requests 8
 
 Prints: requests planned / sent / answered, errors, lost, latency p50/p90/p99, throughput, and the
@@ -223,7 +223,10 @@ async def run_clients(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-arc4", help="saved model folder or preset")
+    # the shipped model (arc_encoder.loading.DEFAULT_MODEL; this file runs without the package installed)
+    parser.add_argument(
+        "--model", default="smollm2-arc4", help="saved model or run folder, shipped model, or PRESET-untrained"
+    )
     parser.add_argument("--tiny", action="store_true", help="use a tiny random model (serving overhead only)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")

@@ -1,6 +1,6 @@
 """squad-mini: the project's quality figure. The quickstart with a bigger budget and at least 1,000
 held-out SQuAD questions (5 shots): by default the shipped encoder, then further fine-tuning;
-with --from-scratch the quickstart's recipe trained from nothing (fine-tuned at each --factors).
+with --from-scratch the shipped encoder's configs trained from nothing (fine-tuned at each --factors).
 
     python benchmarks/squad_mini.py --budget-minutes 120 --questions 1000 --out runs/squad-mini
     python benchmarks/squad_mini.py --from-scratch --budget-minutes 180 --out runs/squad-mini-scratch

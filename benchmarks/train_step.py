@@ -116,7 +116,7 @@ def main() -> None:
     text_ids = torch.tensor([s.text_ids for s in batch.samples])  # [B, T]
     m = -(-args.compressed // factor)
     # HF shifts labels inside: every text token is a target, the first one predicted from the
-    # special token's position, as in ours (method.md D8)
+    # special token's position, as in ours (method.md §13.7)
     labels = torch.cat([torch.full((args.batch, m + 1), -100), text_ids], dim=1)  # [B, m+1+T]
 
     def baseline_step():

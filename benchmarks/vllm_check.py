@@ -18,7 +18,7 @@ import time
 import torch
 
 from arc_encoder import Doc
-from arc_encoder.loading import load_model
+from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, load_model
 from arc_encoder.serving.vllm_backend import VLLMBackend
 from arc_encoder.serving.worker import DecodeParams
 
@@ -40,7 +40,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-arc4")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--dtype", default="float32", help="vLLM dtype (float32 for the agreement check)")

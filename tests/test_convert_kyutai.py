@@ -59,7 +59,7 @@ DECODER_DIM = 64  # the tiny llama / mistral decoders of conftest
 LENGTHS = [3, 8, 10, 13]  # shorter than the factor, divisible, not divisible
 
 
-# ------------------------------------------------------------------------ reference (method.md 2-3)
+# ------------------------------------------------------------------------ reference (method.md §2, §3)
 def rms_norm(x, weight, eps):
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
@@ -418,7 +418,7 @@ def test_encoder_tokenizer_treats_special_strings_as_text(tmp_path, tiny_models)
     import_kyutai(src, tmp_path / "ours", tokenizer_dir(tiny_models), [tiny_models["llama"]])
     model = ARCModel.from_pretrained(tmp_path / "ours", decoders=[tiny_models["llama"]])
     ids = model.tokenize_document("a <bos> b")[0]
-    assert model.encoder_tokenizer.bos_token_id not in ids  # method.md 10.5
+    assert model.encoder_tokenizer.bos_token_id not in ids  # method.md §9.4
 
 
 # ------------------------------------------------------------------------ round trip

@@ -1,4 +1,4 @@
-"""Fine-tuning batches: schemas, few-shot prompts from token pieces (method.md 16.3), chat, resume."""
+"""Fine-tuning batches: schemas, few-shot prompts from token pieces (method.md §12.3), chat, resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pretraining batches: token accounting (method.md 16.1-16.2), masks, task share, resume."""
+"""Pretraining batches: token accounting (method.md §12.1, §12.2), masks, task share, resume."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_plans_by_hand():
 
 
 def test_reconstruction_accounting_spec_16_1(chars):
-    # 600 text tokens -> T = BOS + 600 + EOS = 602 -> pieces of 256, 256, 90 (method.md 16.1).
+    # 600 text tokens -> T = BOS + 600 + EOS = 602 -> pieces of 256, 256, 90 (method.md §12.1).
     text = ascii_text(600)
     doc = doc_of(text, chars)
     assert len(doc.ids) == 602 and doc.ids[0] == 1 and doc.ids[-1] == 2
@@ -115,7 +115,7 @@ def test_degenerate_spans_are_dropped(chars):
     # one character: T = BOS x EOS; its encoder side is 1 token, under the 2-token minimum
     assert reconstruction_samples(doc_of("x", chars), enc, seq_len=8) == []
     assert len(reconstruction_samples(doc_of("xy", chars), enc, seq_len=8)) == 1
-    # a compressed span of one repeated token teaches nothing (method.md 5.5)
+    # a compressed span of one repeated token teaches nothing (method.md §5.3)
     no_bos = char_tokenizer(bos=False)
     assert continuation_samples(doc_of("zzzzzzzzzz", no_bos, add_eos=False), enc, 4, 4, 0) == []
     assert len(continuation_samples(doc_of("zzzyzzzzzz", no_bos, add_eos=False), enc, 4, 4, 0)) == 1

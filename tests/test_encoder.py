@@ -1,4 +1,4 @@
-"""The encoder against a naive, independent re-statement of method.md 2.3 for Llama blocks."""
+"""The encoder against a naive, independent re-statement of method.md §2.3 for Llama blocks."""
 
 import math
 

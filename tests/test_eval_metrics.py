@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (method.md 9.4)."""
+"""Metrics against hand-computed values (method.md §8.3)."""
 
 import math
 import sys

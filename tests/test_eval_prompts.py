@@ -1,4 +1,4 @@
-"""Prompt templates reproduced exactly (method.md 9.3, 9.5, 16.4)."""
+"""Prompt templates reproduced exactly (method.md §8.2, §8.4, §12.4)."""
 
 import pytest
 

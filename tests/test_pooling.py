@@ -3,7 +3,7 @@ import torch
 
 from arc_encoder.model.pooling import group_sizes, pool, pooled_length
 
-# Every worked example of method.md 2.4 (factor -> group sizes, front to back).
+# Every worked example of method.md §2.4 (factor -> group sizes, front to back).
 WORKED = [
     (7, 8, [7]),
     (8, 8, [8]),

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -9,7 +10,15 @@ import pytest
 import arc_encoder.quickstart as quickstart
 from arc_encoder.evaluation import metrics
 from arc_encoder.evaluation.tasks import load_jsonl
-from arc_encoder.quickstart import QuickstartConfig, find_data, run_quickstart
+from arc_encoder.quickstart import (
+    CONFIGS,
+    FINETUNE_CONFIG,
+    PRETRAIN_CONFIG,
+    QuickstartConfig,
+    find_data,
+    run_quickstart,
+)
+from arc_encoder.training.config import load_config
 from conftest import SHARED_DATA
 
 
@@ -18,15 +27,17 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     q = QuickstartConfig(
         out=str(tmp_path / "qs"),
         data=str(SHARED_DATA),
-        preset="smollm2-arc8",
-        arc={
-            "backbone": tiny_models["llama-long"],
-            "decoders": [tiny_models["llama-long"]],
-            "drop_layers": 1,
-            "bottleneck": 16,
-            "chunk_tokens": 256,
+        model={
+            "preset": "smollm2-arc8",
+            "arc": {
+                "backbone": tiny_models["llama-long"],
+                "decoders": [tiny_models["llama-long"]],
+                "drop_layers": 1,
+                "bottleneck": 16,
+                "chunk_tokens": 256,
+            },
+            "pretrained": False,
         },
-        pretrained=False,
         from_scratch=True,
         finetune_factors=[4, 8],
         finetune_shots=1,
@@ -73,7 +84,7 @@ def test_tiny_quickstart_end_to_end(tiny_models, tmp_path, monkeypatch):
     trained = []
     real = quickstart.train_stage
     monkeypatch.setattr(
-        quickstart, "train_stage", lambda build, *a: trained.append(build(2).out_dir) or real(build, *a)
+        quickstart, "train_stage", lambda config, *a: trained.append(config.out_dir) or real(config, *a)
     )
     with pytest.raises(ValueError, match="pretrain_steps"):  # other settings: not the same run
         run_quickstart(dataclasses.replace(q, resume=True, pretrain_steps=4))
@@ -118,28 +129,89 @@ def test_tiny_demo_from_a_shipped_model(tiny_arc, tiny_models, tmp_path, monkeyp
     assert set(report["example"]["answers"]) == set(labels)
 
 
-def test_stage_schedules_follow_the_calibrated_steps(tmp_path):
-    """Warm-up and the pooling-factor curriculum are set from the real step count, not a placeholder."""
+def test_stages_are_the_shipped_configs(tmp_path):
+    """What a stage trains is configs/smollm2-arc4-default*.yaml, read as `arc-encoder train`
+    reads it: only the output folder, the data folder, the final-only checkpoint and the options
+    a user set differ."""
     q = QuickstartConfig()
-    long = quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 300)
-    assert long.optim.warmup_steps == quickstart.PRETRAIN_WARMUP
-    assert long.pooling_schedule == [[1, 60], [2, 120]] and long.projector_init == "lstsq"
-    x8 = dataclasses.replace(q, arc={"pooling_factors": [8]})
-    assert quickstart.pretrain_config(x8, tmp_path, tmp_path / "p", 10).pooling_schedule == [[1, 2], [2, 4]]
-    x2 = dataclasses.replace(q, arc={"pooling_factors": [2]})
-    assert quickstart.pretrain_config(x2, tmp_path, tmp_path / "p", 10).pooling_schedule == [[1, 2]]
-    assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 2).pooling_schedule == []
-    assert quickstart.pretrain_config(q, tmp_path, tmp_path / "p", 40).optim.warmup_steps == 8
-    held = long.eval.data
-    assert held["distinct"] and held["samples_per_document"] == 1 and held["curriculum"] == []
-    scratch = dataclasses.replace(q, from_scratch=True)
-    ft = quickstart.finetune_config(scratch, tmp_path, tmp_path / "p", 4, tmp_path / "f", 100)
-    assert ft.optim.warmup_steps == quickstart.FINETUNE_WARMUP
-    assert ft.model.arc["pooled_receptive_field"] == 0 and ft.model.arc["pooling_factors"] == [4]
-    # from a trained model, its own encoder settings stand
-    assert quickstart.finetune_config(q, tmp_path, "smollm2-arc4", 4, tmp_path / "f", 9).model.arc == {
-        "pooling_factors": [4]
-    }
+    data = tmp_path / "data"
+    os.environ["ARC_ENCODER_DATA"] = str(data)
+    try:
+        pre_yaml = load_config(CONFIGS / PRETRAIN_CONFIG)
+        ft_yaml = load_config(CONFIGS / FINETUNE_CONFIG)
+    finally:
+        del os.environ["ARC_ENCODER_DATA"]
+
+    def same_run(a, b, *differing):
+        skip = {"out_dir", "device", "checkpoint", *differing}
+        return {k: v for k, v in a.to_dict().items() if k not in skip} == {
+            k: v for k, v in b.to_dict().items() if k not in skip
+        }
+
+    pre = quickstart.pretrain_stage_config(q, data, tmp_path / "qs")
+    assert same_run(pre, pre_yaml)
+    assert pre.out_dir == str(tmp_path / "qs" / "pretrain") and pre.checkpoint.every == 0
+    assert pre.data["sources"] == [str(data / "prose/wiki.txt")]
+
+    shipped = quickstart.finetune_stage_config(q, data, "smollm2-arc4", 4, tmp_path / "qs")
+    assert same_run(shipped, ft_yaml, "model", "seed")
+    assert shipped.model.init_from == "smollm2-arc4" and shipped.model.arc == {}  # its own factor
+    assert shipped.seed == ft_yaml.seed + 1  # another data order than the shipped model's
+
+    options = dataclasses.replace(
+        q, from_scratch=True, finetune_shots=3, finetune_batch=2, finetune_freeze_encoder=False
+    )
+    scratch = quickstart.finetune_stage_config(options, data, tmp_path / "p", 8, tmp_path / "qs")
+    assert scratch.model.arc == {"pooling_factors": [8]} and scratch.seed == ft_yaml.seed
+    assert scratch.data["n_shots"] == 3 and scratch.batch_size == 2 and not scratch.freeze_encoder
+    assert scratch.out_dir == str(tmp_path / "qs" / "finetune-x8")
+
+
+def test_a_shorter_run_keeps_the_shape_of_the_schedule(tmp_path):
+    """Warm-up, the pooling-factor and span-length curricula and the evaluation cadence are
+    shares of the run: at another step count they keep their share."""
+    config = quickstart.pretrain_stage_config(QuickstartConfig(), tmp_path, tmp_path / "qs")
+    assert (config.steps, config.optim.warmup_steps, config.pooling_schedule) == (480, 20, [[1, 40], [2, 100]])
+    half = quickstart.at_steps(config, 240)
+    assert half.steps == 240 and half.optim.warmup_steps == 10 and half.pooling_schedule == [[1, 20], [2, 50]]
+    assert half.eval.every == config.eval.every // 2 and half.optim.lr_encoder == config.optim.lr_encoder
+    tiny = quickstart.at_steps(config, 6)  # stretches shorter than a step vanish
+    assert tiny.optim.warmup_steps == 0 and tiny.pooling_schedule == [[2, 1]] and tiny.eval.every == 1
+    assert quickstart.at_steps(config, 2).pooling_schedule == []
+    long = load_config(CONFIGS / "smollm2-arc4-default-long.yaml")  # a span-length curriculum
+    assert quickstart.at_steps(long, long.steps * 2).data["curriculum_batches"] == 2 * long.data["curriculum_batches"]
+
+
+def test_the_budget_sizes_the_run(tmp_path, monkeypatch):
+    """Without a fixed step count, the steps that fit the budget at the timed step cost, and a time
+    limit of what is left: the run never overruns."""
+    config = quickstart.finetune_stage_config(QuickstartConfig(), tmp_path, "smollm2-arc4", 4, tmp_path / "qs")
+    runs = []
+    monkeypatch.setattr(quickstart, "seconds_per_step", lambda c, folder: (2.0, 10.0))  # 2.5 s with the margin
+    monkeypatch.setattr(quickstart, "run", lambda c: runs.append(c) or tmp_path / "ckpt")
+    checkpoint, steps, _ = quickstart.train_stage(config, budget_s=110.5, fixed_steps=None)
+    (trained,) = runs
+    assert checkpoint == tmp_path / "ckpt" and steps == trained.steps == 40  # (110.5 - 10) / 2.5, rounded down
+    assert trained.time_limit_minutes == pytest.approx(100.5 / 60, rel=0.01)
+    assert trained.optim.warmup_steps == int(config.optim.warmup_steps * 40 / config.steps)
+    quickstart.train_stage(config, budget_s=110.5, fixed_steps=7)
+    assert runs[-1].steps == 7 and runs[-1].time_limit_minutes is None
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squad" / "dev.jsonl").exists(), reason="shared data absent")
+def test_step_time_is_measured_through_the_trainer(tiny_arc, tiny_models, tmp_path, monkeypatch):
+    from arc_encoder.model import delta
+
+    long = tiny_models["llama-long"]
+    tiny_arc(backbone=long, decoders=[long], bottleneck=16).save_delta(tmp_path / "tiny-shipped")
+    sha = json.loads((tmp_path / "tiny-shipped" / "arc_config.json").read_text())["sha256"]
+    monkeypatch.setattr(delta, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setitem(delta.SHIPPED, "tiny-shipped", sha)
+    q = QuickstartConfig(finetune_batch=2)
+    config = quickstart.finetune_stage_config(q, SHARED_DATA, "tiny-shipped", 4, tmp_path / "qs")
+    per_step, around = quickstart.seconds_per_step(config, tmp_path / "timing")
+    assert 0 < per_step < 60 and around > 0
+    assert not (tmp_path / "timing").exists()  # the timing run leaves nothing behind
 
 
 def test_missing_data_says_what_to_do(tmp_path, monkeypatch):

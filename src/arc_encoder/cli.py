@@ -180,10 +180,14 @@ def quickstart(
     data: Path | None = typer.Option(
         None, help="folder with prose/wiki.txt and squad/*.jsonl (default: $ARC_ENCODER_DATA, then ../shared/data)"
     ),
-    finetune_shots: int = typer.Option(1, help="in-context examples in fine-tuning prompts"),
+    finetune_shots: int | None = typer.Option(
+        None, help="in-context examples in fine-tuning prompts (default: the fine-tuning config's)"
+    ),
     eval_shots: int = typer.Option(5, help="in-context examples in evaluation prompts"),
-    finetune_distill: float = typer.Option(
-        0.0, help="weight of the distillation to the decoder reading the documents as text in fine-tuning (0: off)"
+    finetune_distill: float | None = typer.Option(
+        None,
+        help="weight of the distillation to the decoder reading the documents as text in fine-tuning "
+        "(0: off; default: the fine-tuning config's)",
     ),
     eval_questions: int | None = typer.Option(None, help="held-out questions (default: what the budget allows)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out: reuse its finished training stages"),
@@ -197,7 +201,9 @@ def quickstart(
     """Show ARC-Encoder working on held-out SQuAD questions, then what further training adds.
 
     By default: evaluate the shipped encoder (first table within minutes), then fine-tune it with
-    the rest of the budget. With --from-scratch: pretrain and fine-tune a fresh encoder instead."""
+    the rest of the budget. With --from-scratch: pretrain and fine-tune a fresh encoder instead.
+    Training runs configs/smollm2-arc4-default.yaml and configs/smollm2-arc4-default-finetune.yaml,
+    sized to the budget."""
     from .quickstart import QuickstartConfig, run_quickstart
 
     quiet_transformers()

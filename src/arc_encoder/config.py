@@ -140,7 +140,7 @@ class ARCConfig(DictConfig):
     bottleneck: int | None = 512
     # Append a learned <Rec>/<Cont> vector after every compressed segment.
     special_tokens: bool = True
-    # Paper (method.md D8): the special token's output predicts the first text token after its
+    # Paper (method.md §13.7): the special token's output predicts the first text token after its
     # block. False reproduces the official code, which leaves that token unsupervised.
     supervise_first_token: bool = True
     # Documents are split into chunks of at most this many encoder tokens, cut at word boundaries,
@@ -194,7 +194,11 @@ class ARCConfig(DictConfig):
         return total
 
 
-# Named starting points. Paths of large models are hub names; point them at local folders.
+# Named architectures. Paths of large models are hub names; point them at local folders.
+# A name means one model: where its trained weights ship in the package (model/delta.py SHIPPED:
+# "smollm2-arc4", the default model), loading it by name (`--model`, `load_model`,
+# `ARCModel.from_pretrained`) gives those weights and "NAME-untrained" fresh ones; a training
+# config's `model.preset` and `ARCModel.from_config` build the architecture with fresh weights.
 PRESETS: dict[str, ARCConfig] = {
     "smollm2-arc4": ARCConfig(),
     "smollm2-arc8": ARCConfig(pooling_factors=[8]),

@@ -3,7 +3,7 @@
 A prompt is a list of pieces: plain `str` text for the decoder, and `Doc` for a document that the
 encoder compresses and whose vectors are spliced in at that place.
 
-The few-shot QA template (method.md 6.4, 9.3), the one every part of the library writes:
+The few-shot QA template (method.md §6.3, §8.2), the one every part of the library writes:
 
     "Document: " [d1] "\nQuestion: q1\nAnswer: a1\n\nDocument: " ... [d] "\nQuestion: q\nAnswer:"
 

@@ -1,50 +1,54 @@
-"""The quickstart recipe: train an ARC-Encoder on CPU within a time budget and show it works.
+"""The quickstart: the shipped encoder's configs plus a time budget, and what they give.
 
 Stages (each prints what it does and why, and how much of its document the vectors carry):
-  1. pretrain at pooling factor 4 on prose: reconstruction of short spans, through a length
-     curriculum, with pooled queries that read their own group only (docs/training.md);
-  2. fine-tune at factor 4 on few-shot SQuAD prompts whose documents are all compressed;
+  1. by default, evaluate the shipped encoder on held-out SQuAD questions; with `from_scratch`,
+     pretrain a fresh one from configs/smollm2-arc4-default.yaml instead;
+  2. fine-tune from configs/smollm2-arc4-default-finetune.yaml (the shipped encoder further, or the
+     pretrained one at each of `finetune_factors`);
   3. evaluate on held-out SQuAD questions (articles never seen in training): closed-book,
      open-book, ARC and truncation to the same budget;
   4. show one example and a reconstruction, save the model, a JSON report and a PNG.
 
-`benchmarks/squad_mini.py` runs the same recipe with a bigger budget and several factors.
+Training stages run the trainer's own entry point (`arc-encoder train`: `trainer.run`) on those
+configs. The recipe lives there only: the quickstart picks the data folder, the output folders
+and the number of steps the time budget allows; warm-up, curricula and evaluation cadence keep
+their share of the run (`at_steps`). `benchmarks/squad_mini.py` runs the same with a bigger budget.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import io
 import json
-import math
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .atomic import write_json
 from .evaluation.content import describe, reconstructions, summary_from_flat
-from .evaluation.metrics import gain_kept, mean_with_stderr
+from .evaluation.metrics import gain_kept, paired_difference
 from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .loading import DEFAULT_MODEL
 from .model.arc import ARCModel
 from .training.checkpoint import list_checkpoints
-from .training.config import TrainConfig, config_from_dict
-from .training.distributed import Runtime, pick_device
+from .training.config import TrainConfig, config_from_dict, expand_env, read_config_tree
+from .training.distributed import pick_device
 from .training.metrics import read_metrics
-from .training.model_init import build_model
-from .training.trainer import (
-    Trainer,
-    build_data,
-    distillation_for,
-    held_out_batches,
-    prepare_projectors,
-    seed_everything,
-)
+from .training.trainer import run
 
 DATA_FILES = ("prose/wiki.txt", "squad/train.jsonl", "squad/dev.jsonl")
+# The shipped encoder's training configs (a checkout's configs/ folder).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRETRAIN_CONFIG = "smollm2-arc4-default.yaml"
+FINETUNE_CONFIG = "smollm2-arc4-default-finetune.yaml"
 
 
 @dataclass
@@ -56,71 +60,50 @@ class QuickstartConfig:
     # first_table_minutes, then fine-tune it further with the rest of the budget.
     start_from: str = DEFAULT_MODEL
     first_table_minutes: float = 9.0
-    # Train from nothing instead: pretrain `preset`, fine-tune at each of `finetune_factors`.
+    # Train from nothing instead: pretrain (PRETRAIN_CONFIG), fine-tune at each of
+    # `finetune_factors` (None: the pretrained model's own factor).
     from_scratch: bool = False
-    preset: str = "smollm2-arc4"  # the pretraining model: pooling factor 4
-    # ARCConfig overrides on top of RECIPE_ARC (tests use tiny models)
-    arc: dict = field(default_factory=dict)
-    pretrained: bool = True
-    finetune_factors: list[int] = field(default_factory=lambda: [4])
-    # In-context examples in fine-tuning prompts. Every shot's document goes through the encoder
-    # (and, unless frozen, its backward pass), so on CPU each shot costs fine-tuning steps.
-    finetune_shots: int = 1
+    finetune_factors: list[int] | None = None
+    # Set on top of every stage config's `model` section (tests use tiny models).
+    model: dict = field(default_factory=dict)
     # In-context examples in evaluation prompts, as the paper (5). With one shot the 135M decoder
     # copies the shot's answer, and even open-book collapses; shot documents are compressed once.
     eval_shots: int = 5
-    # Fine-tune projector and special tokens only (as the paper's new-decoder adaptation): the
-    # pretrained encoder then needs no backward pass, several times more steps fit the budget.
-    finetune_freeze_encoder: bool = True
-    # Weight of the distillation to the decoder reading the documents as text during fine-tuning
-    # (model/distill.py; 0: off). Each distilled step runs the decoder once more, without backward.
-    finetune_distill: float = 0.0
     eval_questions: int | None = None  # None: as many as the budget allows (at least 50)
     # Share of the budget for each training stage; evaluation gets what remains.
     pretrain_share: float = 0.5
     finetune_share: float = 0.2
     pretrain_steps: int | None = None  # None: as many as the budget allows
     finetune_steps: int | None = None
-    pretrain_batch: int = 16
-    finetune_batch: int = 4
-    seed: int = 0
+    # Departures from the configs, each None to keep the config's value: fine-tuning shots,
+    # batch sizes, a frozen encoder, the weight of distillation to the decoder reading the text.
+    finetune_shots: int | None = None
+    pretrain_batch: int | None = None
+    finetune_batch: int | None = None
+    finetune_freeze_encoder: bool | None = None
+    finetune_distill: float | None = None
+    seed: int = 0  # the evaluation's draw of questions and shots (training: the configs' seeds)
     device: str = "auto"
     # Continue an interrupted run in the same --out: training stages that finished (their folder
     # holds a checkpoint) are reused, an unfinished one is trained again, evaluation runs again.
     resume: bool = False
 
 
-# The encoder settings of the recipe: each pooled query reads its own group of tokens only, at
-# that group's position, and the projector maps encoder width to decoder width directly (no
-# bottleneck: its least-squares start below is then exact). Without them the vectors collapse onto
-# one direction every document shares, and the decoder learns to ignore them (docs/experiments.md).
-RECIPE_ARC = {"pooled_receptive_field": 0, "pooled_positions": "group", "bottleneck": None}
-# Pretraining: reconstruction of spans this long; decoder tokens per step = batch * PRETRAIN_SPAN.
-PRETRAIN_SPAN = 32
-# Pooling-factor curriculum as shares of the pretraining steps: x1 for the first 20% (each vector
-# one token: the projector starts from its least-squares map onto the decoder's embeddings, so the
-# decoder reads the vectors from step 0), x2 up to 40%, then the model's own factor.
-PRETRAIN_POOLING = [(1, 0.2), (2, 0.4)]
-PRETRAIN_WARMUP = 20
-FINETUNE_WARMUP = 5
-
 # Settings that change what the training stages produce: a resumed run must match them.
 TRAINING_FIELDS = (
     "start_from",
     "from_scratch",
-    "preset",
-    "arc",
-    "pretrained",
-    "finetune_shots",
-    "finetune_freeze_encoder",
-    "finetune_distill",
+    "finetune_factors",
+    "model",
     "pretrain_share",
     "finetune_share",
     "pretrain_steps",
     "finetune_steps",
+    "finetune_shots",
     "pretrain_batch",
     "finetune_batch",
-    "seed",
+    "finetune_freeze_encoder",
+    "finetune_distill",
 )
 SETTINGS_FILE = "quickstart-config.json"
 
@@ -152,165 +135,98 @@ def stage(n: int, title: str, why: str) -> None:
 
 
 # ----------------------------------------------------------------------------- training stages
-def arc_overrides(q: QuickstartConfig, **extra) -> dict:
-    return {**RECIPE_ARC, **q.arc, **extra}
+def with_changes(tree: dict, changes: dict[str, Any]) -> dict:
+    """A copy of a config tree with dotted keys set ("optim.lr_encoder": 1e-4); a dict value is
+    merged into the section it names."""
+    tree = copy.deepcopy(tree)
+    for key, value in changes.items():
+        *sections, last = key.split(".")
+        node = tree
+        for name in sections:
+            node = node.setdefault(name, {})
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = with_changes(node[last], value)
+        else:
+            node[last] = copy.deepcopy(value)
+    return tree
 
 
-def held_out_prose(data: Path) -> dict:
-    """Held-out pretraining data: distinct SQuAD dev paragraphs (articles absent from the prose),
-    one span each, half reconstruction and half continuation."""
-    return {
-        "sources": [str(data / "squad/dev.jsonl")],
-        "text_field": "context",
-        "shuffle_buffer": 0,
-        "distinct": True,
-        "samples_per_document": 1,
-        "continuation": 0.5,
-        "curriculum": [],
-        "curriculum_batches": 0,
-    }
+def stage_config(name: str, q: QuickstartConfig, data: Path, out_dir: Path, changes: dict[str, Any]) -> TrainConfig:
+    """configs/NAME as `arc-encoder train` reads it, its data under `data`, with the quickstart's
+    changes: the output folder, `q.model`, and `changes` (None values keep the config's)."""
+    if not (CONFIGS / name).is_file():
+        raise FileNotFoundError(f"the quickstart trains from the checkout's configs: {CONFIGS / name} is missing")
+    tree = read_config_tree(CONFIGS / name)
+    wanted = {"out_dir": str(out_dir), "device": q.device, "model": q.model}
+    wanted |= {k: v for k, v in changes.items() if v is not None}
+    # Within the time budget: one checkpoint, at the end (each costs seconds and disk).
+    wanted |= {"checkpoint.every": 0, "checkpoint.keep": 1}
+    return config_from_dict(expand_env(with_changes(tree, wanted), {**os.environ, "ARC_ENCODER_DATA": str(data)}))
 
 
-def pretrain_config(q: QuickstartConfig, data: Path, out: Path, steps: int) -> TrainConfig:
-    return config_from_dict(
-        {
-            "model": {"preset": q.preset, "arc": arc_overrides(q), "pretrained": q.pretrained},
-            "data": {
-                "kind": "pretrain",
-                "sources": [str(data / "prose/wiki.txt")],
-                "seq_len": PRETRAIN_SPAN,
-                "compress_tokens": PRETRAIN_SPAN,
-                "target_tokens": PRETRAIN_SPAN,
-                "prefix": False,
-                "continuation": 0.0,
-                "shuffle_buffer": 256,
-            },
-            "optim": {
-                "lr_encoder": 1e-4,
-                "lr_projector": 1e-3,
-                "lr_special": 1e-3,
-                "weight_decay": 0.1,
-                "warmup_steps": min(PRETRAIN_WARMUP, steps // 5),
-                "decay": "none",  # the gap still rises at the end of a CPU budget: keep the peak
-            },
-            "steps": steps,
-            "batch_size": q.pretrain_batch,
-            "pooling_schedule": pooling_schedule(steps, pretrain_factor(q)),
-            "projector_init": "lstsq",
-            "seed": q.seed,
-            "device": q.device,
-            "checkpoint": {"every": 0, "keep": 1},
-            "eval": {"every": max(1, steps // 4), "batches": 4, "data": held_out_prose(data)},
-            "log": {"every": max(1, min(10, steps // 10)), "plot": True},
-            "out_dir": str(out),
-        }
+def at_steps(config: TrainConfig, steps: int) -> TrainConfig:
+    """The config's run at `steps` optimizer steps: warm-up, the pooling-factor and span-length
+    curricula and the evaluation and log cadence keep their share of the run."""
+    scale = steps / config.steps
+    tree = config.to_dict()
+    tree["steps"] = steps
+    tree["optim"]["warmup_steps"] = min(int(config.optim.warmup_steps * scale), steps - 1)
+    schedule = []
+    for factor, until in config.pooling_schedule:
+        until = min(int(until * scale), steps)
+        if until > (schedule[-1][1] if schedule else 0):  # stretches shorter than a step vanish
+            schedule.append([factor, until])
+    tree["pooling_schedule"] = schedule
+    if "curriculum_batches" in tree["data"]:
+        tree["data"]["curriculum_batches"] = int(tree["data"]["curriculum_batches"] * scale)
+    for section in ("eval", "log"):
+        if tree[section]["every"]:
+            tree[section]["every"] = max(1, int(tree[section]["every"] * scale))
+    return config_from_dict(tree)
+
+
+def seconds_per_step(config: TrainConfig, timing_dir: Path, steps: int = 3) -> tuple[float, float]:
+    """Train `steps` steps of the config through the trainer, in a folder removed afterwards.
+    Returns (seconds per optimizer step, seconds the run spent around its steps: loading the
+    model, preparing the data, saving). The first step pays one-off costs and is left out."""
+    probe = dataclasses.replace(
+        at_steps(config, steps),
+        out_dir=str(timing_dir),
+        pooling_schedule=[],  # timed at the model's own factor
+        eval=dataclasses.replace(config.eval, every=0),
+        log=dataclasses.replace(config.log, every=1, progress=False, plot=False),
+        time_limit_minutes=None,
     )
-
-
-def pooling_schedule(steps: int, factor: int) -> list[list[int]]:
-    """PRETRAIN_POOLING at `steps`: [[factor, until_step], ...], levels at or above the model's
-    factor and empty stretches left out."""
-    schedule, start = [], 0
-    for f, share in PRETRAIN_POOLING:
-        until = int(share * steps)
-        if f < factor and until > start:
-            schedule.append([f, until])
-            start = until
-    return schedule
-
-
-def finetune_config(
-    q: QuickstartConfig, data: Path, init_from: Path, factor: int, out: Path, steps: int
-) -> TrainConfig:
-    return config_from_dict(
-        {
-            "model": {
-                "init_from": str(init_from),
-                # from scratch, the pretraining's settings; a trained start keeps its own
-                "arc": arc_overrides(q, pooling_factors=[factor]) if q.from_scratch else {"pooling_factors": [factor]},
-                "pretrained": q.pretrained,
-            },
-            "data": {
-                "kind": "finetune",
-                "sources": [str(data / "squad/train.jsonl")],
-                "n_shots": q.finetune_shots,
-                "max_doc_tokens": 1024,
-                "shuffle_buffer": 512,
-                "chunk_tokens": q.arc.get("chunk_tokens"),
-            },
-            "optim": {
-                "lr_encoder": 2e-5,
-                "lr_projector": 2e-4,
-                "lr_special": 2e-4,
-                "weight_decay": 0.05,
-                "warmup_steps": min(FINETUNE_WARMUP, steps // 5),
-                "final_lr": 1e-6,
-            },
-            "steps": steps,
-            "batch_size": q.finetune_batch,
-            # A trained start (the shipped encoder) was fine-tuned on the order seed q.seed draws:
-            # further fine-tuning draws another, so its first steps are not a replay.
-            "seed": q.seed if q.from_scratch else q.seed + 1,
-            "device": q.device,
-            "freeze_encoder": q.finetune_freeze_encoder,
-            "distill": {"weight": q.finetune_distill},
-            "checkpoint": {"every": 0, "keep": 1},
-            "eval": {
-                "every": max(1, steps // 4),
-                "batches": 4,
-                "data": {"sources": [str(data / "squad/dev.jsonl")], "shuffle_buffer": 0, "distinct": True},
-            },
-            "log": {"every": max(1, min(10, steps // 10)), "plot": True},
-            "out_dir": str(out),
-        }
-    )
-
-
-def seconds_per_step(arc: ARCModel, data, config: TrainConfig, n: int = 3) -> float:
-    """Time forward + backward of `n` real batches (weights untouched; gradients dropped)."""
-    arc.train()
-    times = []
-    for _ in range(n):
-        batch = data.next_batch(0)
-        start = time.perf_counter()
-        loss, tokens = arc.loss(batch.samples, 0, batch.special, distill=distillation_for(config, batch))
-        (loss / tokens).backward()
-        times.append(time.perf_counter() - start)
-    arc.zero_grad(set_to_none=True)
-    # the first call pays one-off costs; the optimizer step, evaluation and logging add some
-    return sum(times[1:]) / (n - 1) * 1.25
-
-
-def train_stage(build, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
-    """Size the run to the budget, then train `build(steps)` (a TrainConfig: warm-up and
-    curriculum are shares of the steps). Returns (checkpoint, steps, seconds)."""
+    shutil.rmtree(timing_dir, ignore_errors=True)  # left by an interrupted timing run
     start = time.perf_counter()
-    config = build(fixed_steps or 2)
-    seed_everything(config.seed)
-    runtime = Runtime(0, 1, pick_device(config.device))
-    arc = build_model(config, log=lambda *_: None).to(runtime.device)
-    steps = fixed_steps
-    if steps is None:
-        probe = build_data(config, arc, runtime)  # a separate pipeline: training data untouched
-        if config.freeze_encoder:  # as the Trainer will: no encoder backward to time
-            arc.encoder.requires_grad_(False)
-        per_step = seconds_per_step(arc, probe, config)
-        arc.encoder.requires_grad_(True)
-        steps = max(2, int((budget_s - (time.perf_counter() - start)) / per_step))
+    with contextlib.redirect_stdout(io.StringIO()):
+        run(probe)
+    wall = time.perf_counter() - start
+    # the trainer logs input tokens per second of each step: their ratio is the step's seconds
+    per_step = [r["input_tokens"] / r["tokens_per_s"] for r in read_metrics(timing_dir) if "tokens_per_s" in r]
+    shutil.rmtree(timing_dir)
+    mean = sum(per_step[1:]) / len(per_step[1:])
+    return mean, max(0.0, wall - sum(per_step))
+
+
+def train_stage(config: TrainConfig, budget_s: float, fixed_steps: int | None) -> tuple[Path, int, float]:
+    """Train the config with `fixed_steps`, or with as many steps as `budget_s` allows (timed on a
+    few steps first) and a time limit that keeps the run within it. Returns (checkpoint, steps,
+    seconds)."""
+    start = time.perf_counter()
+    if fixed_steps is not None:
+        config = at_steps(config, fixed_steps)
+    else:
+        per_step, overhead = seconds_per_step(config, Path(config.out_dir + "-timing"))
+        per_step *= 1.25  # held-out evaluation and logging add some
+        left = budget_s - (time.perf_counter() - start) - overhead
+        steps = max(2, int(left / per_step))
         say(f"   one step takes ~{per_step:.1f}s here: {steps} steps fit the {budget_s / 60:.1f}-minute budget")
-        config = build(steps)
-        # the calibration is an estimate: never overrun the budget
-        config.time_limit_minutes = max(0.1, (budget_s - (time.perf_counter() - start)) / 60)
-    seed_everything(config.seed)
-    prepare_projectors(config, arc, runtime, log=say)
-    data = build_data(config, arc, runtime)
-    held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
-    trainer = Trainer(
-        config, arc, data, held_out_batches(held_out, [1.0] * len(arc.decoders), config.eval.batches), runtime
-    )
-    final = trainer.fit()
+        # the timing is an estimate: never overrun the budget
+        config = dataclasses.replace(at_steps(config, steps), time_limit_minutes=max(0.1, left / 60))
+    final = run(config)
     say_content(Path(config.out_dir))
-    return final, steps, time.perf_counter() - start
+    return final, config.steps, time.perf_counter() - start
 
 
 def say_content(run_dir: Path) -> None:
@@ -322,9 +238,10 @@ def say_content(run_dir: Path) -> None:
 
 
 def reuse_or_train(
-    q: QuickstartConfig, build, run_dir: Path, budget_s: float, fixed_steps: int | None
+    q: QuickstartConfig, config: TrainConfig, budget_s: float, fixed_steps: int | None
 ) -> tuple[Path, int, float]:
     """train_stage, unless --resume finds this stage finished (it checkpoints only at its end)."""
+    run_dir = Path(config.out_dir)
     if q.resume:
         done = list_checkpoints(run_dir)
         if done:
@@ -333,7 +250,31 @@ def reuse_or_train(
             return path, steps, 0.0
         if run_dir.exists():  # interrupted mid-stage: only partial curves, nothing to reuse
             shutil.rmtree(run_dir)
-    return train_stage(build, budget_s, fixed_steps)
+    return train_stage(config, budget_s, fixed_steps)
+
+
+def pretrain_stage_config(q: QuickstartConfig, data: Path, out: Path) -> TrainConfig:
+    return stage_config(PRETRAIN_CONFIG, q, data, out / "pretrain", {"batch_size": q.pretrain_batch})
+
+
+def finetune_stage_config(
+    q: QuickstartConfig, data: Path, init_from: str | Path, factor: int, out: Path
+) -> TrainConfig:
+    changes = {
+        "model.init_from": str(init_from),
+        "data.n_shots": q.finetune_shots,
+        "batch_size": q.finetune_batch,
+        "freeze_encoder": q.finetune_freeze_encoder,
+        "distill.weight": q.finetune_distill,
+    }
+    if q.from_scratch:  # a trained start keeps its own factor
+        changes["model.arc.pooling_factors"] = [factor]
+    config = stage_config(FINETUNE_CONFIG, q, data, out / f"finetune-x{factor}", changes)
+    if not q.from_scratch:
+        # The shipped encoder was fine-tuned on the order the config's seed draws: further
+        # fine-tuning draws another, so its first steps are not a replay.
+        config = dataclasses.replace(config, seed=config.seed + 1)
+    return config
 
 
 def prepare_out(q: QuickstartConfig) -> Path:
@@ -419,13 +360,8 @@ def show_example(arc: ARCModel, results: dict[str, dict], examples_by_id: dict) 
 
 
 # ----------------------------------------------------------------------------- report
-def em_difference(result_a: dict, a: str, result_b: dict, b: str) -> dict:
-    """EM of method a (in result_a) minus method b (in result_b) and its standard error, over the
-    questions both answered. The error comes from the per-question differences (paired), not from
-    the two errors apart."""
-    b_em = {r["id"]: r["em"] for r in result_b["predictions"][b]}
-    mean, stderr = mean_with_stderr([r["em"] - b_em[r["id"]] for r in result_a["predictions"][a] if r["id"] in b_em])
-    return {"diff": mean, "stderr": stderr}
+def em_by_question(result: dict, method: str) -> dict[str, float]:
+    return {r["id"]: r["em"] for r in result["predictions"][method]}
 
 
 def summary_table(results: dict[str, dict]) -> list[dict]:
@@ -549,23 +485,20 @@ def run_quickstart(q: QuickstartConfig) -> dict:
 
     pre = None
     if q.from_scratch:
+        pretraining = pretrain_stage_config(q, data, out)
+        pretrain_factor = pretraining.arc_config().pooling_factor
+        levels = " -> ".join(str(f) for f in [f for f, _ in pretraining.pooling_schedule] + [pretrain_factor])
         stage(
             1,
-            f"pretraining at pooling factor {pretrain_factor(q)} on prose",
-            f"The encoder learns to squeeze {PRETRAIN_SPAN}-token spans of prose into vectors the frozen decoder\n"
-            "   reads back (reconstruction). It starts with one vector per token, mapped onto the decoder's own\n"
-            "   token embeddings, and packs 2, then 4 tokens per vector: the decoder reads the vectors from the\n"
-            "   first step instead of learning to ignore them.",
+            f"pretraining at pooling factor {pretrain_factor} on prose ({CONFIGS.name}/{PRETRAIN_CONFIG})",
+            f"The encoder learns to squeeze {pretraining.data['seq_len']}-token spans of prose into vectors the\n"
+            "   frozen decoder reads back (reconstruction). It starts with one vector per token, mapped onto\n"
+            f"   the decoder's own token embeddings, and packs more tokens per vector ({levels}): the decoder\n"
+            "   reads the vectors from the first step instead of learning to ignore them.",
         )
-        pre_ckpt, pre_steps, pre_s = reuse_or_train(
-            q,
-            lambda steps: pretrain_config(q, data, out / "pretrain", steps),
-            out / "pretrain",
-            budget * q.pretrain_share,
-            q.pretrain_steps,
-        )
+        pre_ckpt, pre_steps, pre_s = reuse_or_train(q, pretraining, budget * q.pretrain_share, q.pretrain_steps)
         pre = {"checkpoint": str(pre_ckpt), "steps": pre_steps, "seconds": pre_s}
-        start, factors = pre_ckpt, q.finetune_factors
+        start, factors = pre_ckpt, q.finetune_factors or [pretrain_factor]
         ft_budget = budget * q.finetune_share / len(factors)
     else:
         stage(
@@ -586,20 +519,14 @@ def run_quickstart(q: QuickstartConfig) -> dict:
 
     finetune_runs = {}
     for factor in factors:
+        finetuning = finetune_stage_config(q, data, start, factor, out)
         stage(
             2,
-            f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts",
-            f"Every document in a {q.finetune_shots}-shot prompt is compressed; only the final answer is\n"
-            "   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).",
+            f"fine-tuning at pooling factor {factor} on few-shot SQuAD prompts ({CONFIGS.name}/{FINETUNE_CONFIG})",
+            f"Every document in a {finetuning.data_config().n_shots}-shot prompt is compressed; only the final "
+            "answer is\n   supervised. Fine-tuning at a smaller factor than pretraining works best (paper Fig. 5).",
         )
-        run_dir = out / f"finetune-x{factor}"
-        ckpt, steps, seconds = reuse_or_train(
-            q,
-            lambda steps: finetune_config(q, data, start, factor, run_dir, steps),
-            run_dir,
-            ft_budget,
-            q.finetune_steps,
-        )
+        ckpt, steps, seconds = reuse_or_train(q, finetuning, ft_budget, q.finetune_steps)
         finetune_runs[factor] = {"checkpoint": str(ckpt), "steps": steps, "seconds": seconds}
 
     for i, factor in enumerate(factors):
@@ -626,7 +553,7 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     )
     curves = {f"fine-tuning (factor {last})": read_metrics(out / f"finetune-x{last}")}
     if q.from_scratch:
-        curves = {f"pretraining (factor {pretrain_factor(q)})": read_metrics(out / "pretrain"), **curves}
+        curves = {f"pretraining (factor {pretrain_factor})": read_metrics(out / "pretrain"), **curves}
     plot_report(out / "report.png", curves, rows)
     differences = say_differences(results, first_label)
     report = {
@@ -656,20 +583,15 @@ def say_differences(results: dict[str, dict], first: str) -> dict:
     """Paired EM differences: the first ARC model against closed-book and a mismatched document,
     and every later one (fine-tuned) against the first."""
     found = {
-        f"arc_minus_{other}_em": em_difference(results[first], "arc", results[first], other)
+        f"arc_minus_{other}_em": (em_by_question(results[first], "arc"), em_by_question(results[first], other))
         for other in ("closed", "mismatched")
     }
     for label in list(results)[1:]:
-        found[f"{label.replace(' ', '_')}_minus_{first.replace(' ', '_')}_em"] = em_difference(
-            results[label], "arc", results[first], "arc"
+        found[f"{label.replace(' ', '_')}_minus_{first.replace(' ', '_')}_em"] = (
+            em_by_question(results[label], "arc"),
+            em_by_question(results[first], "arc"),
         )
+    found = {name: dict(zip(("diff", "stderr"), paired_difference(*pair))) for name, pair in found.items()}
     for name, d in found.items():
         say(f"   {name.replace('_', ' ')}: {d['diff']:+.1f} ± {d['stderr']:.1f} (standard error)")
     return found
-
-
-def pretrain_factor(q: QuickstartConfig) -> int:
-    from .config import PRESETS
-
-    factors = q.arc.get("pooling_factors") or PRESETS[q.preset].pooling_factors
-    return math.prod(factors)

@@ -1,4 +1,4 @@
-"""The released Kyutai ARC-Encoders <-> this library's saved format (method.md 7.7, 10).
+"""The released Kyutai ARC-Encoders <-> this library's saved format (method.md §7.3, §9).
 
 Two official layouts exist:
 
@@ -9,8 +9,8 @@ Two official layouts exist:
 
 The encoder is a Meta-style Llama stack. Our encoder runs Hugging Face Llama blocks, which rotate
 half-split pairs (dims k, k + head_dim/2) where Meta rotates interleaved pairs (dims 2k, 2k + 1), so
-the rows of wq and wk are permuted per head (method.md 10.3). RoPE frequencies are the plain
-`theta^(-2k/head_dim)`: the official code never applied Llama-3 frequency scaling (method.md D19).
+the rows of wq and wk are permuted per head (method.md §9.2). RoPE frequencies are the plain
+`theta^(-2k/head_dim)`: the official code never applied Llama-3 frequency scaling (method.md §13.12).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ModelArgs:
         if values.get("hidden_dim") is None:
             if "multiple_of" not in values:
                 raise ValueError(f"{source}: model arguments give neither hidden_dim nor multiple_of")
-            # Meta's SwiGLU width rule (method.md 1)
+            # Meta's SwiGLU width rule (method.md §1)
             hidden = int(2 * 4 * values["dim"] / 3)
             if values.get("ffn_dim_multiplier") is not None:
                 hidden = int(values["ffn_dim_multiplier"] * hidden)
@@ -96,7 +96,7 @@ class ModelArgs:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-# The backbone of every released encoder (method.md 1); used when a folder does not say.
+# The backbone of every released encoder (method.md §1); used when a folder does not say.
 LLAMA_3_2_3B = ModelArgs(
     dim=3072,
     n_layers=28,
@@ -320,7 +320,7 @@ def pooling_from_official(embedder_args: dict) -> tuple[str, list[int]]:
 # --------------------------------------------------------------------------------- import
 def _default_decoders(src: Path, slots: int) -> list[str]:
     if slots == 2:
-        return [LLAMA_DECODER, MISTRAL_DECODER]  # the released multi-decoder order (method.md 10.1)
+        return [LLAMA_DECODER, MISTRAL_DECODER]  # the released multi-decoder order (method.md §9.1)
     if slots == 1:
         for part in reversed(src.resolve().parts):
             # a --local-dir named after the repository, or the hub cache's models--kyutai--...
@@ -354,7 +354,7 @@ def unscaled_rope_view(decoder_dir: str | Path, target: str | Path) -> Path:
     """Make `target` a copy of a local decoder folder whose config has no Llama-3 RoPE scaling:
     config.json is rewritten, every other file is a symlink to the original.
 
-    The official code ran Llama-3.1-8B with plain RoPE (method.md 10.4); loading the decoder from this
+    The official code ran Llama-3.1-8B with plain RoPE (method.md §9.3); loading the decoder from this
     view reproduces that.
     """
     decoder_dir, target = Path(decoder_dir).expanduser().resolve(), Path(target)
@@ -467,7 +467,7 @@ def _official_pooling(embedder_args: dict, pooling_factor: int | None, kept: int
     if causal and any(f > 1 for f in factors):
         warnings.warn(
             "this checkpoint was trained with a causal encoder; the official pooled block lets "
-            "pooled query j see keys 0..j only (method.md 2.3, a bug), while this library lets it see "
+            "pooled query j see keys 0..j only (method.md §2.3, a bug), while this library lets it see "
             "keys up to the end of its group, so outputs of the pooled block will differ",
             stacklevel=3,
         )
@@ -545,7 +545,7 @@ def import_kyutai(
     pooling_factor: pool by this factor in the last block, overriding the recorded rates (the
         official `comp_rate` inference override).
     unscaled_rope: write, for each local decoder folder with Llama-3 RoPE scaling, a view of it
-        without that scaling (method.md 10.4) and record the view as the decoder.
+        without that scaling (method.md §9.3) and record the view as the decoder.
     Returns a summary of what was written.
     """
     from transformers import AutoTokenizer
@@ -653,7 +653,7 @@ def _check_exportable(src: Path, hf, config: ARCConfig, dims: list[int]) -> None
     if config.causal and any(f > 1 for f in config.pooling_factors):
         raise ValueError(
             f"{src}: a causal encoder with pooling cannot be exported faithfully: the "
-            "official pooled block masks keys differently (method.md 2.3)"
+            "official pooled block masks keys differently (method.md §2.3)"
         )
     if config.bottleneck is None:
         raise ValueError(

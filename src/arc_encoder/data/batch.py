@@ -12,7 +12,7 @@ TASKS = ("reconstruction", "continuation", "lookup", "cloze", "finetune")
 @dataclass
 class Batch:
     samples: list[Sample]
-    task: str  # one of TASKS; every sample of a batch has the same task (method.md 5.2)
+    task: str  # one of TASKS; every sample of a batch has the same task (method.md §5.1)
 
     @property
     def special(self) -> str:

@@ -1,4 +1,4 @@
-"""Fine-tuning batches: few-shot prompts whose documents are all compressed (method.md 6).
+"""Fine-tuning batches: few-shot prompts whose documents are all compressed (method.md §6).
 
 One prompt per example, built from token pieces (never by splitting a flat string, so a document
 or an answer that contains "\\nQuestion:" cannot shift the template):
@@ -12,13 +12,13 @@ training and evaluation read alike.
 
 Shots: each source keeps a rolling buffer of its most recent examples (read earlier on this
 rank); the prompt of an example uses what the buffer holds, so the shot count grows 0, 1, ...,
-n_shots at the start of each source, then stays at n_shots (method.md 6.4). The current example
+n_shots at the start of each source, then stays at n_shots (method.md §6.3). The current example
 joins the buffer only after its prompt is built, so it is never its own shot; a buffered example
 with the same question and documents is also left out. Shuffle the stream (`shuffle_buffer`) when
 a file lists related examples together (SQuAD lists all questions of a paragraph in a row).
 
 More questions per document (`questions_per_doc: k`): after the final document, the current
-question and up to k - 1 other questions already read on the same document, each followed by its
+question and up to k - 1 other questions the sources ask of the same document, each followed by its
 answer, every answer with loss:
 
     ... [C(d)] "\nQuestion: q\nAnswer:" " a" "\nQuestion: q'\nAnswer:" " a'" EOS
@@ -28,12 +28,12 @@ little more than the cost of one (the encoder pass and the shots are shared). Th
 come from an index of every question per document, read once from the sources when the pipeline
 opens (at most INDEX_DOCUMENTS documents); held-out prompts (`distinct`) keep one question.
 
-Records: the training schema of method.md 6.1 (`passage` or `passages`, optional `question`,
+Records: the training schema of method.md §6.1 (`passage` or `passages`, optional `question`,
 `answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
 as in the SQuAD files. When there are several answers, one is drawn at random each time the
 record is read. With several passages, the first k are joined with "\\n" (k per `max_passages`).
 
-Chat mode (instruct decoders, method.md 5.7 / 6.6): the same prompt becomes a user message and the
+Chat mode (instruct decoders, method.md §5.4, §6.4): the same prompt becomes a user message and the
 answer the assistant's reply, through the tokenizer's chat template; the loss covers the reply and
 the template's end-of-turn tokens. An `instruction` "prefix||instruction||suffix" replaces the
 final question there: prefix before the document, instruction (with {question}) after it, suffix
@@ -73,9 +73,9 @@ DOC_MARK = "\ue000{}\ue001"
 class FinetuneDataConfig(DictConfig):
     # "path", "path:weight", "path:weight:n_shots", pairs or dicts; see sources.py.
     sources: Any
-    n_shots: int = 5  # shots per prompt once a source's buffer is full (method.md D9)
+    n_shots: int = 5  # shots per prompt once a source's buffer is full (method.md §13.8)
     max_passages: int = 1  # >= 2: first k ~ U{1..max_passages}; 1: first; -k: first k
-    # One compressed segment per document, at most max_doc_tokens encoder tokens (method.md D10);
+    # One compressed segment per document, at most max_doc_tokens encoder tokens (method.md §13.8);
     # with chunk_tokens, segments of chunk_tokens each, at most max_chunks, back to back.
     max_doc_tokens: int = 2048
     chunk_tokens: int | None = None
@@ -152,7 +152,7 @@ def parse_example(record: dict, where: str) -> dict:
 
 
 def choose_passages(passages: list[str], max_passages: int, rng) -> list[str]:
-    """method.md 6.1: >= 2 -> the first k, k uniform in 1..max_passages; 1 -> first; -k -> first k."""
+    """method.md §6.1: >= 2 -> the first k, k uniform in 1..max_passages; 1 -> first; -k -> first k."""
     if max_passages >= 2:
         return passages[: rng.randint(1, max_passages)]
     return passages[: abs(max_passages)]
@@ -269,7 +269,7 @@ class FinetuneData:
                 raise ValueError(f"chat mode needs a chat template, and decoder {i}'s tokenizer has none")
         self.decoder_tokenizers = tokenizers
         self.seen: set[int] = set()  # hashes of documents asked about, with `distinct`
-        self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (6.3)
+        self.encoder = EncoderView(encoder_tokenizer, special_tokens=False)  # passages: no BOS/EOS (method.md §5.2)
         self.stream = open_mixture(
             config.sources,
             parse_example,

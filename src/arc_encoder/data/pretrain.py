@@ -1,4 +1,4 @@
-"""Pretraining batches: reconstruction and continuation samples cut from documents (method.md 5).
+"""Pretraining batches: reconstruction and continuation samples cut from documents (method.md §5).
 
 Each document draws its task once: continuation with probability `continuation` (0.8), else
 reconstruction. The document, `T = [BOS] + text tokens + [EOS]` in the decoder's tokenizer (BOS
@@ -12,7 +12,7 @@ only where that tokenizer adds one), is cut into consecutive pieces, so nothing 
 
 With `supervise_first_token` the special token's output predicts the first text token after the
 block, so across the pieces of a reconstructed document every token but BOS is predicted once.
-Short documents give short samples; the model pads. Every batch holds one task only (5.2).
+Short documents give short samples; the model pads. Every batch holds one task only (method.md §5.1).
 
 The reading objectives (`objectives: {lookup: share, cloze: share}`, reading.py) take their
 share of documents first; the rest splits between continuation and reconstruction as above.
@@ -67,7 +67,7 @@ class PretrainDataConfig(DictConfig):
     seq_len: int = 256  # reconstruction: decoder tokens per sample
     compress_tokens: int = 256  # continuation: decoder tokens compressed
     target_tokens: int = 256  # continuation: decoder tokens to predict after the block
-    prefix: bool = True  # continuation: plain text before the block (paper; method.md D2)
+    prefix: bool = True  # continuation: plain text before the block (paper; method.md §13.2)
     prefix_tokens: int = 256
     continuation: float = 0.8  # share of documents used for continuation
     batch_size: int = 16  # samples per batch
@@ -79,7 +79,7 @@ class PretrainDataConfig(DictConfig):
     # Encoder BOS/EOS on spans that start/end a document. Off: fine-tuning and inference compress
     # documents without them, and pretraining should see what inference will.
     encoder_special_tokens: bool = False
-    min_encoder_tokens: int = 2  # shorter compressed spans are dropped (5.6)
+    min_encoder_tokens: int = 2  # shorter compressed spans are dropped (method.md §5.3)
     loop: bool = True  # training loops forever; False: one pass (evaluation), last batches short
     # Reconstruction length curriculum (REFRAG): span lengths in decoder tokens, short to long,
     # e.g. [8, 16, 32]; seq_len is the last level. Over the first `curriculum_batches` batches the
@@ -173,7 +173,7 @@ def continuation_plan(n: int, compress: int, target: int, prefix: int) -> list[t
 
     A piece takes the full budget while the document lasts. Of a shorter tail, the prefix gets what
     compressed span and continuation cannot use, and those two share the rest about evenly
-    (method.md 5.5), so a short document still yields a sample with something to predict.
+    (method.md §5.3), so a short document still yields a sample with something to predict.
     """
     pieces, p = [], 0
     while p < n:
@@ -223,7 +223,7 @@ def continuation_samples(
     samples = []
     for p, c, d, e in continuation_plan(len(doc.ids), compress, target, prefix):
         if len(set(doc.ids[c:d])) == 1:
-            continue  # one repeated token compressed: nothing to learn from (method.md 5.5)
+            continue  # one repeated token compressed: nothing to learn from (method.md §5.3)
         text = doc.ids[p:c] + doc.ids[d:e]
         targets = [False] * (c - p) + [True] * (e - d)
         samples.append(span_sample(doc, encoder, (c, d), text, targets, c - p, min_encoder_tokens))

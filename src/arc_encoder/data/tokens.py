@@ -81,7 +81,7 @@ class EncoderView:
     def __init__(self, tokenizer, special_tokens: bool):
         check_fast(tokenizer, "encoder")
         self.tokenizer = tokenizer
-        # Document boundary marks (method.md 5.3): the encoder's own BOS when a span starts the
+        # Document boundary marks (method.md §5.2): the encoder's own BOS when a span starts the
         # document, its EOS when the span ends it. Inference compresses without them.
         self.bos = added_prefix(tokenizer) if special_tokens else []
         self.eos = [tokenizer.eos_token_id] if special_tokens and tokenizer.eos_token_id is not None else []

@@ -1,4 +1,4 @@
-"""The systems an evaluation compares, all reading one few-shot template (method.md 9.3, 9.5).
+"""The systems an evaluation compares, all reading one few-shot template (method.md §8.2, §8.4).
 
 Every method turns (shots, example) into a prompt for the SAME frozen decoder through
 `ARCModel.generate`, so they differ only in how the documents reach it:

@@ -1,4 +1,4 @@
-"""Scores used by the evaluation protocol (method.md 9.4).
+"""Scores used by the evaluation protocol (method.md §8.3).
 
 EM and F1 follow the official SQuAD script so that our numbers can be compared with the paper's;
 BLEU and ROUGE-L call the reference packages (sacrebleu, rouge-score) rather than re-implementing

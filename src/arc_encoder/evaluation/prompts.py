@@ -1,9 +1,9 @@
-"""Few-shot evaluation prompts (method.md 9.3, 9.5, 16.4).
+"""Few-shot evaluation prompts (method.md §8.2, §8.4, §12.4).
 
 A prompt is a list of pieces: `str` is text the decoder reads as tokens, `Doc` is a document the
 encoder compresses (its vectors, then `<Cont>`, go where the Doc stands). The prompt is assembled
 from pieces and never re-split from a flat string, so a document that itself contains
-"\\nQuestion:" cannot shift the template (the reference code's regex split could; method.md 12.14).
+"\\nQuestion:" cannot shift the template (the reference code's regex split could; method.md §11.1).
 
 One template serves every system: `arc_prompt` builds it, and the open-book baseline is the same
 prompt with each Doc written out as text (`doc_as_text`), so the two differ only in how the
@@ -33,7 +33,7 @@ def _docs(example: Example, separate_passages: bool) -> list[Doc]:
 def _first_answer(example: Example) -> str:
     if not example.answers:
         raise ValueError(f"shot {example.id!r} has no answer to show")
-    return example.answers[0]  # shots show the first gold answer (method.md 9.3)
+    return example.answers[0]  # shots show the first gold answer (method.md §8.2)
 
 
 def _append(prompt: Prompt, piece: Piece) -> None:
@@ -71,7 +71,7 @@ def doc_as_text(prompt: Prompt, replace: Callable[[str], str]) -> str:
 
 
 def open_book_prompt(shots: Sequence[Example], example: Example) -> str:
-    """The ARC template with every document as plain text (method.md 9.5, open-book baseline)."""
+    """The ARC template with every document as plain text (method.md §8.4, open-book baseline)."""
     return doc_as_text(arc_prompt(shots, example), lambda text: text)
 
 
@@ -86,5 +86,5 @@ def closed_book_prompt(shots: Sequence[Example], example: Example) -> str:
 
 
 def postprocess_answer(text: str) -> str:
-    """The generated answer: the text before the first blank line, stripped (method.md 9.5)."""
+    """The generated answer: the text before the first blank line, stripped (method.md §8.4)."""
     return text.split("\n\n", 1)[0].strip()

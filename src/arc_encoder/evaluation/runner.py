@@ -1,4 +1,4 @@
-"""Run the few-shot evaluation protocol (method.md 9) for several methods on one model.
+"""Run the few-shot evaluation protocol (method.md §8) for several methods on one model.
 
 `evaluate` draws k fixed shots (never scored), runs every method on the same remaining examples
 with the same decoder, greedy decoding and answer cut, and returns a JSON-ready report:
@@ -7,7 +7,7 @@ with the same decoder, greedy decoding and answer cut, and returns a JSON-ready 
      "metrics": {method: {"em": {"mean", "stderr"}, ..., "seconds_per_example", ...}},
      "predictions": {method: [{"id", "prediction", "answers", "em", ...}, ...]}}
 
-Scores are on the paper's 0-100 scale. "pooling_factor" is the paper's (method.md D14): decoder
+Scores are on the paper's 0-100 scale. "pooling_factor" is the paper's (method.md §13.10): decoder
 tokens of an example's documents / the positions they take, averaged over examples.
 
 With a `window` (decoder positions), a method whose prompt plus answer budget does not fit it is
@@ -34,7 +34,7 @@ from arc_encoder.model.arc import ARCModel, PromptTooLong
 
 from ..prompt import closed_question
 
-# Generation budgets of the reference scripts (method.md 9.3): summaries are longer.
+# Generation budgets of the reference scripts (method.md §8.2): summaries are longer.
 MAX_NEW_TOKENS = {"cnn": 256}
 DEFAULT_MAX_NEW_TOKENS = 64
 BLEU_BOOTSTRAP = 200  # resamples for the standard error of corpus BLEU
@@ -128,7 +128,7 @@ def add_gain_kept(metric_table: dict[str, dict], task: str) -> None:
 
 
 def max_new_tokens_for(task: str) -> int:
-    """The generation budget of a task (method.md 9.3): 64 tokens, 256 for summaries."""
+    """The generation budget of a task (method.md §8.2): 64 tokens, 256 for summaries."""
     return MAX_NEW_TOKENS.get(task.lower(), DEFAULT_MAX_NEW_TOKENS)
 
 

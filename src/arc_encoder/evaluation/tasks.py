@@ -1,4 +1,4 @@
-"""Evaluation data sets, all read into one schema (method.md 9.1, method.md D11-13).
+"""Evaluation data sets, all read into one schema (method.md §8.1, §13.9).
 
 Every loader returns `list[Example]`: a question, its gold answers, and the passages the model may
 read. Prompts (prompts.py) and metrics (metrics.py) only ever see that schema, so adding a data set
@@ -102,7 +102,7 @@ def _passages(record: dict, where: str, n_passages: int | None) -> list[str]:
             raise bad_field(where, name, "a list of strings or of {'text': ...} objects", item)
         passages.append(item)
     if n_passages is not None:
-        passages = passages[:n_passages]  # top-k retrieved, best first (decision 11)
+        passages = passages[:n_passages]  # top-k retrieved, best first (method.md §13.9)
     if not passages:
         raise ValueError(f"{where}: field '{name}' has no passages")
     return passages
@@ -174,7 +174,7 @@ def _load_retrieved(path: str | Path, n_passages: int) -> list[Example]:
 def load_nq_open(path: str | Path, n_passages: int = 1) -> list[Example]:
     """NQ-open JSONL with retrieved passages (`passages` or `ctxs`); keeps the top `n_passages`.
 
-    All gold answers are kept (the reference code kept only the first; method.md 12.19)."""
+    All gold answers are kept (the reference code kept only the first; method.md §11.2)."""
     return _load_retrieved(path, n_passages)
 
 
@@ -196,7 +196,7 @@ def _hotpot_example(record: dict, where: str, default_id: str) -> Example:
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise bad_field(where, "context", "paragraphs of string sentences", sentences)
     # Sentences are joined exactly as stored (they carry their own leading spaces), titles dropped,
-    # and all ten paragraphs become ONE passage (decision 12: the paper's 1479-token contexts).
+    # and all ten paragraphs become ONE passage (method.md §13.9: the paper's 1479-token contexts).
     passage = "\n".join(" ".join(sentences) for sentences in paragraphs)
     answer = string_field(record, "answer", where)
     return Example(
@@ -239,7 +239,7 @@ def _cnn_example(record: dict, where: str, default_id: str) -> Example:
 
 
 def load_cnn_dailymail(path: str | Path) -> list[Example]:
-    """CNN/DailyMail JSONL with `article` and `highlights` (decision 13: use the validation split)."""
+    """CNN/DailyMail JSONL with `article` and `highlights` (method.md §13.9: the validation split)."""
     stem = Path(path).stem
     examples = [_cnn_example(rec, where, f"{stem}-{n}") for where, n, rec in jsonl_records(path)]
     return _non_empty(examples, path)
@@ -345,7 +345,7 @@ def split_shots(examples: Sequence[Example], k: int, seed: int = 0) -> tuple[lis
 
 
 def metric_for_task(name: str) -> tuple[str, ...]:
-    """Metric names reported for a task (method.md 9.1): QA -> em, f1; flores -> bleu; cnn -> rougeL."""
+    """Metric names reported for a task (method.md §8.1): QA -> em, f1; flores -> bleu; cnn -> rougeL."""
     task = name.lower()
     if task.startswith("flores-"):
         return ("bleu",)

@@ -1,4 +1,4 @@
-"""What each decoder owns: a projector and its special tokens (method.md 3).
+"""What each decoder owns: a projector and its special tokens (method.md §3).
 
 The projector is two bias-free linear maps with no activation in between (encoder width ->
 bottleneck -> decoder width). Being linear, `up(down(z))` lets a store keep only the bottleneck

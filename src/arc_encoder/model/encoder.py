@@ -3,7 +3,7 @@
 We reuse the backbone's own blocks (any family transformers implements: Llama, Mistral, Qwen2/3,
 Gemma3...) and only change what they see: a 4-D additive mask (bidirectional or causal inside each
 segment) and, in the last blocks, a sequence with pooled rows appended. The pooled block
-(method.md 2.3) is computed by running the *unchanged* HF block on `[H ; P]`, where P holds the pooled
+(method.md §2.3) is computed by running the *unchanged* HF block on `[H ; P]`, where P holds the pooled
 residual streams at positions 0..m-1 and every row may only attend to the unpooled keys of H. For
 the P rows this is exactly "pooled queries attend the unpooled keys and values, and the residual
 carries the pooled vector"; the H rows are computed and discarded (a small waste in one block,
@@ -185,7 +185,7 @@ class Encoder(nn.Module):
         pooled, counts, ends = pool(h, lengths, factor, self.mode)  # [S, M, d]
         M = pooled.shape[1]
         x = torch.cat([h, pooled], dim=1)  # [S, N+M, d]
-        # Unpooled tokens keep positions 0..n-1; pooled query j takes position j (method.md 2.5), or
+        # Unpooled tokens keep positions 0..n-1; pooled query j takes position j (method.md §2.5), or
         # with pooled_positions="group" the position of its group's first token.
         if self.pooled_positions == "group":
             starts = [[0] + [e + 1 for e in seg[:-1]] + [0] * (M - len(seg)) for seg in ends]

@@ -1,4 +1,4 @@
-"""Which encoder positions are pooled together, and how (method.md 2.3-2.4).
+"""Which encoder positions are pooled together, and how (method.md §2.3, §2.4).
 
 A segment of n tokens pooled by factor p becomes m = ceil(n/p) vectors (one if n < p). Group sizes
 are as equal as possible with the remainder spread over the *front* groups, so there is never a

@@ -48,7 +48,6 @@ ALIASES = {
     "gemma3": "gemma3-270m",
     "google/gemma-3-270m": "gemma3-270m",
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_dir() -> Path:

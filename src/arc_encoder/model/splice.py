@@ -1,4 +1,4 @@
-"""Splicing compressed blocks into a decoder's input embeddings (method.md 4).
+"""Splicing compressed blocks into a decoder's input embeddings (method.md §4).
 
 A sample is a text stream (decoder token ids) plus compressed blocks, each placed after a given
 number of text tokens. Offsets here are *absolute* (tokens of text before the block), unlike the
@@ -8,7 +8,7 @@ official code's relative offsets; equal offsets put blocks back to back (chunked
     spliced = t0 t1 A A B t2 t3 t4        positions 0..7, contiguous through the vectors
 
 Loss: a supervised text token is predicted by whatever sits just before it in the spliced
-sequence. With `supervise_first_token` (paper, method.md D8) that may be a block's last vector
+sequence. With `supervise_first_token` (paper, method.md §13.7) that may be a block's last vector
 (its <Cont>/<Rec>); without it (official code) text tokens right after a block are not predicted.
 """
 

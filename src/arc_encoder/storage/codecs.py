@@ -6,7 +6,7 @@ The stored array keeps one row per vector, so a chunk's vectors stay one tensor 
   float16: [m, dim] float16
   pqB:     [m, dim / dsub] uint8, one 8-bit code per sub-vector of dsub = 8 / B dims
 
-PQ follows method.md 11.3: bits per dimension B in {2, 1, 0.5} are reached by widening the
+PQ follows method.md §10.1: bits per dimension B in {2, 1, 0.5} are reached by widening the
 sub-vector (4, 8, 16 dims) while keeping 256 centroids per sub-quantizer, i.e. 8-bit codes. We add
 B = 0.25 (32-dim sub-vectors): at pooling factor 4 and a 512-wide bottleneck it is the first
 setting that stores fewer bytes per token than the raw UTF-8 text (16 bytes per vector).
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..atomic import write_file
 
-# Bits per dimension that method.md 11.3 names; with 8-bit codes each needs dim % (8 / B) == 0.
+# Bits per dimension that method.md §10.1 names; with 8-bit codes each needs dim % (8 / B) == 0.
 PQ_BITS_PER_DIM = (2.0, 1.0, 0.5, 0.25)
 PQ_CODE_BITS = 8  # 256 centroids per sub-quantizer
 PQ_CODEBOOK_FILE = "pq.safetensors"

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    # Peak learning rates of the three AdamW parameter groups (method.md D4).
+    # Peak learning rates of the three AdamW parameter groups (method.md §13.3).
     lr_encoder: float = 1e-5
     lr_projector: float = 5e-5
     lr_special: float = 1e-5  # <Rec>/<Cont> (and memory tokens)
@@ -260,7 +261,7 @@ class TrainConfig:
     # each GPU holds 1/N of them, gathered block by block), or every GPU keeps a whole copy
     # ("replicate": no gathers for them, at the memory of a full decoder per GPU).
     fsdp_decoders: Literal["shard", "replicate"] = "shard"
-    # Which decoder a step trains (method.md D7): sampled with these weights (None: uniform),
+    # Which decoder a step trains (method.md §13.6): sampled with these weights (None: uniform),
     # or in turn with "round_robin". A weight of 0 leaves that decoder out.
     decoder_weights: list[float] | None = None
     decoder_order: Literal["sample", "round_robin"] = "sample"
@@ -306,7 +307,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def uses_bf16(self, device_type: str) -> bool:
-        """Whether the step runs under bf16 autocast on this device type (method.md D6: bf16
+        """Whether the step runs under bf16 autocast on this device type (method.md §13.5: bf16
         autocast over fp32 master weights on GPU; fp32 on CPU unless asked)."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
@@ -349,19 +350,21 @@ class TrainConfig:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any) -> Any:
-    """Replace ${VAR} / ${VAR:-default} in every string of a parsed YAML tree."""
+def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in every string of a parsed YAML tree, VAR read from `env`
+    (default: the process environment)."""
+    env = os.environ if env is None else env
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, env) for v in value]
     if not isinstance(value, str):
         return value
 
     def replace(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
+        if name in env:
+            return env[name]
         if default is None:
             raise ValueError(f"environment variable {name} is not set (used as ${{{name}}} in the config)")
         return default
@@ -402,21 +405,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def read_config_tree(path: str | Path) -> dict[str, Any]:
+    """A training YAML file as its mapping of sections, ${VAR} references not yet expanded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    try:
+        tree = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        try:
-            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ValueError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+    tree = read_config_tree(path) if path is not None else {}
     for override in overrides:
         apply_override(tree, override)
     return config_from_dict(expand_env(tree))

@@ -1,6 +1,6 @@
 """The model a run starts from: a fresh ARCModel, or one warm-started from a saved model.
 
-Warm starts cover the paper's three uses (method.md 7.5-7.6):
+Warm starts cover the paper's three uses (method.md §7.2):
 - fine-tuning after pretraining, possibly at another pooling factor (pooling has no weights);
 - training on more or other decoders: adapters of decoders the saved model knows (matched by the
   decoder name in its config) are loaded, the others start fresh;

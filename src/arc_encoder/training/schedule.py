@@ -1,4 +1,4 @@
-"""Learning-rate schedule (method.md D5): warm-up to the peak, then cosine decay to `final_lr`
+"""Learning-rate schedule (method.md §13.4): warm-up to the peak, then cosine decay to `final_lr`
 (or, with decay "none", the peak held to the end).
 
 Step s = 0, 1, ..., steps-1 is the optimizer step being taken. Warm-up covers steps 0..W-1 and
