@@ -36,7 +36,7 @@ def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
     model = tiny_arc()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
-    loss, n = model.loss([reconstruction_sample(model, t) for t in TEXTS], special="rec")
+    loss, n = model([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     (loss / n).backward()
     opt.step()
     after = model.state_dict()
@@ -55,8 +55,8 @@ def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
 def test_batched_loss_equals_per_sample(tiny_arc):
     model = tiny_arc().eval()
     samples = [reconstruction_sample(model, t) for t in TEXTS]
-    total, count = model.loss(samples, special="rec")
-    parts = [model.loss([s], special="rec") for s in samples]
+    total, count = model(samples, special="rec")
+    parts = [model([s], special="rec") for s in samples]
     torch.testing.assert_close(total, sum(p[0] for p in parts), atol=1e-4, rtol=1e-5)
     assert count == sum(p[1] for p in parts)
 
@@ -226,7 +226,7 @@ def test_every_family_runs_forward_backward_generate(tiny_models, family):
             pooling_factors=[2],
         )
     )
-    loss, n = model.loss([reconstruction_sample(model, t) for t in TEXTS], special="rec")
+    loss, n = model([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     assert torch.isfinite(loss) and n > 0
     (loss / n).backward()
     assert model.encoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
@@ -389,4 +389,4 @@ def test_nothing_runs_past_the_decoders_positions(tiny_arc):
         model.generate(["word " * 520], max_new_tokens=1)
     long = Sample(text_ids=[5] * 600, segments=[], offsets=[], targets=[True] * 600)
     with pytest.raises(ValueError, match="takes 600 decoder positions, more than decoder 0's 512"):
-        model.loss([long])
+        model([long])

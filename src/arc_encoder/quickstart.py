@@ -273,7 +273,7 @@ def seconds_per_step(arc: ARCModel, data, config: TrainConfig, n: int = 3) -> fl
     for _ in range(n):
         batch = data.next_batch(0)
         start = time.perf_counter()
-        loss, tokens = arc.loss(batch.samples, 0, batch.special, distill=distillation_for(config, batch))
+        loss, tokens = arc(batch.samples, 0, batch.special, distill=distillation_for(config, batch))
         (loss / tokens).backward()
         times.append(time.perf_counter() - start)
     arc.zero_grad(set_to_none=True)

@@ -1,12 +1,16 @@
-"""ARCModel: encoder + one adapter per frozen decoder. Compress, score, generate, save, load."""
+"""ARCModel: an encoder and one adapter per frozen decoder.
+
+    text -> chunks (model/chunking.py) -> encoder (pooled, model/encoder.py) -> adapter (projector,
+    model/adapter.py) -> vectors spliced among the decoder's text embeddings (model/splice.py)
+    -> frozen decoder -> next-token loss (`forward`) or answers (`generate`, model/generate.py).
+
+Only the encoder and the adapters are trained and saved; the decoders are named in the config.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,20 +21,16 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import PRESETS, ARCConfig
 from ..devices import cast_weights
-from ..prompt import Doc
+from . import generate as generation
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
-from .decoder import (
-    end_and_pad_ids,
-    generate_ids,
-    load_frozen_decoder,
-    target_logits,
-)
+from .decoder import load_frozen_decoder, target_logits
 from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
-from .distill import Distillation, kl_to_teacher, kl_to_top_k, teacher_inputs, teacher_targets
+from .distill import Distillation, distillation_loss
 from .encoder import Encoder
+from .generate import Generation
 from .prefix import PrefixMemo
-from .prompting import Compressed, prompt_positions, splice_prompts
+from .prompting import Compressed, prompt_positions
 from .registry import resolve_model, sha256_of
 from .splice import Sample, loss_positions, splice
 from .weights import check_tensors, read_weights, shapes_of
@@ -43,28 +43,6 @@ ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
 
 class PromptTooLong(ValueError):
     """A sequence longer than the decoder's positions (or a stated window): refused, never cut."""
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    prompt_length: int  # decoder input positions: text tokens + compressed vectors + special tokens
-    document_tokens: int  # decoder-tokenizer tokens of the compressed documents
-    compressed_vectors: int  # vectors those documents became (special tokens excluded)
-
-    @property
-    def compression_ratio(self) -> float | None:
-        return self.document_tokens / self.compressed_vectors if self.compressed_vectors else None
-
-
-@dataclass
-class PromptEmbeddings:
-    """One prompt as the decoder reads it: text embeddings with compressed blocks spliced in."""
-
-    embeds: torch.Tensor  # [L, d_dec]
-    document_tokens: int  # decoder-tokenizer tokens of the compressed documents
-    compressed_vectors: int  # vectors those documents became (special tokens excluded)
 
 
 class ARCModel(nn.Module):
@@ -195,11 +173,11 @@ class ARCModel(nn.Module):
     def encode_segments(self, segments: list[list[int]], decoder: int) -> list[torch.Tensor]:
         """Encoder token ids per segment -> bottleneck vectors per segment [m_i, bottleneck]."""
         adapter = self.adapters[self._check_decoder(decoder)]
-        pooled, counts = self._pooled(segments, adapter)
+        pooled, counts = self.pooled_outputs(segments, adapter)
         bottleneck = adapter.compress(pooled)  # [S, M, d_b]
         return [bottleneck[i, :m] for i, m in enumerate(counts)]
 
-    def _pooled(self, segments: list[list[int]], adapter) -> tuple[torch.Tensor, list[int]]:
+    def pooled_outputs(self, segments: list[list[int]], adapter) -> tuple[torch.Tensor, list[int]]:
         """Encoder token ids per segment -> right-padded pooled outputs [S, M, d_e] and counts."""
         lengths = [len(s) for s in segments]
         if min(lengths) < 1:
@@ -209,56 +187,6 @@ class ARCModel(nn.Module):
         for i, seg in enumerate(segments):
             ids[i, : len(seg)] = torch.tensor(seg)
         return self.encoder(ids.to(self.device), lengths, adapter.memory)
-
-    @torch.no_grad()
-    def calibrate_projector_inputs(self, segments: list[list[int]], batch_size: int = 16) -> bool:
-        """Measure the per-dimension mean and spread of the pooled encoder outputs on these
-        segments (encoder token ids) for every adapter that standardizes its input and has not
-        been calibrated. Returns whether any adapter was."""
-        todo = [a for a in self.adapters if hasattr(a, "calibrated") and not bool(a.calibrated)]
-        if not todo:
-            return False
-        if not segments:
-            raise ValueError("calibrating the projector inputs needs at least one segment")
-        for adapter in todo:
-            rows = []
-            for start in range(0, len(segments), batch_size):
-                pooled, counts = self._pooled(segments[start : start + batch_size], adapter)
-                rows += [pooled[i, :m] for i, m in enumerate(counts)]
-            pooled = torch.cat(rows).float()  # [R, d_e]
-            adapter.input_mean.copy_(pooled.mean(0))
-            adapter.input_scale.copy_(pooled.std(0, correction=0).clamp(min=1e-3))
-            adapter.calibrated.fill_(True)
-        return True
-
-    @torch.no_grad()
-    def fit_projectors_to_embeddings(self, segments: list[list[int]], batch_size: int = 16) -> dict[int, float]:
-        """Start each projector from the least-squares map, at pooling factor 1, from the encoder's
-        output at every token to the decoder's embedding of that token (segments: encoder token ids).
-
-        A frozen decoder reads vectors that look like its own token embeddings at once (it copies
-        them as text); from there a pooling-factor curriculum (x1 -> x2 -> x4, TrainConfig
-        .pooling_schedule) keeps the document in the vectors while they learn to pack more tokens.
-        Needs decoders that share the encoder's vocabulary. Returns R^2 per decoder."""
-        if not segments:
-            raise ValueError("fitting the projectors needs at least one segment")
-        r2 = {}
-        for decoder, adapter in enumerate(self.adapters):
-            if not self.shares_vocabulary(decoder):
-                raise ValueError(
-                    f"projector_init=lstsq needs a decoder with the encoder's vocabulary; decoder {decoder} "
-                    f"({self.config.decoders[decoder]}) has another tokenizer"
-                )
-            rows = []
-            with self.encoder.pooling_factor(1):
-                for start in range(0, len(segments), batch_size):
-                    pooled, counts = self._pooled(segments[start : start + batch_size], adapter)
-                    rows += [pooled[i, :m] for i, m in enumerate(counts)]
-            x = torch.cat(rows).float()  # [R, d_e], one row per encoder token
-            ids = torch.tensor([t for seg in segments for t in seg], device=self.device)
-            y = self.decoders[decoder].get_input_embeddings()(ids).float()  # [R, d_dec]
-            r2[decoder] = adapter.fit_linear(x, y)
-        return r2
 
     @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
@@ -312,7 +240,7 @@ class ARCModel(nn.Module):
         return blocks
 
     # ----------------------------------------------------------------------------- training
-    def loss(
+    def forward(
         self,
         samples: list[Sample],
         decoder: int = 0,
@@ -320,19 +248,20 @@ class ARCModel(nn.Module):
         with_accuracy: bool = False,
         distill: Distillation | None = None,
     ):
-        """Summed next-token loss over supervised text tokens, and how many there are.
+        """Summed next-token loss over the batch's supervised text tokens, and how many there are.
 
         Returns (loss_sum, n_tokens); divide for the mean. Summing lets gradient accumulation and
-        data-parallel ranks weight every token equally. `with_accuracy` adds a third value: how
-        many supervised tokens are the decoder's argmax (teacher-forced accuracy). `distill` adds
-        its weight times the summed KL to the decoder reading the documents as text (model/distill.py).
-        """
+        data-parallel ranks weight every token equally. `special`: the token after each compressed
+        segment ("rec" for reconstruction, data/batch.py Batch.special). `with_accuracy` adds a
+        third value: how many supervised tokens are the decoder's argmax (teacher-forced accuracy).
+        `distill` adds its weight times the summed KL to the decoder reading the documents as text
+        (model/distill.py)."""
         self._check_decoder(decoder)
         dec = self.decoders[decoder]
-        blocks = self.sample_blocks(samples, decoder, special)
+        blocks = self.sample_blocks(samples, decoder, special)  # per sample [m_i (+1), d_dec] each
         embed = dec.get_input_embeddings()
-        text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]
-        batch = splice(text, blocks, [s.offsets for s in samples])
+        text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]  # [n_i, d_dec] each
+        batch = splice(text, blocks, [s.offsets for s in samples])  # right-padded [B, L, d_dec]
         self._check_positions(batch.embeds.shape[1], 0, decoder)
         index, labels, tokens = loss_positions(batch, samples, self.config.supervise_first_token)
         if index.numel() == 0:
@@ -340,48 +269,10 @@ class ARCModel(nn.Module):
         logits = target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)  # [T, V]
         loss = F.cross_entropy(logits, labels, reduction="sum")
         if distill is not None and any(s.segments for s in samples):
-            if distill.cache is not None:  # the teacher's top-k, computed before the run
-                values, indices = distill.cache.rows(samples, tokens, decoder, distill.k)  # [T, k] each
-                kl = kl_to_top_k(logits, values, indices, distill.temperature)
-            else:
-                kl = kl_to_teacher(logits, self._teacher_logits(samples, tokens, decoder), distill.temperature)
-            loss = loss + distill.weight * kl
+            loss = loss + distillation_loss(self, distill, logits, samples, tokens, decoder)
         if with_accuracy:
             return loss, index.numel(), int((logits.argmax(-1) == labels).sum())
         return loss, index.numel()
-
-    @torch.no_grad()
-    def teacher_top_k(
-        self, samples: list[Sample], decoder: int, k: int
-    ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Per sample: the supervised text tokens the decoder reading its documents as text
-        predicts, and its top-k logits there, (tokens, values [n, k] float32, indices [n, k]),
-        largest first: what a teacher cache stores."""
-        docs = [[self._decoder_ids(seg, decoder) for seg in s.segments] for s in samples]
-        tokens = teacher_targets(samples, docs)
-        if not tokens:
-            return [([], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)) for _ in samples]
-        values, indices = self._teacher_logits(samples, tokens, decoder).float().topk(k, dim=-1)
-        out = []
-        for i in range(len(samples)):
-            rows = [r for r, (j, _) in enumerate(tokens) if j == i]
-            out.append(([tokens[r][1] for r in rows], values[rows].cpu(), indices[rows].cpu()))
-        return out
-
-    @torch.no_grad()
-    def _teacher_logits(self, samples: list[Sample], tokens: list[tuple[int, int]], decoder: int) -> torch.Tensor:
-        """[T, V] logits of the decoder reading each sample's documents as text, for the
-        supervised (sample, text token) pairs `tokens`."""
-        dec = self.decoders[decoder]
-        docs = [[self._decoder_ids(seg, decoder) for seg in s.segments] for s in samples]
-        texts, predictors = teacher_inputs(samples, docs, tokens)
-        embed = dec.get_input_embeddings()
-        batch = splice(
-            [embed(torch.tensor(t, device=self.device)) for t in texts], [[]] * len(texts), [[]] * len(texts)
-        )
-        L = batch.embeds.shape[1]
-        index = torch.tensor([i * L + p for i, p in predictors], dtype=torch.long, device=self.device)
-        return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
 
     def check_prompt(
         self,
@@ -416,14 +307,6 @@ class ARCModel(nn.Module):
                 "shorten the prompt or documents, or ask for fewer new tokens"
             )
 
-    def _decoder_ids(self, encoder_ids: list[int], decoder: int) -> list[int]:
-        """Decoder token ids of a segment given in encoder token ids (the same ids when the two
-        tokenizers share a vocabulary, else through the text)."""
-        if self.shares_vocabulary(decoder):
-            return list(encoder_ids)
-        enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
-        return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
-
     def shares_vocabulary(self, decoder: int) -> bool:
         """Whether the decoder's tokenizer has the encoder's vocabulary (ids mean the same tokens)."""
         if decoder not in self._shared_vocab:
@@ -432,115 +315,10 @@ class ARCModel(nn.Module):
         return self._shared_vocab[decoder]
 
     # ----------------------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts,
-        decoder: int = 0,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        batch_size: int = 8,
-        special: str = "cont",
-        share_prefix: bool = True,
-        on_token: Callable[[int, list[int]], bool] | None = None,
-        window: int | None = None,
-    ) -> list[Generation]:
-        """Answer prompts whose parts are text (str), documents to compress (Doc) or stored
-        vectors (Compressed). Greedy at temperature 0; stops at EOS or any `stop` string.
-        `special="rec"` follows each document with <Rec>: the decoder then reconstructs it.
-        `share_prefix` runs the decoder once over the positions all prompts start with (few-shot
-        examples) and reuses their keys and values, for this batch and the following ones.
-        `on_token(i, ids)` is called after every new token of prompt i with its new token ids so
-        far; it may stream them, and returning True ends prompt i there (a client that has gone).
-        `window`: refuse (PromptTooLong) any prompt whose positions plus `max_new_tokens` exceed
-        it, as for the decoder's own limit: a context window smaller than the decoder's."""
-        if not isinstance(prompts, list) or not prompts:
-            raise TypeError("generate() takes a non-empty list of prompts")
-        if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
-            prompts = [prompts]  # a single prompt given as a flat list of parts
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        self._check_decoder(decoder)
-        results = []
-        for start in range(0, len(prompts), batch_size):
-            results += self._generate_batch(
-                prompts[start : start + batch_size],
-                decoder,
-                max_new_tokens,
-                temperature,
-                top_p,
-                stop or [],
-                seed,
-                special,
-                share_prefix,
-                None if on_token is None else (lambda i, ids, start=start: on_token(start + i, ids)),
-                window,
-            )
-        return results
-
-    @torch.no_grad()
-    def prompt_embeddings(self, prompts, decoder: int = 0) -> list[PromptEmbeddings]:
-        """The decoder input embeddings generate() would feed, per prompt, without running the decoder.
-
-        For engines that take prompt embeddings (vLLM's `prompt_embeds`): positions run 0..L-1 over
-        text tokens and spliced vectors alike, so the engine's own positions match.
-        """
-        if not isinstance(prompts, list) or not prompts:
-            raise TypeError("prompt_embeddings() takes a non-empty list of prompts")
-        if all(isinstance(p, (str, Doc, Compressed)) for p in prompts):
-            prompts = [prompts]  # a single prompt given as a flat list of parts
-        self._check_decoder(decoder)
-        batch, stats = splice_prompts(self, prompts, decoder)
-        real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
-        return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]
-
-    def _generate_batch(
-        self,
-        prompts,
-        decoder,
-        max_new_tokens,
-        temperature,
-        top_p,
-        stop,
-        seed,
-        special,
-        share_prefix=True,
-        on_token=None,
-        window=None,
-    ):
-        dec, tokenizer = self.decoders[decoder], self.decoder_tokenizers[decoder]
-        for prompt in prompts:  # before any document is compressed
-            self.check_prompt(prompt, decoder, max_new_tokens, special, window=window)
-        batch, stats = splice_prompts(self, prompts, decoder, special)
-        embeds, mask, positions, cache = (
-            self._prefix_memo.split(self.decoders[decoder], decoder, batch)
-            if share_prefix
-            else (batch.embeds, batch.attention_mask, batch.position_ids, None)
-        )
-        generator = None
-        if temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else random.randrange(2**31))
-
-        def should_stop(i, ids):
-            if on_token is not None and on_token(i, ids):
-                return True
-            return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
-
-        eos, pad = end_and_pad_ids(dec, tokenizer)
-        new_ids = generate_ids(
-            dec, embeds, mask, positions, max_new_tokens, eos, pad, temperature, top_p, generator, should_stop, cache
-        )
-        out = []
-        for i, ids in enumerate(new_ids):
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            for s in stop:
-                text = text.split(s)[0]
-            out.append(Generation(text, ids, int(batch.attention_mask[i].sum()), *stats[i]))
-        return out
+    def generate(self, prompts, decoder: int = 0, **options) -> list[Generation]:
+        """Answer prompts of text (str), documents (Doc) and stored vectors (Compressed):
+        model/generate.py's `generate`, with its options (max_new_tokens, temperature, stop, ...)."""
+        return generation.generate(self, prompts, decoder, **options)
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:

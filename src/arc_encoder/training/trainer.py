@@ -56,6 +56,7 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
+from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 from .schedule import lr_lambda
 
 
@@ -309,8 +310,7 @@ class Trainer:
                     batch.samples,
                     decoder,
                     batch.special,
-                    False,
-                    distillation_for(self.config, batch, self.teacher_cache),
+                    distill=distillation_for(self.config, batch, self.teacher_cache),
                 )
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
@@ -525,9 +525,9 @@ def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, bat
     segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
     arc.to(runtime.device)
     if calibrate:
-        arc.calibrate_projector_inputs(segments)
+        calibrate_projector_inputs(arc, segments)
     if fit:
-        r2 = arc.fit_projectors_to_embeddings(segments)
+        r2 = fit_projectors_to_embeddings(arc, segments)
         log(
             "projectors start from their least-squares fit to the token embeddings (R^2 "
             + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items())
