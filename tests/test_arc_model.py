@@ -9,7 +9,9 @@ import torch
 from arc_encoder import ARCConfig, ARCModel, Doc
 from arc_encoder.model.decoder import common_prefix_length, with_cache
 from arc_encoder.model.prompting import build_prompts, splice_prompts
+from arc_encoder.model.saved import load_state
 from arc_encoder.model.splice import Sample, splice
+from arc_encoder.model.weights import read_weights
 from conftest import FAMILIES
 
 
@@ -35,7 +37,7 @@ TEXTS = [
 def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
     model = tiny_arc()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.trained_parameters().values(), lr=1e-2)
     loss, n = model([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     (loss / n).backward()
     opt.step()
@@ -288,7 +290,7 @@ def test_mismatched_checkpoint_refused(tiny_arc, tiny_models, tmp_path):
     tiny_arc(bottleneck=32).save_pretrained(tmp_path / "a")
     other = tiny_arc(bottleneck=16)
     with pytest.raises(ValueError, match="shape mismatch.*adapters.0.down.weight"):
-        other.load_weights(tmp_path / "a" / "model.safetensors")
+        load_state(other, read_weights(tmp_path / "a" / "model.safetensors"), "checkpoint")
     with pytest.raises(ValueError, match="width"):
         ARCModel.from_pretrained(tmp_path / "a", decoders=[tiny_models["llama-wide"]])
     (tmp_path / "a" / "model.safetensors").write_bytes(b"not safetensors")

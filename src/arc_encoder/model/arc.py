@@ -10,35 +10,29 @@ Only the encoder and the adapters are trained and saved; the decoders are named 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import PRESETS, ARCConfig
 from ..devices import cast_weights
 from . import generate as generation
+from . import saved
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .decoder import load_frozen_decoder, target_logits
-from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
 from .distill import Distillation, distillation_loss
 from .encoder import Encoder
 from .generate import Generation
 from .prefix import PrefixMemo
 from .prompting import Compressed, prompt_positions
-from .registry import resolve_model, sha256_of
+from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
-from .weights import check_tensors, read_weights, shapes_of
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "arc_config.json"
-WEIGHTS_FILE = "model.safetensors"
-ENCODER_DIR = "encoder"  # the truncated backbone's HF config and tokenizer
+DECODERS = "decoders."  # state-dict names of the frozen decoders: never trained, never saved
 
 
 class PromptTooLong(ValueError):
@@ -80,9 +74,15 @@ class ARCModel(nn.Module):
     # ----------------------------------------------------------------------------- building
     @classmethod
     def from_config(
-        cls, config: ARCConfig | str, pretrained: bool = True, decoder_dtype: torch.dtype = torch.float32
+        cls,
+        config: ARCConfig | str,
+        pretrained: bool = True,
+        decoder_dtype: torch.dtype = torch.float32,
+        encoder_dir: str | Path | None = None,
     ) -> ARCModel:
-        """Build a fresh model: encoder from the backbone, untrained adapters, frozen decoders.
+        """A model with untrained adapters and the frozen decoders the config (or preset) names.
+        The encoder is cut from the backbone, or built from `encoder_dir` (a saved folder's
+        truncated backbone config and tokenizer) with no weights read: model/saved.py loads them.
 
         `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
         `decoder_dtype`: what the frozen decoders are stored in (bfloat16 halves their memory on a
@@ -92,35 +92,20 @@ class ARCModel(nn.Module):
             if config not in PRESETS:
                 raise ValueError(f"unknown preset {config!r}; presets: {sorted(PRESETS)}")
             config = PRESETS[config]
-        backbone = resolve_model(config.backbone)
-        encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
-        return cls._with_decoders(config, encoder, AutoTokenizer.from_pretrained(backbone), pretrained, decoder_dtype)
-
-    @classmethod
-    def from_saved_architecture(
-        cls, path: str | Path, config: ARCConfig, pretrained: bool = True, decoder_dtype: torch.dtype = torch.float32
-    ) -> ARCModel:
-        """The model a saved folder describes, before any of its weights are read: the encoder
-        built from the folder's (truncated) backbone config and tokenizer, untrained adapters, and
-        the frozen decoders `config` names. `from_pretrained` and training warm starts load into it."""
-        path = Path(path)
-        hf_config = AutoConfig.from_pretrained(path / ENCODER_DIR)
-        hf_config._attn_implementation = config.attn_implementation
-        tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR)
-        return cls._with_decoders(config, Encoder(hf_config, config), tokenizer, pretrained, decoder_dtype)
-
-    @classmethod
-    def _with_decoders(
-        cls, config: ARCConfig, encoder: Encoder, encoder_tokenizer, pretrained: bool, decoder_dtype: torch.dtype
-    ) -> ARCModel:
+        if encoder_dir is None:
+            backbone = resolve_model(config.backbone)
+            encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
+            tokenizer = AutoTokenizer.from_pretrained(backbone)
+        else:
+            hf_config = AutoConfig.from_pretrained(encoder_dir)
+            hf_config._attn_implementation = config.attn_implementation
+            encoder, tokenizer = Encoder(hf_config, config), AutoTokenizer.from_pretrained(encoder_dir)
         paths = [resolve_model(d) for d in config.decoders]
         decoders = [
-            load_frozen_decoder(
-                p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p), dtype=decoder_dtype
-            )
+            load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p), decoder_dtype)
             for p in paths
         ]
-        return cls(config, encoder, decoders, encoder_tokenizer, [AutoTokenizer.from_pretrained(p) for p in paths])
+        return cls(config, encoder, decoders, tokenizer, [AutoTokenizer.from_pretrained(p) for p in paths])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -140,9 +125,6 @@ class ARCModel(nn.Module):
     def vector_dim(self) -> int:
         """Width of the compressed vectors compress() returns and a store keeps."""
         return self.adapters[0].vector_dim
-
-    def trainable_parameters(self):
-        return [p for name, p in self.named_parameters() if not name.startswith("decoders.")]
 
     # ----------------------------------------------------------------------------- encoder side
     def _check_decoder(self, decoder: int) -> int:
@@ -321,85 +303,32 @@ class ARCModel(nn.Module):
         return generation.generate(self, prompts, decoder, **options)
 
     # ----------------------------------------------------------------------------- saving
-    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Weights (encoder + adapters) in safetensors, config in JSON, the encoder's HF config
-        and tokenizer beside them. Decoders are not saved: they are named in the config.
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The state dict less the frozen decoders: what a save holds (DTensors when sharded)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(DECODERS)}
 
-        `state_dict` replaces this module's own tensors (the trainer passes full tensors gathered
-        from sharded FSDP parameters)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = saved_tensors(state_dict or self.state_dict())
-        dims = [d.config.hidden_size for d in self.decoders]
-        write_saved_model(path, state, self.config, dims, self.encoder.hf_config, self.encoder_tokenizer)
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters by name, less the frozen decoders'."""
+        return {k: p for k, p in self.named_parameters() if not k.startswith(DECODERS)}
+
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The model as a saved folder (model/saved.py); decoders are named, not saved.
+        `state_dict` replaces the trained tensors (full tensors gathered from FSDP shards)."""
+        saved.save_pretrained(self, path, state_dict)
 
     def save_delta(self, path: str | Path, max_mb: float | None = None, dtype: torch.dtype | None = None) -> int:
-        """Save only what differs from the backbone (model/delta.py): the trained encoder blocks,
-        projectors and special tokens. `from_pretrained` rebuilds the rest from the backbone, bit
-        for bit unless `dtype` (e.g. torch.float16: half the bytes) rounds the saved tensors.
-        Refuses (before writing) a delta larger than `max_mb`. Returns its size in bytes."""
-        state = saved_tensors(self.state_dict())
-        backbone = Encoder.from_backbone(resolve_model(self.config.backbone), self.config).state_dict()
-        delta = delta_of(state, {f"encoder.{k}": v for k, v in backbone.items()})
-        if dtype is not None:
-            delta = {k: v.to(dtype) if v.is_floating_point() else v for k, v in delta.items()}
-        size = sum(v.numel() * v.element_size() for v in delta.values())
-        if max_mb is not None and size > max_mb * 2**20:
-            changed = sorted({k.split(".")[2] for k in delta if k.startswith("encoder.layers.")}, key=int)
-            raise ValueError(
-                f"the delta is {size / 2**20:.1f} MB, over the {max_mb} MB asked for: encoder blocks {changed} "
-                "differ from the backbone (train fewer with train_encoder_blocks)"
-            )
-        dims = [d.config.hidden_size for d in self.decoders]
-        write_saved_model(path, delta, self.config, dims, self.encoder.hf_config, None)
-        return size
+        """Save only what differs from the backbone, rounded to `dtype` if given, refused over
+        `max_mb` (model/saved.py, model/delta.py). Returns its size in bytes."""
+        return saved.save_delta(self, path, max_mb, dtype)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, decoders: list[str] | None = None, decoder_dtype: torch.dtype = torch.float32
     ) -> ARCModel:
-        """Load a saved model: a folder (full or delta), or the name of a model shipped in this
-        package (model/delta.py SHIPPED, e.g. "smollm2-arc4"). `decoders` overrides the recorded
-        decoder names or paths (same count and widths), e.g. to point at local copies.
-        `decoder_dtype`: what the frozen decoders are read into (see `from_config`)."""
-        pinned = SHIPPED.get(str(path))
-        path = shipped_folder(str(path)) or Path(path)
-        if not path.is_dir():
-            shipped = ", ".join(sorted(SHIPPED))
-            raise FileNotFoundError(f"{path} is neither a saved model folder nor a shipped model ({shipped})")
-        meta, config = read_saved_config(path)
-        if decoders is not None:
-            if len(decoders) != len(config.decoders):
-                raise ValueError(
-                    f"{path} was trained for {len(config.decoders)} decoder(s), got {len(decoders)} replacement(s)"
-                )
-            config.decoders = list(decoders)
-        delta = meta.get("weights") == "delta"
-        # a delta's encoder is the backbone's own blocks, overwritten below where they differ
-        model = (
-            cls.from_config(config, decoder_dtype=decoder_dtype)
-            if delta
-            else cls.from_saved_architecture(path, config, decoder_dtype=decoder_dtype)
-        )
-        for i, (dec, dim) in enumerate(zip(model.decoders, meta["decoder_dims"])):
-            if dec.config.hidden_size != dim:
-                raise ValueError(
-                    f"decoder {i} ({config.decoders[i]}) has width "
-                    f"{dec.config.hidden_size}, but {path} was trained for width {dim}"
-                )
-        if delta:
-            check_checksum(path / WEIGHTS_FILE, meta.get("sha256"), pinned)
-        model.load_weights(path / WEIGHTS_FILE, delta=delta)
-        return model
-
-    def load_weights(self, file: str | Path, delta: bool = False) -> None:
-        """Load encoder + adapter weights, refusing any missing, unexpected or mis-shaped tensor.
-        `delta`: the file may leave out backbone tensors (they keep their current values)."""
-        state = read_weights(file)
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith("decoders.")}
-        expected = expected_in_delta(own, state) if delta else shapes_of(own)
-        check_tensors(state, expected, f"checkpoint {file} (against this model)")
-        self.load_state_dict(state, strict=False)
+        """A saved folder (full or delta), a training run folder (its latest checkpoint) or a
+        model shipped in this package (e.g. "smollm2-arc4"): model/saved.py `load`. `decoders`
+        replaces the recorded decoder names or paths (same count and widths)."""
+        return saved.load(cls, path, decoders, decoder_dtype)
 
     def to_dtype(self, dtype: torch.dtype) -> ARCModel:
         """Cast every weight to `dtype` for inference (`devices.cast_weights`: RoPE tables stay
@@ -416,67 +345,7 @@ class ARCModel(nn.Module):
         if self._pinned_fingerprint is not None:
             return self._pinned_fingerprint
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            if not name.startswith("decoders."):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for name, tensor in sorted(self.trained_state().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
-
-
-def saved_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What a save holds of a state dict: everything but the frozen decoders, on the CPU."""
-    return {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith("decoders.")}
-
-
-def write_saved_model(
-    path: str | Path,
-    state: dict[str, torch.Tensor],
-    config: ARCConfig,
-    decoder_dims: list[int],
-    encoder_hf_config,
-    encoder_tokenizer,
-) -> None:
-    """The saved-model format, the one place that writes it: encoder + adapter tensors
-    (model.safetensors), arc_config.json (format version, config, decoder widths), and the
-    truncated backbone's HF config and tokenizer (encoder/). `from_pretrained` reads it back.
-
-    Without a tokenizer the tensors are a delta (model/delta.py): no encoder/ folder (the backbone
-    provides it), and arc_config.json records the weights file's SHA-256 for loading to check."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path / WEIGHTS_FILE))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "decoder_dims": list(decoder_dims),
-        "encoder_dim": encoder_hf_config.hidden_size,
-    }
-    if encoder_tokenizer is None:
-        meta.update(weights="delta", sha256=sha256_of(path / WEIGHTS_FILE))
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    if encoder_tokenizer is not None:
-        encoder_hf_config.save_pretrained(path / ENCODER_DIR)
-        encoder_tokenizer.save_pretrained(path / ENCODER_DIR)
-
-
-def read_saved_config(path: str | Path) -> tuple[dict, ARCConfig]:
-    """The metadata and ARCConfig of a saved model folder; a missing, corrupt or mistyped
-    arc_config.json is an error naming the file and what is wrong with it."""
-    file = Path(path) / CONFIG_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a saved ARC model")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
-        for key, kind in (("config", dict), ("decoder_dims", list)):
-            if not isinstance(meta.get(key), kind):
-                raise ValueError(f"'{key}' is missing or not a {kind.__name__}")
-        config = ARCConfig.from_dict(meta["config"], "config")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{file}: {e}") from None
-    return meta, config

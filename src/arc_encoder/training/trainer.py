@@ -38,6 +38,7 @@ from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
+from ..model.saved import WEIGHTS_FILE, latest_checkpoint
 from ..model.teacher_cache import TeacherCache
 from . import checkpoint as ckpt
 from .config import RESUME_SAFE, TrainConfig, pooling_factor_at, resume_differences, save_config
@@ -81,8 +82,8 @@ def choose_decoder(step: int, weights: list[float], order: str, seed: int) -> in
 def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
     """AdamW groups: encoder, projectors, special (+ memory) tokens, each with its own peak LR."""
     encoder, projector, special = [], [], []
-    for name, p in arc.named_parameters():
-        if name.startswith("decoders.") or not p.requires_grad:
+    for name, p in arc.trained_parameters().items():
+        if not p.requires_grad:
             continue
         if name.startswith("encoder."):
             encoder.append(p)
@@ -185,7 +186,7 @@ class Trainer:
             shard_decoders=config.fsdp_decoders == "shard",
         )
         # After wrapping: FSDP2 replaces parameters with sharded ones.
-        self.param_names = {p: n for n, p in arc.named_parameters() if not n.startswith("decoders.")}
+        self.param_names = {p: n for n, p in arc.trained_parameters().items()}
         groups = param_groups(arc, config)
         self.trainable = [p for g in groups for p in g["params"]]
         o = config.optim
@@ -199,7 +200,7 @@ class Trainer:
     # ------------------------------------------------------------------------- resume
     def resume(self) -> Path:
         """Restore the latest complete checkpoint of out_dir; refuse an incompatible config."""
-        path = ckpt.latest_checkpoint(self.out_dir)
+        path = latest_checkpoint(self.out_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out_dir / ckpt.CHECKPOINTS}")
         state = self._read_checkpoint(path, ckpt.load_trainer_state, path)
@@ -214,7 +215,7 @@ class Trainer:
                 + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE)
                 + " may change when resuming."
             )
-        self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / ckpt.WEIGHTS_FILE)
+        self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scheduler.last_epoch != state["step"]:
