@@ -9,7 +9,6 @@ Only the encoder and the adapters are trained and saved; the decoders are named 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -28,15 +27,11 @@ from .distill import Distillation, distillation_loss
 from .encoder import Encoder
 from .generate import Generation
 from .prefix import PrefixMemo
-from .prompting import Compressed, prompt_positions
+from .prompting import Compressed, check_positions, prompt_positions
 from .registry import resolve_model
 from .splice import Sample, loss_positions, splice
 
 DECODERS = "decoders."  # state-dict names of the frozen decoders: never trained, never saved
-
-
-class PromptTooLong(ValueError):
-    """A sequence longer than the decoder's positions (or a stated window): refused, never cut."""
 
 
 class ARCModel(nn.Module):
@@ -71,7 +66,6 @@ class ARCModel(nn.Module):
         self._shared_vocab: dict[int, bool] = {}  # decoder -> its tokenizer has the encoder's vocabulary
         self._pinned_fingerprint: str | None = None  # set by to_dtype
 
-    # ----------------------------------------------------------------------------- building
     @classmethod
     def from_config(
         cls,
@@ -80,14 +74,11 @@ class ARCModel(nn.Module):
         decoder_dtype: torch.dtype = torch.float32,
         encoder_dir: str | Path | None = None,
     ) -> ARCModel:
-        """A model with untrained adapters and the frozen decoders the config (or preset) names.
-        The encoder is cut from the backbone, or built from `encoder_dir` (a saved folder's
-        truncated backbone config and tokenizer) with no weights read: model/saved.py loads them.
-
+        """A model with untrained adapters and the frozen decoders the config (or preset) names;
+        the encoder cut from the backbone, or (`encoder_dir`, a saved model's) built untrained.
         `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
         `decoder_dtype`: what the frozen decoders are stored in (bfloat16 halves their memory on a
-        GPU; float32, the default, is faster on a CPU). The encoder and adapters stay float32.
-        """
+        GPU; float32, the default, is faster on a CPU). The encoder and adapters stay float32."""
         if isinstance(config, str):
             if config not in PRESETS:
                 raise ValueError(f"unknown preset {config!r}; presets: {sorted(PRESETS)}")
@@ -97,9 +88,7 @@ class ARCModel(nn.Module):
             encoder = Encoder.from_backbone(backbone, config, pretrained=pretrained)
             tokenizer = AutoTokenizer.from_pretrained(backbone)
         else:
-            hf_config = AutoConfig.from_pretrained(encoder_dir)
-            hf_config._attn_implementation = config.attn_implementation
-            encoder, tokenizer = Encoder(hf_config, config), AutoTokenizer.from_pretrained(encoder_dir)
+            encoder, tokenizer = Encoder.from_saved(encoder_dir, config), AutoTokenizer.from_pretrained(encoder_dir)
         paths = [resolve_model(d) for d in config.decoders]
         decoders = [
             load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p), decoder_dtype)
@@ -126,7 +115,6 @@ class ARCModel(nn.Module):
         """Width of the compressed vectors compress() returns and a store keeps."""
         return self.adapters[0].vector_dim
 
-    # ----------------------------------------------------------------------------- encoder side
     def _check_decoder(self, decoder: int) -> int:
         if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoders):
             names = ", ".join(f"{i}: {n}" for i, n in enumerate(self.config.decoders))
@@ -161,14 +149,7 @@ class ARCModel(nn.Module):
 
     def pooled_outputs(self, segments: list[list[int]], adapter) -> tuple[torch.Tensor, list[int]]:
         """Encoder token ids per segment -> right-padded pooled outputs [S, M, d_e] and counts."""
-        lengths = [len(s) for s in segments]
-        if min(lengths) < 1:
-            raise ValueError("cannot compress an empty segment")
-        pad = self.encoder_tokenizer.pad_token_id or 0
-        ids = torch.full((len(segments), max(lengths)), pad, dtype=torch.long)
-        for i, seg in enumerate(segments):
-            ids[i, : len(seg)] = torch.tensor(seg)
-        return self.encoder(ids.to(self.device), lengths, adapter.memory)
+        return self.encoder.encode_ids(segments, self.encoder_tokenizer.pad_token_id or 0, adapter.memory)
 
     @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
@@ -221,7 +202,6 @@ class ARCModel(nn.Module):
             cursor += len(s.segments)
         return blocks
 
-    # ----------------------------------------------------------------------------- training
     def forward(
         self,
         samples: list[Sample],
@@ -232,19 +212,17 @@ class ARCModel(nn.Module):
     ):
         """Summed next-token loss over the batch's supervised text tokens, and how many there are.
 
-        Returns (loss_sum, n_tokens); divide for the mean. Summing lets gradient accumulation and
-        data-parallel ranks weight every token equally. `special`: the token after each compressed
-        segment ("rec" for reconstruction, data/batch.py Batch.special). `with_accuracy` adds a
-        third value: how many supervised tokens are the decoder's argmax (teacher-forced accuracy).
-        `distill` adds its weight times the summed KL to the decoder reading the documents as text
-        (model/distill.py)."""
+        Returns (loss_sum, n_tokens): summed, so that gradient accumulation and data-parallel ranks
+        weight every token equally. `special`: the token after each compressed segment (Batch.special).
+        `with_accuracy` adds how many supervised tokens are the decoder's argmax. `distill` adds its
+        weight times the summed KL to the decoder reading the documents as text (model/distill.py)."""
         self._check_decoder(decoder)
         dec = self.decoders[decoder]
         blocks = self.sample_blocks(samples, decoder, special)  # per sample [m_i (+1), d_dec] each
         embed = dec.get_input_embeddings()
         text = [embed(torch.tensor(s.text_ids, device=self.device)) for s in samples]  # [n_i, d_dec] each
         batch = splice(text, blocks, [s.offsets for s in samples])  # right-padded [B, L, d_dec]
-        self._check_positions(batch.embeds.shape[1], 0, decoder)
+        check_positions(self, batch.embeds.shape[1], 0, decoder)
         index, labels, tokens = loss_positions(batch, samples, self.config.supervise_first_token)
         if index.numel() == 0:
             raise ValueError("no supervised token in this batch")
@@ -269,25 +247,8 @@ class ARCModel(nn.Module):
         decoder has (or than `window`), counted from token counts before anything is compressed
         (prompting.prompt_positions; `doc_chunks` as there). Returns the prompt's positions."""
         positions = prompt_positions(self, prompt, decoder, special, doc_chunks)
-        self._check_positions(positions, max_new_tokens, decoder, window)
+        check_positions(self, positions, max_new_tokens, decoder, window)
         return positions
-
-    def _check_positions(self, prompt_positions: int, new_tokens: int, decoder: int, window: int | None = None) -> None:
-        """Refuse, before running anything, a sequence longer than the decoder's positions, or
-        than `window` positions when one is given (an evaluation's stated context window)."""
-        limit = getattr(self.decoders[decoder].config, "max_position_embeddings", None)
-        if window is not None and (limit is None or window < limit):
-            if window < 1:
-                raise ValueError(f"window must be at least 1 position, got {window}")
-            limit, whose = window, f"the window of {window} positions"
-        else:
-            whose = f"decoder {decoder}'s {limit}"
-        if limit is not None and prompt_positions + new_tokens > limit:
-            asked = f" + {new_tokens} new tokens" if new_tokens else ""
-            raise PromptTooLong(
-                f"the input takes {prompt_positions} decoder positions{asked}, more than {whose}: "
-                "shorten the prompt or documents, or ask for fewer new tokens"
-            )
 
     def shares_vocabulary(self, decoder: int) -> bool:
         """Whether the decoder's tokenizer has the encoder's vocabulary (ids mean the same tokens)."""
@@ -296,13 +257,11 @@ class ARCModel(nn.Module):
             self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
         return self._shared_vocab[decoder]
 
-    # ----------------------------------------------------------------------------- generation
     def generate(self, prompts, decoder: int = 0, **options) -> list[Generation]:
         """Answer prompts of text (str), documents (Doc) and stored vectors (Compressed):
         model/generate.py's `generate`, with its options (max_new_tokens, temperature, stop, ...)."""
         return generation.generate(self, prompts, decoder, **options)
 
-    # ----------------------------------------------------------------------------- saving
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The state dict less the frozen decoders: what a save holds (DTensors when sharded)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(DECODERS)}
@@ -317,35 +276,25 @@ class ARCModel(nn.Module):
         saved.save_pretrained(self, path, state_dict)
 
     def save_delta(self, path: str | Path, max_mb: float | None = None, dtype: torch.dtype | None = None) -> int:
-        """Save only what differs from the backbone, rounded to `dtype` if given, refused over
-        `max_mb` (model/saved.py, model/delta.py). Returns its size in bytes."""
+        """Save only what differs from the backbone (model/saved.py); returns its size in bytes."""
         return saved.save_delta(self, path, max_mb, dtype)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, decoders: list[str] | None = None, decoder_dtype: torch.dtype = torch.float32
     ) -> ARCModel:
-        """A saved folder (full or delta), a training run folder (its latest checkpoint) or a
-        model shipped in this package (e.g. "smollm2-arc4"): model/saved.py `load`. `decoders`
-        replaces the recorded decoder names or paths (same count and widths)."""
+        """A saved folder (full or delta), a run folder (its latest checkpoint) or a shipped model's name
+        (model/saved.py); `decoders` replaces the recorded decoder names or paths (same widths)."""
         return saved.load(cls, path, decoders, decoder_dtype)
 
     def to_dtype(self, dtype: torch.dtype) -> ARCModel:
-        """Cast every weight to `dtype` for inference (`devices.cast_weights`: RoPE tables stay
-        float32). The fingerprint stays that of the weights before the cast: vectors made at
-        either precision belong to one store."""
-        if self._pinned_fingerprint is None:
-            self._pinned_fingerprint = self.fingerprint()
+        """Cast every weight to `dtype` for inference (RoPE tables stay float32), keeping the
+        fingerprint of the weights before the cast: vectors made at either precision are one store's."""
+        self._pinned_fingerprint = self.fingerprint()  # the pinned one if cast before
         cast_weights(self, dtype)
         return self
 
     def fingerprint(self) -> str:
         """A short hash of the trainable weights: stores refuse vectors from another model.
         A model cast with `to_dtype` keeps the hash of its weights before the cast."""
-        if self._pinned_fingerprint is not None:
-            return self._pinned_fingerprint
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.trained_state().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return self._pinned_fingerprint or saved.fingerprint(self.trained_state())

@@ -14,6 +14,7 @@ check that a file holds every tensor a model expects, with its shape; resuming a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -96,6 +97,16 @@ def save_delta(model, path: str | Path, max_mb: float | None = None, dtype: torc
     dims = [d.config.hidden_size for d in model.decoders]
     write_saved_model(path, delta, model.config, dims, model.encoder.hf_config, None)
     return size
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's trained tensors (names and bytes): stores refuse vectors made by
+    another model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- finding
