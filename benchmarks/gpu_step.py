@@ -192,7 +192,7 @@ def measure(arc: ARCModel, shape: dict, device: torch.device, steps: int, warmup
         "peak_bf16_tflops": peak,
         "mfu": achieved / peak if peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "trained_params": sum(p.numel() for p in arc.trainable_parameters() if p.requires_grad),
+        "trained_params": sum(p.numel() for p in arc.trained_parameters().values() if p.requires_grad),
         "frozen_params": sum(p.numel() for p in arc.decoders.parameters()),
     }
 

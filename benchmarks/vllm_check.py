@@ -2,7 +2,7 @@
 
 Needs a CUDA machine with vLLM (pip install 'arc-encoder[vllm]'). Prompts mix a document
 compressed on the fly (Doc) and stored vectors (Compressed); both paths get identical spliced
-embeddings (ARCModel.prompt_embeddings), so in float32 their greedy tokens should agree except where
+embeddings (model/generate.py prompt_embeddings), so in float32 their greedy tokens should agree except where
 two logits are within kernel rounding of each other.
 
     python benchmarks/vllm_check.py --model smollm2-arc4 --prompts 64 --max-new-tokens 16

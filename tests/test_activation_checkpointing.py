@@ -25,7 +25,7 @@ def losses_and_gradients(arc, samples):
         arc.zero_grad(set_to_none=True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-            loss, _ = arc.loss(samples, decoder)
+            loss, _ = arc(samples, decoder)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in arc.named_parameters() if p.grad is not None}
         out.append((loss.detach(), grads, sum(saved)))

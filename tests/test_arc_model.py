@@ -9,7 +9,9 @@ import torch
 from arc_encoder import ARCConfig, ARCModel, Doc
 from arc_encoder.model.decoder import common_prefix_length, with_cache
 from arc_encoder.model.prompting import build_prompts, splice_prompts
+from arc_encoder.model.saved import load_state
 from arc_encoder.model.splice import Sample, splice
+from arc_encoder.model.weights import read_weights
 from conftest import FAMILIES
 
 
@@ -35,8 +37,8 @@ TEXTS = [
 def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
     model = tiny_arc()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
-    loss, n = model.loss([reconstruction_sample(model, t) for t in TEXTS], special="rec")
+    opt = torch.optim.AdamW(model.trained_parameters().values(), lr=1e-2)
+    loss, n = model([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     (loss / n).backward()
     opt.step()
     after = model.state_dict()
@@ -55,8 +57,8 @@ def test_optimizer_step_updates_only_trainable_parts(tiny_arc):
 def test_batched_loss_equals_per_sample(tiny_arc):
     model = tiny_arc().eval()
     samples = [reconstruction_sample(model, t) for t in TEXTS]
-    total, count = model.loss(samples, special="rec")
-    parts = [model.loss([s], special="rec") for s in samples]
+    total, count = model(samples, special="rec")
+    parts = [model([s], special="rec") for s in samples]
     torch.testing.assert_close(total, sum(p[0] for p in parts), atol=1e-4, rtol=1e-5)
     assert count == sum(p[1] for p in parts)
 
@@ -226,7 +228,7 @@ def test_every_family_runs_forward_backward_generate(tiny_models, family):
             pooling_factors=[2],
         )
     )
-    loss, n = model.loss([reconstruction_sample(model, t) for t in TEXTS], special="rec")
+    loss, n = model([reconstruction_sample(model, t) for t in TEXTS], special="rec")
     assert torch.isfinite(loss) and n > 0
     (loss / n).backward()
     assert model.encoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
@@ -288,7 +290,7 @@ def test_mismatched_checkpoint_refused(tiny_arc, tiny_models, tmp_path):
     tiny_arc(bottleneck=32).save_pretrained(tmp_path / "a")
     other = tiny_arc(bottleneck=16)
     with pytest.raises(ValueError, match="shape mismatch.*adapters.0.down.weight"):
-        other.load_weights(tmp_path / "a" / "model.safetensors")
+        load_state(other, read_weights(tmp_path / "a" / "model.safetensors"), "checkpoint")
     with pytest.raises(ValueError, match="width"):
         ARCModel.from_pretrained(tmp_path / "a", decoders=[tiny_models["llama-wide"]])
     (tmp_path / "a" / "model.safetensors").write_bytes(b"not safetensors")
@@ -389,4 +391,4 @@ def test_nothing_runs_past_the_decoders_positions(tiny_arc):
         model.generate(["word " * 520], max_new_tokens=1)
     long = Sample(text_ids=[5] * 600, segments=[], offsets=[], targets=[True] * 600)
     with pytest.raises(ValueError, match="takes 600 decoder positions, more than decoder 0's 512"):
-        model.loss([long])
+        model([long])

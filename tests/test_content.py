@@ -42,14 +42,14 @@ def test_conditions_build_the_samples_they_claim(tiny_arc):
 
     # the sums: "right" is the model's own loss; "none" the plain-text loss without documents
     def loss_fn(group, special):
-        return arc.loss(group, 0, special, with_accuracy=True)
+        return arc(group, 0, special, with_accuracy=True)
 
     table = document_use.content_summary(
         document_use.content_sums(loss_fn, arc, [Batch(samples, "finetune")], batch_size=2)
     )["finetune"]
     with torch.no_grad():
-        loss, n = arc.loss(samples, 0, "cont")
-        plain, m = arc.loss([document_use.without_documents(s) for s in samples], 0, "cont")
+        loss, n = arc(samples, 0, "cont")
+        plain, m = arc([document_use.without_documents(s) for s in samples], 0, "cont")
     assert table["right"] == pytest.approx(loss.item() / n, rel=1e-5)
     assert table["none"] == pytest.approx(plain.item() / m, rel=1e-5)
     assert table["gap"] == pytest.approx(table["mismatched"] - table["right"])

@@ -270,7 +270,7 @@ def test_squad_batches_train_a_tiny_model(tiny_arc, tiny_models):
     data = FinetuneData(config, model.encoder_tokenizer, tok)
     for _ in range(3):
         batch = next(data)
-        loss, n = model.loss(batch.samples, 0, batch.special)
+        loss, n = model(batch.samples, 0, batch.special)
         assert batch.special == "cont" and torch.isfinite(loss)
         assert n == sum(sum(s.targets) for s in batch.samples) and 3.0 < loss.item() / n < 9.0
 

@@ -305,7 +305,7 @@ def test_batches_train_a_tiny_model(tiny_arc, tiny_models):
     for _ in range(4):
         batch = next(data)
         tasks.add(batch.task)
-        loss, n = model.loss(batch.samples, 0, batch.special)
+        loss, n = model(batch.samples, 0, batch.special)
         assert torch.isfinite(loss) and n == sum(sum(s.targets) for s in batch.samples)
         assert 3.0 < loss.item() / n < 9.0  # an untrained model: about ln(384) = 5.95 nats per token
     assert tasks == {"reconstruction", "continuation"}

@@ -327,5 +327,5 @@ def test_reading_batches_train_a_tiny_model(tmp_path, tiny_arc):
     data = PretrainData(small_config([f], objectives={"lookup": 0.5, "cloze": 0.5}, batch_size=2), tok, tok)
     for task in ("lookup", "cloze"):
         batch = next(b for b in iter(data.__next__, None) if b.task == task)
-        loss, n = arc.loss(batch.samples, special=batch.special)
+        loss, n = arc(batch.samples, special=batch.special)
         assert n == sum(sum(s.targets) for s in batch.samples) and math.isfinite(float(loss.detach()))

@@ -31,8 +31,8 @@ def test_distilled_loss_adds_the_weighted_kl_computed_by_hand(tiny_arc):
     sample = Sample(text_ids=text, segments=[seg], offsets=[2], targets=[True] * len(text))
     weight, temperature = 0.7, 2.0
     with torch.no_grad():
-        plain, n = arc.loss([sample])
-        distilled, n2 = arc.loss([sample], distill=Distillation(weight, temperature))
+        plain, n = arc([sample])
+        distilled, n2 = arc([sample], distill=Distillation(weight, temperature))
         # student: the decoder reading text[:2], the block, text[2:], as one embedded sequence
         dec = arc.decoders[0]
         embed = dec.get_input_embeddings()
@@ -60,7 +60,7 @@ def test_distillation_gets_gradients_and_leaves_the_decoder_frozen(tiny_arc):
     seg = tok("the old mill and the town", add_special_tokens=False)["input_ids"]
     text = tok("bakers sell bread", add_special_tokens=False)["input_ids"]
     sample = Sample(text_ids=text, segments=[seg], offsets=[0], targets=[True] * len(text))
-    loss, _ = arc.loss([sample], distill=Distillation(1.0))
+    loss, _ = arc([sample], distill=Distillation(1.0))
     loss.backward()
     assert arc.adapters[0].up.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in arc.decoders.parameters())

@@ -14,7 +14,7 @@ from arc_encoder.evaluation.haystack import Paragraph, build_haystack, model_hay
 from arc_encoder.evaluation.prompts import open_book_prompt
 from arc_encoder.evaluation.runner import evaluate_haystack, select_examples
 from arc_encoder.evaluation.tasks import Example, load_task
-from arc_encoder.model.arc import PromptTooLong
+from arc_encoder.model.prompting import PromptTooLong
 from arc_encoder.storage.retrieval import bm25_scores, top_k_texts
 from conftest import CORPUS
 

@@ -40,10 +40,10 @@ def test_bf16_forward_agrees_with_fp32_and_fp32_gpu_with_cpu(tiny_models, exact_
     cast_weights(half.decoders, torch.bfloat16)
     half.cuda()
     with torch.no_grad():
-        reference, n = cpu.loss(samples, 0)
-        on_gpu, n_gpu = full.loss(samples, 0)
+        reference, n = cpu(samples, 0)
+        on_gpu, n_gpu = full(samples, 0)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            low, n_low = half.loss(samples, 0)
+            low, n_low = half(samples, 0)
     assert n == n_gpu == n_low
     assert on_gpu.item() / n == pytest.approx(reference.item() / n, rel=1e-4)
     assert low.item() / n == pytest.approx(reference.item() / n, rel=2e-2)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from _store_helpers import make_doc
+from arc_encoder.model.saved import WEIGHTS_FILE
 from arc_encoder.storage import BM25Index, VectorStore
 from arc_encoder.storage import store as store_module
 from arc_encoder.training import checkpoint as ckpt
@@ -31,7 +32,7 @@ def test_a_kill_while_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, m
     for step in (1, 2, 3):
         folder = root / f"step_{step:08d}"
         (folder / "encoder").mkdir(parents=True)
-        for name in (ckpt.STATE_FILE, ckpt.WEIGHTS_FILE, "encoder/config.json"):
+        for name in (ckpt.STATE_FILE, WEIGHTS_FILE, "encoder/config.json"):
             (folder / name).write_text("x")
     real_rmtree = ckpt.shutil.rmtree
 

@@ -8,6 +8,7 @@ import torch
 
 from arc_encoder import ARCConfig, ARCModel, Doc
 from arc_encoder.devices import cast_weights
+from arc_encoder.model.generate import prompt_embeddings
 from arc_encoder.model.prompting import Compressed
 from arc_encoder.training.config import config_from_dict
 from conftest import build_tiny_arc
@@ -27,8 +28,8 @@ def test_float32_vectors_feed_a_bfloat16_model(tiny_models):
         out = model.generate(parts, max_new_tokens=4)[0]
         assert len(out.token_ids) > 0 and out.compressed_vectors == stored.n_vectors
     # what the bf16 decoder reads is the float32 model's input rounded to bf16, not something else
-    low = model.prompt_embeddings(prompt)[0].embeds
-    high = reference.prompt_embeddings(prompt)[0].embeds
+    low = prompt_embeddings(model, prompt)[0].embeds
+    high = prompt_embeddings(reference, prompt)[0].embeds
     assert low.dtype == torch.bfloat16 and high.dtype == torch.float32
     torch.testing.assert_close(low.float(), high, rtol=2e-2, atol=2e-2)
     # and bf16 vectors feed a float32 model
@@ -64,9 +65,9 @@ def test_bf16_decoders_under_fp32_trained_weights(tiny_models):
     assert {p.dtype for n, p in half.named_parameters() if not n.startswith("decoders.")} == {torch.float32}
     samples = [reconstruction(t) for t in random_texts(3, 12, seed=1)]
     for decoder in (0, 1):
-        loss, n = half.loss(samples, decoder)
+        loss, n = half(samples, decoder)
         loss.backward()
-        reference, _ = full.loss(samples, decoder)
+        reference, _ = full(samples, decoder)
         # the same model, its frozen decoder rounded to bf16: the same loss to bf16's precision
         assert loss.item() / n == pytest.approx(reference.item() / n, rel=2e-2)
         grad = half.adapters[decoder].up.weight.grad

@@ -6,6 +6,7 @@ import torch
 
 from arc_encoder.config import ARCConfig
 from arc_encoder.model.arc import ARCModel
+from arc_encoder.training.projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 
 
 def segments_of(arc, n=6):
@@ -17,8 +18,8 @@ def segments_of(arc, n=6):
 def test_calibration_matches_a_hand_computation_and_survives_saving(tiny_arc, tmp_path):
     arc = tiny_arc(projector_input="standardize").eval()
     segs = segments_of(arc)
-    assert arc.calibrate_projector_inputs(segs) is True
-    assert arc.calibrate_projector_inputs(segs) is False  # once only
+    assert calibrate_projector_inputs(arc, segs) is True
+    assert calibrate_projector_inputs(arc, segs) is False  # once only
     # reference: every pooled vector, one segment at a time
     with torch.no_grad():
         rows = torch.cat([arc.encoder(torch.tensor([s]), [len(s)])[0][0] for s in segs])
@@ -41,7 +42,7 @@ def test_calibration_matches_a_hand_computation_and_survives_saving(tiny_arc, tm
 def test_raw_projectors_keep_the_paper_state_dict(tiny_arc):
     arc = tiny_arc()
     assert not any("input_mean" in k for k in arc.state_dict())
-    assert arc.calibrate_projector_inputs([]) is False
+    assert calibrate_projector_inputs(arc, []) is False
 
 
 def test_unknown_projector_input_is_refused():
@@ -107,7 +108,7 @@ def test_fitting_to_embeddings_reads_each_token_at_factor_one(tiny_arc):
     tiny model with more dimensions than rows), and the configured factor is back afterwards."""
     arc = tiny_arc(bottleneck=None).eval()
     segs = segments_of(arc, n=3)
-    r2 = arc.fit_projectors_to_embeddings(segs)
+    r2 = fit_projectors_to_embeddings(arc, segs)
     assert r2[0] > 0.9
     with torch.no_grad(), arc.encoder.pooling_factor(1):
         vectors = arc.encode_segments(segs, 0)
@@ -124,4 +125,4 @@ def test_fitting_needs_a_shared_vocabulary(tiny_arc, tiny_models):
     arc = tiny_arc()
     arc._shared_vocab[0] = False  # as for a decoder with its own tokenizer
     with pytest.raises(ValueError, match="encoder's vocabulary"):
-        arc.fit_projectors_to_embeddings(segments_of(arc, 2))
+        fit_projectors_to_embeddings(arc, segments_of(arc, 2))

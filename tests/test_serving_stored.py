@@ -7,6 +7,7 @@ import torch
 from _serving_helpers import corpus_docs, write_corpus
 from arc_encoder import Doc
 from arc_encoder.model.decoder import generate_ids
+from arc_encoder.model.generate import prompt_embeddings
 from arc_encoder.serving.ask import ask, ask_prompt, open_retrieval, retrieve
 from arc_encoder.serving.stored import stored_chunks, stored_document
 from arc_encoder.serving.vllm_backend import VLLMBackend
@@ -120,7 +121,7 @@ def test_prompt_embeddings_drive_an_external_engine_like_generate(indexed):
         assert g.prompt_length == e.prompt_length == seen.shape[0]
         assert (g.document_tokens, g.compressed_vectors) == (e.document_tokens, e.compressed_vectors)
     # Independent check of the splice: text embeddings, then the block (vectors + <Cont>), then text.
-    embeds = model.prompt_embeddings(["ab", stored_document(store, "doc-0", 0), "cd"])[0].embeds
+    embeds = prompt_embeddings(model, ["ab", stored_document(store, "doc-0", 0), "cd"])[0].embeds
     tok, embed = model.decoder_tokenizers[0], model.decoders[0].get_input_embeddings()
     head = tok("ab", add_special_tokens=True)["input_ids"]
     tail = tok("cd", add_special_tokens=False)["input_ids"]

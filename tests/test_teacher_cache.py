@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from arc_encoder.cli import app
-from arc_encoder.model.arc import ARCModel
-from arc_encoder.model.distill import Distillation, kl_to_teacher, kl_to_top_k
+from arc_encoder.model import distill
+from arc_encoder.model.distill import Distillation, kl_to_teacher, kl_to_top_k, teacher_top_k
 from arc_encoder.model.splice import Sample
 from arc_encoder.model.teacher_cache import (
     MissingTeacherLogits,
@@ -85,7 +85,7 @@ def test_cached_logits_equal_a_fresh_teacher_forward(tiny_arc, tmp_path):
     data_file = tmp_path / "d.txt"
     data_file.write_text("some text\n")
     cache = TeacherCache.create(tmp_path / "cache", *manifest_parts(arc, data_file), k=5)
-    for sample, top in zip(samples, arc.teacher_top_k(samples, 0, 5)):
+    for sample, top in zip(samples, teacher_top_k(arc, samples, 0, 5)):
         cache.put(sample, 0, *top)
     reopened = TeacherCache.open(tmp_path / "cache", *manifest_parts(arc, data_file))
     with torch.no_grad():
@@ -107,11 +107,11 @@ def test_cache_kl_equals_the_live_kl_restricted_to_top_k(tiny_arc, tmp_path):
     data_file = tmp_path / "d.txt"
     data_file.write_text("some text\n")
     cache = TeacherCache.create(tmp_path / "cache", *manifest_parts(arc, data_file), k=6)
-    cache.put(sample, 0, *arc.teacher_top_k([sample], 0, 6)[0])
+    cache.put(sample, 0, *teacher_top_k(arc, [sample], 0, 6)[0])
     weight, T, k = 0.7, 2.0, 4
     with torch.no_grad():
-        plain, n = arc.loss([sample])
-        cached, n2 = arc.loss([sample], distill=Distillation(weight, T, cache, k))
+        plain, n = arc([sample])
+        cached, n2 = arc([sample], distill=Distillation(weight, T, cache, k))
         # student rows by hand, as in test_distill
         dec = arc.decoders[0]
         embed = dec.get_input_embeddings()
@@ -132,7 +132,7 @@ def test_cache_kl_equals_the_live_kl_restricted_to_top_k(tiny_arc, tmp_path):
     assert n == n2 == len(tokens)
     assert math.isclose(float(cached - plain), weight * T**2 * kl, rel_tol=1e-4, abs_tol=1e-5)
     with pytest.raises(ValueError, match="holds top-6 logits, not 7"):
-        arc.loss([sample], distill=Distillation(weight, T, cache, 7))
+        arc([sample], distill=Distillation(weight, T, cache, 7))
 
 
 def test_a_cache_for_another_decoder_or_data_file_is_refused_by_name(tiny_models, tiny_arc, tmp_path):
@@ -183,7 +183,7 @@ def test_a_run_reads_the_cache_instead_of_the_teacher(tiny_models, tmp_path, mon
     def no_teacher(*args):
         raise AssertionError("the teacher ran although its logits are cached")
 
-    monkeypatch.setattr(ARCModel, "_teacher_logits", no_teacher)
+    monkeypatch.setattr(distill, "teacher_logits", no_teacher)
     torch.manual_seed(0)
     arc = build_model(config, log=lambda *_: None)
     trainer = Trainer(config, arc, build_data(config, arc, trainer_runtime()))

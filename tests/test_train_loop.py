@@ -9,6 +9,7 @@ import torch
 
 from arc_encoder.loading import load_model
 from arc_encoder.model.arc import ARCModel
+from arc_encoder.model.saved import WEIGHTS_FILE, latest_checkpoint
 from arc_encoder.training import checkpoint as ckpt
 from arc_encoder.training.config import config_from_dict
 from arc_encoder.training.model_init import build_model
@@ -313,7 +314,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_model
         trainer.fit()
     assert [s for s, _ in ckpt.list_checkpoints(config.out_dir)] == [2, 4]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
-    good = ARCModel.from_pretrained(ckpt.latest_checkpoint(config.out_dir))
+    good = ARCModel.from_pretrained(latest_checkpoint(config.out_dir))
     assert all(torch.isfinite(p).all() for p in good.parameters())
 
 
@@ -412,15 +413,13 @@ def test_bf16_autocast_step_runs(tiny_models, tmp_path):
 
 
 def test_time_limit_stops_early_with_a_checkpoint(tiny_models, tmp_path):
-    from arc_encoder.training import checkpoint as ckpt
-
     trainer = new_trainer(make_config(tmp_path, tiny_models["llama"], steps=1000, time_limit_minutes=1e-6))
     final = trainer.fit()
     assert trainer.step == 1  # the limit is checked after each step
-    assert final == ckpt.latest_checkpoint(tmp_path / "run")
+    assert final == latest_checkpoint(tmp_path / "run")
 
 
-@pytest.mark.parametrize("damaged", [ckpt.STATE_FILE, ckpt.WEIGHTS_FILE])
+@pytest.mark.parametrize("damaged", [ckpt.STATE_FILE, WEIGHTS_FILE])
 def test_resume_from_a_corrupt_checkpoint_names_the_file_and_the_one_before(tiny_models, tmp_path, damaged):
     config = make_config(tmp_path, tiny_models["llama"], steps=4, checkpoint__every=2)
     new_trainer(config).fit()
@@ -484,7 +483,7 @@ def test_encoder_lora_resumes_bit_identically(tiny_models, tmp_path):
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
     # a checkpoint without its LoRA file is refused by name
-    (ckpt.latest_checkpoint(tmp_path / "killed" / "run") / "lora.safetensors").unlink()
+    (latest_checkpoint(tmp_path / "killed" / "run") / "lora.safetensors").unlink()
     with pytest.raises(ValueError, match="lora.safetensors is missing"):
         new_trainer(config, TokenBatches(texts, 4)).resume()
 

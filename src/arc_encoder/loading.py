@@ -23,14 +23,11 @@ def load_model(model: str, decoder_dtype=None):
     from .config import PRESETS
     from .model.arc import ARCModel
     from .model.delta import SHIPPED
-    from .training.model_init import saved_model_dir
 
     quiet_transformers()
     dtype = decoder_dtype or torch.float32
-    if model in SHIPPED:
-        return ARCModel.from_pretrained(model, decoder_dtype=dtype)  # verifies the pinned checksum
-    if Path(model).is_dir():  # a saved model, or a training run folder: its latest checkpoint
-        return ARCModel.from_pretrained(saved_model_dir(model, role="model"), decoder_dtype=dtype)
+    if model in SHIPPED or Path(model).is_dir():  # a shipped model, a saved folder or a run folder
+        return ARCModel.from_pretrained(model, decoder_dtype=dtype)
     preset = model.removesuffix(UNTRAINED)
     if preset in PRESETS:
         return ARCModel.from_config(preset, decoder_dtype=dtype)

@@ -89,7 +89,6 @@ def delta(
     small folder that loads with ARCModel.from_pretrained like the full one (bit for bit, unless
     --float16)."""
     from ..model.arc import ARCModel
-    from ..training.model_init import saved_model_dir
 
     quiet()
 
@@ -99,7 +98,7 @@ def delta(
         import torch
 
         dtype = torch.float16 if float16 else None
-        size = ARCModel.from_pretrained(saved_model_dir(src)).save_delta(dst, max_mb, dtype)
+        size = ARCModel.from_pretrained(src).save_delta(dst, max_mb, dtype)
         return {"source": str(src), "delta": str(dst), "megabytes": round(size / 2**20, 2)}
 
     typer.echo(json.dumps(_run(job)))

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_folder, write_json
 from ..config import ARCConfig
-from ..model.arc import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, read_saved_config, write_saved_model
+from ..model.saved import CONFIG_FILE, ENCODER_DIR, WEIGHTS_FILE, read_saved_config, write_saved_model
 from ..model.weights import check_tensors, read_weights
 
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"

@@ -305,7 +305,7 @@ def content_report(
     arc.eval()
 
     def loss_fn(samples, special):
-        return arc.loss(samples, decoder, special, with_accuracy=True)
+        return arc(samples, decoder, special, with_accuracy=True)
 
     tasks = content_summary(content_sums(loss_fn, arc, batches, decoder, batch_size))
     if greedy:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, replace
 
 from arc_encoder.evaluation.prompts import arc_prompt, closed_book_prompt, doc_as_text
 from arc_encoder.evaluation.tasks import Example
-from arc_encoder.model.arc import ARCModel, Compressed, PromptTooLong
+from arc_encoder.model.arc import ARCModel, Compressed
 from arc_encoder.model.pooling import pooled_length
+from arc_encoder.model.prompting import PromptTooLong
 from arc_encoder.prompt import Doc
 
 METHODS = ("closed", "open", "arc", "mismatched", "truncate", "llmlingua", "truncate-window", "rag", "rag-arc")

@@ -30,7 +30,8 @@ from arc_encoder.evaluation.haystack import model_haystacks, paragraph_pool
 from arc_encoder.evaluation.methods import DEFAULT_TOP_K, Method, build_method, check_methods, generate_answers
 from arc_encoder.evaluation.prompts import postprocess_answer
 from arc_encoder.evaluation.tasks import Example, metric_for_task, split_shots
-from arc_encoder.model.arc import ARCModel, PromptTooLong
+from arc_encoder.model.arc import ARCModel
+from arc_encoder.model.prompting import PromptTooLong
 
 from ..prompt import closed_question
 

@@ -31,7 +31,7 @@ class DecoderAdapter(nn.Module):
         super().__init__()
         if standardize:
             # Per-dimension mean and spread of the encoder's pooled outputs, measured once on
-            # training text (ARCModel.calibrate_projector_inputs) and then fixed. A few outlier
+            # training text (training/projector_init.py) and then fixed. A few outlier
             # dimensions shared by every document carry most of the raw output's energy; removing
             # them leaves the projector only what differs between documents.
             self.register_buffer("input_mean", torch.zeros(encoder_dim))

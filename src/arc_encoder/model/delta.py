@@ -41,11 +41,6 @@ def delta_of(state: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor]) 
     }
 
 
-def expected_in_delta(own: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, tuple]:
-    """Shapes a delta must match: every non-backbone tensor, and the backbone tensors it holds."""
-    return {k: tuple(v.shape) for k, v in own.items() if k in delta or not k.startswith(BACKBONE_PREFIXES)}
-
-
 def check_checksum(file: Path, recorded, pinned: str | None) -> None:
     """Refuse a weights file whose SHA-256 is not the one recorded beside it (and, for a shipped
     model, the one pinned in this package)."""

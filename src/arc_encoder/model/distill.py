@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .splice import Sample
+from .decoder import target_logits
+from .splice import Sample, splice
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherCache
@@ -104,3 +105,59 @@ def kl_to_top_k(
     student = F.log_softmax(picked / temperature, dim=-1)
     teacher = F.log_softmax(teacher_values.to(student_logits.device).float() / temperature, dim=-1)
     return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
+
+def distillation_loss(
+    model, distill: Distillation, logits, samples: list[Sample], tokens, decoder: int
+) -> torch.Tensor:
+    """`distill.weight` times the summed KL to the teacher of the student's logits [T, V] at the
+    supervised (sample, text token) pairs `tokens`: over the cached top-k when the run has a
+    teacher cache, else over the vocabulary of the decoder reading the documents as text."""
+    if distill.cache is not None:
+        values, indices = distill.cache.rows(samples, tokens, decoder, distill.k)  # [T, k] each
+        kl = kl_to_top_k(logits, values, indices, distill.temperature)
+    else:
+        kl = kl_to_teacher(logits, teacher_logits(model, samples, tokens, decoder), distill.temperature)
+    return distill.weight * kl
+
+
+def document_ids(model, encoder_ids: list[int], decoder: int) -> list[int]:
+    """Decoder token ids of a segment given in encoder token ids (the same ids when the two
+    tokenizers share a vocabulary, else through the text)."""
+    if model.shares_vocabulary(decoder):
+        return list(encoder_ids)
+    enc, dec = model.encoder_tokenizer, model.decoder_tokenizers[decoder]
+    return dec(enc.decode(encoder_ids), add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def teacher_logits(model, samples: list[Sample], tokens: list[tuple[int, int]], decoder: int) -> torch.Tensor:
+    """[T, V] logits of the decoder reading each sample's documents as text, for the
+    supervised (sample, text token) pairs `tokens`."""
+    dec = model.decoders[decoder]
+    docs = [[document_ids(model, seg, decoder) for seg in s.segments] for s in samples]
+    texts, predictors = teacher_inputs(samples, docs, tokens)
+    embed = dec.get_input_embeddings()
+    batch = splice([embed(torch.tensor(t, device=model.device)) for t in texts], [[]] * len(texts), [[]] * len(texts))
+    L = batch.embeds.shape[1]
+    index = torch.tensor([i * L + p for i, p in predictors], dtype=torch.long, device=model.device)
+    return target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)
+
+
+@torch.no_grad()
+def teacher_top_k(
+    model, samples: list[Sample], decoder: int, k: int
+) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Per sample: the supervised text tokens the decoder reading its documents as text
+    predicts, and its top-k logits there, (tokens, values [n, k] float32, indices [n, k]),
+    largest first: what a teacher cache stores."""
+    docs = [[document_ids(model, seg, decoder) for seg in s.segments] for s in samples]
+    tokens = teacher_targets(samples, docs)
+    if not tokens:
+        return [([], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)) for _ in samples]
+    values, indices = teacher_logits(model, samples, tokens, decoder).float().topk(k, dim=-1)
+    out = []
+    for i in range(len(samples)):
+        rows = [r for r, (j, _) in enumerate(tokens) if j == i]
+        out.append(([tokens[r][1] for r in rows], values[rows].cpu(), indices[rows].cpu()))
+    return out

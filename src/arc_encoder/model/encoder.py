@@ -14,6 +14,7 @@ for free).
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -85,6 +86,14 @@ class Encoder(nn.Module):
             base = AutoModel.from_config(hf_config)
         return cls(hf_config, cfg, base)
 
+    @classmethod
+    def from_saved(cls, folder: str | Path, cfg: ARCConfig) -> Encoder:
+        """The architecture a saved model's encoder/ folder describes (the truncated backbone's
+        config), its weights untrained: the saved ones are loaded into it (model/saved.py)."""
+        hf_config = AutoConfig.from_pretrained(folder)
+        hf_config._attn_implementation = cfg.attn_implementation
+        return cls(hf_config, cfg)
+
     @contextlib.contextmanager
     def pooling_factor(self, factor: int | None):
         """Pool by `factor` in the last block while inside (a pooling-factor curriculum; 1 still
@@ -128,6 +137,16 @@ class Encoder(nn.Module):
             if pools:
                 n_tokens = pooled_length(n_tokens, factor)
         return n_tokens
+
+    def encode_ids(self, segments: list[list[int]], pad_id: int, memory: torch.Tensor | None = None):
+        """`forward` on segments given as token id lists, right-padded here with `pad_id`."""
+        lengths = [len(s) for s in segments]
+        if min(lengths) < 1:
+            raise ValueError("cannot compress an empty segment")
+        ids = torch.full((len(segments), max(lengths)), pad_id, dtype=torch.long)  # [S, N]
+        for i, seg in enumerate(segments):
+            ids[i, : len(seg)] = torch.tensor(seg)
+        return self(ids.to(self.embed_tokens.weight.device), lengths, memory)
 
     def forward(self, input_ids: torch.Tensor, lengths: list[int], memory: torch.Tensor | None = None):
         """Compress a batch of segments.

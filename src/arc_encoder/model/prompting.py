@@ -19,6 +19,10 @@ from ..prompt import Doc
 from .splice import splice
 
 
+class PromptTooLong(ValueError):
+    """A sequence longer than the decoder's positions (or a stated window): refused, never cut."""
+
+
 @dataclass
 class Compressed:
     """A document compressed for one decoder: bottleneck vectors per chunk."""
@@ -73,6 +77,24 @@ def prompt_positions(
         else:
             raise TypeError(f"prompt parts must be str, Doc or Compressed, got {type(part).__name__}")
     return total
+
+
+def check_positions(model, positions: int, new_tokens: int, decoder: int, window: int | None = None) -> None:
+    """Refuse, before running anything, a sequence longer than the decoder's positions, or
+    than `window` positions when one is given (an evaluation's stated context window)."""
+    limit = getattr(model.decoders[decoder].config, "max_position_embeddings", None)
+    if window is not None and (limit is None or window < limit):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 position, got {window}")
+        limit, whose = window, f"the window of {window} positions"
+    else:
+        whose = f"decoder {decoder}'s {limit}"
+    if limit is not None and positions + new_tokens > limit:
+        asked = f" + {new_tokens} new tokens" if new_tokens else ""
+        raise PromptTooLong(
+            f"the input takes {positions} decoder positions{asked}, more than {whose}: "
+            "shorten the prompt or documents, or ask for fewer new tokens"
+        )
 
 
 def build_prompts(model, prompts: list[list], decoder: int, special: str = "cont"):

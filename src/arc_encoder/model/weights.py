@@ -1,4 +1,5 @@
-"""Reading a weights file and checking it against what a model expects, with errors naming both."""
+"""Reading a weights file, checking it against what a model expects (errors naming both), and
+copying whole tensors into parameters that may be sharded."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -41,3 +43,21 @@ def check_tensors(found: dict[str, torch.Tensor], expected: dict[str, tuple], wh
 
 def shapes_of(state: dict[str, torch.Tensor]) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def laid_out_as(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `like`: this rank's shard for a DTensor, else a copy on its device."""
+    full = full.to(device=like.device, dtype=like.dtype)
+    if isinstance(like, DTensor):
+        # every rank read the same file, so each takes its own shard without communication
+        return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+    return full
+
+
+def copy_into(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a whole tensor into `target`, a tensor of a state dict, sharded (DTensor) or not."""
+    value = laid_out_as(full, target)
+    if isinstance(target, DTensor):
+        target.to_local().copy_(value.to_local())
+    else:
+        target.copy_(value)

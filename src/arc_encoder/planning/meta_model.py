@@ -10,7 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import PRESETS, ARCConfig
-from ..model.arc import ENCODER_DIR, ARCModel, read_saved_config
+from ..model.arc import ARCModel
+from ..model.saved import ENCODER_DIR, locate
 from ..model.encoder import Encoder, truncated_config
 from ..training.config import TrainConfig
 from .architectures import architecture
@@ -34,10 +35,8 @@ def arc_config_for(config: TrainConfig, init_preset: str | None = None) -> tuple
     `init_preset`, else the paper's encoder when the config names its decoders itself."""
     if config.model.init_from is None:
         return config.arc_config(), None, ""
-    from ..training.model_init import saved_model_dir
-
     try:
-        source = saved_model_dir(config.model.init_from)
+        located = locate(config.model.init_from, role="model.init_from")
     except FileNotFoundError:
         if init_preset is None and "decoders" not in config.model.arc:
             raise LookupError(
@@ -49,9 +48,9 @@ def arc_config_for(config: TrainConfig, init_preset: str | None = None) -> tuple
             raise ValueError(f"--init-preset: unknown preset {preset!r}; presets: {sorted(PRESETS)}") from None
         note = f"model.init_from {config.model.init_from} is not here: its encoder is planned as preset {preset}"
         return config.arc_config(saved=PRESETS[preset].to_dict()), None, note
-    _, saved = read_saved_config(source)
+    source = located.folder
     encoder_folder = source / ENCODER_DIR if (source / ENCODER_DIR / "config.json").is_file() else None
-    return config.arc_config(saved=saved.to_dict()), encoder_folder, ""
+    return config.arc_config(saved=located.config.to_dict()), encoder_folder, ""
 
 
 def build_meta_model(config: TrainConfig, architectures: Path | None, init_preset: str | None = None) -> PlannedModel:

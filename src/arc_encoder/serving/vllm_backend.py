@@ -1,7 +1,7 @@
 """GPU serving: the frozen decoder runs in vLLM, fed the spliced prompt embeddings.
 
 ARCModel builds each prompt's decoder input (text token embeddings with compressed blocks spliced
-in, `ARCModel.prompt_embeddings`); vLLM takes it as `{"prompt_embeds": [L, d]}` (its engine must be
+in, model/generate.py `prompt_embeddings`); vLLM takes it as `{"prompt_embeds": [L, d]}` (its engine must be
 created with `enable_prompt_embeds=True`) and decodes with its own batching and paged KV cache.
 The encoder and projector stay in PyTorch. vLLM is optional and imported only here.
 
@@ -11,7 +11,7 @@ path), so leave room for it beside vLLM's share (`gpu_memory_utilization`).
 
 from __future__ import annotations
 
-from ..model.arc import Generation
+from ..model.generate import Generation, prompt_embeddings
 from ..model.registry import resolve_model
 
 INSTALL_HINT = (
@@ -62,7 +62,7 @@ class VLLMBackend:
         # and a stream gets its whole text at the end)
         if decoder != self.decoder:
             raise ValueError(f"this vLLM engine runs decoder {self.decoder}, not decoder {decoder}")
-        spliced = self.model.prompt_embeddings(prompts, decoder)  # per prompt [L_i, d_dec]
+        spliced = prompt_embeddings(self.model, prompts, decoder)  # per prompt [L_i, d_dec]
         sampling = self.sampling_params(
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,

@@ -5,6 +5,7 @@
         trainer_state.pt      optimizer, scheduler, step, per-rank RNG and data positions
         train_config.yaml     the run's configuration
 
+The folder layout is model/saved.py's, which reads a run folder as its latest checkpoint.
 A checkpoint is written into a temporary folder beside its final place, flushed to disk, then
 renamed: a folder named `step_*` is always complete. Parameters may be FSDP2-sharded DTensors;
 model and optimizer state are gathered into full tensors, keyed by parameter name, so a checkpoint
@@ -16,23 +17,19 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 
-from ..model.arc import WEIGHTS_FILE
-from ..model.weights import check_tensors, read_weights, shapes_of
+from ..model.saved import CHECKPOINTS, STATE_FILE, list_checkpoints, load_state
+from ..model.weights import laid_out_as, read_weights
 from .lora import LORA_FILE, has_lora, unmerged_state
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "train_config.yaml"
-_NAME = re.compile(r"^step_(\d+)$")
 
 
 class CorruptCheckpoint(ValueError):
@@ -42,24 +39,6 @@ class CorruptCheckpoint(ValueError):
 # ------------------------------------------------------------------------- folders
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / CHECKPOINTS / f"step_{step:08d}"
-
-
-def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    root = Path(out_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _NAME.match(path.name)
-        if match and (path / STATE_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
 
 
 def prune(out_dir: str | Path, keep: int) -> None:
@@ -83,15 +62,6 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().clone()
 
 
-def _like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """`full` laid out as `param`: this rank's shard for a DTensor, else a copy on its device."""
-    full = full.to(device=param.device, dtype=param.dtype)
-    if isinstance(param, DTensor):
-        # every rank read the same file, so each takes its own shard without communication
-        return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-    return full
-
-
 def _step_like(step: torch.Tensor, param: torch.Tensor, group: dict) -> torch.Tensor:
     """AdamW's `step` where this optimizer keeps it: a CPU scalar, or (fused or capturable, as on
     a GPU) a float32 scalar on the parameter's device, which the fused kernel requires."""
@@ -100,13 +70,12 @@ def _step_like(step: torch.Tensor, param: torch.Tensor, group: dict) -> torch.Te
     return step.clone()
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def model_state(model) -> dict[str, torch.Tensor]:
     """Full tensors of everything ARCModel.save_pretrained writes (the decoders are not saved)."""
-    return {k: _full(v) for k, v in model.state_dict().items() if not k.startswith("decoders.")}
+    return {k: _full(v) for k, v in model.trained_state().items()}
 
 
-@torch.no_grad()
-def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
+def load_model_state(model, file: str | Path) -> None:
     """Load a model.safetensors into a model whose parameters may be sharded."""
     try:
         state = read_weights(file)
@@ -114,14 +83,7 @@ def load_model_state(model: torch.nn.Module, file: str | Path) -> None:
             state = unmerged_state(model, state, Path(file).with_name(LORA_FILE))
     except (ValueError, FileNotFoundError) as e:
         raise CorruptCheckpoint(str(e)) from None
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("decoders.")}
-    check_tensors(state, shapes_of(own), f"{file} (against the model)")
-    for name, target in own.items():
-        value = _like(state[name], target)
-        if isinstance(target, DTensor):
-            target.to_local().copy_(value.to_local())
-        else:
-            target.copy_(value)
+    load_state(model, state, f"{file} (against the model)")
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, names: dict[torch.Tensor, str]) -> dict[str, Any]:
@@ -153,7 +115,7 @@ def load_optimizer_state(
     for name, values in saved["state"].items():
         p = by_name[name]
         optimizer.state[p] = {
-            k: (_step_like(v, p, group_of[name]) if k == "step" else _like(v, p)) if torch.is_tensor(v) else v
+            k: (_step_like(v, p, group_of[name]) if k == "step" else laid_out_as(v, p)) if torch.is_tensor(v) else v
             for k, v in values.items()
         }
     for group, saved_group in zip(groups, saved_groups):

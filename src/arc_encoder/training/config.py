@@ -253,7 +253,7 @@ class TrainConfig:
     pooling_schedule: list[list[int]] = field(default_factory=list)
     # How a fresh run's projectors start: "random" (paper), or "lstsq": the least-squares map, at
     # pooling factor 1, from the encoder's output at each token to the decoder's embedding of it
-    # (ARCModel.fit_projectors_to_embeddings), fitted on a few training batches before step 0.
+    # (training/projector_init.py), fitted on a few training batches before step 0.
     # With pooling_schedule starting at x1 this is what makes CPU-scale runs carry the document.
     projector_init: Literal["random", "lstsq"] = "random"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1

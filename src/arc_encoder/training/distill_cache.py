@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data.sources import HUB_PREFIX, parse_sources
 from ..model.arc import ARCModel
+from ..model.distill import teacher_top_k
 from ..model.teacher_cache import TeacherCache, file_fingerprint, weights_fingerprint
 from .config import TrainConfig, load_config
 
@@ -92,7 +93,7 @@ def build_teacher_cache(
                 missing = [s for s in batch.samples if s.segments and not cache.has(s, decoder)]
                 counts["present"] += len(batch.samples) - len(missing)
                 if missing:
-                    for sample, top in zip(missing, arc.teacher_top_k(missing, decoder, d.k)):
+                    for sample, top in zip(missing, teacher_top_k(arc, missing, decoder, d.k)):
                         cache.put(sample, decoder, *top)
                     counts["cached"] += len(missing)
             bar.update(1)

@@ -1,16 +1,16 @@
 """Running the training step on one or many processes: process group, DDP / FSDP2, collectives.
 
 Launched by `torchrun --nproc-per-node N`, every process runs the same recipe; WORLD_SIZE > 1 turns
-this on. What data parallelism wraps is `TrainStep`, a module whose forward is `ARCModel.loss`:
+this on. Data parallelism wraps the ARCModel itself (its forward is the training loss):
 
-- DDP: it holds only the trainable part (encoder + adapters); the frozen decoders stay outside,
-  replicated, and DDP neither broadcasts nor reduces them. Every trainable tensor, the special
-  tokens included, is a parameter of that module, so all their gradients are all-reduced (the
-  official code left the special tokens out and let each rank drift).
-- FSDP2: it also holds the decoders, so one root shards everything: each encoder block and each
-  frozen decoder block is its own `fully_shard` group, and the root takes what is left
-  (embeddings, adapters and special tokens, decoder heads). With `fsdp_decoders: replicate` the
-  decoders stay outside, whole on every rank, as under DDP.
+- DDP: told to ignore the frozen decoders, which stay replicated: DDP neither broadcasts nor
+  reduces them. Every trainable tensor, the special tokens included, is a parameter of the
+  encoder or an adapter, so all their gradients are all-reduced (the official code left the
+  special tokens out and let each rank drift).
+- FSDP2: one root shards everything: each encoder block and each frozen decoder block is its own
+  `fully_shard` group, and the root takes what is left (embeddings, adapters and special tokens,
+  decoder heads). With `fsdp_decoders: replicate` the decoders' parameters are ignored by FSDP2
+  and stay whole on every rank, as under DDP.
 """
 
 from __future__ import annotations
@@ -84,39 +84,33 @@ def barrier() -> None:
         dist.barrier()
 
 
-class TrainStep(nn.Module):
-    """The module data parallelism wraps; forward(samples, decoder, special) = ARCModel.loss."""
-
-    def __init__(self, arc: nn.Module, with_decoders: bool):
-        super().__init__()
-        # Registered under the ARCModel's own names, so parameter names match its state dict.
-        self.encoder = arc.encoder
-        self.adapters = arc.adapters
-        if with_decoders:
-            self.decoders = arc.decoders
-        self._arc = [arc]  # a list, so the ARCModel is reachable without being a submodule
-
-    def forward(self, samples, decoder: int, special: str, with_accuracy: bool = False, distill=None):
-        return self._arc[0].loss(samples, decoder, special, with_accuracy, distill)
+def decoder_states(arc: nn.Module) -> list[str]:
+    """Names of every parameter and buffer of the frozen decoders, as `arc` names them."""
+    named = [
+        *arc.decoders.named_parameters(remove_duplicate=False),
+        *arc.decoders.named_buffers(remove_duplicate=False),
+    ]
+    return [f"decoders.{name}" for name, _ in named]
 
 
 def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False, shard_decoders: bool = True) -> nn.Module:
-    """The training module for this runtime: plain, DDP, or FSDP2-sharded (the frozen decoders
-    too, unless `shard_decoders` is False: then each rank keeps them whole, as under DDP).
+    """The training module for this runtime: `arc` itself, DDP around it, or `arc` FSDP2-sharded
+    (the frozen decoders too, unless `shard_decoders` is False: then each rank keeps them whole,
+    as under DDP). Called, it returns `arc`'s forward: (loss sum, supervised tokens).
 
     `bf16` (the step runs under bf16 autocast): FSDP2 gathers the parameters in bf16 (half the
     all-gather traffic and unsharded memory) and reduce-scatters gradients in fp32 onto the fp32
     shards AdamW updates. DDP keeps fp32 parameters and reduces fp32 gradients either way."""
     if not runtime.distributed:
-        return TrainStep(arc, with_decoders=False)
+        return arc
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        step = TrainStep(arc, with_decoders=False)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(arc, decoder_states(arc))
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         # Every step leaves parameters without a gradient: one of <Rec>/<Cont>, and the adapters
         # of the decoders it does not train. Buffers are RoPE tables, equal on every rank.
-        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+        return DistributedDataParallel(arc, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -124,11 +118,10 @@ def wrap(arc: nn.Module, parallel: str, runtime: Runtime, bf16: bool = False, sh
         mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         shard = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-        step = TrainStep(arc, with_decoders=shard_decoders)
         for layer in _blocks(arc) if shard_decoders else arc.encoder.layers:
             fully_shard(layer, **shard)
-        fully_shard(step, **shard)
-        return step
+        fully_shard(arc, **shard, ignored_params=None if shard_decoders else set(arc.decoders.parameters()))
+        return arc
     raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
 

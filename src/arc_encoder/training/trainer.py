@@ -38,6 +38,7 @@ from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
 from ..model.distill import Distillation
+from ..model.saved import WEIGHTS_FILE, latest_checkpoint
 from ..model.teacher_cache import TeacherCache
 from . import checkpoint as ckpt
 from .config import RESUME_SAFE, TrainConfig, pooling_factor_at, resume_differences, save_config
@@ -56,6 +57,7 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
+from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 from .schedule import lr_lambda
 
 
@@ -80,8 +82,8 @@ def choose_decoder(step: int, weights: list[float], order: str, seed: int) -> in
 def param_groups(arc: ARCModel, config: TrainConfig) -> list[dict]:
     """AdamW groups: encoder, projectors, special (+ memory) tokens, each with its own peak LR."""
     encoder, projector, special = [], [], []
-    for name, p in arc.named_parameters():
-        if name.startswith("decoders.") or not p.requires_grad:
+    for name, p in arc.trained_parameters().items():
+        if not p.requires_grad:
             continue
         if name.startswith("encoder."):
             encoder.append(p)
@@ -190,7 +192,7 @@ class Trainer:
             shard_decoders=config.fsdp_decoders == "shard",
         )
         # After wrapping: FSDP2 replaces parameters with sharded ones.
-        self.param_names = {p: n for n, p in arc.named_parameters() if not n.startswith("decoders.")}
+        self.param_names = {p: n for n, p in arc.trained_parameters().items()}
         groups = param_groups(arc, config)
         self.trainable = [p for g in groups for p in g["params"]]
         o = config.optim
@@ -204,7 +206,7 @@ class Trainer:
     # ------------------------------------------------------------------------- resume
     def resume(self) -> Path:
         """Restore the latest complete checkpoint of out_dir; refuse an incompatible config."""
-        path = ckpt.latest_checkpoint(self.out_dir)
+        path = latest_checkpoint(self.out_dir)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out_dir / ckpt.CHECKPOINTS}")
         state = self._read_checkpoint(path, ckpt.load_trainer_state, path)
@@ -219,7 +221,7 @@ class Trainer:
                 + ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_SAFE)
                 + " may change when resuming."
             )
-        self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / ckpt.WEIGHTS_FILE)
+        self._read_checkpoint(path, ckpt.load_model_state, self.arc, path / WEIGHTS_FILE)
         ckpt.load_optimizer_state(self.optimizer, state["optimizer"], self.param_names)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scheduler.last_epoch != state["step"]:
@@ -315,8 +317,7 @@ class Trainer:
                     batch.samples,
                     decoder,
                     batch.special,
-                    False,
-                    distillation_for(self.config, batch, self.teacher_cache),
+                    distill=distillation_for(self.config, batch, self.teacher_cache),
                 )
             loss_sum.backward()
             totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
@@ -531,9 +532,9 @@ def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, bat
     segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
     arc.to(runtime.device)
     if calibrate:
-        arc.calibrate_projector_inputs(segments)
+        calibrate_projector_inputs(arc, segments)
     if fit:
-        r2 = arc.fit_projectors_to_embeddings(segments)
+        r2 = fit_projectors_to_embeddings(arc, segments)
         log(
             "projectors start from their least-squares fit to the token embeddings (R^2 "
             + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items())
