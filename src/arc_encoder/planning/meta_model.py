@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import PRESETS, ARCConfig
 from ..model.arc import ARCModel
-from ..model.saved import ENCODER_DIR, locate
 from ..model.encoder import Encoder, truncated_config
+from ..model.saved import ENCODER_DIR, locate
 from ..training.config import TrainConfig
 from .architectures import architecture
 
