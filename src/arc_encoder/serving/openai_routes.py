@@ -12,7 +12,7 @@ Documents travel as extension fields of the request body (the openai client's `e
     "retrieve":     {"query": "...", "k": 3} the store's BM25 top-k chunks for the query
 
 They go, in that order, each as `"Document: " [vectors] "\n"`, just before the text of the last user
-message (chat: the place found from the template's structure, chat_prompt) or before the prompt
+message (chat: the chat layout chat fine-tuning trains on, prompt.py) or before the prompt
 (completions). The standard response fields stay standard (`usage.prompt_tokens` counts the decoder
 positions actually used, vectors included); the extension field `arc` says what compression did:
 document tokens, vectors, ratio, positions saved, cache hits and misses, sources.
@@ -32,7 +32,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..model.arc import Generation
-from ..prompt import DOCUMENT
+from ..prompt import chat_message, chat_prompt, documents_before
 from .ask import retrieve
 from .documents import RequestDoc
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
@@ -40,69 +40,27 @@ from .stored import stored_chunks, stored_document
 from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
-PROBE = "\x01"  # stands for an empty last user message while its place is found (chat_prompt)
 
 
 # ----------------------------------------------------------------------------- prompts
 
 
-def render_chat(tokenizer, messages: list[dict]) -> str:
-    """Messages as the decoder's chat template writes them, ending where the assistant answers.
-    A tokenizer without a template gets a plain `role: content` transcript."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-
-
-def document_parts(documents: list) -> list:
-    """Compressed documents (Doc or Compressed) as prompt parts: `"Document: " [vectors] "\n"` each."""
-    return [piece for d in documents for piece in (DOCUMENT, d, "\n")]
-
-
-def chat_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
-    """Prompt parts of a chat request: the rendered template, documents spliced before the text of
-    the last user message.
-
-    The place is found from the structure of the rendering, not from a marker a message could
-    contain: the conversation is rendered twice, the last user message once with its text and once
-    empty, and the two renderings differ by one inserted block, the message's text as the template
-    writes it; the documents go where it starts."""
-    rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-    if not documents:
-        return [render_chat(tokenizer, rendered)]
-    users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
-    if not users:
-        raise ClientError(400, "documents go before the last user message, and there is none", "messages")
-    last = users[-1]
-
-    def with_last(content: str) -> str:
-        return render_chat(tokenizer, [*rendered[:last], {**rendered[last], "content": content}, *rendered[last + 1 :]])
-
-    actual = rendered[last]["content"]
-    full = with_last(actual)
-    # an empty (or blank) message has no text to find: a probe character stands in for it
-    start = insertion_point(with_last(""), full if actual.strip() else with_last(PROBE))
-    if start is None:
-        raise ClientError(400, "the decoder's chat template changes the user message's text", "messages")
-    return [full[:start], *document_parts(documents), full[start:]]
-
-
-def insertion_point(short: str, long: str) -> int | None:
-    """Where `long` is `short` with one block inserted: the first such place (None if it is not).
-
-    With a common prefix of length p and a common suffix of length q (at most len(short)), the
-    block may start anywhere in [len(short) - q, p]; every place there gives the same text, and the
-    first puts the documents before all of the user's text."""
-    if len(long) < len(short):
-        return None
-    p = 0
-    while p < len(short) and short[p] == long[p]:
-        p += 1
-    q = 0
-    while q < len(short) and short[len(short) - 1 - q] == long[len(long) - 1 - q]:
-        q += 1
-    start = len(short) - q
-    return start if start <= p else None
+def chat_request_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
+    """Prompt parts of a chat request: the chat layout of prompt.py, the documents in the last user
+    message (`"Document: " [vectors] "\n"` each) ahead of its text."""
+    rendered: list[dict] = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
+    ]
+    if documents:
+        users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
+        if not users:
+            raise ClientError(400, "documents go before the last user message, and there is none", "messages")
+        last = rendered[users[-1]]
+        last["content"] = chat_message([], documents, last["content"])
+    try:
+        return chat_prompt(tokenizer, rendered)
+    except ValueError as e:
+        raise ClientError(400, str(e), "messages") from None
 
 
 def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[dict]]:
@@ -280,7 +238,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
 
         def build(res: Resources):
             documents, sources = gather_documents(res, body)
-            return chat_prompt(tokenizer(), body.messages, documents), sources
+            return chat_request_prompt(tokenizer(), body.messages, documents), sources
 
         return await answer(request, body, GenerateJob(build, params, "messages"), ChatShape)
 
@@ -291,7 +249,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
 
         def build(res: Resources):
             documents, sources = gather_documents(res, body)
-            return [*document_parts(documents), body.prompt_text()], sources
+            return documents_before(documents, body.prompt_text()), sources
 
         return await answer(request, body, GenerateJob(build, params, "prompt"), CompletionShape)
 
