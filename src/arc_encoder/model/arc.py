@@ -28,6 +28,7 @@ from .decoder import (
     target_logits,
 )
 from .delta import SHIPPED, check_checksum, delta_of, expected_in_delta, shipped_folder
+from .detokenize import StopStrings
 from .distill import Distillation, kl_to_teacher, kl_to_top_k, teacher_inputs, teacher_targets
 from .encoder import Encoder
 from .prefix import PrefixMemo
@@ -509,10 +510,12 @@ class ARCModel(nn.Module):
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed if seed is not None else random.randrange(2**31))
 
+        stops = [StopStrings(tokenizer, stop) for _ in prompts]  # each decodes only its newest tokens
+
         def should_stop(i, ids):
             if on_token is not None and on_token(i, ids):
                 return True
-            return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
+            return stops[i].reached(ids)
 
         eos, pad = end_and_pad_ids(dec, tokenizer)
         new_ids = generate_ids(

@@ -32,12 +32,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..model.arc import Generation
+from ..model.detokenize import IncrementalDecoder
 from ..prompt import chat_message, chat_prompt, documents_before
 from .ask import retrieve
+from .decoding import DecodeParams, decode_params
 from .documents import RequestDoc
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
 from .stored import stored_chunks, stored_document
-from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
+from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, GenerateJob, Resources, run_job
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 
@@ -92,18 +94,20 @@ def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[di
 
 
 class TextStream:
-    """Turns the growing text of a generation into deltas that never show a stop string, text
-    after one, or half of a multi-byte character: the concatenated deltas are the final text."""
+    """Turns the pieces of a generation's text, as they come, into deltas that never show a stop
+    string or text after one: the concatenated deltas are the final text."""
 
     def __init__(self, stop: list[str]):
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1  # a stop string may be forming
+        self.text = ""
         self.sent = ""
 
-    def update(self, text: str) -> str:
-        cuts = [text.find(s) for s in self.stop if s in text]
-        ready = text[: min(cuts)] if cuts else text[: len(text) - self.hold]
-        return self._emit(ready.rstrip("\ufffd"))  # U+FFFD: a character whose bytes are not all here
+    def update(self, piece: str) -> str:
+        self.text += piece
+        # a stop string never starts in text already sent (it would have been found whole first)
+        cuts = [at for s in self.stop if (at := self.text.find(s, len(self.sent))) >= 0]
+        return self._emit(self.text[: min(cuts)] if cuts else self.text[: len(self.text) - self.hold])
 
     def finish(self, final: str) -> str:
         return self._emit(final)
@@ -224,11 +228,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             raise ClientError(400, f"k={body.retrieve.k} exceeds the server's cap of {limits.max_k}", "retrieve.k")
         cap = limits.max_new_tokens
         default = COMPLETION_DEFAULT_TOKENS if isinstance(body, CompletionRequest) else cap
-        n = body.new_tokens() or min(default, cap)
-        if n > cap:
-            field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", field)
-        return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop_strings()), body.seed)
+        field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+        options = (body.temperature, body.top_p, body.stop_strings(), body.seed)
+        return decode_params(body.new_tokens(), field, default, cap, 400, *options)
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest):
@@ -272,10 +274,16 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
         (and the `arc` field), a usage chunk if asked, then `[DONE]`. Errors before the first token
         (a missing document, a prompt too long) are ordinary error responses."""
         loop = asyncio.get_running_loop()
-        texts: asyncio.Queue = asyncio.Queue()
+        texts: asyncio.Queue = asyncio.Queue()  # pieces of text, then `done`
         done = object()
-        decode = tokenizer().decode
-        job.on_token = lambda ids: loop.call_soon_threadsafe(texts.put_nowait, decode(ids, skip_special_tokens=True))
+        pieces = IncrementalDecoder(tokenizer())  # decodes only the newest tokens, whole characters
+
+        def on_token(ids: list[int]) -> None:  # in the worker thread
+            piece = pieces.add(ids)
+            if piece:
+                loop.call_soon_threadsafe(texts.put_nowait, piece)
+
+        job.on_token = on_token
         future = worker.submit(job)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, done))
 
