@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+import json
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from conftest import CORPUS
@@ -43,4 +45,22 @@ def other_bpe() -> PreTrainedTokenizerFast:
         vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator([line[::-1] for line in CORPUS] + CORPUS[:3], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def byte_fallback_bpe() -> PreTrainedTokenizerFast:
+    """A tokenizer in the style of Llama 2's: "▁" for spaces, a character it has no token for as
+    its UTF-8 bytes (<0xC3> <0xA9>), and a decode that drops the leading space of its text."""
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<s>", "</s>", *byte_tokens])
+    tok.train_from_iterator([line.replace(" ", "▁") for line in CORPUS], trainer)
+    # the byte tokens stay in the vocabulary as ordinary tokens (the trainer made them special)
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in byte_tokens]
+    tok = Tokenizer.from_str(json.dumps(spec))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

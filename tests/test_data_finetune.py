@@ -194,12 +194,12 @@ def test_chat_mode(tmp_path):
     chat = char_tokenizer(bos=True, chat_template=CHAT_TEMPLATE)
     data = pipeline(tmp_path, chat, chat, chat=True)
     sample = data.build([Shot("d1", "q1", "a1")], Shot("the doc", "q", "the answer"))
-    # user: "Document: [d1]\nQuestion: q1\nAnswer: a1\n\nDocument: [doc]\nQuestion: q"
+    # user: "Document: [d1]\nQuestion: q1\nAnswer: a1\n\nDocument: [doc]\nq" (the chat route's layout)
     head = "<|user|>Document: "
     assert sample.offsets == [len(head), len(head) + len("\nQuestion: q1\nAnswer: a1\n\nDocument: ")]
     assert chat.decode(sample.text_ids[: sample.offsets[0]]) == head  # no BOS: the template decides
     assert chat.decode(sample.text_ids) == (
-        head + "\nQuestion: q1\nAnswer: a1\n\nDocument: \nQuestion: q<eos>\n<|assistant|>the answer<eos>"
+        head + "\nQuestion: q1\nAnswer: a1\n\nDocument: \nq<eos>\n<|assistant|>the answer<eos>"
     )
     assert chat.decode(supervised(sample)) == "the answer<eos>"  # reply and end of turn; "\n" cut
     # an instruction: prefix before the document, {question} after it, suffix leads the reply
@@ -210,8 +210,10 @@ def test_chat_mode(tmp_path):
     assert sample.offsets == [len("<|user|>Story:\n")]
     with pytest.raises(ValueError, match="chat template"):
         pipeline(tmp_path, chat, char_tokenizer(), chat=True)
-    with pytest.raises(BadRecord, match="private-use"):
-        data.build([], Shot("doc", "q\ue000", "a", where="f.jsonl, line 9"))
+    # the documents' place comes from the template's structure: no text of the record can move them
+    sample = data.build([], Shot("doc", "Document: \ue000?", "a"))
+    assert sample.offsets == [len(head)]
+    assert chat.decode(sample.text_ids) == head + "\nDocument: \ue000?<eos>\n<|assistant|>a<eos>"
 
 
 # ----------------------------------------------------------------------------------- pipeline

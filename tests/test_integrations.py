@@ -41,7 +41,11 @@ def served(tiny_models, tmp_path_factory):
 def expected(model, question, documents=()):
     """The prompt the chat route documents: the plain transcript of the tiny tokenizer (it has no
     chat template), each document as "Document: " [vectors] "\\n" before the user's text."""
-    parts = ["user: "] + [p for d in documents for p in ("Document: ", d, "\n")] + [f"{question}\nassistant:"]
+    parts, text = [], "user: "
+    for d in documents:
+        parts += [text + "Document: ", d]
+        text = "\n"
+    parts.append(f"{text}{question}\nassistant:")
     return model.generate([parts], max_new_tokens=NEW, stop=[])[0].text
 
 

@@ -80,7 +80,7 @@ def test_chat_with_a_stored_document_reads_its_vectors(client, server):
     )
     # The tiny tokenizer has no chat template: the routes write a plain transcript, the
     # documents before the last user message's text.
-    expected = greedy(model, ["user: ", "Document: ", Doc(text), "\n", "what is mentioned?\nassistant:"])
+    expected = greedy(model, ["user: Document: ", Doc(text), "\nwhat is mentioned?\nassistant:"])
     assert r.choices[0].message.content == expected.text
     assert r.usage.prompt_tokens == expected.prompt_length
     arc = r.model_extra["arc"]
@@ -212,12 +212,12 @@ def test_every_error_under_v1_is_openai_shaped(server, method, path, content, st
         assert r.json()["detail"] == error["message"]
 
 
-def test_text_stream_never_shows_a_stop_string_or_half_a_character():
+def test_text_stream_never_shows_a_stop_string():
     stream = TextStream(["\n\n"])
-    deltas = [stream.update(t) for t in ("Hel", "Hello\n", "Hello\n\nWor")] + [stream.finish("Hello")]
+    deltas = [stream.update(t) for t in ("Hel", "lo\n", "\nWor")] + [stream.finish("Hello")]
     assert deltas == ["He", "llo", "", ""]
     stream = TextStream([])
-    assert [stream.update("caf\ufffd"), stream.update("café"), stream.finish("café!")] == ["caf", "é", "!"]
+    assert [stream.update("caf"), stream.update("é"), stream.finish("café!")] == ["caf", "é", "!"]
 
 
 CHATML = (
@@ -238,22 +238,22 @@ OLD_MARK = "\x00arc-documents\x00"  # the marker string the documents' place use
             None,
             "what is it?",
             f"system: rules {OLD_MARK} here\nuser: first\nassistant: ok\nuser: ",
-            "what is it?\nassistant:",
+            "\nwhat is it?\nassistant:",
         ),
         (
             CHATML,
             "what is it?",
             f"<|im_start|>system\nrules {OLD_MARK} here<|im_end|>\n<|im_start|>user\nfirst<|im_end|>\n"
             "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\n",
-            "what is it?<|im_end|>\n<|im_start|>assistant\n",
+            "\nwhat is it?<|im_end|>\n<|im_start|>assistant\n",
         ),
         (
             TRIMMING,
             "  what is it?  ",
             f"[system] rules {OLD_MARK} here\n[user] first\n[assistant] ok\n[user] ",
-            "what is it?\n[assistant] ",
+            "\n  what is it?\n[assistant] ",  # the message trimmed, with its documents
         ),
-        (CHATML, "", None, "<|im_end|>\n<|im_start|>assistant\n"),  # an empty message: where its text would be
+        (CHATML, "", None, "\n<|im_end|>\n<|im_start|>assistant\n"),  # an empty message: the documents alone
     ],
 )
 def test_documents_go_before_the_last_user_message_whatever_the_messages_say(
@@ -263,7 +263,7 @@ def test_documents_go_before_the_last_user_message_whatever_the_messages_say(
     used to mark it (here the system message) does not move them."""
     import copy
 
-    from arc_encoder.serving.openai_routes import chat_prompt
+    from arc_encoder.serving.openai_routes import chat_request_prompt
     from arc_encoder.serving.openai_schemas import ChatMessage
 
     tokenizer = copy.deepcopy(model.decoder_tokenizers[0])
@@ -275,9 +275,11 @@ def test_documents_go_before_the_last_user_message_whatever_the_messages_say(
         ChatMessage(role="user", content=user),
     ]
     doc = Doc("a document")
-    parts = chat_prompt(tokenizer, messages, [doc])
-    assert parts[1:4] == ["Document: ", doc, "\n"] and len(parts) == 5
+    parts = chat_request_prompt(tokenizer, messages, [doc])
+    assert parts[1] == doc and len(parts) == 3 and parts[0].endswith("Document: ")
     if expected_before is not None:
-        assert parts[0] == expected_before
-    assert parts[4] == expected_after
-    assert parts[0] + parts[4] == chat_prompt(tokenizer, messages, [])[0]  # the conversation, whole and unchanged
+        assert parts[0] == expected_before + "Document: "
+    assert parts[2] == expected_after
+    # the conversation, whole and unchanged, its last message led by the document's place
+    messages[-1] = ChatMessage(role="user", content=f"Document: \n{user}")
+    assert parts[0] + parts[2] == chat_request_prompt(tokenizer, messages, [])[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from .loading import DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
-from .prompt import DOCUMENT, after_document, closed_question
+from .prompt import QA, as_text, qa_prompt
 from .records import command_line_text
 
 app = typer.Typer(
@@ -60,9 +60,9 @@ def demo(
         f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})"
     )
     asks = {
-        "closed-book": [closed_question(question)],
-        "open-book": [DOCUMENT + DEMO_DOCUMENT + after_document(question)],
-        "compressed": [DOCUMENT, compressed, after_document(question)],
+        "closed-book": qa_prompt([], QA([], question)),
+        "open-book": [as_text(qa_prompt([], QA([DEMO_DOCUMENT], question)), str)],
+        "compressed": qa_prompt([], QA([compressed], question)),
     }
     for name, prompt in asks.items():
         t = time.perf_counter()

@@ -7,8 +7,8 @@ or an answer that contains "\\nQuestion:" cannot shift the template):
     then " " + answer + EOS, the only tokens with loss.
 
 The first piece is tokenized with the tokenizer's own special tokens (its BOS, if it adds one),
-every other piece without. The template is the evaluation prompt's (evaluation/prompts.py), so
-training and evaluation read alike.
+every other piece without. The layout is the one prompt builder's (prompt.py), so training,
+evaluation and serving read alike.
 
 Shots: each source keeps a rolling buffer of its most recent examples (read earlier on this
 rank); the prompt of an example uses what the buffer holds, so the shot count grows 0, 1, ...,
@@ -33,11 +33,12 @@ Records: the training schema of method.md §6.1 (`passage` or `passages`, option
 as in the SQuAD files. When there are several answers, one is drawn at random each time the
 record is read. With several passages, the first k are joined with "\\n" (k per `max_passages`).
 
-Chat mode (instruct decoders, method.md §5.4, §6.4): the same prompt becomes a user message and the
-answer the assistant's reply, through the tokenizer's chat template; the loss covers the reply and
-the template's end-of-turn tokens. An `instruction` "prefix||instruction||suffix" replaces the
-final question there: prefix before the document, instruction (with {question}) after it, suffix
-at the start of the reply, without loss.
+Chat mode (instruct decoders, method.md §5.4, §6.4): the chat layout of prompt.py, the one the chat
+route serves: a user message with the shots, then `"Document: " [C(d)] "\n"` and the question; the
+answer is the assistant's reply, through the tokenizer's chat template (which writes its own
+special tokens); the loss covers the reply and the template's end-of-turn tokens. An `instruction`
+"prefix||instruction||suffix" replaces the document and question there: prefix before the
+document, instruction (with {question}) after it, suffix at the start of the reply, without loss.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from typing import Any
 
 from ..config import DictConfig
 from ..model.chunking import chunk_document
+from ..model.prompting import text_token_ids
 from ..model.splice import Sample
-from ..prompt import DOCUMENT, SHOT_END, after_document
+from ..prompt import QA, ChatText, after_document, as_text, chat_message, chat_prompt, qa_prompt, qa_shots, texts_around
 from .batch import Batch
 from .resume import check_same_run, config_defaults, rng_state, set_rng_state
 from .sources import BadRecord, check_reading_options, open_mixture, open_source, parse_sources, seeded_rng
@@ -64,9 +66,6 @@ TOO_LONG_POLICIES = ("error", "truncate")
 # Documents indexed for `questions_per_doc` (SQuAD train has ~1,600 paragraphs); the index
 # stops growing there, so a huge source costs a bounded first read.
 INDEX_DOCUMENTS = 50_000
-# Stand-ins for compressed documents inside a chat message: private-use characters that no
-# tokenizer merges with text around them, checked to be absent from the message text.
-DOC_MARK = "\ue000{}\ue001"
 
 
 @dataclass
@@ -172,13 +171,15 @@ class Shot:
     where: str = ""
 
 
+def _shots(shots: list[Shot]) -> list[QA]:
+    """Shots as the prompt builder takes them; each document stands as its index in the prompt."""
+    return [QA([k], s.question, s.answer) for k, s in enumerate(shots)]
+
+
 def base_pieces(shots: list[Shot], current: Shot) -> tuple[list[str], str]:
     """Text pieces around the documents (one more than documents) and the answer text."""
-    texts = [DOCUMENT]
-    for shot in shots:
-        texts.append(f"{after_document(shot.question)} {shot.answer}{SHOT_END}{DOCUMENT}")
-    texts.append(after_document(current.question))
-    return texts, " " + current.answer
+    prompt = qa_prompt(_shots(shots), QA([len(shots)], current.question))
+    return texts_around(prompt), " " + current.answer
 
 
 def more_answers(others: list[Shot]) -> list[tuple[str, str]]:
@@ -187,43 +188,30 @@ def more_answers(others: list[Shot]) -> list[tuple[str, str]]:
 
 
 def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str], str]:
-    """Text pieces of a chat-formatted prompt (ending with the reply's lead, no loss), and the
-    reply as the template renders it (loss)."""
-    for shot in [*shots, current]:
-        for text in (shot.question, shot.answer, shot.instruction or ""):
-            if "\ue000" in text or "\ue001" in text:
-                raise BadRecord(
-                    f"{shot.where}: text holds private-use characters U+E000/U+E001, "
-                    "which chat mode reserves to place documents"
-                )
-    marks = [DOC_MARK.format(i) for i in range(len(shots) + 1)]
-    parts = [f"{DOCUMENT}{marks[i]}{after_document(s.question)} {s.answer}{SHOT_END}" for i, s in enumerate(shots)]
+    """Text pieces of a chat-formatted prompt (one more than documents, ending with the reply's
+    lead, no loss; the first a ChatText), and the reply as the template renders it (loss)."""
+    document = len(shots)  # what stands for the current document in the message
     lead = ""
     if current.instruction is not None:
         prefix, instruction, lead = current.instruction.split("||")
         instruction = instruction.replace("{question}", current.question)
-        parts.append(f"{prefix}{marks[-1]}{instruction}")
+        message = [*qa_shots(_shots(shots)), prefix, document, instruction]
     else:
-        question = f"\nQuestion: {current.question}" if current.question else ""
-        parts.append(f"{DOCUMENT}{marks[-1]}{question}")
-    message = "".join(parts)
-    user = {"role": "user", "content": message}
-    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True) + lead
-    full = tokenizer.apply_chat_template(
-        [user, {"role": "assistant", "content": lead + current.answer}], tokenize=False
-    )
+        message = chat_message(_shots(shots), [document], current.question)
+    pieces = chat_prompt(tokenizer, [{"role": "user", "content": message}], lead)
+    prompt = as_text(pieces, lambda _: "")
+    conversation = [
+        {"role": "user", "content": as_text(message, lambda _: "")},
+        {"role": "assistant", "content": lead + current.answer},
+    ]
+    full = tokenizer.apply_chat_template(conversation, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError(
             "the chat template does not render the reply right after the generation "
             "prompt; chat mode cannot tell the reply's tokens apart"
         )
-    texts, rest = [], prompt
-    for mark in marks:
-        if rest.count(mark) != 1:
-            raise ValueError("the chat template altered the user message; cannot place documents")
-        before, rest = rest.split(mark)
-        texts.append(before)
-    texts.append(rest)
+    texts = texts_around(pieces)
+    texts[0] = ChatText(texts[0])
     return texts, full[len(prompt) :]
 
 
@@ -351,7 +339,6 @@ class FinetuneData:
             if tok.eos_token_id in answer:  # nothing after the end of the reply needs predicting
                 answer = answer[: len(answer) - answer[::-1].index(tok.eos_token_id)]
             loss = [True] * len(answer)
-            first_special = False
         else:
             texts, reply = base_pieces(shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
@@ -363,13 +350,11 @@ class FinetuneData:
                 loss += [False] * len(question_ids) + [True] * len(more_ids)
             if tok.eos_token_id is not None:
                 answer, loss = answer + [tok.eos_token_id], loss + [True]
-            first_special = True
         documents = [s.document for s in shots] + [current.document]
         text_ids: list[int] = []
         segments, offsets = [], []
         for k, piece in enumerate(texts):
-            if piece:
-                text_ids += tok(piece, add_special_tokens=first_special and k == 0)["input_ids"]
+            text_ids += text_token_ids(tok, piece, k == 0)  # as served: model/prompting.py
             if k < len(documents):
                 where = shots[k].where if k < len(shots) else current.where
                 for chunk in self.segments(documents[k], where):

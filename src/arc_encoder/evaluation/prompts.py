@@ -5,7 +5,8 @@ encoder compresses (its vectors, then `<Cont>`, go where the Doc stands). The pr
 from pieces and never re-split from a flat string, so a document that itself contains
 "\\nQuestion:" cannot shift the template (the reference code's regex split could; method.md §11.1).
 
-One template serves every system: `arc_prompt` builds it, and the open-book baseline is the same
+One template serves every system: `arc_prompt` builds it (through the one prompt builder,
+prompt.qa_prompt, that fine-tuning and serving use too), and the open-book baseline is the same
 prompt with each Doc written out as text (`doc_as_text`), so the two differ only in how the
 documents reach the decoder.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from arc_encoder.evaluation.tasks import Example
-from arc_encoder.prompt import DOCUMENT, SHOT_END, Doc, after_document, closed_question
+from arc_encoder.prompt import QA, Doc, as_text, qa_prompt
 
 Piece = str | Doc
 Prompt = list[Piece]
@@ -36,30 +37,18 @@ def _first_answer(example: Example) -> str:
     return example.answers[0]  # shots show the first gold answer (method.md §8.2)
 
 
-def _append(prompt: Prompt, piece: Piece) -> None:
-    # Adjacent text is merged so that text pieces sit exactly between Docs (16.4: 7 texts, 6 Docs).
-    if isinstance(piece, str) and prompt and isinstance(prompt[-1], str):
-        prompt[-1] += piece
-    else:
-        prompt.append(piece)
+def _shot(example: Example, separate_passages: bool) -> QA:
+    return QA(_docs(example, separate_passages), example.question, _first_answer(example))
 
 
 def arc_prompt(shots: Sequence[Example], example: Example, separate_passages: bool = False) -> Prompt:
     """`"Document: " [d1] "\\nQuestion: q1\\nAnswer: a1\\n\\nDocument: " ... [d] "\\nQuestion: q\\nAnswer:"`.
 
-    No space after the last "Answer:": the model generates it as part of its answer.
+    No space after the last "Answer:": the model generates it as part of its answer. Adjacent text
+    is merged, so text pieces sit exactly between Docs (16.4: 7 texts, 6 Docs).
     """
-    prompt: Prompt = []
-    for shot in shots:
-        _append(prompt, DOCUMENT)
-        for doc in _docs(shot, separate_passages):
-            _append(prompt, doc)
-        _append(prompt, f"{after_document(shot.question)} {_first_answer(shot)}{SHOT_END}")
-    _append(prompt, DOCUMENT)
-    for doc in _docs(example, separate_passages):
-        _append(prompt, doc)
-    _append(prompt, after_document(example.question))
-    return prompt
+    current = QA(_docs(example, separate_passages), example.question)
+    return qa_prompt([_shot(s, separate_passages) for s in shots], current)
 
 
 def doc_as_text(prompt: Prompt, replace: Callable[[str], str]) -> str:
@@ -67,7 +56,7 @@ def doc_as_text(prompt: Prompt, replace: Callable[[str], str]) -> str:
 
     `replace` is the identity for open-book, a truncation or an LLMLingua call for text baselines.
     """
-    return "".join(replace(p.text) if isinstance(p, Doc) else p for p in prompt)
+    return as_text(prompt, lambda doc: replace(doc.text))
 
 
 def open_book_prompt(shots: Sequence[Example], example: Example) -> str:
@@ -81,8 +70,8 @@ def closed_book_prompt(shots: Sequence[Example], example: Example) -> str:
     The reference code put an extra "\\n" before the final question; we keep the one separator
     the shots use, so that closed-book differs from open-book only by the missing documents.
     """
-    shot_text = "".join(f"{closed_question(s.question)} {_first_answer(s)}{SHOT_END}" for s in shots)
-    return shot_text + closed_question(example.question)
+    shots = [QA([], s.question, _first_answer(s)) for s in shots]
+    return as_text(qa_prompt(shots, QA([], example.question)), str)
 
 
 def postprocess_answer(text: str) -> str:

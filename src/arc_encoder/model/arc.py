@@ -22,6 +22,7 @@ from . import generate as generation
 from . import saved
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
+from .compression import compress_documents
 from .decoder import load_frozen_decoder, target_logits
 from .distill import Distillation, distillation_loss
 from .encoder import Encoder
@@ -153,30 +154,13 @@ class ARCModel(nn.Module):
 
     @torch.no_grad()
     def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
-        """Compress documents into bottleneck vectors that can be stored and spliced later."""
+        """Compress documents into bottleneck vectors that can be stored and spliced later (the one
+        compressor of the library, the store and the service: model/compression.py)."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts:
             raise TypeError("compress() takes a non-empty list of strings")
-        self._check_decoder(decoder)
-        chunked = [self.tokenize_document(t) for t in texts]
-        flat = [seg for chunks in chunked for seg in chunks]
-        vectors: list[torch.Tensor] = []
-        # longest first, so each encoder batch pads little
-        order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
-        by_index: dict[int, torch.Tensor] = {}
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            for i, v in zip(batch, self.encode_segments([flat[i] for i in batch], decoder)):
-                by_index[i] = v
-        vectors = [by_index[i] for i in range(len(flat))]
-        out, cursor = [], 0
-        tokenizer = self.decoder_tokenizers[decoder]
-        for text, chunks in zip(texts, chunked):
-            n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            out.append(Compressed(vectors[cursor : cursor + len(chunks)], decoder, n_tokens))
-            cursor += len(chunks)
-        return out
+        return compress_documents(self, texts, self._check_decoder(decoder), batch_size)
 
     def decoder_blocks(self, chunks: list[torch.Tensor], decoder: int, special: str | None) -> list[torch.Tensor]:
         """Bottleneck chunks -> decoder-space blocks [m_i (+1), d_dec], special token appended.

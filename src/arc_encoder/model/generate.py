@@ -18,6 +18,7 @@ import torch
 
 from ..prompt import Doc
 from .decoder import end_and_pad_ids, generate_ids
+from .detokenize import StopStrings
 from .prompting import Compressed, splice_prompts
 
 
@@ -142,10 +143,12 @@ def _generate_batch(
         generator = torch.Generator(device=model.device)
         generator.manual_seed(seed if seed is not None else random.randrange(2**31))
 
+    stops = [StopStrings(tokenizer, stop) for _ in prompts]  # each decodes only its newest tokens
+
     def should_stop(i, ids):
         if on_token is not None and on_token(i, ids):
             return True
-        return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
+        return stops[i].reached(ids)
 
     eos, pad = end_and_pad_ids(dec, tokenizer)
     new_ids = generate_ids(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prompt import Doc
+from ..prompt import ChatText, Doc
 from .splice import splice
 
 
@@ -41,8 +41,10 @@ class Compressed:
 
 
 def text_token_ids(tokenizer, part: str, first: bool) -> list[int]:
-    """Decoder token ids of a text part; the tokenizer's special tokens (BOS) only on the first part."""
-    return tokenizer(part, add_special_tokens=first)["input_ids"] if part else []
+    """Decoder token ids of a text part; the tokenizer's special tokens (BOS) only on the first part,
+    and not on a chat template's text (it has the template's own)."""
+    special = first and not isinstance(part, ChatText)
+    return tokenizer(part, add_special_tokens=special)["input_ids"] if part else []
 
 
 def block_length(model, vectors: int, special: str | None) -> int:

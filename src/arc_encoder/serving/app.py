@@ -35,6 +35,7 @@ from ..model.arc import Compressed
 from ..storage.indexing import open_store
 from .ask import ask_prompt, retrieve
 from .cache import DEFAULT_CACHE_MB, DocumentCache
+from .decoding import DecodeParams, decode_params
 from .documents import RequestDoc, cache_counts
 from .errors import install_error_handlers
 from .guard import RequestGuard
@@ -63,13 +64,14 @@ from .worker import (
     CallJob,
     ClientError,
     CompressJob,
-    DecodeParams,
     GenerateJob,
     Resources,
     run_job,
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_NEW_TOKENS = 64  # the native routes' default max_new_tokens (schemas.DecodeOptions)
 
 
 def create_app(
@@ -179,11 +181,10 @@ class Checks:
             raise self.too_large(f"{field} length in characters", len(text), self.limits.max_chars, field)
 
     def decode_params(self, body) -> DecodeParams:
+        """A native request's decoding parameters (DecodeOptions): its default and status code."""
         cap = self.limits.max_new_tokens
-        n = body.max_new_tokens if body.max_new_tokens is not None else min(64, cap)
-        if n > cap:
-            raise ClientError(422, f"max_new_tokens={n} exceeds the server's cap of {cap}", "max_new_tokens")
-        return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop), body.seed)
+        options = (body.temperature, body.top_p, body.stop, body.seed)
+        return decode_params(body.max_new_tokens, "max_new_tokens", DEFAULT_NEW_TOKENS, cap, 422, *options)
 
 
 def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks, info: dict, bottleneck: int) -> None:

@@ -3,8 +3,8 @@
 Prompt: `"Document: " [C1] [C2] ... [Ck] "\\nQuestion: q\\nAnswer:"`, the chunks in rank order
 (best first), each its own block followed by its special token. This is the evaluation template
 with separately compressed passages (evaluation/prompts.py, separate_passages=True), which is the
-shape fine-tuning prompts have. With no chunk matching the question, the prompt is closed-book:
-`"Question: q\\nAnswer:"`.
+shape fine-tuning prompts have; one builder writes them all (prompt.qa_prompt). With no chunk
+matching the question, the prompt is closed-book: `"Question: q\\nAnswer:"`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.arc import Generation
-from ..prompt import DOCUMENT, after_document, closed_question
+from ..prompt import QA, qa_prompt
 from ..storage.store import VectorStore
 from .stored import stored_chunks
 
@@ -46,10 +46,8 @@ def retrieve(store: VectorStore, index, question: str, k: int) -> list[Source]:
 
 def ask_prompt(store: VectorStore, sources: list[Source], question: str, decoder: int) -> list:
     """The prompt parts (see module doc) for a question and its retrieved chunks."""
-    if not sources:
-        return [closed_question(question)]
-    chunks = stored_chunks(store, [s.chunk_id for s in sources], decoder)
-    return [DOCUMENT, chunks, after_document(question)]
+    documents = [stored_chunks(store, [s.chunk_id for s in sources], decoder)] if sources else []
+    return qa_prompt([], QA(documents, question))
 
 
 def open_retrieval(store: VectorStore):

@@ -16,8 +16,9 @@ import threading
 from dataclasses import dataclass, field
 
 from ..model.arc import Compressed
+from ..model.compression import ChunkPlan, compress_chunks, plan_chunks
 from ..prompt import Doc
-from ..storage.indexing import ChunkPlan, IndexSettings, compress_chunks, plan_chunks
+from ..storage.indexing import IndexSettings
 from ..storage.store import ChunkRecord
 from .cache import DEFAULT_CACHE_MB, DocumentCache, cache_key, vectors_identity
 from .refusals import ClientError
@@ -88,7 +89,7 @@ class DocumentCompressor:
         (empty, or more chunks than max_chunks). `abandoned`: set when the request that sent the
         document has gone (its compression then stops)."""
         try:
-            chunks = plan_chunks(self.model, text, self.settings)
+            chunks = plan_chunks(self.model, text, self.settings.decoder, self.settings.chunk_tokens)
         except (ValueError, TypeError) as e:
             raise ClientError(400, f"{param}: {e}" if param else str(e), param) from None
         return Planned(text, param, chunks, cache_key(self.identity, text), abandoned)
@@ -136,5 +137,7 @@ class DocumentCompressor:
         vectors = compress_chunks(self.model, [c for _, c in flat], self.settings.decoder, self.batch_size, wanted)
         out: dict[str, list[ChunkRecord]] = {}
         for (key, c), v in zip(flat, vectors):
-            out.setdefault(key, []).append(None if v is None else ChunkRecord(v, c.n_tokens, c.start, c.end))
+            out.setdefault(key, []).append(
+                None if v is None else ChunkRecord(v.float().cpu(), c.n_tokens, c.start, c.end)
+            )
         return {key: records for key, records in out.items() if all(r is not None for r in records)}

@@ -12,7 +12,7 @@ Documents travel as extension fields of the request body (the openai client's `e
     "retrieve":     {"query": "...", "k": 3} the store's BM25 top-k chunks for the query
 
 They go, in that order, each as `"Document: " [vectors] "\n"`, just before the text of the last user
-message (chat: the place found from the template's structure, chat_prompt) or before the prompt
+message (chat: the chat layout chat fine-tuning trains on, prompt.py) or before the prompt
 (completions). The standard response fields stay standard (`usage.prompt_tokens` counts the decoder
 positions actually used, vectors included); the extension field `arc` says what compression did:
 document tokens, vectors, ratio, positions saved, cache hits and misses, sources.
@@ -32,77 +32,37 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..model.arc import Generation
-from ..prompt import DOCUMENT
+from ..model.detokenize import IncrementalDecoder
+from ..prompt import chat_message, chat_prompt, documents_before
 from .ask import retrieve
+from .decoding import DecodeParams, decode_params
 from .documents import RequestDoc
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
 from .stored import stored_chunks, stored_document
-from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, DecodeParams, GenerateJob, Resources, run_job
+from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, GenerateJob, Resources, run_job
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
-PROBE = "\x01"  # stands for an empty last user message while its place is found (chat_prompt)
 
 
 # ----------------------------------------------------------------------------- prompts
 
 
-def render_chat(tokenizer, messages: list[dict]) -> str:
-    """Messages as the decoder's chat template writes them, ending where the assistant answers.
-    A tokenizer without a template gets a plain `role: content` transcript."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-
-
-def document_parts(documents: list) -> list:
-    """Compressed documents (Doc or Compressed) as prompt parts: `"Document: " [vectors] "\n"` each."""
-    return [piece for d in documents for piece in (DOCUMENT, d, "\n")]
-
-
-def chat_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
-    """Prompt parts of a chat request: the rendered template, documents spliced before the text of
-    the last user message.
-
-    The place is found from the structure of the rendering, not from a marker a message could
-    contain: the conversation is rendered twice, the last user message once with its text and once
-    empty, and the two renderings differ by one inserted block, the message's text as the template
-    writes it; the documents go where it starts."""
-    rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-    if not documents:
-        return [render_chat(tokenizer, rendered)]
-    users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
-    if not users:
-        raise ClientError(400, "documents go before the last user message, and there is none", "messages")
-    last = users[-1]
-
-    def with_last(content: str) -> str:
-        return render_chat(tokenizer, [*rendered[:last], {**rendered[last], "content": content}, *rendered[last + 1 :]])
-
-    actual = rendered[last]["content"]
-    full = with_last(actual)
-    # an empty (or blank) message has no text to find: a probe character stands in for it
-    start = insertion_point(with_last(""), full if actual.strip() else with_last(PROBE))
-    if start is None:
-        raise ClientError(400, "the decoder's chat template changes the user message's text", "messages")
-    return [full[:start], *document_parts(documents), full[start:]]
-
-
-def insertion_point(short: str, long: str) -> int | None:
-    """Where `long` is `short` with one block inserted: the first such place (None if it is not).
-
-    With a common prefix of length p and a common suffix of length q (at most len(short)), the
-    block may start anywhere in [len(short) - q, p]; every place there gives the same text, and the
-    first puts the documents before all of the user's text."""
-    if len(long) < len(short):
-        return None
-    p = 0
-    while p < len(short) and short[p] == long[p]:
-        p += 1
-    q = 0
-    while q < len(short) and short[len(short) - 1 - q] == long[len(long) - 1 - q]:
-        q += 1
-    start = len(short) - q
-    return start if start <= p else None
+def chat_request_prompt(tokenizer, messages: list[ChatMessage], documents: list) -> list:
+    """Prompt parts of a chat request: the chat layout of prompt.py, the documents in the last user
+    message (`"Document: " [vectors] "\n"` each) ahead of its text."""
+    rendered: list[dict] = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
+    ]
+    if documents:
+        users = [i for i, m in enumerate(rendered) if m["role"] == "user"]
+        if not users:
+            raise ClientError(400, "documents go before the last user message, and there is none", "messages")
+        last = rendered[users[-1]]
+        last["content"] = chat_message([], documents, last["content"])
+    try:
+        return chat_prompt(tokenizer, rendered)
+    except ValueError as e:
+        raise ClientError(400, str(e), "messages") from None
 
 
 def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[dict]]:
@@ -134,18 +94,20 @@ def gather_documents(res: Resources, body: OpenAIRequest) -> tuple[list, list[di
 
 
 class TextStream:
-    """Turns the growing text of a generation into deltas that never show a stop string, text
-    after one, or half of a multi-byte character: the concatenated deltas are the final text."""
+    """Turns the pieces of a generation's text, as they come, into deltas that never show a stop
+    string or text after one: the concatenated deltas are the final text."""
 
     def __init__(self, stop: list[str]):
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1  # a stop string may be forming
+        self.text = ""
         self.sent = ""
 
-    def update(self, text: str) -> str:
-        cuts = [text.find(s) for s in self.stop if s in text]
-        ready = text[: min(cuts)] if cuts else text[: len(text) - self.hold]
-        return self._emit(ready.rstrip("\ufffd"))  # U+FFFD: a character whose bytes are not all here
+    def update(self, piece: str) -> str:
+        self.text += piece
+        # a stop string never starts in text already sent (it would have been found whole first)
+        cuts = [at for s in self.stop if (at := self.text.find(s, len(self.sent))) >= 0]
+        return self._emit(self.text[: min(cuts)] if cuts else self.text[: len(self.text) - self.hold])
 
     def finish(self, final: str) -> str:
         return self._emit(final)
@@ -266,11 +228,9 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
             raise ClientError(400, f"k={body.retrieve.k} exceeds the server's cap of {limits.max_k}", "retrieve.k")
         cap = limits.max_new_tokens
         default = COMPLETION_DEFAULT_TOKENS if isinstance(body, CompletionRequest) else cap
-        n = body.new_tokens() or min(default, cap)
-        if n > cap:
-            field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-            raise ClientError(400, f"{n} new tokens exceed the server's cap of {cap}", field)
-        return DecodeParams(n, body.temperature, body.top_p, tuple(body.stop_strings()), body.seed)
+        field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+        options = (body.temperature, body.top_p, body.stop_strings(), body.seed)
+        return decode_params(body.new_tokens(), field, default, cap, 400, *options)
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest):
@@ -280,7 +240,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
 
         def build(res: Resources):
             documents, sources = gather_documents(res, body)
-            return chat_prompt(tokenizer(), body.messages, documents), sources
+            return chat_request_prompt(tokenizer(), body.messages, documents), sources
 
         return await answer(request, body, GenerateJob(build, params, "messages"), ChatShape)
 
@@ -291,7 +251,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
 
         def build(res: Resources):
             documents, sources = gather_documents(res, body)
-            return [*document_parts(documents), body.prompt_text()], sources
+            return documents_before(documents, body.prompt_text()), sources
 
         return await answer(request, body, GenerateJob(build, params, "prompt"), CompletionShape)
 
@@ -314,10 +274,16 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
         (and the `arc` field), a usage chunk if asked, then `[DONE]`. Errors before the first token
         (a missing document, a prompt too long) are ordinary error responses."""
         loop = asyncio.get_running_loop()
-        texts: asyncio.Queue = asyncio.Queue()
+        texts: asyncio.Queue = asyncio.Queue()  # pieces of text, then `done`
         done = object()
-        decode = tokenizer().decode
-        job.on_token = lambda ids: loop.call_soon_threadsafe(texts.put_nowait, decode(ids, skip_special_tokens=True))
+        pieces = IncrementalDecoder(tokenizer())  # decodes only the newest tokens, whole characters
+
+        def on_token(ids: list[int]) -> None:  # in the worker thread
+            piece = pieces.add(ids)
+            if piece:
+                loop.call_soon_threadsafe(texts.put_nowait, piece)
+
+        job.on_token = on_token
         future = worker.submit(job)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, done))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..prompt import Doc
 from .cache import DocumentCache
+from .decoding import DecodeParams
 from .documents import DocumentCompressor, Planned, as_compressed, cache_counts
 from .refusals import Busy, ClientError
 
@@ -32,20 +33,6 @@ log = logging.getLogger(__name__)
 
 # How often a request waiting for the model checks that its client is still there.
 DISCONNECT_POLL_S = 0.1
-
-
-@dataclass(frozen=True)
-class DecodeParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def batchable(self) -> bool:
-        # A seeded sampler in a batch would share its random stream with the batch-mates.
-        return self.temperature == 0 or self.seed is None
 
 
 class Resources:

@@ -20,13 +20,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from ..atomic import write_json
+from ..model.compression import ChunkPlan, compress_chunks, plan_chunks
 from ..records import json_object
 from .codecs import make_codec
 from .store import ChunkRecord, StoreStats, VectorStore
@@ -166,59 +165,6 @@ def read_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
             yield doc_id, text
 
 
-# --------------------------------------------------------------------- compression
-
-
-@dataclass
-class ChunkPlan:
-    """One chunk of a document before compression."""
-
-    encoder_ids: list[int]
-    start: int  # char offsets into the document
-    end: int
-    n_tokens: int  # decoder-tokenizer tokens of text[start:end]
-
-
-def plan_chunks(model, text: str, settings: IndexSettings) -> list[ChunkPlan]:
-    """A document's chunks as the store keeps them: the model's chunker (ARCModel.chunks_of) at
-    the store's chunk size, and each chunk's decoder-tokenizer token count."""
-    decoder_tokenizer = model.decoder_tokenizers[settings.decoder]
-    return [
-        ChunkPlan(
-            c.encoder_ids,
-            c.start,
-            c.end,
-            len(decoder_tokenizer(text[c.start : c.end], add_special_tokens=False)["input_ids"]),
-        )
-        for c in model.chunks_of(text, settings.chunk_tokens)
-    ]
-
-
-@torch.no_grad()
-def compress_chunks(
-    model, plans: list[ChunkPlan], decoder: int, batch_size: int = 16, wanted: Callable[[int], bool] | None = None
-) -> list[torch.Tensor | None]:
-    """Bottleneck vectors [m_i, bottleneck] (float32, CPU) per chunk, in the order given.
-
-    wanted(i), if given, is asked before every encoder batch for each chunk still to compress; a
-    chunk no longer wanted is skipped and its entry is None: a caller whose reader has gone stops
-    within one batch."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    order = sorted(range(len(plans)), key=lambda i: -len(plans[i].encoder_ids))  # little padding
-    out: list[torch.Tensor | None] = [None] * len(plans)
-    while order:
-        if wanted is not None:
-            order = [i for i in order if wanted(i)]
-        batch, order = order[:batch_size], order[batch_size:]
-        if not batch:
-            break
-        vectors = model.encode_segments([plans[i].encoder_ids for i in batch], decoder)
-        for i, v in zip(batch, vectors):
-            out[i] = v.float().cpu()
-    return out
-
-
 # --------------------------------------------------------------------- indexing
 
 
@@ -328,7 +274,7 @@ def _compressed_items(model, store, settings, documents, n_corpus, batch_size, r
         flat = [p for _, _, plans in pending for p in plans]
         vectors = iter(compress_chunks(model, flat, settings.decoder, batch_size))
         for doc_id, text, plans in pending:
-            chunks = [ChunkRecord(next(vectors), p.n_tokens, p.start, p.end) for p in plans]
+            chunks = [ChunkRecord(next(vectors).float().cpu(), p.n_tokens, p.start, p.end) for p in plans]
             counts["added"] += 1
             counts["chunks"] += len(chunks)
             counts["vectors"] += sum(c.vectors.shape[0] for c in chunks)
@@ -341,7 +287,7 @@ def _compressed_items(model, store, settings, documents, n_corpus, batch_size, r
                 counts["skipped"] += 1
                 bar.update(1)
                 continue
-            plans = plan_chunks(model, text, settings)
+            plans = plan_chunks(model, text, settings.decoder, settings.chunk_tokens)
             pending.append((doc_id, text, plans))
             n_pending_chunks += len(plans)
             if n_pending_chunks >= batch_size:

@@ -81,7 +81,7 @@ class ChunkRecord:
     """One chunk as the encoder produced it, before storage."""
 
     vectors: np.ndarray  # [m, dim] float32 bottleneck vectors (a torch tensor is accepted too)
-    n_tokens: int  # decoder tokens of text[start:end]
+    n_tokens: int  # decoder tokens of the document's tokenization that start in text[start:end]
     start: int  # char offsets into the document text
     end: int
 
