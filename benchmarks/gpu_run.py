@@ -161,7 +161,7 @@ def tiny_warm_start(folder: Path) -> str:
 
 def answers(run: Run, device, dry_run: bool) -> dict:
     from arc_encoder.model.registry import EMBEDDED, materialise_embedded
-    from arc_encoder.training.checkpoint import latest_checkpoint
+    from arc_encoder.model.saved import latest_checkpoint
     from arc_encoder.training.config import load_config
     from arc_encoder.training.trainer import run as train
 

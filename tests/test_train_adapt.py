@@ -10,9 +10,8 @@ import torch
 
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.model.delta import shipped_folder
-from arc_encoder.model.saved import read_saved_config
+from arc_encoder.model.saved import list_checkpoints, read_saved_config
 from arc_encoder.prompt import Doc
-from arc_encoder.training.checkpoint import list_checkpoints
 from arc_encoder.training.config import load_config
 from arc_encoder.training.distributed import Runtime
 from arc_encoder.training.model_init import build_model

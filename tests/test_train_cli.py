@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from arc_encoder.cli import app
 from arc_encoder.model.arc import ARCModel
-from arc_encoder.training.checkpoint import list_checkpoints
+from arc_encoder.model.saved import list_checkpoints
 from training_data import tiny_run
 
 

@@ -11,7 +11,7 @@ The QA layout (method.md §6.3, §8.2), read by fine-tuning, evaluation, the `as
 and without documents (closed-book) `"Question: q1\nAnswer: a1\n\n" ... "Question: q\nAnswer:"`.
 No space after the last "Answer:": the model generates it as part of its answer.
 
-The chat layout (instruct decoders, method.md 5.7), read by chat fine-tuning and the chat route:
+The chat layout (instruct decoders, method.md §5.4), read by chat fine-tuning and the chat route:
 one user message holding the shots in the QA layout, then each document as `"Document: " [d] "\n"`,
 then the question (the user's own text), rendered by the decoder's chat template; the reply is the
 assistant's turn. A completion prompt with documents has them the same way ahead of its text.

@@ -38,7 +38,7 @@ from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .loading import DEFAULT_MODEL
 from .model.arc import ARCModel
-from .training.checkpoint import list_checkpoints
+from .model.saved import list_checkpoints
 from .training.config import TrainConfig, config_from_dict, expand_env, read_config_tree
 from .training.distributed import pick_device
 from .training.metrics import read_metrics
