@@ -55,3 +55,40 @@ def test_module_level_imports_have_no_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+# Imported inside a function on purpose: these modules need the optional `serve` extra (fastapi,
+# and pydantic with it) at module level, and the other commands must run without it.
+LAZY_FOR_OPTIONAL_DEPENDENCY = {
+    ("arc_encoder.serving.commands", "arc_encoder.serving.app"),
+    ("arc_encoder.serving.commands", "arc_encoder.serving.schemas"),
+}
+
+
+def lazy_imports(path: Path, known: set[str]) -> set[str]:
+    """arc_encoder modules imported below the top level of a file (in a function, class or block)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in top or not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            candidates = [f"{target}.{a.name}" for a in node.names] + [target]
+        else:
+            candidates = [a.name for a in node.names]
+        out |= {c for c in candidates if c in known}
+    return out
+
+
+def test_package_modules_are_imported_at_module_level():
+    """A function-level import would hide an edge from the cycle test above."""
+    files = sorted(ROOT.rglob("*.py"))
+    known = {module_name(f) for f in files}
+    found = {(module_name(f), target) for f in files for target in lazy_imports(f, known)}
+    assert not found - LAZY_FOR_OPTIONAL_DEPENDENCY, "import these at module level"
+    assert not LAZY_FOR_OPTIONAL_DEPENDENCY - found, "an allowed lazy import is gone: drop it from the list"
