@@ -10,8 +10,12 @@ from pathlib import Path
 import typer
 
 from .loading import DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
+from .planning.command import plan_command
 from .prompt import QA, as_text, qa_prompt
-from .records import command_line_text
+from .quickstart import QuickstartConfig, run_quickstart
+from .records import command_line_text, read_text
+from .training.command import train_command
+from .training.distill_cache import distill_cache_command
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="ARC-Encoder: compress contexts for frozen Hugging Face LLMs."
@@ -82,8 +86,6 @@ def compress(
     """Compress a text into bottleneck vectors saved as safetensors."""
     from safetensors.torch import save_file
 
-    from .records import read_text
-
     text = read_text(text[1:]) if text.startswith("@") else command_line_text(text, "the text")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
@@ -113,8 +115,6 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in out_dir"),
 ):
     """Train or fine-tune an ARC-Encoder; the same command runs under torchrun --nproc-per-node N."""
-    from .training.command import train_command
-
     quiet_transformers()
     raise typer.Exit(train_command(config, overrides or [], resume))
 
@@ -130,8 +130,6 @@ def distill_cache(
 ):
     """Cache the frozen decoder's top-k logits (reading the raw documents) for every sample a run
     will draw, so that `distill.cache` trains without running the teacher each step."""
-    from .training.distill_cache import distill_cache_command
-
     quiet_transformers()
     raise typer.Exit(distill_cache_command(config, overrides or [], steps, world_size))
 
@@ -154,8 +152,6 @@ def plan(
 ):
     """Memory per GPU of a training config under DDP and FSDP2, with and without activation
     checkpointing, and whether it fits; from architecture descriptions, no weights downloaded."""
-    from .planning.command import plan_command
-
     quiet_transformers()
     raise typer.Exit(plan_command(config, overrides or [], gpus, gpu_memory, as_json, architectures, init_preset))
 
@@ -204,8 +200,6 @@ def quickstart(
     the rest of the budget. With --from-scratch: pretrain and fine-tune a fresh encoder instead.
     Training runs configs/smollm2-arc4-default.yaml and configs/smollm2-arc4-default-finetune.yaml,
     sized to the budget."""
-    from .quickstart import QuickstartConfig, run_quickstart
-
     quiet_transformers()
     try:
         run_quickstart(

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from .config import PRESETS
+from .devices import resolve_device, resolve_dtype
+from .model.arc import ARCModel
+from .model.delta import SHIPPED
+
 
 def quiet_transformers() -> None:
     """transformers' load reports (unused backbone blocks, progress bars) are noise here."""
@@ -18,12 +25,6 @@ def load_model(model: str, decoder_dtype=None):
     ("smollm2-arc4": trained, in the package), or "PRESET-untrained" / a preset without shipped
     weights for a fresh, untrained model. `decoder_dtype` (default float32): what the frozen
     decoders are read into."""
-    import torch
-
-    from .config import PRESETS
-    from .model.arc import ARCModel
-    from .model.delta import SHIPPED
-
     quiet_transformers()
     dtype = decoder_dtype or torch.float32
     if model in SHIPPED or Path(model).is_dir():  # a shipped model, a saved folder or a run folder
@@ -43,8 +44,6 @@ MODEL_HELP = "saved model or run folder, shipped model (smollm2-arc4) or PRESET-
 def placement(device: str = "auto", dtype: str = "auto"):
     """`--device` and `--dtype` names -> (torch device, torch dtype); a bad name, or a GPU asked
     for where torch sees none, is a ValueError naming it (checked before any model loads)."""
-    from .devices import resolve_device, resolve_dtype
-
     where = resolve_device(device)
     return where, resolve_dtype(dtype, where)
 

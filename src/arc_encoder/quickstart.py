@@ -34,6 +34,7 @@ import torch
 from .atomic import write_json
 from .evaluation.content import describe, reconstructions, summary_from_flat
 from .evaluation.metrics import gain_kept, paired_difference
+from .evaluation.prompts import arc_prompt, open_book_prompt
 from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .loading import DEFAULT_MODEL
@@ -309,8 +310,6 @@ def eval_question_count(arc: ARCModel, examples, shots: int, budget_s: float, me
     """How many questions the remaining budget allows: time one batch of open-book and one of ARC
     answers, as the evaluation batches them (the shots' keys and values computed once, see
     ARCModel.generate; a first batch pays for that, so the estimate errs on the safe side)."""
-    from .evaluation.prompts import arc_prompt, open_book_prompt
-
     shot_examples, probe = examples[:shots], examples[shots : shots + batch]
     t = time.perf_counter()
     arc.generate([[open_book_prompt(shot_examples, e)] for e in probe], max_new_tokens=8)

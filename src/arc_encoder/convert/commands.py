@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from ..model.arc import ARCModel
+from .kyutai import export_kyutai, import_kyutai
+
 convert_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -56,8 +59,6 @@ def kyutai(
     ),
 ):
     """Import a released Kyutai ARC-Encoder (kyutai/ARC8_Encoder_Llama, ...)."""
-    from .kyutai import import_kyutai
-
     quiet()
     summary = _run(
         lambda: import_kyutai(src, dst, tokenizer, decoder or None, backbone_params, pooling_factor, unscaled_rope)
@@ -71,8 +72,6 @@ def to_kyutai(
     dst: Path = typer.Argument(..., help="new folder in the official converted layout"),
 ):
     """Export one of our models to the official layout (params.json, embedder/, bridge_module/)."""
-    from .kyutai import export_kyutai
-
     quiet()
     summary = _run(lambda: export_kyutai(src, dst))
     typer.echo(json.dumps(summary))
@@ -88,8 +87,6 @@ def delta(
     """Keep only what differs from the backbone (trained blocks, projectors, special tokens): a
     small folder that loads with ARCModel.from_pretrained like the full one (bit for bit, unless
     --float16)."""
-    from ..model.arc import ARCModel
-
     quiet()
 
     def job():

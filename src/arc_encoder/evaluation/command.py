@@ -10,10 +10,11 @@ import typer
 from arc_encoder.evaluation.content import content_report, describe, text_batches
 from arc_encoder.evaluation.methods import DEFAULT_TOP_K, check_methods
 from arc_encoder.evaluation.report import markdown_table, plot_scores
+from arc_encoder.evaluation.runner import add_gain_kept, evaluate, evaluate_haystack
 from arc_encoder.evaluation.tasks import HAYSTACK, load_task, metric_for_task
 
 from ..atomic import write_json
-from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP
+from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
 
 REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
@@ -77,10 +78,6 @@ def eval_command(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Few-shot evaluation: closed-book, open-book, ARC, truncation and LLMLingua on one decoder."""
-    from arc_encoder.evaluation.runner import evaluate, evaluate_haystack
-
-    from ..loading import load_model_on, placement
-
     if threads is not None:
         if threads < 1:
             raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
@@ -167,8 +164,6 @@ def measure_content(arc, examples, span: int, decoder: int, limit: int | None) -
 
 def _with_shared(run: dict, shared: dict, order: list[str], task: str) -> dict:
     """Add the decoder-only methods of an earlier run with the same decoder, in the asked order."""
-    from arc_encoder.evaluation.runner import add_gain_kept
-
     metrics, predictions = {}, {}
     for m in order:
         source = shared if m in DECODER_ONLY else run

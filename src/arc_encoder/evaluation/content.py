@@ -27,6 +27,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..data.batch import Batch
+from ..data.pretrain import continuation_samples, reconstruction_samples
+from ..data.tokens import EncoderView, added_prefix, decoder_text
 from ..model.decoder import end_and_pad_ids, generate_ids
 from ..model.splice import Sample, splice
 from .metrics import exact_match, f1, rouge_l
@@ -247,10 +250,6 @@ def text_batches(arc, texts: list[str], span: int, decoder: int = 0) -> list:
     """Held-out batches from plain texts, one sample per distinct text and task: reconstruction of
     its first `span` decoder tokens, and continuation of `span` tokens after `span` compressed ones
     (texts too short for a full continuation give a shorter one)."""
-    from ..data.batch import Batch
-    from ..data.pretrain import continuation_samples, reconstruction_samples
-    from ..data.tokens import EncoderView, added_prefix, decoder_text
-
     if span < 1:
         raise ValueError(f"span must be >= 1 decoder token, got {span}")
     tokenizer = arc.decoder_tokenizers[decoder]

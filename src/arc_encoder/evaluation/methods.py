@@ -34,7 +34,11 @@ from arc_encoder.evaluation.tasks import Example
 from arc_encoder.model.arc import ARCModel, Compressed
 from arc_encoder.model.pooling import pooled_length
 from arc_encoder.model.prompting import PromptTooLong
+from arc_encoder.model.registry import resolve_model
 from arc_encoder.prompt import Doc
+from arc_encoder.serving.stored import stored_document
+from arc_encoder.storage.indexing import IndexSettings
+from arc_encoder.storage.retrieval import top_k_texts
 
 METHODS = ("closed", "open", "arc", "mismatched", "truncate", "llmlingua", "truncate-window", "rag", "rag-arc")
 DEFAULT_TOP_K = 3  # paragraphs rag and rag-arc read
@@ -249,8 +253,6 @@ class StoredARC(ARC):
     name = "arc-stored"
 
     def __init__(self, model, decoder, shots, store, doc_ids: Mapping[str, str]):
-        from arc_encoder.storage.indexing import IndexSettings
-
         if store.fingerprint != model.fingerprint():
             raise ValueError(
                 f"store {store.path} holds vectors of model {store.fingerprint}, "
@@ -267,8 +269,6 @@ class StoredARC(ARC):
         super().__init__(model, decoder, shots)
 
     def vectors(self, texts):
-        from arc_encoder.serving.stored import stored_document
-
         missing = [t for t in texts if t not in self.doc_ids]
         if missing:
             raise KeyError(f"{len(missing)} document(s) have no id in the store, e.g. {missing[0][:60]!r}")
@@ -346,8 +346,6 @@ class LLMLingua(TextMethod):
                 )
             self.scorer_path = llmlingua2_model
         else:
-            from arc_encoder.model.registry import resolve_model
-
             self.scorer_path = resolve_model(scorer or "smollm2-135m")
         # the scorer runs where the evaluated model does (a CPU-bound scorer would pace a GPU run)
         self.compressor = _llmlingua_compressor(
@@ -450,8 +448,6 @@ class Retrieval(Method):
         self.k = k
 
     def retrieved(self, example: Example) -> Example:
-        from arc_encoder.storage.retrieval import top_k_texts
-
         best = top_k_texts(example.question, example.passages, self.k)
         return replace(example, passages=[example.passages[i] for i in best])
 

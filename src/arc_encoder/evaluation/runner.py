@@ -32,6 +32,7 @@ from arc_encoder.evaluation.prompts import postprocess_answer
 from arc_encoder.evaluation.tasks import Example, metric_for_task, split_shots
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.model.prompting import PromptTooLong
+from arc_encoder.storage.retrieval import top_k_texts
 
 from ..prompt import closed_question
 
@@ -307,8 +308,6 @@ def evaluate_haystack(
 
 def gold_retrieved(stack, k: int) -> bool:
     """Whether BM25 puts a haystack's own paragraph in the top k for its question."""
-    from arc_encoder.storage.retrieval import top_k_texts
-
     return stack.gold_index in top_k_texts(stack.example.question, stack.example.passages, k)
 
 

@@ -20,16 +20,13 @@ distributions renormalised over them (`kl_to_top_k`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .decoder import target_logits
 from .splice import Sample, splice
-
-if TYPE_CHECKING:
-    from .teacher_cache import TeacherCache
+from .teacher_cache import TeacherCache
 
 
 @dataclass(frozen=True)

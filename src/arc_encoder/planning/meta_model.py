@@ -14,6 +14,7 @@ from ..model.arc import ARCModel
 from ..model.encoder import Encoder, truncated_config
 from ..model.saved import ENCODER_DIR, locate
 from ..training.config import TrainConfig
+from ..training.trainer import choose_trained
 from .architectures import architecture
 
 # What a warm start (`model.init_from`) that is not on this machine is planned as, when the config
@@ -54,8 +55,6 @@ def arc_config_for(config: TrainConfig, init_preset: str | None = None) -> tuple
 
 
 def build_meta_model(config: TrainConfig, architectures: Path | None, init_preset: str | None = None) -> PlannedModel:
-    from ..training.trainer import choose_trained
-
     arc_config, saved, note = arc_config_for(config, init_preset)
     if saved is not None:
         encoder_config = AutoConfig.from_pretrained(saved)  # a saved encoder's: already truncated

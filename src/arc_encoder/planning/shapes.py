@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import ARCConfig
+from ..data.finetune import FinetuneDataConfig
+from ..data.pretrain import PretrainDataConfig
 from ..data.sources import parse_sources
 from ..model.pooling import pooled_length
 from ..training.config import TrainConfig
@@ -55,9 +57,6 @@ def compressed_length(n_tokens: int, arc: ARCConfig) -> int:
 
 def data_settings(config: TrainConfig) -> dict:
     """The `data` section's settings, its pipeline's defaults where the config gives none."""
-    from ..data.finetune import FinetuneDataConfig
-    from ..data.pretrain import PretrainDataConfig
-
     kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[config.data["kind"]]
     values = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
     values.update({k: v for k, v in config.data.items() if k != "kind"})

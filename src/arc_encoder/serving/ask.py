@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..model.arc import Generation
 from ..prompt import QA, qa_prompt
+from ..storage.retrieval import BM25Index
 from ..storage.store import VectorStore
 from .stored import stored_chunks
 
@@ -52,8 +53,6 @@ def ask_prompt(store: VectorStore, sources: list[Source], question: str, decoder
 
 def open_retrieval(store: VectorStore):
     """The store's BM25 index (rebuilt if stale); a clear error without bm25s."""
-    from ..storage.retrieval import BM25Index
-
     return BM25Index.open(store)
 
 

@@ -20,10 +20,8 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: the CLI reads DEFAULT_CACHE_MB without loading the store
-    from ..storage.store import ChunkRecord
+from ..storage.store import ChunkRecord
 
 # A laptop's share of memory: about 65 documents of 7.6k tokens for smollm2-arc4 (3.9 MB each, measured).
 DEFAULT_CACHE_MB = 256

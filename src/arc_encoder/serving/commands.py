@@ -7,8 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, placement
+from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
+from ..records import command_line_text
+from ..storage.indexing import index_corpus, open_store, scan_corpus, store_report
+from .ask import ask as ask_store
 from .cache import DEFAULT_CACHE_MB
+from .vllm_backend import import_vllm, vllm_backend_factory
 
 API_KEY_ENV = "ARC_ENCODER_API_KEY"
 
@@ -16,13 +20,6 @@ API_KEY_ENV = "ARC_ENCODER_API_KEY"
 def _fail(message: str, code: int = 2):
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
-
-def _load(model: str, device: str, dtype: str = "float32"):
-    """The model on `device` in `dtype` (names checked before it loads: ValueError)."""
-    from ..loading import load_model_on
-
-    return load_model_on(model, device, dtype)
 
 
 def index(
@@ -42,11 +39,9 @@ def index(
     device: str = typer.Option("auto", help=f"{DEVICE_HELP}; vectors are computed in float32"),
 ):
     """Compress a JSONL corpus into a vector store; rerun the same command to resume."""
-    from ..storage.indexing import index_corpus, scan_corpus
-
     try:
         scan_corpus(corpus)  # bad input is reported before the model loads
-        arc = _load(model, device)
+        arc = load_model_on(model, device, "float32")
         report = index_corpus(
             arc,
             corpus,
@@ -69,8 +64,6 @@ def index(
 
 def store_info(path: Path = typer.Argument(..., help="vector store folder")):
     """Describe a vector store: model, codec, counts, bytes per token."""
-    from ..storage.indexing import store_report
-
     try:
         typer.echo("\n".join(store_report(path)))
     except (ValueError, FileNotFoundError) as e:
@@ -87,13 +80,9 @@ def ask(
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Answer a question from the store: BM25 top-k chunks, their stored vectors in the prompt."""
-    from ..records import command_line_text
-    from ..storage.indexing import open_store
-    from .ask import ask as ask_store
-
     try:
         question = command_line_text(question, "the question")
-        arc = _load(model, device, dtype)
+        arc = load_model_on(model, device, dtype)
         vectors, settings = open_store(store, arc, create=False)
         with vectors:
             answer = ask_store(arc, vectors, question, settings.decoder, k=k, max_new_tokens=max_new_tokens)
@@ -146,6 +135,8 @@ def serve(
 ):
     """HTTP service: compress, generate, store documents and answer questions, plus OpenAI-compatible
     chat and completions with compressed documents (docs at /docs)."""
+    # the `serve` extra (fastapi, uvicorn; pydantic comes with fastapi) is optional: imported here,
+    # so that the other commands work without it
     import uvicorn
 
     from .app import create_app
@@ -163,8 +154,6 @@ def serve(
         _fail(str(e))
     factory = None
     if backend == "vllm":
-        from .vllm_backend import import_vllm, vllm_backend_factory
-
         try:
             import_vllm()  # before minutes of model loading
         except ImportError as e:
@@ -173,10 +162,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         typer.echo(f"warning: serving on {host} without an API key", err=True)
     limits = ServeLimits(max_texts=max_texts, max_chars=max_chars, max_new_tokens=max_new_tokens)
-    from ..storage.indexing import open_store
-
     try:
-        arc = _load(model, device, dtype)
+        arc = load_model_on(model, device, dtype)
         opened, _ = open_store(store, arc, decoder, chunk_tokens)  # errors now, not inside uvicorn
         opened.close()
         app = create_app(

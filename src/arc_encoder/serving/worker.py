@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..prompt import Doc
+from .ask import open_retrieval
 from .cache import DocumentCache
 from .decoding import DecodeParams
 from .documents import DocumentCompressor, Planned, as_compressed, cache_counts
@@ -73,8 +74,6 @@ class Resources:
     @property
     def bm25(self):
         if self._bm25 is None:
-            from .ask import open_retrieval
-
             self._bm25 = open_retrieval(self.store)
         return self._bm25
 

@@ -28,6 +28,7 @@ from ..atomic import write_json
 from ..model.compression import ChunkPlan, compress_chunks, plan_chunks
 from ..records import json_object
 from .codecs import make_codec
+from .retrieval import BM25Index
 from .store import ChunkRecord, StoreStats, VectorStore
 
 SETTINGS_FILE = "arc_index.json"
@@ -338,8 +339,6 @@ def quantize_store(
 
 def _build_retrieval_index(store: VectorStore) -> None:
     try:
-        from .retrieval import BM25Index
-
         BM25Index.build(store)  # now, so that the first `ask` does not pay for it
     except ImportError:
         pass  # bm25s is optional; `ask` says how to install it

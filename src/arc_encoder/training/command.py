@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 from .config import load_config
+from .trainer import TrainingDiverged, run
 
 
 def train_command(config_path: Path, overrides: list[str], resume: bool) -> int:
     """Validate the config, train, and return an exit status (2: bad config, 1: training failed)."""
-    from .trainer import TrainingDiverged, run
-
     try:
         config = load_config(config_path, overrides)
     except (ValueError, TypeError, FileNotFoundError) as e:

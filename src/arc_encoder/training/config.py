@@ -24,6 +24,8 @@ import yaml
 
 from ..atomic import write_text
 from ..config import PRESETS, ARCConfig, build, coerce, typed_fields
+from ..data import FinetuneDataConfig, PretrainDataConfig
+from ..data.batch import TASKS
 
 DATA_KINDS = ("pretrain", "finetune")
 
@@ -114,8 +116,6 @@ class DistillConfig:
     k: int = 32  # top-k logits the cache stores (building) or the KL uses (training, <= stored)
 
     def __post_init__(self):
-        from ..data.batch import TASKS
-
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"distill.weight must be a finite number >= 0, got {self.weight}")
         if self.k < 1:
@@ -323,8 +323,6 @@ class TrainConfig:
 
         `check_only`: only check the section; without `sources` (code that hands the trainer its
         own data) only the names and types of its keys."""
-        from ..data import FinetuneDataConfig, PretrainDataConfig
-
         values = {k: v for k, v in self.data.items() if k != "kind"}
         values.update(overrides or {})
         values.setdefault("batch_size", self.batch_size)

@@ -20,40 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.sources import HUB_PREFIX, parse_sources
-from ..model.arc import ARCModel
 from ..model.distill import teacher_top_k
-from ..model.teacher_cache import TeacherCache, file_fingerprint, weights_fingerprint
+from ..model.teacher_cache import TeacherCache
 from .config import TrainConfig, load_config
-
-
-def data_fingerprints(config: TrainConfig) -> list[dict]:
-    """file_fingerprint() of every file the run's `data` section reads (a folder: all its files);
-    a hub data set, which has no local file, by its name and split."""
-    out = []
-    for spec in parse_sources(config.data.get("sources", [])):
-        path = Path(spec.path)
-        if spec.path.startswith(HUB_PREFIX):
-            out.append({"path": spec.path, "size": 0, "sha256": f"{spec.path}:{spec.name}:{spec.split}"})
-        elif path.is_dir():
-            out += [file_fingerprint(f) for f in sorted(path.rglob("*")) if f.is_file()]
-        else:
-            out.append(file_fingerprint(path))
-    return out
-
-
-def decoder_fingerprints(arc: ARCModel) -> list[dict]:
-    return [
-        {"name": name, "fingerprint": weights_fingerprint(dec)} for name, dec in zip(arc.config.decoders, arc.decoders)
-    ]
-
-
-def open_cache(config: TrainConfig, arc: ARCModel) -> TeacherCache | None:
-    """The run's teacher cache (None without distill.cache), checked against its decoders and data."""
-    d = config.distill
-    if not d.cache or d.weight <= 0:
-        return None
-    return TeacherCache.open(d.cache, decoder_fingerprints(arc), data_fingerprints(config), d.k)
+from .distributed import Runtime, pick_device
+from .model_init import build_model
+from .run_teacher_cache import data_fingerprints, decoder_fingerprints
+from .trainer import build_data, choose_decoder
 
 
 def build_teacher_cache(
@@ -61,10 +34,6 @@ def build_teacher_cache(
 ) -> dict[str, int]:
     """Cache the teacher's top-k for the batches of `steps` optimizer steps (default: the
     config's) of each of `world_size` ranks. Returns counts: samples cached, already there, batches."""
-    from .distributed import Runtime, pick_device
-    from .model_init import build_model
-    from .trainer import build_data, choose_decoder
-
     d = config.distill
     if not d.cache:
         raise ValueError("distill.cache must name the folder to write the teacher's logits to")

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..atomic import write_folder
+from ..data import FinetuneData, PretrainData
 from ..data.batch import Batch
 from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
@@ -42,7 +43,6 @@ from ..model.saved import WEIGHTS_FILE, latest_checkpoint
 from ..model.teacher_cache import TeacherCache
 from . import checkpoint as ckpt
 from .config import RESUME_SAFE, TrainConfig, pooling_factor_at, resume_differences, save_config
-from .distill_cache import open_cache
 from .distributed import (
     Runtime,
     all_reduce_sum,
@@ -57,7 +57,9 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
+from .model_init import build_model
 from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
+from .run_teacher_cache import open_cache
 from .schedule import lr_lambda
 
 
@@ -507,8 +509,6 @@ class Trainer:
 # ----------------------------------------------------------------------------- entry point
 def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: dict | None = None):
     """The data pipeline of `data.kind`, tokenizing for every decoder, sharded by rank."""
-    from ..data import FinetuneData, PretrainData
-
     pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[config.data["kind"]]
     return pipeline(
         config.data_config(overrides),
@@ -558,8 +558,6 @@ def held_out_batches(source, weights: list[float], n: int) -> list[list[Batch]]:
 
 def run(config: TrainConfig, resume: bool = False) -> Path:
     """Build everything from the config and train; the `arc-encoder train` command."""
-    from .model_init import build_model
-
     runtime = init_distributed(config.device)
     try:
         seed_everything(config.seed)

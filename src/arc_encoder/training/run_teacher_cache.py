@@ -1,0 +1,40 @@
+"""Which teacher cache a run reads: the fingerprints of its decoders and data files, which a cache
+(model/teacher_cache.py) is checked against before the trainer uses it, or the builder extends it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.sources import HUB_PREFIX, parse_sources
+from ..model.arc import ARCModel
+from ..model.teacher_cache import TeacherCache, file_fingerprint, weights_fingerprint
+from .config import TrainConfig
+
+
+def data_fingerprints(config: TrainConfig) -> list[dict]:
+    """file_fingerprint() of every file the run's `data` section reads (a folder: all its files);
+    a hub data set, which has no local file, by its name and split."""
+    out = []
+    for spec in parse_sources(config.data.get("sources", [])):
+        path = Path(spec.path)
+        if spec.path.startswith(HUB_PREFIX):
+            out.append({"path": spec.path, "size": 0, "sha256": f"{spec.path}:{spec.name}:{spec.split}"})
+        elif path.is_dir():
+            out += [file_fingerprint(f) for f in sorted(path.rglob("*")) if f.is_file()]
+        else:
+            out.append(file_fingerprint(path))
+    return out
+
+
+def decoder_fingerprints(arc: ARCModel) -> list[dict]:
+    return [
+        {"name": name, "fingerprint": weights_fingerprint(dec)} for name, dec in zip(arc.config.decoders, arc.decoders)
+    ]
+
+
+def open_cache(config: TrainConfig, arc: ARCModel) -> TeacherCache | None:
+    """The run's teacher cache (None without distill.cache), checked against its decoders and data."""
+    d = config.distill
+    if not d.cache or d.weight <= 0:
+        return None
+    return TeacherCache.open(d.cache, decoder_fingerprints(arc), data_fingerprints(config), d.k)
