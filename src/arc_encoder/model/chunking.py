@@ -75,11 +75,13 @@ def _word_start_at_or_before(text: str, spans: list[tuple[int, int]], first: int
 
 @dataclass
 class Chunk:
-    """One chunk of a document: the encoder token ids inside it and its character span."""
+    """One chunk of a document: the encoder token ids inside it, its character span and, once
+    counted for a decoder (model/compression.plan_chunks), that decoder's tokens starting in it."""
 
     encoder_ids: list[int]
-    start: int
+    start: int  # char offsets into the document
     end: int
+    n_tokens: int | None = None  # decoder tokens of the whole text's tokenization that start in it
 
 
 def chunk_document(text: str, tokenizer, max_tokens: int | None) -> list[Chunk]:

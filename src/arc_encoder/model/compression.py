@@ -13,22 +13,13 @@ of a chunk do not depend on which others share its batch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from .chunking import Chunk
 from .prompting import Compressed
-
-
-@dataclass
-class ChunkPlan:
-    """One chunk of a document before compression."""
-
-    encoder_ids: list[int]
-    start: int  # char offsets into the document
-    end: int
-    n_tokens: int  # decoder tokens of the document's tokenization that start in text[start:end]
 
 
 def tokens_in_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> list[int]:
@@ -47,16 +38,16 @@ def tokens_in_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> list[
     return counts
 
 
-def plan_chunks(model, text: str, decoder: int, chunk_tokens: int | None = None) -> list[ChunkPlan]:
+def plan_chunks(model, text: str, decoder: int, chunk_tokens: int | None = None) -> list[Chunk]:
     """A document's chunks at `chunk_tokens` (default: the model's), with their decoder-token counts."""
     chunks = model.chunks_of(text, chunk_tokens)
     counts = tokens_in_spans(model.decoder_tokenizers[decoder], text, [(c.start, c.end) for c in chunks])
-    return [ChunkPlan(c.encoder_ids, c.start, c.end, n) for c, n in zip(chunks, counts)]
+    return [dataclasses.replace(c, n_tokens=n) for c, n in zip(chunks, counts)]
 
 
 @torch.no_grad()
 def compress_chunks(
-    model, plans: list[ChunkPlan], decoder: int, batch_size: int = 16, wanted: Callable[[int], bool] | None = None
+    model, plans: list[Chunk], decoder: int, batch_size: int = 16, wanted: Callable[[int], bool] | None = None
 ) -> list[torch.Tensor | None]:
     """Bottleneck vectors [m_i, bottleneck] per chunk, in the order given, on the model's device and
     in its dtype.

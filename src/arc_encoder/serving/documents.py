@@ -16,7 +16,8 @@ import threading
 from dataclasses import dataclass, field
 
 from ..model.arc import Compressed
-from ..model.compression import ChunkPlan, compress_chunks, plan_chunks
+from ..model.chunking import Chunk
+from ..model.compression import compress_chunks, plan_chunks
 from ..prompt import Doc
 from ..storage.indexing import IndexSettings
 from ..storage.store import ChunkRecord
@@ -37,7 +38,7 @@ class Planned:
 
     text: str
     param: str | None  # the request field holding the text (`documents[2]`), for errors
-    chunks: list[ChunkPlan]
+    chunks: list[Chunk]
     key: str  # its key in the cache of compressed documents
     abandoned: threading.Event | None = None  # set when the request that sent it has gone
     cached: bool | None = None  # after compression: whether it came from the cache (or a batch-mate)

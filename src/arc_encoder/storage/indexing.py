@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import write_json
-from ..model.compression import ChunkPlan, compress_chunks, plan_chunks
+from ..model.chunking import Chunk
+from ..model.compression import compress_chunks, plan_chunks
 from ..records import json_object
 from .codecs import make_codec
 from .retrieval import BM25Index
@@ -268,7 +269,7 @@ def _compressed_items(model, store, settings, documents, n_corpus, batch_size, r
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n_corpus, unit="doc", desc="indexing", disable=not progress)
-    pending: list[tuple[str, str, list[ChunkPlan]]] = []
+    pending: list[tuple[str, str, list[Chunk]]] = []
     n_pending_chunks = 0
 
     def flush():
