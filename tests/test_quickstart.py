@@ -178,6 +178,10 @@ def test_a_shorter_run_keeps_the_shape_of_the_schedule(tmp_path):
     tiny = quickstart.at_steps(config, 6)  # stretches shorter than a step vanish
     assert tiny.optim.warmup_steps == 0 and tiny.pooling_schedule == [[2, 1]] and tiny.eval.every == 1
     assert quickstart.at_steps(config, 2).pooling_schedule == []
+    evaluations = config.steps // config.eval.every
+    for steps in (6, 15, 31, 133):  # rounded up: a short run never evaluates more often than the config's
+        shorter = quickstart.at_steps(config, steps)
+        assert steps // shorter.eval.every <= evaluations
     long = load_config(CONFIGS / "smollm2-arc4-default-long.yaml")  # a span-length curriculum
     assert quickstart.at_steps(long, long.steps * 2).data["curriculum_batches"] == 2 * long.data["curriculum_batches"]
 

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -180,9 +181,9 @@ def at_steps(config: TrainConfig, steps: int) -> TrainConfig:
     tree["pooling_schedule"] = schedule
     if "curriculum_batches" in tree["data"]:
         tree["data"]["curriculum_batches"] = int(tree["data"]["curriculum_batches"] * scale)
-    for section in ("eval", "log"):
+    for section in ("eval", "log"):  # rounded up: never more evaluations than the config's run has
         if tree[section]["every"]:
-            tree[section]["every"] = max(1, int(tree[section]["every"] * scale))
+            tree[section]["every"] = max(1, math.ceil(tree[section]["every"] * scale))
     return config_from_dict(tree)
 
 
