@@ -90,7 +90,7 @@ class FinetuneDataConfig(DictConfig):
     # paragraph); the later questions on a document already asked about only serve as shots.
     distinct: bool = False
     # Questions asked of the final document, each with its answer and loss (1: the evaluation's
-    # layout); the others are drawn from earlier-read questions on the same document.
+    # layout); the others are drawn from an index of the sources' questions on the same document.
     questions_per_doc: int = 1
 
     def __post_init__(self):
