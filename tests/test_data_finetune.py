@@ -355,6 +355,26 @@ def test_other_questions_are_asked_of_the_same_document(tmp_path, tiny):
     assert len(texts) == 2 and all(t.count("Question:") == 1 for t in texts)  # the evaluation's layout
 
 
+def test_uniform_count_of_questions_per_prompt(tmp_path, tiny):
+    # four questions on each of two paragraphs; with questions_per_doc_uniform each prompt asks
+    # 1, 2 or 3 of them (the count drawn per prompt), so some prompts end after the first answer
+    records = [
+        {"passage": f"paragraph {p}", "question": f"question {p}{i}?", "answer": f"answer {p}{i}"}
+        for p in "AB"
+        for i in range(4)
+    ]
+    data = pipeline(tmp_path, tiny, tiny, records, n_shots=0, questions_per_doc=3, questions_per_doc_uniform=True)
+    counts = []
+    for _ in range(60):
+        text = tiny.decode(next(data).samples[0].text_ids, skip_special_tokens=True)
+        questions = [q.split("?")[0] for q in text.split("Question: ")[1:]]
+        assert len(set(questions)) == len(questions) and len({q.split()[1][0] for q in questions}) == 1
+        counts.append(len(questions))
+    assert set(counts) == {1, 2, 3}  # 60 draws: each count appears (a miss has odds below 1e-9)
+    with pytest.raises(ValueError, match="questions_per_doc_uniform"):
+        pipeline(tmp_path, tiny, tiny, records, questions_per_doc_uniform=True)
+
+
 def test_resume_with_more_questions(tmp_path, tiny):
     records = [
         {"passage": f"paragraph {p}", "question": f"question {p}{i}?", "answer": f"answer {p}{i}"}

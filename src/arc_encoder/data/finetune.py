@@ -92,6 +92,9 @@ class FinetuneDataConfig(DictConfig):
     # Questions asked of the final document, each with its answer and loss (1: the evaluation's
     # layout); the others are drawn from an index of the sources' questions on the same document.
     questions_per_doc: int = 1
+    # Draw each prompt's count of questions uniformly from 1..questions_per_doc instead of always
+    # asking all: some prompts then end right after the first answer, as evaluation prompts do.
+    questions_per_doc_uniform: bool = False
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
@@ -110,6 +113,8 @@ class FinetuneDataConfig(DictConfig):
         check_reading_options(self.on_bad_line, self.shuffle_buffer)
         if self.questions_per_doc > 1 and self.chat:
             raise ValueError("questions_per_doc > 1 needs plain prompts (chat: false)")
+        if self.questions_per_doc_uniform and self.questions_per_doc == 1:
+            raise ValueError("questions_per_doc_uniform draws from 1..questions_per_doc: set questions_per_doc > 1")
 
 
 # ----------------------------------------------------------------------------------- records
@@ -382,13 +387,17 @@ class FinetuneData:
         return sample
 
     def other_questions(self, current: Shot) -> list[Shot]:
-        """Up to questions_per_doc - 1 other questions on the current document, drawn at random
-        from the index. Held-out sets (`distinct`) keep the evaluation's one question per prompt."""
+        """Up to questions_per_doc - 1 other questions on the current document (with
+        questions_per_doc_uniform, 0 to questions_per_doc - 1, uniformly), drawn at random from the
+        index. Held-out sets (`distinct`) keep the evaluation's one question per prompt."""
         if self.questions_by_document is None:
             return []
+        wanted = self.config.questions_per_doc - 1
+        if self.config.questions_per_doc_uniform:
+            wanted = self.rng.randint(0, wanted)
         asked = self.questions_by_document.get(document_key(current.document), [])
         candidates = [e for e in asked if e["question"] != current.question]
-        chosen = self.rng.sample(candidates, min(self.config.questions_per_doc - 1, len(candidates)))
+        chosen = self.rng.sample(candidates, min(wanted, len(candidates)))
         return [
             Shot(current.document, e["question"], self.rng.choice(e["answers"]), None, current.where) for e in chosen
         ]
