@@ -197,6 +197,29 @@ def test_cli_index_and_ask_take_a_decoder_name(two_decoders, tmp_path, monkeypat
     assert code == 2 and "holds vectors for decoder 1" in err and "not decoder 0" in err
 
 
+def test_cli_eval_takes_a_decoder_name(two_decoders, tmp_path, monkeypatch, capsys):
+    import json
+
+    from test_eval_runner import write_fixture
+
+    folder, _ = two_decoders
+    data = write_fixture(tmp_path / "tiny.jsonl", n=4)
+    args = ["eval", "--model", folder, "--task", "squad", "--data", data, "--methods", "arc", "--shots", "1"]
+    args += ["--limit", "2", "--max-new-tokens", "3", "--no-progress"]
+    runs = {}
+    for decoder in ("llama-wide", "1", "0"):
+        out = tmp_path / f"{decoder}.json"
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--decoder", decoder, "--out", str(out))
+        assert code == 0, err
+        runs[decoder] = json.loads(out.read_text())["runs"][0]
+    assert runs["llama-wide"]["config"]["decoder"] == 1
+    assert short_name(runs["llama-wide"]["config"]["decoder_name"]) == "llama-wide"
+    raw = {d: [p["raw"] for p in run["predictions"]["arc"]] for d, run in runs.items()}
+    assert raw["llama-wide"] == raw["1"] and raw["1"] != raw["0"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--decoder", "gemma3")
+    assert code == 2 and "decoder 'gemma3' does not exist" in " ".join(err.replace("│", " ").split())
+
+
 # ----------------------------------------------------------------------------- the service
 
 
