@@ -215,7 +215,7 @@ def run(args) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).to(pick_device(args.device)).eval()
-    model._check_decoder(args.decoder)
+    args.decoder = model.decoder_index(args.decoder)  # a name or an index -> its index
     vector_dim = model.adapters[args.decoder].vector_dim  # width of the vectors a store keeps
     codecs = parse_codecs(args.codecs, vector_dim)
     shots, scored = select_examples(
@@ -406,7 +406,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (64)")
-    parser.add_argument("--decoder", type=int, default=0)
+    parser.add_argument("--decoder", default="0", help="the decoder's name (as the model's config lists it) or index")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--store-dir", default=None, help="keep the stores here (default: a temp folder)")

@@ -55,8 +55,10 @@ def greedy(model, parts, n=LIMITS.max_new_tokens, stop=None):
 
 
 def test_models_lists_the_served_name(client):
-    assert [m.id for m in client.models.list().data] == [NAME]
+    # the conftest's decoder is the folder "llama": the model, and the model naming its decoder
+    assert [m.id for m in client.models.list().data] == [NAME, f"{NAME}:llama"]
     assert client.models.retrieve(NAME).id == NAME
+    assert client.models.retrieve(f"{NAME}:llama").id == f"{NAME}:llama"
 
 
 def test_completion_equals_the_library_answer_and_counts_positions(client, server):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .loading import DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
+from .loading import DECODER_HELP, DEFAULT_MODEL, MODEL_HELP, UNTRAINED, load_model, quiet_transformers
 from .planning.command import plan_command
 from .prompt import QA, as_text, qa_prompt
 from .quickstart import QuickstartConfig, run_quickstart
@@ -48,17 +48,19 @@ DEMO_DOCUMENT = (
 def demo(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     question: str = typer.Option("Who is the tower named after?"),
+    decoder: str = typer.Option("0", "--decoder", help=f"{DECODER_HELP}; default the first"),
 ):
     """Compress a document and answer a question about it, next to the open-book answer."""
 
     t0 = time.perf_counter()
     arc = load_model(model)
+    index = arc.decoder_index(decoder)
     print(
         f"loaded {model} in {time.perf_counter() - t0:.1f}s "
         f"(encoder {sum(p.numel() for p in arc.encoder.parameters()) / 1e6:.0f}M parameters, "
-        f"decoder {arc.config.decoders[0]})"
+        f"decoder {arc.config.decoders[index]})"
     )
-    compressed = arc.compress([DEMO_DOCUMENT])[0]
+    compressed = arc.compress([DEMO_DOCUMENT], decoder=index)[0]
     print(
         f"document: {compressed.document_tokens} decoder tokens -> {compressed.n_vectors} vectors "
         f"of width {compressed.chunks[0].shape[-1]} (x{compressed.compression_ratio:.1f})"
@@ -70,7 +72,7 @@ def demo(
     }
     for name, prompt in asks.items():
         t = time.perf_counter()
-        out = arc.generate(prompt, max_new_tokens=24, stop=["\n"])[0]
+        out = arc.generate(prompt, decoder=index, max_new_tokens=24, stop=["\n"])[0]
         print(f"{name:>12}: {out.text.strip()!r}  ({out.prompt_length} positions, {time.perf_counter() - t:.2f}s)")
     if model.endswith(UNTRAINED):
         print(f"note: {model} is untrained; drop --model for the shipped {DEFAULT_MODEL}.")
@@ -81,7 +83,7 @@ def compress(
     text: str = typer.Argument(..., help="text to compress, or @FILE to read it from a file"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="safetensors file for the vectors"),
-    decoder: int = typer.Option(0, help="decoder index"),
+    decoder: str = typer.Option("0", "--decoder", help=f"{DECODER_HELP}; default the first"),
 ):
     """Compress a text into bottleneck vectors saved as safetensors."""
     from safetensors.torch import save_file
@@ -90,12 +92,11 @@ def compress(
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
     arc = load_model(model)
-    c = arc.compress([text], decoder=decoder)[0]
-    save_file(
-        {f"chunk_{i}": v.contiguous() for i, v in enumerate(c.chunks)},
-        str(out),
-        metadata={"decoder": str(decoder), "document_tokens": str(c.document_tokens), "fingerprint": arc.fingerprint()},
-    )
+    index = arc.decoder_index(decoder)
+    c = arc.compress([text], decoder=index)[0]
+    metadata = {"decoder": str(index), "decoder_name": arc.config.decoders[index]}
+    metadata.update(document_tokens=str(c.document_tokens), fingerprint=arc.fingerprint())
+    save_file({f"chunk_{i}": v.contiguous() for i, v in enumerate(c.chunks)}, str(out), metadata=metadata)
     print(
         json.dumps(
             {

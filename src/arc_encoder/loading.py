@@ -39,6 +39,7 @@ def load_model(model: str, decoder_dtype=None):
 UNTRAINED = "-untrained"  # "smollm2-arc4-untrained": the preset's architecture, fresh weights
 DEFAULT_MODEL = "smollm2-arc4"  # shipped in the package: SmolLM2-135M's encoder for itself, x4
 MODEL_HELP = "saved model or run folder, shipped model (smollm2-arc4) or PRESET-untrained"
+DECODER_HELP = "the decoder: its name as the model's config lists it (smollm2-135m, gemma3-270m) or its index"
 
 
 def placement(device: str = "auto", dtype: str = "auto"):

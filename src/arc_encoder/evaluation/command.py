@@ -14,7 +14,7 @@ from arc_encoder.evaluation.runner import add_gain_kept, evaluate, evaluate_hays
 from arc_encoder.evaluation.tasks import HAYSTACK, load_task, metric_for_task
 
 from ..atomic import write_json
-from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
+from ..loading import DECODER_HELP, DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
 
 REPORT_VERSION = 1
 # Methods that read no compressed vectors: with several models sharing a decoder they are run
@@ -41,7 +41,9 @@ def eval_command(
     limit: int | None = typer.Option(None, help="score only the first N remaining examples"),
     shuffle: bool = typer.Option(False, help="shuffle the scored examples (with --seed) before --limit"),
     seed: int = typer.Option(0, help="seed of the shot draw and of --shuffle"),
-    decoder: int = typer.Option(0, help="index of the decoder to evaluate"),
+    decoder: str = typer.Option(
+        "0", "--decoder", help=f"{DECODER_HELP}, to evaluate (each --model's by that name); default the first"
+    ),
     batch_size: int = typer.Option(8, help="prompts generated together"),
     max_new_tokens: int | None = typer.Option(None, help="default 64 (256 for cnn)"),
     chunk_size: int | None = typer.Option(
@@ -108,8 +110,12 @@ def eval_command(
             arc.config.chunk_tokens = chunk_size
         if max_chunks is not None:
             arc.config.max_chunks = max_chunks
+        try:
+            index = arc.decoder_index(decoder)  # a name may stand at another index in each model
+        except ValueError as err:
+            raise typer.BadParameter(f"--model {name}: {err}") from None
         shared = None
-        if runs and arc.config.decoders[decoder : decoder + 1] == [runs[0]["config"]["decoder_name"]]:
+        if runs and arc.config.decoders[index] == runs[0]["config"]["decoder_name"]:
             shared = runs[0]
         todo = [m for m in names if shared is None or m not in DECODER_ONLY]
         start = time.perf_counter()
@@ -118,7 +124,7 @@ def eval_command(
             limit=limit,
             seed=seed,
             batch_size=batch_size,
-            decoder=decoder,
+            decoder=index,
             max_new_tokens=max_new_tokens,
             llmlingua_rate=llmlingua_rate,
             llmlingua_scorer=llmlingua_scorer,
@@ -138,7 +144,7 @@ def eval_command(
             run = _with_shared(run, shared, names, task)
         run["config"].update(model=name, data=str(data), seconds=time.perf_counter() - start)
         if content:
-            run["content"] = measure_content(arc, examples, content_span, decoder, limit)
+            run["content"] = measure_content(arc, examples, content_span, index, limit)
             for line in describe(run["content"]["tasks"]):
                 typer.echo(f"{name}: {line}")
         runs.append(run)

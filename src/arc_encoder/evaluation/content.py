@@ -204,10 +204,10 @@ def greedy_scores(tokenizer, generated: list[int], target: list[int], answer: bo
 
 
 @torch.no_grad()
-def greedy_sums(arc, batches, decoder: int = 0, batch_size: int = 8) -> dict[str, torch.Tensor]:
+def greedy_sums(arc, batches, decoder: int | str = 0, batch_size: int = 8) -> dict[str, torch.Tensor]:
     """{"task/greedy_right": float64 [GREEDY_FIELDS]} over held-out batches, one sample per
     distinct document; answer tasks also under "task/greedy_mismatched". Sums, for ranks to add."""
-    sums = {}
+    sums, decoder = {}, arc.decoder_index(decoder)
     tokenizer = arc.decoder_tokenizers[decoder]
     for task, (special, samples) in samples_by_task(batches, has_documents_and_targets).items():
         answer = task in ANSWER_TASKS
@@ -246,13 +246,13 @@ def greedy_summary(sums: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]
     return out
 
 
-def text_batches(arc, texts: list[str], span: int, decoder: int = 0) -> list:
+def text_batches(arc, texts: list[str], span: int, decoder: int | str = 0) -> list:
     """Held-out batches from plain texts, one sample per distinct text and task: reconstruction of
     its first `span` decoder tokens, and continuation of `span` tokens after `span` compressed ones
     (texts too short for a full continuation give a shorter one)."""
     if span < 1:
         raise ValueError(f"span must be >= 1 decoder token, got {span}")
-    tokenizer = arc.decoder_tokenizers[decoder]
+    tokenizer = arc.decoder_tokenizers[arc.decoder_index(decoder)]
     encoder = EncoderView(arc.encoder_tokenizer, special_tokens=False)
     bos = added_prefix(tokenizer)
     rec, cont = [], []
@@ -275,7 +275,7 @@ def summary_from_flat(flat: dict[str, float], decoder: int = 0) -> dict[str, dic
 
 
 @torch.no_grad()
-def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int = 96) -> list[dict]:
+def reconstructions(arc, texts: list[str], decoder: int | str = 0, max_new_tokens: int = 96) -> list[dict]:
     """Greedy reconstruction of each text from its vectors (<Rec>), scored by ROUGE-L."""
 
     compressed = arc.compress(texts, decoder)
@@ -296,10 +296,11 @@ def reconstructions(arc, texts: list[str], decoder: int = 0, max_new_tokens: int
 
 
 def content_report(
-    arc, batches, decoder: int = 0, reconstruct: list[str] | None = None, batch_size: int = 8, greedy: bool = True
+    arc, batches, decoder: int | str = 0, reconstruct: list[str] | None = None, batch_size: int = 8, greedy: bool = True
 ) -> dict:
     """The whole measurement for one model: losses, gaps, accuracies, greedy output and
     reconstructions."""
+    decoder = arc.decoder_index(decoder)
     was_training = arc.training
     arc.eval()
 

@@ -154,7 +154,7 @@ def select_examples(
     return shot_examples, scored[:limit] if limit is not None else scored
 
 
-def warm_up(model: ARCModel, decoder: int = 0) -> None:
+def warm_up(model: ARCModel, decoder: int | str = 0) -> None:
     """One untimed generation: the first forward pass pays one-off costs (allocations, kernel
     selection) that would otherwise be charged to whichever method happens to run first."""
     model.generate([[closed_question("warm-up")]], decoder=decoder, max_new_tokens=2)
@@ -165,7 +165,7 @@ def answer_examples(
     method: Method,
     examples: Sequence[Example],
     task: str,
-    decoder: int = 0,
+    decoder: int | str = 0,
     max_new_tokens: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -177,6 +177,7 @@ def answer_examples(
     A prompt beyond `window` (with the answer budget) raises PromptTooLong."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    decoder = model.decoder_index(decoder)
     max_new_tokens = max_new_tokens or max_new_tokens_for(task)
     rows = []
     bar = tqdm(total=len(examples), desc=method.name, unit="ex", disable=not progress)
@@ -226,11 +227,12 @@ def evaluate(
     The scored examples keep file order; `shuffle` permutes them (with `seed`) before `limit`
     is applied, so that a limited run samples the whole file rather than its first articles
     (SQuAD files list all questions of a paragraph together). `settings`: those of
-    `compare_methods` (batch_size, decoder, max_new_tokens, llmlingua_*, progress, window, top_k).
+    `compare_methods` (batch_size, decoder, max_new_tokens, llmlingua_*, progress, window, top_k); `decoder`
+    an index or a name (ARCModel.decoder_index).
     """
     metric_for_task(task)  # unknown task -> ValueError listing the known ones
     check_methods(methods)
-    model._check_decoder(settings.get("decoder", 0))  # out of range -> ValueError naming the model's decoders
+    settings["decoder"] = model.decoder_index(settings.get("decoder", 0))  # unknown -> ValueError naming them
     shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
     return compare_methods(
         model, task, shot_examples, scored, methods, seed=seed, shuffle=shuffle, limit=limit, **settings
@@ -247,7 +249,7 @@ def evaluate_haystack(
     limit: int | None = None,
     seed: int = 0,
     shuffle: bool = False,
-    decoder: int = 0,
+    decoder: int | str = 0,
     max_new_tokens: int | None = None,
     top_k: int = DEFAULT_TOP_K,
     **settings,
@@ -258,7 +260,7 @@ def evaluate_haystack(
     positions, then every method compared under that window. ARC and rag-arc compress each
     paragraph on its own, in parallel. `settings`: the other arguments of `evaluate`."""
     check_methods(methods)
-    model._check_decoder(decoder)
+    decoder = model.decoder_index(decoder)
     shot_examples, scored = select_examples(examples, shots, seed, limit, shuffle)
     max_new_tokens = max_new_tokens or max_new_tokens_for("haystack")
     stacks = model_haystacks(
@@ -319,7 +321,7 @@ def compare_methods(
     methods: Sequence[str] | str,
     seed: int = 0,
     batch_size: int = 8,
-    decoder: int = 0,
+    decoder: int | str = 0,
     max_new_tokens: int | None = None,
     llmlingua_rate: float | None = None,
     llmlingua_scorer: str | None = None,
@@ -333,7 +335,7 @@ def compare_methods(
 ) -> dict:
     """Every method on the same shots and scored examples with the same decoder: the report."""
     methods = check_methods(methods)
-    model._check_decoder(decoder)
+    decoder = model.decoder_index(decoder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if window is not None and window < 1:

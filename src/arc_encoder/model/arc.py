@@ -24,6 +24,7 @@ from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .compression import compress_documents
 from .decoder import load_frozen_decoder, target_logits
+from .decoder_names import decoder_index
 from .distill import Distillation, distillation_loss
 from .encoder import Encoder
 from .generate import Generation
@@ -116,11 +117,10 @@ class ARCModel(nn.Module):
         """Width of the compressed vectors compress() returns and a store keeps."""
         return self.adapters[0].vector_dim
 
-    def _check_decoder(self, decoder: int) -> int:
-        if not isinstance(decoder, int) or not 0 <= decoder < len(self.decoders):
-            names = ", ".join(f"{i}: {n}" for i, n in enumerate(self.config.decoders))
-            raise ValueError(f"decoder index {decoder!r} does not exist; this model has {names}")
-        return decoder
+    def decoder_index(self, decoder: int | str) -> int:
+        """The index of a decoder given by index or by name ("gemma3-270m", as `config.decoders`
+        lists it: model/decoder_names.py); ValueError naming the decoders this model has."""
+        return decoder_index(self.config.decoders, decoder)
 
     def chunks_of(self, text: str, chunk_tokens: int | None = None) -> list[Chunk]:
         """A document's chunks (encoder ids and character spans) of `chunk_tokens` (default: the
@@ -141,9 +141,9 @@ class ARCModel(nn.Module):
         """Encoder token ids of a document's chunks."""
         return [c.encoder_ids for c in self.chunks_of(text)]
 
-    def encode_segments(self, segments: list[list[int]], decoder: int) -> list[torch.Tensor]:
+    def encode_segments(self, segments: list[list[int]], decoder: int | str) -> list[torch.Tensor]:
         """Encoder token ids per segment -> bottleneck vectors per segment [m_i, bottleneck]."""
-        adapter = self.adapters[self._check_decoder(decoder)]
+        adapter = self.adapters[self.decoder_index(decoder)]
         pooled, counts = self.pooled_outputs(segments, adapter)
         bottleneck = adapter.compress(pooled)  # [S, M, d_b]
         return [bottleneck[i, :m] for i, m in enumerate(counts)]
@@ -153,14 +153,14 @@ class ARCModel(nn.Module):
         return self.encoder.encode_ids(segments, self.encoder_tokenizer.pad_token_id or 0, adapter.memory)
 
     @torch.no_grad()
-    def compress(self, texts: str | list[str], decoder: int = 0, batch_size: int = 16) -> list[Compressed]:
+    def compress(self, texts: str | list[str], decoder: int | str = 0, batch_size: int = 16) -> list[Compressed]:
         """Compress documents into bottleneck vectors that can be stored and spliced later (the one
         compressor of the library, the store and the service: model/compression.py)."""
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts:
             raise TypeError("compress() takes a non-empty list of strings")
-        return compress_documents(self, texts, self._check_decoder(decoder), batch_size)
+        return compress_documents(self, texts, self.decoder_index(decoder), batch_size)
 
     def decoder_blocks(self, chunks: list[torch.Tensor], decoder: int, special: str | None) -> list[torch.Tensor]:
         """Bottleneck chunks -> decoder-space blocks [m_i (+1), d_dec], special token appended.
@@ -189,7 +189,7 @@ class ARCModel(nn.Module):
     def forward(
         self,
         samples: list[Sample],
-        decoder: int = 0,
+        decoder: int | str = 0,
         special: str = "cont",
         with_accuracy: bool = False,
         distill: Distillation | None = None,
@@ -200,7 +200,7 @@ class ARCModel(nn.Module):
         weight every token equally. `special`: the token after each compressed segment (Batch.special).
         `with_accuracy` adds how many supervised tokens are the decoder's argmax. `distill` adds its
         weight times the summed KL to the decoder reading the documents as text (model/distill.py)."""
-        self._check_decoder(decoder)
+        decoder = self.decoder_index(decoder)
         dec = self.decoders[decoder]
         blocks = self.sample_blocks(samples, decoder, special)  # per sample [m_i (+1), d_dec] each
         embed = dec.get_input_embeddings()
@@ -221,7 +221,7 @@ class ARCModel(nn.Module):
     def check_prompt(
         self,
         prompt: list,
-        decoder: int,
+        decoder: int | str,
         max_new_tokens: int,
         special: str | None = "cont",
         doc_chunks=None,
@@ -230,21 +230,23 @@ class ARCModel(nn.Module):
         """Refuse (ValueError) a prompt that, with max_new_tokens, needs more positions than the
         decoder has (or than `window`), counted from token counts before anything is compressed
         (prompting.prompt_positions; `doc_chunks` as there). Returns the prompt's positions."""
+        decoder = self.decoder_index(decoder)
         positions = prompt_positions(self, prompt, decoder, special, doc_chunks)
         check_positions(self, positions, max_new_tokens, decoder, window)
         return positions
 
-    def shares_vocabulary(self, decoder: int) -> bool:
+    def shares_vocabulary(self, decoder: int | str) -> bool:
         """Whether the decoder's tokenizer has the encoder's vocabulary (ids mean the same tokens)."""
+        decoder = self.decoder_index(decoder)
         if decoder not in self._shared_vocab:
             enc, dec = self.encoder_tokenizer, self.decoder_tokenizers[decoder]
             self._shared_vocab[decoder] = enc is dec or (len(enc) == len(dec) and enc.get_vocab() == dec.get_vocab())
         return self._shared_vocab[decoder]
 
-    def generate(self, prompts, decoder: int = 0, **options) -> list[Generation]:
+    def generate(self, prompts, decoder: int | str = 0, **options) -> list[Generation]:
         """Answer prompts of text (str), documents (Doc) and stored vectors (Compressed):
         model/generate.py's `generate`, with its options (max_new_tokens, temperature, stop, ...)."""
-        return generation.generate(self, prompts, decoder, **options)
+        return generation.generate(self, prompts, self.decoder_index(decoder), **options)
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The state dict less the frozen decoders: what a save holds (DTensors when sharded)."""

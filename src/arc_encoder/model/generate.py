@@ -57,7 +57,7 @@ def prompt_list(prompts, what: str) -> list[list]:
 def generate(
     model,
     prompts,
-    decoder: int = 0,
+    decoder: int | str = 0,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -81,7 +81,7 @@ def generate(
     prompts = prompt_list(prompts, "generate")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
-    model._check_decoder(decoder)
+    decoder = model.decoder_index(decoder)
     results = []
     for start in range(0, len(prompts), batch_size):
         results += _generate_batch(
@@ -102,14 +102,14 @@ def generate(
 
 
 @torch.no_grad()
-def prompt_embeddings(model, prompts, decoder: int = 0) -> list[PromptEmbeddings]:
+def prompt_embeddings(model, prompts, decoder: int | str = 0) -> list[PromptEmbeddings]:
     """The decoder input embeddings generate() would feed, per prompt, without running the decoder.
 
     For engines that take prompt embeddings (vLLM's `prompt_embeds`): positions run 0..L-1 over
     text tokens and spliced vectors alike, so the engine's own positions match.
     """
     prompts = prompt_list(prompts, "prompt_embeddings")
-    model._check_decoder(decoder)
+    decoder = model.decoder_index(decoder)
     batch, stats = splice_prompts(model, prompts, decoder)
     real = batch.attention_mask.bool()  # [B, L]; left padding is dropped below
     return [PromptEmbeddings(batch.embeds[i][real[i]], *stats[i]) for i in range(len(prompts))]

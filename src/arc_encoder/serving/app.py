@@ -10,7 +10,8 @@
     POST   /v1/ask                 BM25 top-k stored chunks -> answer + sources
     GET    /metrics                Prometheus counters: the cache of compressed documents, the worker
     GET    /v1/models, POST /v1/chat/completions, POST /v1/completions
-                                   OpenAI-compatible, with compressed documents (openai_routes.py)
+                                   OpenAI-compatible, with compressed documents (openai_routes.py);
+                                   `model`: MODEL or MODEL:DECODER (model_ids.py)
     GET    /docs                   OpenAPI documentation
 
 Every request that touches the model or the store becomes a job for one worker thread
@@ -78,7 +79,7 @@ def create_app(
     model,
     store_path: str | os.PathLike,
     *,
-    decoder: int | None = None,
+    decoder: int | str | None = None,
     chunk_tokens: int | None = None,
     api_key: str | None = None,
     limits: ServeLimits = ServeLimits(),
@@ -91,7 +92,9 @@ def create_app(
     cache: DocumentCache | None = None,
     compress_batch: int = 16,
 ) -> FastAPI:
-    """The service for one model and one store (created if missing).
+    """The service for one model and one store (created if missing), for one decoder: `decoder`
+    (an index or a name; default the store's, else the first) must be the one the store was built
+    for, as every route reads and writes the store's vectors (model_ids.py for the OpenAI ids).
 
     backend: None (generate with the model's HF decoder) or a factory called in the worker thread
     with (model, decoder index), returning generate(prompts, decoder, DecodeParams, on_token) ->
@@ -202,6 +205,7 @@ def add_generation_routes(api: APIRouter, worker: BatchingWorker, checks: Checks
         results: list[Compressed] = await run_job(worker, job, request)
         return {
             "decoder": info["decoder"],
+            "decoder_name": info["decoder_name"],
             "dim": bottleneck,
             "cache": job.cache,
             "results": [

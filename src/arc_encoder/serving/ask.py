@@ -60,14 +60,16 @@ def ask(
     model,
     store: VectorStore,
     question: str,
-    decoder: int,
+    decoder: int | str,
     k: int = 3,
     index=None,
     max_new_tokens: int = 64,
     stop: list[str] | None = None,
     **generate_kwargs,
 ) -> Answer:
-    """Retrieve, splice the stored vectors, generate. Stops at a newline unless `stop` says otherwise."""
+    """Retrieve, splice the stored vectors, generate. Stops at a newline unless `stop` says otherwise.
+    `decoder`: the store's (an index or a name)."""
+    decoder = model.decoder_index(decoder)
     index = index if index is not None else open_retrieval(store)
     sources = retrieve(store, index, question, k)
     prompt = ask_prompt(store, sources, question, decoder)

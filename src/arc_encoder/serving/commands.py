@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..loading import DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
+from ..loading import DECODER_HELP, DEFAULT_MODEL, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, load_model_on, placement
 from ..records import command_line_text
 from ..storage.indexing import index_corpus, open_store, scan_corpus, store_report
 from .ask import ask as ask_store
@@ -28,8 +28,8 @@ def index(
     store: Path = typer.Option(..., "--store", help="vector store folder (created if missing)"),
     codec: str = typer.Option("float32", help="float32, float16, pq2, pq1, pq0.5 or pq0.25 (PQ bits per dimension)"),
     batch_size: int = typer.Option(16, help="chunks per encoder batch"),
-    decoder: int | None = typer.Option(
-        None, help="decoder whose projector makes the vectors (default 0, or the store's)"
+    decoder: str | None = typer.Option(
+        None, "--decoder", help=f"{DECODER_HELP}, whose projector makes the vectors (default the first, or the store's)"
     ),
     chunk_tokens: int | None = typer.Option(
         None, help="encoder tokens per chunk (default: the model config's chunk_tokens, else 256)"
@@ -76,6 +76,9 @@ def ask(
     store: Path = typer.Option(..., "--store", help="vector store folder"),
     k: int = typer.Option(3, help="chunks to retrieve"),
     max_new_tokens: int = typer.Option(64),
+    decoder: str | None = typer.Option(
+        None, "--decoder", help=f"{DECODER_HELP}; the store's vectors feed only the decoder it was built for"
+    ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
@@ -83,7 +86,7 @@ def ask(
     try:
         question = command_line_text(question, "the question")
         arc = load_model_on(model, device, dtype)
-        vectors, settings = open_store(store, arc, create=False)
+        vectors, settings = open_store(store, arc, decoder, create=False)
         with vectors:
             answer = ask_store(arc, vectors, question, settings.decoder, k=k, max_new_tokens=max_new_tokens)
     except (ValueError, FileNotFoundError, ImportError) as e:
@@ -107,7 +110,9 @@ def serve(
     api_key: str | None = typer.Option(
         None, "--api-key", envvar=API_KEY_ENV, help=f"require this key (or set {API_KEY_ENV})"
     ),
-    decoder: int | None = typer.Option(None, help="decoder index (default: the store's, else 0)"),
+    decoder: str | None = typer.Option(
+        None, "--decoder", help=f"{DECODER_HELP}, served by default (default: the store's, else the first)"
+    ),
     chunk_tokens: int | None = typer.Option(None, help="chunk size for a new store"),
     backend: str = typer.Option("hf", help="hf (PyTorch decoder) or vllm (GPU)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),

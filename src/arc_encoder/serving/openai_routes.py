@@ -1,6 +1,6 @@
 """OpenAI-compatible routes, with compressed documents: what `openai`, LangChain and LlamaIndex speak.
 
-    GET  /v1/models               the one model this server answers with
+    GET  /v1/models               the ids this server answers to: MODEL and MODEL:DECODER (model_ids.py)
     POST /v1/chat/completions     messages (the decoder's chat template), stream as server-sent events
     POST /v1/completions          a raw prompt
 
@@ -37,6 +37,7 @@ from ..prompt import chat_message, chat_prompt, documents_before
 from .ask import retrieve
 from .decoding import DecodeParams, decode_params
 from .documents import RequestDoc
+from .model_ids import check_model_id, served_ids
 from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, OpenAIRequest
 from .stored import stored_chunks, stored_document
 from .worker import DISCONNECT_POLL_S, BatchingWorker, ClientError, GenerateJob, Resources, run_job
@@ -183,29 +184,28 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
     """Mount the OpenAI-compatible routes on `app` (see module doc)."""
     api = APIRouter(prefix="/v1")
     created = int(time.time())
-    card = {"id": model_name, "object": "model", "created": created, "owned_by": "arc-encoder"}
+
+    def card(model_id: str) -> dict:
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "arc-encoder"}
+
+    def check(model_id: str) -> None:
+        check_model_id(model, model_name, info["decoder"], model_id)
 
     @api.get("/models")
     async def list_models():
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [card(i) for i in served_ids(model_name, info["decoder_name"])]}
 
     @api.get("/models/{model_id:path}")
     async def get_model(model_id: str):
-        if model_id != model_name:
-            raise ClientError(
-                404, f"model {model_id!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
-            )
-        return card
+        check(model_id)
+        return card(model_id)
 
     def tokenizer():
         return model.decoder_tokenizers[info["decoder"]]
 
     def checked(body: OpenAIRequest) -> DecodeParams:
         """The request's decoding parameters, every field this server refuses named."""
-        if body.model != model_name:
-            raise ClientError(
-                404, f"model {body.model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
-            )
+        check(body.model)
         for field, why in body.unsupported():
             raise ClientError(400, why, field)
         limits = checks.limits
@@ -257,7 +257,7 @@ def add_openai_routes(app, worker: BatchingWorker, checks, model, model_name: st
 
     async def answer(request: Request, body: OpenAIRequest, job: GenerateJob, shape):
         ident = f"{shape.prefix}-{uuid.uuid4().hex[:24]}"
-        stamp = {"id": ident, "created": int(time.time()), "model": model_name}
+        stamp = {"id": ident, "created": int(time.time()), "model": body.model}
         if not body.stream:
             out, sources = await run_job(worker, job, request)
             return {

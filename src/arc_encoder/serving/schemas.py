@@ -198,7 +198,8 @@ class CompressedOut(BaseModel):
 
 
 class CompressResponse(BaseModel):
-    decoder: int
+    decoder: int  # the served decoder's index, and its name as the model's config lists it
+    decoder_name: str
     dim: int
     cache: CacheReport
     results: list[CompressedOut]

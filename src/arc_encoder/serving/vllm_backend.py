@@ -36,11 +36,11 @@ class VLLMBackend:
     """
 
     def __init__(
-        self, model, decoder: int = 0, engine=None, sampling_params=None, dtype: str = "bfloat16", **engine_kwargs
+        self, model, decoder: int | str = 0, engine=None, sampling_params=None, dtype: str = "bfloat16", **engine_kwargs
     ):
         import torch
 
-        model._check_decoder(decoder)
+        decoder = model.decoder_index(decoder)
         self.model = model
         self.decoder = decoder
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -63,10 +63,10 @@ class IndexSettings:
             raise ValueError(f"{path} is unreadable: {e}") from e
 
 
-def resolve_settings(model, decoder: int | None = None, chunk_tokens: int | None = None) -> IndexSettings:
-    """Settings for a new store: decoder 0 and the model's chunk size (else 256) unless given."""
-    decoder = 0 if decoder is None else decoder
-    model._check_decoder(decoder)
+def resolve_settings(model, decoder: int | str | None = None, chunk_tokens: int | None = None) -> IndexSettings:
+    """Settings for a new store: decoder 0 and the model's chunk size (else 256) unless given;
+    `decoder` an index or a name (ARCModel.decoder_index)."""
+    decoder = model.decoder_index(0 if decoder is None else decoder)
     if chunk_tokens is None:
         chunk_tokens = model.config.chunk_tokens
     if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
@@ -80,17 +80,19 @@ def resolve_settings(model, decoder: int | None = None, chunk_tokens: int | None
 def open_store(
     path: str | os.PathLike,
     model,
-    decoder: int | None = None,
+    decoder: int | str | None = None,
     chunk_tokens: int | None = None,
     codec: str = "float32",
     create: bool = True,
 ) -> tuple[VectorStore, IndexSettings]:
     """Open the store at path for this model (created if missing and create=True).
 
-    An existing store must come from the same model (fingerprint), and `decoder` / `chunk_tokens`,
-    when given, must match what it was built with.
+    An existing store must come from the same model (fingerprint), and `decoder` (an index or a
+    name) / `chunk_tokens`, when given, must match what it was built with.
     """
     path = Path(path)
+    if decoder is not None:
+        decoder = model.decoder_index(decoder)
     fingerprint = model.fingerprint()
     if not (path / "meta.sqlite").is_file():
         if not create:
@@ -121,11 +123,11 @@ def _check_matches(path, settings: IndexSettings, model, decoder, chunk_tokens) 
     if decoder is not None and decoder != settings.decoder:
         raise ValueError(
             f"store {path} holds vectors for decoder {settings.decoder} "
-            f"({settings.decoder_name}), not decoder {decoder}"
+            f"({settings.decoder_name}), not decoder {decoder} ({model.config.decoders[decoder]})"
         )
     if chunk_tokens is not None and chunk_tokens != settings.chunk_tokens:
         raise ValueError(f"store {path} was chunked at {settings.chunk_tokens} tokens, not {chunk_tokens}")
-    model._check_decoder(settings.decoder)
+    model.decoder_index(settings.decoder)
 
 
 # --------------------------------------------------------------------- corpus
@@ -202,7 +204,7 @@ def index_corpus(
     store_path: str | os.PathLike,
     codec: str = "float32",
     batch_size: int = 16,
-    decoder: int | None = None,
+    decoder: int | str | None = None,
     chunk_tokens: int | None = None,
     replace: bool = False,
     write_every: int = 256,
