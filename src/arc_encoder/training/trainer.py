@@ -57,10 +57,10 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
-from .model_init import build_model
 from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 from .run_teacher_cache import open_cache
 from .schedule import lr_lambda
+from .sharded_build import build_for_rank, load_shards_from_rank0, share_rng_state, weights_from_rank0
 
 
 class TrainingDiverged(RuntimeError):
@@ -167,16 +167,29 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.step = 0  # optimizer steps done
         self.last_checkpoint: Path | None = None
-        # distill.cache: the teacher's top-k logits, refused if built for other decoders or data
-        self.teacher_cache = open_cache(config, arc)
 
         device = self.runtime.device
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(device.type))
         # build_model reads the decoders in this dtype already; a model built elsewhere is cast
         # here, before it moves, so a GPU never holds their float32 copy
         cast_weights(arc.decoders, DTYPES[config.frozen_decoder_dtype(device.type)])
-        arc.to(device)
+        shard_decoders = config.fsdp_decoders == "shard"
+        # A multi-rank FSDP2 run: only rank 0 holds the weights (on the host; other ranks may hold
+        # the model on the meta device, see sharded_build); every rank receives its shards after
+        # sharding. Otherwise every process moves its whole model to its device.
+        from_rank0 = weights_from_rank0(config, self.runtime)
+        # distill.cache: the teacher's top-k logits, refused if built for other decoders or data
+        self.teacher_cache = open_cache(config, arc, from_rank0)
+        if not from_rank0:
+            arc.to(device)
         choose_trained(arc, config)
+        weights = None
+        if from_rank0:
+            share_rng_state()
+            if self.runtime.is_main:
+                weights = arc.state_dict()  # the full tensors, held until every rank has its shards
+                if not shard_decoders:  # replicated decoders are no FSDP2 group: moved whole
+                    arc.decoders.to(device)
         if config.pooling_schedule:
             with arc.encoder.pooling_factor(config.pooling_schedule[0][0]):  # refused now, not at step 1
                 pass
@@ -191,8 +204,11 @@ class Trainer:
             config.parallel,
             self.runtime,
             bf16=config.uses_bf16(device.type),
-            shard_decoders=config.fsdp_decoders == "shard",
+            shard_decoders=shard_decoders,
         )
+        if from_rank0:
+            load_shards_from_rank0(arc, weights, device)
+            del weights
         # After wrapping: FSDP2 replaces parameters with sharded ones.
         self.param_names = {p: n for n, p in arc.trained_parameters().items()}
         groups = param_groups(arc, config)
@@ -562,8 +578,10 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     try:
         seed_everything(config.seed)
         say = print if runtime.is_main else (lambda *_: None)
-        arc = build_model(config, log=say)
-        if not resume:
+        arc = build_for_rank(config, runtime, log=say)
+        # where rank 0 alone holds the weights, it alone prepares the projectors (from rank 0's
+        # batches, as every rank would), and the shards carry them to the others
+        if not resume and (runtime.is_main or not weights_from_rank0(config, runtime)):
             prepare_projectors(config, arc, runtime, log=say)
         data = build_data(config, arc, runtime)
         eval_batches = None
