@@ -13,7 +13,7 @@ def test_splice_layout_and_positions():
     # t0 t1 A A B t2 t3 t4
     expected = torch.cat([text[:2], A, B, text[2:]])
     torch.testing.assert_close(out.embeds[0], expected)
-    assert out.text_positions[0].tolist() == [0, 1, 5, 6, 7]
+    assert out.text_positions[0] == [0, 1, 5, 6, 7]
     assert out.block_positions[0] == [2, 4]
     assert out.position_ids[0].tolist() == list(range(8))
 
@@ -24,7 +24,7 @@ def test_left_padding():
     out = splice([short, long_], [[], []], [[], []], left_pad=True)
     assert out.attention_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
     assert out.position_ids[0].tolist() == [0, 0, 0, 1]
-    assert out.text_positions[0].tolist() == [2, 3]
+    assert out.text_positions[0] == [2, 3]
 
 
 def test_loss_positions_paper_and_official():

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from arc_encoder.training import checkpoint as ckpt  # noqa: E402
 from arc_encoder.training.config import config_from_dict  # noqa: E402
-from arc_encoder.training.distributed import init_distributed  # noqa: E402
-from arc_encoder.training.model_init import build_model  # noqa: E402
+from arc_encoder.training.distributed import Runtime, init_distributed  # noqa: E402
+from arc_encoder.training.sharded_build import build_for_rank  # noqa: E402
 from arc_encoder.training.trainer import Trainer, seed_everything  # noqa: E402
 from training_data import TokenBatches, random_texts  # noqa: E402
 
@@ -69,9 +69,12 @@ def distributed_config(out_dir, model: str, wide: str, mode: str, steps: int):
 
 
 def make_trainer(config, runtime=None, seed: int = 0) -> Trainer:
+    """As `arc-encoder train` builds it: under FSDP2 on several ranks, rank 1 holds the model on
+    the meta device until its shards arrive from rank 0."""
     seed_everything(seed)
-    arc = build_model(config, log=lambda *_: None)
-    rank, world = (runtime.rank, runtime.world_size) if runtime else (0, 1)
+    runtime = runtime or Runtime(0, 1, torch.device("cpu"))
+    arc = build_for_rank(config, runtime, log=lambda *_: None)
+    rank, world = runtime.rank, runtime.world_size
     # each rank gets its slice of the same global batches
     data = TokenBatches(TEXTS, GLOBAL_BATCH, rank=rank, world_size=world)
     # held-out batches per decoder; rank 1 has fewer of them (an uneven shard)

@@ -7,6 +7,8 @@ short tail group: n=9, p=8 -> [5, 4]; n=25, p=8 -> [7, 6, 6, 6].
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 
 
@@ -52,7 +54,7 @@ def pool(hidden: torch.Tensor, lengths: list[int], factor: int, mode: str = "mea
     for b, row in enumerate(ids):
         target[b, : len(row)] = torch.tensor(row) + b * M
     target = target.to(hidden.device).view(-1)
-    ends = [[int(e) for e in torch.tensor(sizes).cumsum(0) - 1] for sizes in (group_sizes(n, factor) for n in lengths)]
+    ends = [[e - 1 for e in accumulate(group_sizes(n, factor))] for n in lengths]  # host ints: no tensor read
     if mode == "mean":
         summed = hidden.new_zeros(B * M + 1, d).index_add(0, target, hidden.reshape(B * N, d))
         sizes = torch.bincount(target, minlength=B * M + 1).clamp(min=1).to(hidden.dtype)

@@ -44,8 +44,9 @@ class SplicedBatch:
     embeds: torch.Tensor  # [B, L, d] decoder input embeddings
     attention_mask: torch.Tensor  # [B, L] 1 = real, 0 = padding
     position_ids: torch.Tensor  # [B, L] 0.. over each sample's real positions
-    text_positions: list[torch.Tensor]  # per sample, [s_i] spliced position of each text token
+    text_positions: list[list[int]]  # per sample, spliced position of each text token
     block_positions: list[list[int]]  # per sample, spliced position where each block starts
+    spans: list[tuple[int, int]]  # per sample, (first real position, real positions): host ints
 
 
 def splice(
@@ -63,16 +64,16 @@ def splice(
         pieces, tpos, bpos, cursor, length = [], [], [], 0, 0
         for block, offset in zip(sample_blocks, sample_offsets):
             pieces.append(text[cursor:offset])
-            tpos.append(torch.arange(length, length + offset - cursor))
+            tpos.extend(range(length, length + offset - cursor))
             length += offset - cursor
             bpos.append(length)
             pieces.append(block.to(text.dtype))
             length += block.shape[0]
             cursor = offset
         pieces.append(text[cursor:])
-        tpos.append(torch.arange(length, length + text.shape[0] - cursor))
+        tpos.extend(range(length, length + text.shape[0] - cursor))
         rows.append(torch.cat(pieces))
-        text_positions.append(torch.cat(tpos))
+        text_positions.append(tpos)
         block_positions.append(bpos)
 
     B, L = len(rows), max(r.shape[0] for r in rows)
@@ -80,16 +81,18 @@ def splice(
     embeds = rows[0].new_zeros(B, L, d)
     mask = torch.zeros(B, L, dtype=torch.long)
     positions = torch.zeros(B, L, dtype=torch.long)
+    spans = []
     for i, row in enumerate(rows):
         n = row.shape[0]
         start = L - n if left_pad else 0
         embeds[i, start : start + n] = row
         mask[i, start : start + n] = 1
         positions[i, start : start + n] = torch.arange(n)
-        text_positions[i] += start
+        text_positions[i] = [p + start for p in text_positions[i]]
         block_positions[i] = [p + start for p in block_positions[i]]
+        spans.append((start, n))
     device = embeds.device
-    return SplicedBatch(embeds, mask.to(device), positions.to(device), text_positions, block_positions)
+    return SplicedBatch(embeds, mask.to(device), positions.to(device), text_positions, block_positions, spans)
 
 
 def loss_positions(
@@ -98,15 +101,15 @@ def loss_positions(
     """Flat indices into [B*L] of the positions that predict a supervised token, those tokens,
     and which they are: (sample i, text token k) per row."""
     L = batch.embeds.shape[1]
-    real = batch.attention_mask.bool().tolist()
     index, labels, tokens = [], [], []
     for i, sample in enumerate(samples):
         if sample.targets is None:
             continue
-        tpos = batch.text_positions[i].tolist()
+        tpos = batch.text_positions[i]
+        start, n = batch.spans[i]  # the host's record of the real positions: no mask read back
         for k, (token, supervised) in enumerate(zip(sample.text_ids, sample.targets)):
             pos = tpos[k]
-            if not supervised or pos == 0 or not real[i][pos - 1]:  # nothing before it
+            if not supervised or pos == 0 or not start <= pos - 1 < start + n:  # nothing before it
                 continue
             after_block = k == 0 or tpos[k - 1] != pos - 1
             if after_block and not supervise_first_token:

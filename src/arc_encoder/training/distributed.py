@@ -79,6 +79,15 @@ def gather_objects(obj) -> list:
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` (picklable), on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

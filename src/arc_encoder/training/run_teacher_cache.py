@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch.distributed as dist
+
 from ..data.sources import HUB_PREFIX, parse_sources
 from ..model.arc import ARCModel
 from ..model.teacher_cache import TeacherCache, file_fingerprint, weights_fingerprint
 from .config import TrainConfig
+from .distributed import broadcast_object
 
 
 def data_fingerprints(config: TrainConfig) -> list[dict]:
@@ -32,9 +35,15 @@ def decoder_fingerprints(arc: ARCModel) -> list[dict]:
     ]
 
 
-def open_cache(config: TrainConfig, arc: ARCModel) -> TeacherCache | None:
-    """The run's teacher cache (None without distill.cache), checked against its decoders and data."""
+def open_cache(config: TrainConfig, arc: ARCModel, from_rank0: bool = False) -> TeacherCache | None:
+    """The run's teacher cache (None without distill.cache), checked against its decoders and data.
+    `from_rank0`: only rank 0 holds the decoders' weights (the others may hold them on the meta
+    device): it fingerprints them for every rank."""
     d = config.distill
     if not d.cache or d.weight <= 0:
         return None
-    return TeacherCache.open(d.cache, decoder_fingerprints(arc), data_fingerprints(config), d.k)
+    if from_rank0:
+        fingerprints = broadcast_object(decoder_fingerprints(arc) if dist.get_rank() == 0 else None)
+    else:
+        fingerprints = decoder_fingerprints(arc)
+    return TeacherCache.open(d.cache, fingerprints, data_fingerprints(config), d.k)

@@ -57,10 +57,10 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
-from .model_init import build_model
 from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 from .run_teacher_cache import open_cache
 from .schedule import lr_lambda
+from .sharded_build import build_for_rank, load_shards_from_rank0, share_rng_state, weights_from_rank0
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,6 +137,16 @@ def input_tokens(batch: Batch) -> int:
     return sum(len(s.text_ids) + sum(len(seg) for seg in s.segments) for s in batch.samples)
 
 
+def host_record(record: dict) -> dict:
+    """A step's record with its device tensors read: loss and gradient norm as floats, token
+    counts as ints (one sync for the lot)."""
+    keys = ("loss", "grad_norm", "tokens", "input_tokens")
+    values = torch.stack([record[k].double() for k in keys]).tolist()
+    out = {**record, **dict(zip(keys, values))}
+    out["tokens"], out["input_tokens"] = int(out["tokens"]), int(out["input_tokens"])
+    return out
+
+
 class Trainer:
     def __init__(
         self,
@@ -166,17 +176,32 @@ class Trainer:
         self.eval_batches = eval_batches
         self.out_dir = Path(config.out_dir)
         self.step = 0  # optimizer steps done
+        # 0, or the first unchecked step whose loss or gradient norm was not finite (see train_step)
+        self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.runtime.device)
         self.last_checkpoint: Path | None = None
-        # distill.cache: the teacher's top-k logits, refused if built for other decoders or data
-        self.teacher_cache = open_cache(config, arc)
 
         device = self.runtime.device
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(device.type))
         # build_model reads the decoders in this dtype already; a model built elsewhere is cast
         # here, before it moves, so a GPU never holds their float32 copy
         cast_weights(arc.decoders, DTYPES[config.frozen_decoder_dtype(device.type)])
-        arc.to(device)
+        shard_decoders = config.fsdp_decoders == "shard"
+        # A multi-rank FSDP2 run: only rank 0 holds the weights (on the host; other ranks may hold
+        # the model on the meta device, see sharded_build); every rank receives its shards after
+        # sharding. Otherwise every process moves its whole model to its device.
+        from_rank0 = weights_from_rank0(config, self.runtime)
+        # distill.cache: the teacher's top-k logits, refused if built for other decoders or data
+        self.teacher_cache = open_cache(config, arc, from_rank0)
+        if not from_rank0:
+            arc.to(device)
         choose_trained(arc, config)
+        weights = None
+        if from_rank0:
+            share_rng_state()
+            if self.runtime.is_main:
+                weights = arc.state_dict()  # the full tensors, held until every rank has its shards
+                if not shard_decoders:  # replicated decoders are no FSDP2 group: moved whole
+                    arc.decoders.to(device)
         if config.pooling_schedule:
             with arc.encoder.pooling_factor(config.pooling_schedule[0][0]):  # refused now, not at step 1
                 pass
@@ -191,8 +216,11 @@ class Trainer:
             config.parallel,
             self.runtime,
             bf16=config.uses_bf16(device.type),
-            shard_decoders=config.fsdp_decoders == "shard",
+            shard_decoders=shard_decoders,
         )
+        if from_rank0:
+            load_shards_from_rank0(arc, weights, device)
+            del weights
         # After wrapping: FSDP2 replaces parameters with sharded ones.
         self.param_names = {p: n for n, p in arc.trained_parameters().items()}
         groups = param_groups(arc, config)
@@ -300,10 +328,17 @@ class Trainer:
             raise TypeError(f"data sources must yield Batch objects, got {type(batch).__name__}")
         return batch
 
-    def train_step(self) -> dict:
+    def train_step(self, check: bool = True) -> dict:
+        """One optimizer step. `check`: read the loss and gradient norm on the host, stop on a
+        non-finite one before the update and on non-finite weights after it (the record holds
+        floats). Without it the step never waits for the device: the record holds device tensors,
+        a non-finite loss or norm is remembered on the device, and the next checked step (or
+        `verify`) stops naming the first step it happened at."""
         decoder = choose_decoder(self.step, self.weights, self.config.decoder_order, self.config.seed)
         accum = self.config.optim.grad_accum
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, supervised tokens, input tokens
+        device = self.runtime.device
+        loss_sum_total = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = inputs = 0  # supervised and input tokens of this rank: host ints from the batches
         task = None
         factor = pooling_factor_at(self.config.pooling_schedule, self.step)
         for micro in range(accum):
@@ -322,48 +357,76 @@ class Trainer:
                     distill=distillation_for(self.config, batch, self.teacher_cache),
                 )
             loss_sum.backward()
-            totals += torch.tensor([loss_sum.item(), n_tokens, input_tokens(batch)], dtype=torch.float64)
-        totals = all_reduce_sum(totals.to(self.runtime.device)).cpu()
-        loss = totals[0].item() / totals[1].item()
+            loss_sum_total += loss_sum.detach().double()
+            tokens += n_tokens
+            inputs += input_tokens(batch)
+        counts = torch.tensor([tokens, inputs], dtype=torch.float64).to(device)
+        totals = all_reduce_sum(torch.cat([loss_sum_total[None], counts]))  # [3]: loss sum, tokens, inputs
+        loss = totals[0] / totals[1]
         # Data parallelism averaged the gradients over ranks; make them d(sum of losses)/d(w) / tokens.
-        scale = self.runtime.world_size / totals[1].item()
         grads = [p.grad for p in self.trainable if p.grad is not None]
-        torch._foreach_mul_(grads, scale)
+        torch._foreach_mul_(grads, self.runtime.world_size / totals[1])
         grad_norm = torch.nn.utils.get_total_norm(grads)
         if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a DTensor norm
             grad_norm = grad_norm.full_tensor()
-        grad_norm = grad_norm.item()
-        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+        grad_norm = grad_norm.double()  # float64 like the host's arithmetic the clip used to be
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if check:  # an earlier unchecked step's loss or norm is reported first
+            self._stop_if_unchecked_step_diverged(self.step + 1)
+        if check and not finite.item():  # the checked step's sync before the update
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
-                f"training stopped at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
+                f"training stopped at step {self.step + 1}: loss {loss.item()}, gradient norm {grad_norm.item()} "
                 f"(decoder {decoder}, {task} batch); {self._last_good()}"
             )
+        if not check:  # remembered on the device: 0, or the first step whose loss or norm was not finite
+            first = self._first_nonfinite
+            self._first_nonfinite = torch.where((first == 0) & ~finite, self.step + 1, first)
         clip = self.config.optim.grad_clip
-        if clip > 0 and grad_norm > clip:  # the same coefficient as torch's clip_grad_norm_
-            torch._foreach_mul_(grads, clip / (grad_norm + 1e-6))
+        if clip > 0:  # the same coefficient as torch's clip_grad_norm_; x 1.0 leaves a gradient as it is
+            torch._foreach_mul_(grads, torch.where(grad_norm > clip, clip / (grad_norm + 1e-6), 1.0))
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        bad = self._nonfinite_weights()
-        if bad:  # finite gradients can still make non-finite weights (e.g. a huge learning rate)
-            raise TrainingDiverged(
-                f"training stopped at step {self.step}: {len(bad)} weight tensor(s) are no longer finite "
-                f"(first: {bad[0]}); nothing of this step was saved; {self._last_good()}"
-            )
-        return {
+        record = {
             "step": self.step,
             "loss": loss,
-            "tokens": int(totals[1]),
-            "input_tokens": int(totals[2]),
+            "tokens": totals[1],
+            "input_tokens": totals[2],
             "grad_norm": grad_norm,
             "lr": lrs,
             "decoder": decoder,
             "task": task,
             **({"pooling_factor": factor} if factor is not None else {}),
         }
+        if not check:
+            return record
+        self.verify()
+        return host_record(record)
+
+    def verify(self) -> None:
+        """Stop if a step since the last check had a non-finite loss or gradient norm, or if a
+        weight is no longer finite on any rank (finite gradients can still make non-finite
+        weights, e.g. with a huge learning rate). One host sync; every rank reaches the same
+        verdict, so all stop together."""
+        self._stop_if_unchecked_step_diverged(self.step)
+        bad = self._nonfinite_weights()
+        if bad:
+            raise TrainingDiverged(
+                f"training stopped at step {self.step}: {len(bad)} weight tensor(s) are no longer finite "
+                f"(first: {bad[0]}); nothing of this step was saved; {self._last_good()}"
+            )
+
+    def _stop_if_unchecked_step_diverged(self, at: int) -> None:
+        first = int(self._first_nonfinite.item())
+        if first:
+            self._first_nonfinite.zero_()
+            raise TrainingDiverged(
+                f"training stopped at step {at}: the loss or gradient norm of step {first} was not "
+                f"finite (checked every log.every steps); nothing since was saved; {self._last_good()}"
+            )
 
     def _nonfinite_weights(self) -> list[str]:
         """Names of the trainable tensors holding a non-finite value on any rank, the same list on
@@ -457,27 +520,33 @@ class Trainer:
         try:
             if every and self.step == 0:
                 self._log_eval(log)
-            window = torch.zeros(3, dtype=torch.float64)  # loss sum, tokens, input tokens since last log
+            # loss sum, tokens, input tokens since the last log, on the device: read at log steps only
+            window = torch.zeros(3, dtype=torch.float64, device=self.runtime.device)
             started = fit_start = time.perf_counter()
             limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
             while self.step < config.steps:
-                record = self.train_step()
-                window += torch.tensor(
-                    [record["loss"] * record["tokens"], record["tokens"], record["input_tokens"]], dtype=torch.float64
-                )
+                checked = self._checks_after(self.step + 1)
+                record = self.train_step(check=checked)
+                loss, tokens = (torch.as_tensor(record[k], dtype=torch.float64) for k in ("loss", "tokens"))
+                inputs = torch.as_tensor(record["input_tokens"], dtype=torch.float64)
+                window += torch.stack([loss * tokens, tokens, inputs]).to(window.device)
                 elapsed = time.perf_counter() - started
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.3f}",
-                    lr=f"{max(record['lr'].values()):.2e}",
-                    tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}",
-                )
                 out_of_time = limit is not None and time.perf_counter() - fit_start > limit
                 if out_of_time and self.runtime.distributed:  # every rank must stop together
                     out_of_time = bool(
                         all_reduce_sum(torch.tensor([float(out_of_time)], device=self.runtime.device)).item()
                     )
                 last = self.step == config.steps or out_of_time
+                if last and not checked:  # stopped early by the time limit: check before saving
+                    self.verify()
+                    record, checked = host_record(record), True
+                if checked:
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.3f}",
+                        lr=f"{max(record['lr'].values()):.2e}",
+                        tok_s=f"{window[2].item() / max(elapsed, 1e-9):.0f}",
+                    )
                 if main and (self.step % config.log.every == 0 or last):
                     record["loss_avg"] = (window[0] / window[1]).item()
                     record["tokens_per_s"] = window[2].item() / max(elapsed, 1e-9)
@@ -499,6 +568,18 @@ class Trainer:
         if main and config.log.plot:
             plot_curves(log.path, self.out_dir / PLOT_FILE)
         return self.last_checkpoint
+
+    def _checks_after(self, step: int) -> bool:
+        """Whether optimizer step `step` reads its loss on the host and checks for divergence: a
+        log step, and every step after which the run evaluates, saves or ends (nothing
+        unchecked is saved)."""
+        c = self.config
+        return (
+            step % c.log.every == 0
+            or step >= c.steps
+            or bool(c.eval.every and step % c.eval.every == 0)
+            or bool(c.checkpoint.every and step % c.checkpoint.every == 0)
+        )
 
     def _log_eval(self, log: MetricsLog | None) -> None:
         losses = self.evaluate()
@@ -562,8 +643,10 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     try:
         seed_everything(config.seed)
         say = print if runtime.is_main else (lambda *_: None)
-        arc = build_model(config, log=say)
-        if not resume:
+        arc = build_for_rank(config, runtime, log=say)
+        # where rank 0 alone holds the weights, it alone prepares the projectors (from rank 0's
+        # batches, as every rank would), and the shards carry them to the others
+        if not resume and (runtime.is_main or not weights_from_rank0(config, runtime)):
             prepare_projectors(config, arc, runtime, log=say)
         data = build_data(config, arc, runtime)
         eval_batches = None
