@@ -1,12 +1,13 @@
 """Run under torchrun by test_train_distributed: a weight made non-finite on rank 1 only, after an
 optimizer step, with DDP (fp32) and then FSDP2 (bf16: autocast, bf16 frozen decoders, bf16
-all-gathers over fp32 shards). Each rank writes what stopped it, and the dtypes it saw; the process
+all-gathers over fp32 shards). Then a time limit that passes on rank 1 alone. Each rank writes what stopped it, and the dtypes it saw; the process
 group times out after 60 s, so a rank left waiting for the other fails instead of hanging the test."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arc_encoder.training import trainer as trainer_module  # noqa: E402
 from arc_encoder.training.distributed import init_distributed  # noqa: E402
 from arc_encoder.training.trainer import TrainingDiverged  # noqa: E402
 from train_worker import distributed_config, make_trainer  # noqa: E402
@@ -54,6 +56,20 @@ def record_dtypes(trainer) -> dict:
     return seen
 
 
+def clock_late_on_rank_1(trainer, from_step: int):
+    """A clock module whose perf_counter jumps an hour ahead on rank 1 once `from_step` steps are
+    done: rank 1 alone finds the time limit passed."""
+    real = time.perf_counter
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            late = trainer.runtime.rank == 1 and trainer.step >= from_step
+            return real() + (3600.0 if late else 0.0)
+
+    return Clock
+
+
 def main(out: Path, model: str, wide: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
@@ -78,6 +94,19 @@ def main(out: Path, model: str, wide: str) -> None:
         (out / f"{parallel}-rank{runtime.rank}.txt").write_text(outcome)
         (out / f"{parallel}-rank{runtime.rank}.json").write_text(json.dumps(dtypes))
         dist.barrier()
+    # the time limit passed on rank 1 alone after step 1: both ranks must stop at the same step
+    config = distributed_config(out / "time", model, wide, "ddp", 8)
+    config.eval.every, config.log.every, config.time_limit_minutes = 0, 2, 30.0
+    trainer = make_trainer(config, runtime)
+    trainer_module.time = clock_late_on_rank_1(trainer, from_step=1)
+    try:
+        trainer.fit()
+        outcome = f"stopped at step {trainer.step}"
+    except Exception as e:  # a collective that timed out waiting for the other rank
+        outcome = f"{type(e).__name__}: {e}"
+    finally:
+        trainer_module.time = time
+    (out / f"time-rank{runtime.rank}.txt").write_text(outcome)
     dist.destroy_process_group()
 
 

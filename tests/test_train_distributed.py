@@ -110,3 +110,7 @@ def test_a_weight_non_finite_on_one_rank_stops_both_in_fp32_ddp_and_bf16_fsdp(ti
         ddp, fsdp = (json.loads((tmp_path / f"{p}-rank{rank}.json").read_text()) for p in ("ddp", "fsdp"))
         assert ddp == {"decoders": [fp32], "forward": fp32, "trained": [fp32], "moments": [fp32]}, ddp
         assert fsdp == {"decoders": [bf16], "forward": bf16, "trained": [fp32], "moments": [fp32]}, fsdp
+    # rank 1's clock passed the time limit after step 1; the ranks decide together at the next
+    # log step (2), so both stop there instead of one waiting for the other in a collective
+    for rank in (0, 1):
+        assert (tmp_path / f"time-rank{rank}.txt").read_text() == "stopped at step 2"

@@ -270,7 +270,8 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     out_dir: str = "runs/arc"
     # Stop early, with a checkpoint, once training has run this long (the schedule still spans
-    # `steps`). For fixed wall-time budgets such as the quickstart.
+    # `steps`). For fixed wall-time budgets such as the quickstart. Distributed runs decide it
+    # together at log steps (log.every), so they may run up to log.every - 1 steps over.
     time_limit_minutes: float | None = None
 
     def __post_init__(self):

@@ -532,11 +532,7 @@ class Trainer:
                 window += torch.stack([loss * tokens, tokens, inputs]).to(window.device)
                 elapsed = time.perf_counter() - started
                 bar.update(1)
-                out_of_time = limit is not None and time.perf_counter() - fit_start > limit
-                if out_of_time and self.runtime.distributed:  # every rank must stop together
-                    out_of_time = bool(
-                        all_reduce_sum(torch.tensor([float(out_of_time)], device=self.runtime.device)).item()
-                    )
+                out_of_time = self._out_of_time(limit, fit_start, checked)
                 last = self.step == config.steps or out_of_time
                 if last and not checked:  # stopped early by the time limit: check before saving
                     self.verify()
@@ -568,6 +564,17 @@ class Trainer:
         if main and config.log.plot:
             plot_curves(log.path, self.out_dir / PLOT_FILE)
         return self.last_checkpoint
+
+    def _out_of_time(self, limit: float | None, fit_start: float, checked: bool) -> bool:
+        """Whether the run's time limit has passed. One process reads its clock every step. Ranks
+        decide together, at checked steps only (the same steps on every rank, so every rank calls
+        the reduction): a rank that stopped alone would leave the others waiting in a collective."""
+        if limit is None or (self.runtime.distributed and not checked):
+            return False
+        late = time.perf_counter() - fit_start > limit
+        if not self.runtime.distributed:
+            return late
+        return bool(all_reduce_sum(torch.tensor([float(late)], device=self.runtime.device)).item())
 
     def _checks_after(self, step: int) -> bool:
         """Whether optimizer step `step` reads its loss on the host and checks for divergence: a
