@@ -1,7 +1,8 @@
 """Run under torchrun by test_train_distributed: a weight made non-finite on rank 1 only, after an
 optimizer step, with DDP (fp32) and then FSDP2 (bf16: autocast, bf16 frozen decoders, bf16
-all-gathers over fp32 shards). Then a time limit that passes on rank 1 alone. Each rank writes what stopped it, and the dtypes it saw; the process
-group times out after 60 s, so a rank left waiting for the other fails instead of hanging the test."""
+all-gathers over fp32 shards); then a time limit that passes on rank 1 alone. Each rank writes what
+stopped it, and the dtypes it saw; the process group times out after 60 s, so a rank left waiting
+for the other fails instead of hanging the test."""
 
 from __future__ import annotations
 
