@@ -15,7 +15,7 @@ A second table lets the decoder write the supervised tokens greedily (reconstruc
 their place, exact spans, ROUGE-L; answers: SQuAD EM/F1 with the right and another document).
 Exact-match scores can hide this; the evaluation's `mismatched` method is its generation twin.
 
-    python benchmarks/document_use.py [--model smollm2-arc4] [--data ../shared/data] [--span 128]
+    python benchmarks/document_use.py [--model smollm2-arc4] [--decoder NAME] [--data ../shared/data] [--span 128]
 """
 
 from __future__ import annotations
@@ -44,12 +44,14 @@ def main():
     parser.add_argument(
         "--span", type=int, default=None, help="tokens per held-out prose span (default: pretraining's)"
     )
+    parser.add_argument("--decoder", default="0", help="the decoder measured: a name or an index")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
     quiet_transformers()
     data = find_data(args.data)
     arc = ARCModel.from_pretrained(args.model).to(pick_device(args.device)).eval()
+    decoder = arc.decoder_index(args.decoder)
     runtime = Runtime(0, 1, arc.device)
     q = QuickstartConfig(finetune_shots=args.shots)
     factor = arc.config.pooling_factor
@@ -62,14 +64,15 @@ def main():
     table, reconstructions = {}, None
     for config in configs:
         held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
-        batches = held_out_batches(held, [1.0], args.batches)[0]
+        weights = [float(i == decoder) for i in range(len(arc.decoders))]  # held-out batches for this decoder
+        batches = held_out_batches(held, weights, args.batches)[decoder]
         texts = None
         if config.data["kind"] == "pretrain" and args.reconstruct:
             texts = [
                 arc.encoder_tokenizer.decode(b.samples[0].segments[0], skip_special_tokens=True)
                 for b in batches[: args.reconstruct]
             ]
-        report = content_report(arc, batches, reconstruct=texts)
+        report = content_report(arc, batches, decoder, reconstruct=texts)
         table.update(report["tasks"])
         reconstructions = report.get("reconstructions", reconstructions)
     print("\n".join(describe(table)))
@@ -91,7 +94,15 @@ def main():
         print(f"| {task} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     if args.out:
         args.out.write_text(
-            json.dumps({"model": args.model, "losses": table, "reconstructions": reconstructions}, indent=2)
+            json.dumps(
+                {
+                    "model": args.model,
+                    "decoder": arc.config.decoders[decoder],
+                    "losses": table,
+                    "reconstructions": reconstructions,
+                },
+                indent=2,
+            )
         )
 
 
