@@ -64,6 +64,18 @@ def test_second_decoder_family_with_its_own_tokenizer():
     assert c.document_tokens == gemma_tokens  # the ratio counts the decoder's own tokens
     out = model.generate(["Document: ", c, "\nQuestion: Where?\nAnswer:"], decoder=1, max_new_tokens=4)
     assert out[0].prompt_length > c.n_vectors
+    # Gemma's tokenizer reads words and starts with BOS (the GGUF conversion alone gave characters)
+    gemma = model.decoder_tokenizers[1]
+    ids = gemma("The Eiffel Tower")["input_ids"]
+    assert ids[0] == gemma.bos_token_id and gemma.convert_ids_to_tokens(ids[1:]) == ["The", "▁Eiffel", "▁Tower"]
+    # and the decoder reads English: the open-book answer, as for SmolLM2 above
+    open_book = model.generate(
+        [f"Document: {PARAGRAPH}\nQuestion: Which country has most of the forest?\nAnswer:"],
+        decoder=1,
+        max_new_tokens=8,
+        stop=["\n"],
+    )[0]
+    assert "Brazil" in open_book.text
 
 
 def test_openai_client_chat_with_a_compressed_document(smollm2, tmp_path):
