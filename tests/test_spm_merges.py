@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+from gguf import GGUFWriter
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 
-from arc_encoder.model.spm_merges import NORMAL, merges_from_scores
+from arc_encoder.model.spm_merges import NORMAL, gguf_spm_tokenizer, merges_from_scores
 
 
 def spm_reference(word: str, scores: dict[str, float]) -> list[str]:
@@ -60,3 +62,15 @@ def test_bpe_with_the_merges_tokenizes_as_sentencepiece_on_random_words():
     for _ in range(300):
         word = "".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
         assert bpe_tokens(pieces, scores, types, word) == spm_reference(word, by_piece), word
+
+
+def test_a_gguf_without_scores_is_refused_by_name(tmp_path):
+    path = tmp_path / "no_scores.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_token_list(["<unk>", "a"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="tokenizer.ggml.scores"):
+        gguf_spm_tokenizer(path, tokenizer=None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from gguf import GGUFReader
 from tokenizers.models import BPE
 
-NORMAL = 1  # GGUF token type of an ordinary piece (2 unknown, 3 control, 6 byte)
+NORMAL, UNKNOWN = 1, 2  # GGUF token types of an ordinary piece and of <unk> (3 control, 6 byte)
 
 
 def merges_from_scores(pieces: Sequence[str], scores: Sequence[float], types: Sequence[int]) -> list[tuple[str, str]]:
@@ -41,7 +41,11 @@ def gguf_spm_tokenizer(path: Path, tokenizer):
     the GGUF's BOS setting, which the conversion drops (Gemma reads nothing well without BOS)."""
     fields = GGUFReader(str(path)).fields
 
-    def values(name):
+    def values(name, default=None):
+        if name not in fields:
+            if default is not None:
+                return default
+            raise ValueError(f"{path}: the GGUF has no {name!r}; it cannot hold a SentencePiece BPE tokenizer")
         field = fields[name]
         return [field.parts[i] for i in field.data]
 
@@ -50,11 +54,11 @@ def gguf_spm_tokenizer(path: Path, tokenizer):
     types = [int(t[0]) for t in values("tokenizer.ggml.token_type")]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     merges = merges_from_scores(pieces, scores, types)
-    unk = pieces[types.index(2)] if 2 in types else None
+    unk = pieces[types.index(UNKNOWN)] if UNKNOWN in types else None
     tokenizer.backend_tokenizer.model = BPE(
         vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True
     )
-    add_bos = bool(values("tokenizer.ggml.add_bos_token")[0][0]) if "tokenizer.ggml.add_bos_token" in fields else False
+    add_bos = bool(values("tokenizer.ggml.add_bos_token", default=[[False]])[0][0])
     tokenizer.add_bos_token = add_bos  # rewrites the post-processor
     tokenizer.init_kwargs["add_bos_token"] = add_bos  # saved, so a reload keeps it
     return tokenizer
