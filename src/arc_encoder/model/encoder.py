@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from ..config import ARCConfig
+from .frozen_cache import FrozenBlockCache
 from .pooling import group_index, pool, pooled_length
 
 
@@ -76,6 +77,7 @@ class Encoder(nn.Module):
         self._scheduled_factor: int | None = None  # set by pooling_factor() for a training step
         self.layer_types = list(getattr(hf_config, "layer_types", None) or ["full_attention"] * n)
         self.sliding_window = getattr(hf_config, "sliding_window", None)
+        self.frozen_cache: FrozenBlockCache | None = None  # set by cache_frozen_blocks (training)
 
     @classmethod
     def from_backbone(cls, path: str, cfg: ARCConfig, pretrained: bool = True) -> Encoder:
@@ -138,11 +140,33 @@ class Encoder(nn.Module):
                 n_tokens = pooled_length(n_tokens, factor)
         return n_tokens
 
+    def cache_frozen_blocks(self, max_mb: float) -> FrozenBlockCache:
+        """Keep the frozen lower blocks' outputs per segment (model/frozen_cache.py): the blocks
+        from the embeddings up to the first one that trains or pools. Refused where nothing below
+        the trained blocks is frozen, or with memory tokens (their vectors train and enter below)."""
+        if self.mode == "memory":
+            raise ValueError("frozen_block_cache_mb needs mean or last pooling: memory tokens enter the lower blocks")
+        if self.embed_tokens.weight.requires_grad:
+            raise ValueError("frozen_block_cache_mb needs a frozen lower encoder (train_encoder_blocks or freeze_encoder)")
+        frozen = 0
+        for layer, factor in zip(self.layers, self.factors):
+            if factor > 1 or any(p.requires_grad for p in layer.parameters()):
+                break
+            frozen += 1
+        if frozen == 0:
+            raise ValueError("frozen_block_cache_mb: the encoder's first block trains or pools, so nothing is frozen to cache")
+        self.frozen_cache = FrozenBlockCache(frozen, max_mb)
+        return self.frozen_cache
+
     def encode_ids(self, segments: list[list[int]], pad_id: int, memory: torch.Tensor | None = None):
-        """`forward` on segments given as token id lists, right-padded here with `pad_id`."""
+        """`forward` on segments given as token id lists, right-padded here with `pad_id`; with a
+        frozen-block cache, the frozen blocks' outputs come from it."""
         lengths = [len(s) for s in segments]
         if min(lengths) < 1:
             raise ValueError("cannot compress an empty segment")
+        if self.frozen_cache is not None:
+            h = self.frozen_cache.hidden(self, segments, pad_id)  # [S, N, d]
+            return self.blocks(h, lengths, first=self.frozen_cache.blocks)
         ids = torch.full((len(segments), max(lengths)), pad_id, dtype=torch.long)  # [S, N]
         for i, seg in enumerate(segments):
             ids[i, : len(seg)] = torch.tensor(seg)
@@ -159,17 +183,22 @@ class Encoder(nn.Module):
         lengths = list(lengths)
         if memory is not None:
             h, lengths = self._append_memory(h, lengths, memory)
-        factors, pooling = self._active_factors()
-        for layer, layer_type, factor, pools in zip(self.layers, self.layer_types, factors, pooling):
-            if not pools:
-                h = self._plain_block(layer, layer_type, h, lengths)
-            else:
-                h, lengths = self._pooled_block(layer, layer_type, h, lengths, factor)
+        h, lengths = self.blocks(h, lengths)
         if memory is not None:  # keep the last M positions of each segment
             M = memory.shape[0]
             index = torch.tensor([[n - M + i for i in range(M)] for n in lengths], device=h.device)
             h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))  # [S, M, d]
             lengths = [M] * len(lengths)
+        return h, lengths
+
+    def blocks(self, h: torch.Tensor, lengths: list[int], first: int = 0):
+        """Blocks `first`.. on the residual stream [S, N, d] -> [S, m_max, d] and the lengths m_s."""
+        factors, pooling = self._active_factors()
+        for layer, layer_type, factor, pools in list(zip(self.layers, self.layer_types, factors, pooling))[first:]:
+            if not pools:
+                h = self._plain_block(layer, layer_type, h, lengths)
+            else:
+                h, lengths = self._pooled_block(layer, layer_type, h, lengths, factor)
         return h, lengths
 
     def _append_memory(self, h, lengths, memory):

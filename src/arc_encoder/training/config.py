@@ -246,6 +246,11 @@ class TrainConfig:
     # frozen, so the backward pass stops at block n-k: on CPU this buys steps.
     train_encoder_blocks: int | None = None
     encoder_lora: LoraConfig = field(default_factory=LoraConfig)  # instead of training the blocks
+    # Keep the frozen lower encoder blocks' outputs per segment, up to this many MB (0: off), so a
+    # document read again (SQuAD: ~5 questions per paragraph, plus the shots) runs only the trained
+    # blocks (model/frozen_cache.py). Needs train_encoder_blocks, freeze_encoder or LoRA on the upper
+    # blocks only; the numbers change by float rounding at most.
+    frozen_block_cache_mb: float = 0.0
     # Pooling-factor curriculum: [[factor, until_step], ...], e.g. [[1, 25], [2, 50]] trains steps
     # 0-24 at x1, 25-49 at x2, then at the model's own factor. Content is easy to carry at a low
     # factor; the vectors then learn to pack more tokens without ever losing it. Evaluation and the
@@ -291,6 +296,14 @@ class TrainConfig:
             self.data_config({"loop": False, **self.eval.data}, section="eval.data", check_only=True)
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
             raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
+        if not 0 <= self.frozen_block_cache_mb < math.inf:
+            raise ValueError(f"frozen_block_cache_mb must be a finite number >= 0 (0: off), got {self.frozen_block_cache_mb}")
+        if self.frozen_block_cache_mb and not (
+            self.freeze_encoder or self.train_encoder_blocks is not None or self.encoder_lora.rank
+        ):
+            raise ValueError(
+                "frozen_block_cache_mb caches frozen encoder blocks: set train_encoder_blocks (or freeze_encoder) too"
+            )
         if self.encoder_lora.rank:
             if self.freeze_encoder or self.train_encoder_blocks is not None:
                 raise ValueError(
@@ -446,12 +459,13 @@ RESUME_SAFE = (
     "compile",
     "tf32",
     "fsdp_decoders",
+    "frozen_block_cache_mb",
     "checkpoint.",
     "eval.",
     "log.",
 )
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype")
+NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype", "frozen_block_cache_mb")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

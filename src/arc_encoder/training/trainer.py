@@ -195,6 +195,8 @@ class Trainer:
         if not from_rank0:
             arc.to(device)
         choose_trained(arc, config)
+        if config.frozen_block_cache_mb:
+            arc.encoder.cache_frozen_blocks(config.frozen_block_cache_mb)
         weights = None
         if from_rank0:
             share_rng_state()
@@ -546,6 +548,8 @@ class Trainer:
                 if main and (self.step % config.log.every == 0 or last):
                     record["loss_avg"] = (window[0] / window[1]).item()
                     record["tokens_per_s"] = window[2].item() / max(elapsed, 1e-9)
+                    if cache := self.arc.encoder.frozen_cache:
+                        record["frozen_cache"] = cache.stats()
                     log.write(record)
                     window.zero_()
                     started = time.perf_counter()
