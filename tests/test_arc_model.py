@@ -258,6 +258,7 @@ def test_save_load_bit_exact(tiny_arc, tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded = ARCModel.from_pretrained(tmp_path / "m").eval()
     assert loaded.config == model.config
+    loaded.decoders.read_all()  # read on first use otherwise (model/deferred.py)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     a, b = model.compress(TEXTS), loaded.compress(TEXTS)
@@ -291,8 +292,9 @@ def test_mismatched_checkpoint_refused(tiny_arc, tiny_models, tmp_path):
     other = tiny_arc(bottleneck=16)
     with pytest.raises(ValueError, match="shape mismatch.*adapters.0.down.weight"):
         load_state(other, read_weights(tmp_path / "a" / "model.safetensors"), "checkpoint")
-    with pytest.raises(ValueError, match="width"):
-        ARCModel.from_pretrained(tmp_path / "a", decoders=[tiny_models["llama-wide"]])
+    replaced = ARCModel.from_pretrained(tmp_path / "a", decoders=[tiny_models["llama-wide"]])
+    with pytest.raises(ValueError, match="width"):  # when the decoder is read (model/deferred.py)
+        replaced.decoders[0]
     (tmp_path / "a" / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="cannot read weights"):
         ARCModel.from_pretrained(tmp_path / "a")

@@ -24,6 +24,7 @@ from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .compression import compress_documents
 from .decoder import load_frozen_decoder, target_logits
+from .deferred import DecoderList, DeferredDecoder, DeferredTokenizer, TokenizerList, decoder_width
 from .decoder_names import decoder_index
 from .distill import Distillation, distillation_loss
 from .encoder import Encoder
@@ -52,16 +53,17 @@ class ARCModel(nn.Module):
             DecoderAdapter(
                 encoder.hidden_size,
                 config.bottleneck,
-                d.config.hidden_size,
+                decoder_width(d),
                 config.memory_tokens,
                 config.projector_input == "standardize",
             )
             for d in decoders
         )
-        # Registered so .to() and FSDP see them; frozen, kept in eval mode, never saved.
-        self.decoders = nn.ModuleList(decoders)
+        # Registered so .to() and FSDP see them; frozen, kept in eval mode, never saved. A
+        # DeferredDecoder (from_pretrained) is read, with its tokenizer, on first use.
+        self.decoders = DecoderList(decoders)
         self.encoder_tokenizer = encoder_tokenizer
-        self.decoder_tokenizers = decoder_tokenizers
+        self.decoder_tokenizers = TokenizerList(decoder_tokenizers)
         # (decoder, prefix embeddings [P, d], their keys/values): the shots of an evaluation,
         # computed for the first batch and reused by the next ones (see generate)
         self._prefix_memo = PrefixMemo()
@@ -75,12 +77,15 @@ class ARCModel(nn.Module):
         pretrained: bool = True,
         decoder_dtype: torch.dtype = torch.float32,
         encoder_dir: str | Path | None = None,
+        deferred_widths: list[int] | None = None,
     ) -> ARCModel:
         """A model with untrained adapters and the frozen decoders the config (or preset) names;
         the encoder cut from the backbone, or (`encoder_dir`, a saved model's) built untrained.
         `pretrained=False` initialises the backbone and decoders randomly (tests, dry runs).
         `decoder_dtype`: what the frozen decoders are stored in (bfloat16 halves their memory on a
-        GPU; float32, the default, is faster on a CPU). The encoder and adapters stay float32."""
+        GPU; float32, the default, is faster on a CPU). The encoder and adapters stay float32.
+        `deferred_widths`: the decoders' widths, known from a saved model; then no decoder is read
+        before it is used (model/deferred.py)."""
         if isinstance(config, str):
             if config not in PRESETS:
                 raise ValueError(f"unknown preset {config!r}; presets: {sorted(PRESETS)}")
@@ -91,6 +96,12 @@ class ARCModel(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(backbone)
         else:
             encoder, tokenizer = Encoder.from_saved(encoder_dir, config), AutoTokenizer.from_pretrained(encoder_dir)
+        if deferred_widths is not None:
+            decoders = [
+                DeferredDecoder(name, width, config.attn_implementation, pretrained, decoder_dtype)
+                for name, width in zip(config.decoders, deferred_widths, strict=True)
+            ]
+            return cls(config, encoder, decoders, tokenizer, [DeferredTokenizer(name) for name in config.decoders])
         paths = [resolve_model(d) for d in config.decoders]
         decoders = [
             load_frozen_decoder(p, config.attn_implementation, pretrained, AutoConfig.from_pretrained(p), decoder_dtype)
@@ -111,6 +122,11 @@ class ARCModel(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the trained weights (encoder, adapters): compressed vectors enter in it."""
         return self.adapters[0].rec.dtype
+
+    @property
+    def decoder_widths(self) -> list[int]:
+        """Each decoder's hidden size (what its adapter projects to), without reading any decoder."""
+        return [a.up.out_features for a in self.adapters]
 
     @property
     def vector_dim(self) -> int:
@@ -270,8 +286,10 @@ class ARCModel(nn.Module):
         cls, path: str | Path, decoders: list[str] | None = None, decoder_dtype: torch.dtype = torch.float32
     ) -> ARCModel:
         """A saved folder (full or delta), a run folder (its latest checkpoint) or a shipped model's name
-        (model/saved.py); `decoders` replaces the recorded decoder names or paths (same widths)."""
-        return saved.load(cls, path, decoders, decoder_dtype)
+        (model/saved.py); `decoders` replaces the recorded decoder names or paths (same widths).
+        Each decoder is read the first time it is used (model/deferred.py): a model serving two
+        decoders costs the memory of the one in use."""
+        return saved.load(cls, path, decoders, decoder_dtype, deferred=True)
 
     def to_dtype(self, dtype: torch.dtype) -> ARCModel:
         """Cast every weight to `dtype` for inference (RoPE tables stay float32), keeping the

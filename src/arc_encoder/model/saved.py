@@ -74,9 +74,8 @@ def write_saved_model(
 def save_pretrained(model, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """`model` as a full saved folder; `state` replaces its trained tensors (the trainer passes
     full tensors gathered from sharded FSDP parameters)."""
-    dims = [d.config.hidden_size for d in model.decoders]
     state = model.trained_state() if state is None else state
-    write_saved_model(path, state, model.config, dims, model.encoder.hf_config, model.encoder_tokenizer)
+    write_saved_model(path, state, model.config, model.decoder_widths, model.encoder.hf_config, model.encoder_tokenizer)
 
 
 def save_delta(model, path: str | Path, max_mb: float | None = None, dtype: torch.dtype | None = None) -> int:
@@ -94,8 +93,7 @@ def save_delta(model, path: str | Path, max_mb: float | None = None, dtype: torc
             f"the delta is {size / 2**20:.1f} MB, over the {max_mb} MB asked for: encoder blocks {changed} "
             "differ from the backbone (train fewer with train_encoder_blocks)"
         )
-    dims = [d.config.hidden_size for d in model.decoders]
-    write_saved_model(path, delta, model.config, dims, model.encoder.hf_config, None)
+    write_saved_model(path, delta, model.config, model.decoder_widths, model.encoder.hf_config, None)
     return size
 
 
@@ -198,9 +196,11 @@ def load(
     sources: Callable[[object, SavedModel], dict[str, str]] | None = None,
     pretrained: bool = True,
     role: str = "model",
+    deferred: bool = False,
 ):
     """The model `name_or_path` holds (see `locate`; or one already located), as a `model_class`
-    (ARCModel).
+    (ARCModel). `deferred`: read each decoder when first used (model/deferred.py), its width
+    checked then against the recorded one.
 
     `decoders` replaces the recorded decoder names or paths (same count and widths), e.g. local
     copies. A warm start builds from its own `config` instead (other decoders, another pooling
@@ -220,6 +220,11 @@ def load(
     # a delta's encoder is the backbone's own blocks, overwritten where the delta has them
     # (a full save's encoder config already has the truncated depth: no backbone weights are read)
     encoder_dir = None if saved.delta else saved.folder / ENCODER_DIR
+    if deferred and sources is None:
+        widths = saved.meta["decoder_dims"]
+        if len(widths) != len(config.decoders):
+            raise ValueError(f"{saved.folder}: {len(widths)} decoder widths for {len(config.decoders)} decoders")
+        return _load_tensors(model_class.from_config(config, pretrained, decoder_dtype, encoder_dir, widths), saved, role)
     model = model_class.from_config(config, pretrained, decoder_dtype, encoder_dir)
     if sources is None:
         for i, (dec, dim) in enumerate(zip(model.decoders, saved.meta["decoder_dims"])):
@@ -228,8 +233,11 @@ def load(
                     f"decoder {i} ({config.decoders[i]}) has width "
                     f"{dec.config.hidden_size}, but {saved.folder} was trained for width {dim}"
                 )
-    where = f"{role}: {saved.weights} (against this model)"
-    load_state(model, saved.tensors(), where, None if sources is None else sources(model, saved), saved.delta)
+    return _load_tensors(model, saved, role, None if sources is None else sources(model, saved))
+
+
+def _load_tensors(model, saved: SavedModel, role: str, sources: dict[str, str] | None = None):
+    load_state(model, saved.tensors(), f"{role}: {saved.weights} (against this model)", sources, saved.delta)
     return model
 
 

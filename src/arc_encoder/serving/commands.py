@@ -169,6 +169,7 @@ def serve(
     limits = ServeLimits(max_texts=max_texts, max_chars=max_chars, max_new_tokens=max_new_tokens)
     try:
         arc = load_model_on(model, device, dtype)
+        arc.decoders[arc.decoder_index(decoder)]  # read the served decoder now (model/deferred.py)
         opened, _ = open_store(store, arc, decoder, chunk_tokens)  # errors now, not inside uvicorn
         opened.close()
         app = create_app(

@@ -181,6 +181,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
         device = self.runtime.device
+        arc.decoders.read_all()  # a model from from_pretrained reads its decoders on use: all now
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(device.type))
         # build_model reads the decoders in this dtype already; a model built elsewhere is cast
         # here, before it moves, so a GPU never holds their float32 copy
