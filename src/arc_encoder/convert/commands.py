@@ -1,5 +1,5 @@
-"""`arc-encoder convert ...`: move checkpoints between the official Kyutai format and ours, and
-shrink a saved model to a delta against its backbone."""
+"""`arc-encoder convert ...`: move checkpoints between the official Kyutai format and ours,
+shrink a saved model to a delta against its backbone, and average models of one architecture."""
 
 from __future__ import annotations
 
@@ -97,6 +97,26 @@ def delta(
         dtype = torch.float16 if float16 else None
         size = ARCModel.from_pretrained(src).save_delta(dst, max_mb, dtype)
         return {"source": str(src), "delta": str(dst), "megabytes": round(size / 2**20, 2)}
+
+    typer.echo(json.dumps(_run(job)))
+
+
+@convert_app.command("average")
+def average(
+    dst: Path = typer.Argument(..., help="new folder for the averaged model"),
+    sources: list[str] = typer.Argument(..., help="two or more models of one architecture: shipped names, saved or run folders"),
+):
+    """Average the trained tensors of models that started from one model (checkpoints of one run,
+    or runs from one warm start): a full saved folder; `convert delta` shrinks it."""
+    quiet()
+
+    def job():
+        if dst.exists() and any(dst.iterdir()):
+            raise FileExistsError(f"{dst} is not empty")
+        from ..model.average import average_models
+
+        average_models(ARCModel, sources).save_pretrained(dst)
+        return {"sources": sources, "model": str(dst)}
 
     typer.echo(json.dumps(_run(job)))
 
