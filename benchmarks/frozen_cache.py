@@ -74,7 +74,8 @@ def main() -> None:
     base = results["no cache"]
     for name in ("cache filling", "cache full"):
         diff = max(abs(a - b) for a, b in zip(results[name]["losses"], base["losses"]))
-        print(f"{name}: {base['median_s'] / results[name]['median_s']:.2f}x the steps/s, largest loss difference {diff:.2e}")
+        speedup = base["median_s"] / results[name]["median_s"]
+        print(f"{name}: {speedup:.2f}x the steps/s, largest loss difference {diff:.2e}")
     print(f"cache: {json.dumps(cache.stats())}")
 
 

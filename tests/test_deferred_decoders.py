@@ -75,7 +75,13 @@ def test_training_reads_every_decoder(folder, tmp_path):
 
     model = ARCModel.from_pretrained(folder)
     config = config_from_dict(
-        {"model": {"init_from": str(folder)}, "data": {"kind": "pretrain"}, "steps": 2, "decoder_weights": [1.0, 0.0], "out_dir": str(tmp_path)}
+        {
+            "model": {"init_from": str(folder)},
+            "data": {"kind": "pretrain"},
+            "steps": 2,
+            "decoder_weights": [1.0, 0.0],
+            "out_dir": str(tmp_path),
+        }
     )
     Trainer(config, model, data=[])
     assert read(model) == [True, True]

@@ -104,7 +104,9 @@ def delta(
 @convert_app.command("average")
 def average(
     dst: Path = typer.Argument(..., help="new folder for the averaged model"),
-    sources: list[str] = typer.Argument(..., help="two or more models of one architecture: shipped names, saved or run folders"),
+    sources: list[str] = typer.Argument(
+        ..., help="two or more models of one architecture: shipped names, saved or run folders"
+    ),
 ):
     """Average the trained tensors of models that started from one model (checkpoints of one run,
     or runs from one warm start): a full saved folder; `convert delta` shrinks it."""

@@ -24,8 +24,8 @@ from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .compression import compress_documents
 from .decoder import load_frozen_decoder, target_logits
-from .deferred import DecoderList, DeferredDecoder, DeferredTokenizer, TokenizerList, decoder_width
 from .decoder_names import decoder_index
+from .deferred import DecoderList, DeferredDecoder, DeferredTokenizer, TokenizerList, decoder_width
 from .distill import Distillation, distillation_loss
 from .encoder import Encoder
 from .generate import Generation

@@ -147,14 +147,18 @@ class Encoder(nn.Module):
         if self.mode == "memory":
             raise ValueError("frozen_block_cache_mb needs mean or last pooling: memory tokens enter the lower blocks")
         if self.embed_tokens.weight.requires_grad:
-            raise ValueError("frozen_block_cache_mb needs a frozen lower encoder (train_encoder_blocks or freeze_encoder)")
+            raise ValueError(
+                "frozen_block_cache_mb needs a frozen lower encoder (train_encoder_blocks or freeze_encoder)"
+            )
         frozen = 0
         for layer, factor in zip(self.layers, self.factors):
             if factor > 1 or any(p.requires_grad for p in layer.parameters()):
                 break
             frozen += 1
         if frozen == 0:
-            raise ValueError("frozen_block_cache_mb: the encoder's first block trains or pools, so nothing is frozen to cache")
+            raise ValueError(
+                "frozen_block_cache_mb: the encoder's first block trains or pools, so nothing is frozen to cache"
+            )
         self.frozen_cache = FrozenBlockCache(frozen, max_mb)
         return self.frozen_cache
 

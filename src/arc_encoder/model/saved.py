@@ -224,7 +224,9 @@ def load(
         widths = saved.meta["decoder_dims"]
         if len(widths) != len(config.decoders):
             raise ValueError(f"{saved.folder}: {len(widths)} decoder widths for {len(config.decoders)} decoders")
-        return _load_tensors(model_class.from_config(config, pretrained, decoder_dtype, encoder_dir, widths), saved, role)
+        return _load_tensors(
+            model_class.from_config(config, pretrained, decoder_dtype, encoder_dir, widths), saved, role
+        )
     model = model_class.from_config(config, pretrained, decoder_dtype, encoder_dir)
     if sources is None:
         for i, (dec, dim) in enumerate(zip(model.decoders, saved.meta["decoder_dims"])):

@@ -297,7 +297,9 @@ class TrainConfig:
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
             raise ValueError(f"train_encoder_blocks must be None or >= 0, got {self.train_encoder_blocks}")
         if not 0 <= self.frozen_block_cache_mb < math.inf:
-            raise ValueError(f"frozen_block_cache_mb must be a finite number >= 0 (0: off), got {self.frozen_block_cache_mb}")
+            raise ValueError(
+                f"frozen_block_cache_mb must be a finite number >= 0 (0: off), got {self.frozen_block_cache_mb}"
+            )
         if self.frozen_block_cache_mb and not (
             self.freeze_encoder or self.train_encoder_blocks is not None or self.encoder_lora.rank
         ):
