@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..model.arc import ARCModel
+from ..model.average import average_models
 from .kyutai import export_kyutai, import_kyutai
 
 convert_app = typer.Typer(
@@ -115,8 +116,6 @@ def average(
     def job():
         if dst.exists() and any(dst.iterdir()):
             raise FileExistsError(f"{dst} is not empty")
-        from ..model.average import average_models
-
         average_models(ARCModel, sources).save_pretrained(dst)
         return {"sources": sources, "model": str(dst)}
 

@@ -140,10 +140,11 @@ class Encoder(nn.Module):
                 n_tokens = pooled_length(n_tokens, factor)
         return n_tokens
 
-    def cache_frozen_blocks(self, max_mb: float) -> FrozenBlockCache:
+    def cache_frozen_blocks(self, max_mb: float) -> FrozenBlockCache | None:
         """Keep the frozen lower blocks' outputs per segment (model/frozen_cache.py): the blocks
         from the embeddings up to the first one that trains or pools. Refused where nothing below
-        the trained blocks is frozen, or with memory tokens (their vectors train and enter below)."""
+        the trained blocks is frozen, or with memory tokens (their vectors train and enter below).
+        None (no cache) where the first block already trains or pools."""
         if self.mode == "memory":
             raise ValueError("frozen_block_cache_mb needs mean or last pooling: memory tokens enter the lower blocks")
         if self.embed_tokens.weight.requires_grad:
@@ -155,10 +156,8 @@ class Encoder(nn.Module):
             if factor > 1 or any(p.requires_grad for p in layer.parameters()):
                 break
             frozen += 1
-        if frozen == 0:
-            raise ValueError(
-                "frozen_block_cache_mb: the encoder's first block trains or pools, so nothing is frozen to cache"
-            )
+        if frozen == 0:  # every block trains or pools (a tiny encoder): nothing to keep
+            return None
         self.frozen_cache = FrozenBlockCache(frozen, max_mb)
         return self.frozen_cache
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -196,8 +197,8 @@ class Trainer:
         if not from_rank0:
             arc.to(device)
         choose_trained(arc, config)
-        if config.frozen_block_cache_mb:
-            arc.encoder.cache_frozen_blocks(config.frozen_block_cache_mb)
+        if config.frozen_block_cache_mb and arc.encoder.cache_frozen_blocks(config.frozen_block_cache_mb) is None:
+            warnings.warn("frozen_block_cache_mb: every encoder block trains or pools: no cache", stacklevel=2)
         weights = None
         if from_rank0:
             share_rng_state()
