@@ -26,12 +26,12 @@ def average_models(model_class, sources: list[str | Path]):
             diffs = sorted(k for k, v in first.config.to_dict().items() if other.config.to_dict().get(k) != v)
             raise ValueError(f"{source} differs from {sources[0]} in {diffs}: only models of one architecture average")
     model = model_class.from_pretrained(sources[0])
-    total = {k: v.detach().double().clone() for k, v in model.trained_state().items()}
+    first_state = model.trained_state()
+    total = {k: v.detach().double().clone() for k, v in first_state.items()}
     for source in sources[1:]:
         state = model_class.from_pretrained(source).trained_state()
         for key in total:
             total[key] += state[key].double()
-    dtypes = {k: v.dtype for k, v in model.trained_state().items()}
-    mean = {k: (v / len(sources)).to(dtypes[k]) for k, v in total.items()}
+    mean = {k: (v / len(sources)).to(first_state[k].dtype) for k, v in total.items()}
     load_state(model, mean, f"the mean of {len(sources)} models")
     return model

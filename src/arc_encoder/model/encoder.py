@@ -170,10 +170,14 @@ class Encoder(nn.Module):
         if self.frozen_cache is not None:
             h = self.frozen_cache.hidden(self, segments, pad_id)  # [S, N, d]
             return self.blocks(h, lengths, first=self.frozen_cache.blocks)
-        ids = torch.full((len(segments), max(lengths)), pad_id, dtype=torch.long)  # [S, N]
+        return self(self.padded_ids(segments, pad_id), lengths, memory)
+
+    def padded_ids(self, segments: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Token id lists -> [S, N] right-padded with `pad_id`, on the encoder's device."""
+        ids = torch.full((len(segments), max(len(s) for s in segments)), pad_id, dtype=torch.long)
         for i, seg in enumerate(segments):
             ids[i, : len(seg)] = torch.tensor(seg)
-        return self(ids.to(self.embed_tokens.weight.device), lengths, memory)
+        return ids.to(self.embed_tokens.weight.device)
 
     def forward(self, input_ids: torch.Tensor, lengths: list[int], memory: torch.Tensor | None = None):
         """Compress a batch of segments.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 
 class FrozenBlockCache:
@@ -44,25 +45,18 @@ class FrozenBlockCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         computed = self._compute(encoder, missing, pad_id) if missing else {}
-        width = max(len(k) for k in keys)
-        first = next(iter(computed.values()), None)
-        first = first if first is not None else self._store[keys[0]]
-        out = first.new_zeros(len(keys), width, first.shape[-1])  # [S, N, d]
-        for s, key in enumerate(keys):
-            out[s, : len(key)] = computed[key] if key in computed else self._store[key]
+        for key in keys:
             if key in self._store:
                 self._store.move_to_end(key)
+        rows = [computed[k] if k in computed else self._store[k] for k in keys]  # [n_s, d] each
         for key, h in computed.items():
             self._keep(key, h)
-        return out
+        return pad_sequence(rows, batch_first=True)  # [S, N, d], zeros after each segment
 
     def _compute(self, encoder, keys: list[tuple[int, ...]], pad_id: int) -> dict[tuple[int, ...], torch.Tensor]:
         """Embeddings and the frozen blocks on the segments not kept yet: {segment: [n, d]}."""
         lengths = [len(k) for k in keys]
-        ids = torch.full((len(keys), max(lengths)), pad_id, dtype=torch.long)  # [S', N']
-        for i, key in enumerate(keys):
-            ids[i, : len(key)] = torch.tensor(key)
-        h = encoder.embed_tokens(ids.to(encoder.embed_tokens.weight.device))  # [S', N', d]
+        h = encoder.embed_tokens(encoder.padded_ids(keys, pad_id))  # [S', N', d]
         for layer, layer_type in zip(list(encoder.layers)[: self.blocks], encoder.layer_types):
             h = encoder._plain_block(layer, layer_type, h, lengths)
         return {key: h[i, : len(key)].clone() for i, key in enumerate(keys)}
