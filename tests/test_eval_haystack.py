@@ -204,6 +204,37 @@ def test_open_book_beyond_the_window_refused_by_name_while_arc_chunks_are_read(l
     assert "minus_mismatched" in report["metrics"]["arc"]
 
 
+def test_rag_leaves_out_its_lowest_ranked_paragraphs_to_fit_the_window(long_arc):
+    from arc_encoder.evaluation.methods import build_method
+
+    tokenizer = long_arc.decoder_tokenizers[0]
+    shot = Example("who wrote the book?", ["a"], [SENTENCES[0]], "s", "S")
+    passages = [f"{SENTENCES[k]} Item {k}." for k in range(1, 5)]
+    example = Example("what is item 3?", ["3"], passages, "q", "Q")
+    best = top_k_texts(example.question, passages, 3)  # the ranking rag reads, best first
+
+    def positions(method):
+        [built] = method.prompts([example])
+        [prompt] = built.parts
+        return len(tokenizer(prompt)["input_ids"]), prompt
+
+    unfitted = build_method("rag", long_arc, 0, [shot], top_k=3)
+    full, prompt = positions(unfitted)
+    assert all(passages[i] in prompt for i in best)
+    # a window that holds the top two paragraphs but not the third (with 2 new tokens)
+    third = len(tokenizer("\n" + passages[best[2]], add_special_tokens=False)["input_ids"])
+    window = full + 2 - 1
+    fitted = build_method("rag", long_arc, 0, [shot], window=window, max_new_tokens=2, top_k=3)
+    n, prompt = positions(fitted)
+    assert n + 2 <= window and n >= full - third - 2
+    assert passages[best[0]] in prompt and passages[best[1]] in prompt and passages[best[2]] not in prompt
+    assert fitted.describe()["fit_window"] == window
+    # however small the window, the best paragraph stays (and generation refuses it by name)
+    tiny = build_method("rag", long_arc, 0, [shot], window=5, max_new_tokens=2, top_k=3)
+    [built] = tiny.prompts([example])
+    assert passages[best[0]] in built.parts[0] and passages[best[1]] not in built.parts[0]
+
+
 def test_at_one_window_open_book_fits_and_reads_the_whole_haystack(long_arc, dev_file):
     report = run_haystack(long_arc, dev_file, ["open", "truncate-window"], multiple=1)
     stacks = report["config"]["haystack"]

@@ -383,6 +383,12 @@ class LLMLingua(TextMethod):
         }
 
 
+def text_prompt_positions(tokenizer, prompt: str) -> int:
+    """Decoder positions of a one-string prompt: the decoder reads it with its special tokens
+    (model/prompting.py)."""
+    return len(tokenizer(prompt)["input_ids"])
+
+
 class WindowTruncate(TextMethod):
     """The example's document cut to its first decoder tokens that fit `window` positions with
     the rest of the prompt (shots, template, question) and `max_new_tokens` of answer: what a
@@ -398,8 +404,7 @@ class WindowTruncate(TextMethod):
         super().__init__(model, decoder, shots)
 
     def prompt_positions(self, prompt: str) -> int:
-        # the decoder reads a one-string prompt with its special tokens (model/prompting.py)
-        return len(self.tokenizer(prompt)["input_ids"])
+        return text_prompt_positions(self.tokenizer, prompt)
 
     def prompts(self, examples):
         return [self.fitted(ex) for ex in examples]
@@ -437,25 +442,49 @@ class WindowTruncate(TextMethod):
 class Retrieval(Method):
     """The BM25 top-k of each example's passages (e.g. the paragraphs of one long document,
     scored against its question, storage/retrieval.py), best first, read by `inner`: as text
-    (OpenBook: "rag") or as vectors (ARC with separate passages: "rag-arc")."""
+    (OpenBook: "rag") or as vectors (ARC with separate passages: "rag-arc").
 
-    def __init__(self, inner: Method, name: str, k: int):
+    With `fit` = (window, max_new_tokens) and a text reader, the lowest-ranked of the k paragraphs
+    are left out while the prompt and its answer budget exceed the window (the best one always
+    stays): what a retriever in front of a decoder with that window does, rather than refusing
+    the whole method for the questions whose k paragraphs happen to be long."""
+
+    def __init__(self, inner: Method, name: str, k: int, fit: tuple[int, int] | None = None):
         if k < 1:
             raise ValueError(f"{name}: top_k must be at least 1, got {k}")
+        if fit is not None and not isinstance(inner, TextMethod):
+            raise ValueError(f"{name}: fitting the window is for methods that read text")
         super().__init__(inner.model, inner.decoder, inner.shots)
         self.inner = inner
         self.name = name
         self.k = k
+        self.fit = fit
 
     def retrieved(self, example: Example) -> Example:
         best = top_k_texts(example.question, example.passages, self.k)
         return replace(example, passages=[example.passages[i] for i in best])
 
+    def fitted(self, example: Example) -> list[BuiltPrompt]:
+        """The example's prompt from the most top-ranked paragraphs that fit the window."""
+        window, max_new_tokens = self.fit
+        ex = self.retrieved(example)
+        while True:
+            built = self.inner.prompts([ex])
+            [prompt] = built[0].parts
+            if len(ex.passages) == 1 or text_prompt_positions(self.inner.tokenizer, prompt) + max_new_tokens <= window:
+                return built
+            ex = replace(ex, passages=ex.passages[:-1])
+
     def prompts(self, examples):
-        return self.inner.prompts([self.retrieved(ex) for ex in examples])
+        if self.fit is None:
+            return self.inner.prompts([self.retrieved(ex) for ex in examples])
+        return [b for ex in examples for b in self.fitted(ex)]
 
     def describe(self):
-        return {**self.inner.describe(), "retriever": "bm25 over the example's passages", "top_k": self.k}
+        out = {**self.inner.describe(), "retriever": "bm25 over the example's passages", "top_k": self.k}
+        if self.fit is not None:
+            out["fit_window"] = self.fit[0]  # lowest-ranked paragraphs left out to fit it
+        return out
 
 
 def check_methods(names: Sequence[str]) -> list[str]:
@@ -487,7 +516,7 @@ def build_method(
     top_k: int = DEFAULT_TOP_K,
     separate_passages: bool = False,
 ) -> Method:
-    """`window` and `max_new_tokens` size truncate-window; `top_k` is what rag and rag-arc read;
+    """`window` and `max_new_tokens` size truncate-window and fit rag; `top_k` is what rag and rag-arc read;
     `separate_passages` makes ARC compress each passage on its own (rag-arc always does)."""
     check_methods([name])
     if name == "closed":
@@ -505,7 +534,8 @@ def build_method(
             raise ValueError("truncate-window needs a window (--window: decoder positions)")
         return WindowTruncate(model, decoder, shots, window, max_new_tokens)
     if name == "rag":
-        return Retrieval(OpenBook(model, decoder, shots), name, top_k)
+        fit = None if window is None else (window, max_new_tokens)
+        return Retrieval(OpenBook(model, decoder, shots), name, top_k, fit)
     if name == "rag-arc":
         return Retrieval(ARC(model, decoder, shots, separate_passages=True), name, top_k)
     if llmlingua_rate is None:
