@@ -386,3 +386,54 @@ def test_resume_with_more_questions(tmp_path, tiny):
     expected, resumed, state = resumed_batches(lambda: FinetuneData(config, tiny, tiny), 4, 4)
     assert resumed == expected
     assert max(sum(s.targets) for b in expected for s in b.samples) > 8  # several answers per prompt
+
+
+# ----------------------------------------------------------------------------------- supervise
+
+
+def test_shot_answers_and_questions_supervised_counted_by_hand(tmp_path, chars):
+    # One token per character; the tokens do not change, only which of them have loss:
+    #   t0 = <BOS> "Document: "                                11, none
+    #   t1 = "\nQuestion: " "q1" "\nAnswer:" " a1" "\n\nDocument: "   11, 2 (questions), 8, 3 (shot_answers), 12
+    #   t2 = "\nQuestion: " "q" "\nAnswer:"                      11, 1 (questions), 8
+    #   t3 = " a" <EOS>                                          3 (answer)
+    shot, current = Shot("first doc", "q1", "a1"), Shot("x" * 40, "q", "a")
+    plain = pipeline(tmp_path, chars, chars).build([shot], current)
+    every = pipeline(tmp_path, chars, chars, supervise=["answer", "shot_answers", "questions"]).build([shot], current)
+    assert every.text_ids == plain.text_ids and every.offsets == plain.offsets
+    F, T = [False], [True]
+    t1 = F * 11 + T * 2 + F * 8 + T * 3 + F * 12
+    assert every.targets == F * 11 + t1 + F * 11 + T + F * 8 + T * 3
+    assert chars.decode(supervised(every)) == "q1 a1q a<eos>"
+    shots_only = pipeline(tmp_path, chars, chars, supervise=["answer", "shot_answers"]).build([shot], current)
+    assert chars.decode(supervised(shots_only)) == " a1 a<eos>"
+    questions_only = pipeline(tmp_path, chars, chars, supervise=["questions"]).build([shot], current)
+    assert chars.decode(supervised(questions_only)) == "q1q"  # no answer at all
+
+
+def test_supervised_questions_of_more_questions(tmp_path, chars):
+    data = pipeline(tmp_path, chars, chars, questions_per_doc=2, supervise=["answer", "questions"])
+    sample = data.build([], Shot("doc", "q", "a"), others=[Shot("doc", "q2", "a2")])
+    assert chars.decode(supervised(sample)) == "q aq2 a2<eos>"
+
+
+def test_supervised_spans_with_merging_tokens(tmp_path, tiny):
+    # a BPE tokenizer: the marked tokens are whole tokens of the prompt as evaluation tokenizes it
+    shot, current = Shot("the first passage", "who wrote the second one?", "the writer"), Shot("a doc", "q?", "x")
+    plain = pipeline(tmp_path, tiny, tiny).build([shot], current)
+    marked = pipeline(tmp_path, tiny, tiny, supervise=["shot_answers"]).build([shot], current)
+    assert marked.text_ids == plain.text_ids
+    assert tiny.decode(supervised(marked)) == " the writer"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(supervise=["answers"]), "supervise: unknown name\\(s\\) \\['answers'\\]"),
+        (dict(supervise=[]), "supervise must be a non-empty list"),
+        (dict(supervise=["answer", "questions"], chat=True), "supervise other than \\[answer\\] needs plain prompts"),
+    ],
+)
+def test_bad_supervise_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneDataConfig(["f.jsonl"], **values)

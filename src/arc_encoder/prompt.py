@@ -48,12 +48,13 @@ class QA:
 
 DOCUMENT = "Document: "  # what comes before a document's vectors (or text)
 SHOT_END = "\n\n"  # between an answered example and the next one
+QUESTION = "\nQuestion: "  # what comes between a document and its question
 
 
 def after_document(question: str | None) -> str:
     """The text between a document and its answer: `"\nQuestion: q\nAnswer:"` (just
     `"\nAnswer:"` for records without a question, e.g. summaries with an instruction)."""
-    return f"\nQuestion: {question}\nAnswer:" if question else "\nAnswer:"
+    return f"{QUESTION}{question}\nAnswer:" if question else "\nAnswer:"
 
 
 def closed_question(question: str) -> str:

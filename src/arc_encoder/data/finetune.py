@@ -28,6 +28,16 @@ little more than the cost of one (the encoder pass and the shots are shared). Th
 come from an index of every question per document, read once from the sources when the pipeline
 opens (at most INDEX_DOCUMENTS documents); held-out prompts (`distinct`) keep one question.
 
+What has loss (`supervise`): by default only the answers to the questions on the final document
+("answer"). "shot_answers" adds each shot's answer and "questions" the words of every question,
+each read right after its compressed document as the current answer is: more supervised tokens for
+the same documents read (a prompt with one shot and one question: about twice the answer tokens).
+Those tokens are found in the text as it is tokenized for the decoder (character offsets of a fast
+tokenizer), so the prompt's tokens do not change:
+
+    "Document: " [C(d1)] "\nQuestion: q1\nAnswer: a1\n\nDocument: " [C(d)] "\nQuestion: q\nAnswer:" " a" EOS
+                                       ^^ questions     ^^^ shot_answers                 ^ questions      ^^^^^^ answer
+
 Records: the training schema of method.md §6.1 (`passage` or `passages`, optional `question`,
 `answer` string or list, optional `instruction`) or the evaluation schema (`context`, `answers`),
 as in the SQuAD files. When there are several answers, one is drawn at random each time the
@@ -54,7 +64,18 @@ from ..config import DictConfig
 from ..model.chunking import chunk_document
 from ..model.prompting import text_token_ids
 from ..model.splice import Sample
-from ..prompt import QA, ChatText, after_document, as_text, chat_message, chat_prompt, qa_prompt, qa_shots, texts_around
+from ..prompt import (
+    QA,
+    QUESTION,
+    ChatText,
+    after_document,
+    as_text,
+    chat_message,
+    chat_prompt,
+    qa_prompt,
+    qa_shots,
+    texts_around,
+)
 from .batch import Batch
 from .resume import check_same_run, config_defaults, rng_state, set_rng_state
 from .sources import BadRecord, check_reading_options, open_mixture, open_source, parse_sources, seeded_rng
@@ -63,6 +84,7 @@ from .tokens import EncoderView, decoder_tokenizers
 log = logging.getLogger(__name__)
 
 TOO_LONG_POLICIES = ("error", "truncate")
+SUPERVISED = ("answer", "shot_answers", "questions")  # what `supervise` may name (module doc)
 # Documents indexed for `questions_per_doc` (SQuAD train has ~1,600 paragraphs); the index
 # stops growing there, so a huge source costs a bounded first read.
 INDEX_DOCUMENTS = 50_000
@@ -95,9 +117,20 @@ class FinetuneDataConfig(DictConfig):
     # Draw each prompt's count of questions uniformly from 1..questions_per_doc instead of always
     # asking all: some prompts then end right after the first answer, as evaluation prompts do.
     questions_per_doc_uniform: bool = False
+    # Tokens with loss (module doc): "answer" (the answers after the final document),
+    # "shot_answers" (each shot's answer), "questions" (every question's words).
+    supervise: list[str] = dataclasses.field(default_factory=lambda: ["answer"])
 
     def __post_init__(self):
         self.sources = parse_sources(self.sources)
+        if not isinstance(self.supervise, list | tuple) or not self.supervise:
+            raise ValueError(f"supervise must be a non-empty list out of {list(SUPERVISED)}, got {self.supervise!r}")
+        unknown = [s for s in self.supervise if s not in SUPERVISED]
+        if unknown:
+            raise ValueError(f"supervise: unknown name(s) {unknown}; known: {list(SUPERVISED)}")
+        self.supervise = list(self.supervise)
+        if self.chat and self.supervise != ["answer"]:
+            raise ValueError("supervise other than [answer] needs plain prompts (chat: false)")
         for name in ("max_doc_tokens", "max_chunks", "batch_size", "questions_per_doc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -220,6 +253,20 @@ def chat_pieces(tokenizer, shots: list[Shot], current: Shot) -> tuple[list[str],
     return texts, full[len(prompt) :]
 
 
+def supervised_ids(tok, text: str, first: bool, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Decoder token ids of a text piece (exactly as text_token_ids tokenizes it), and for each
+    whether it overlaps one of the character `spans` [start, end), from the tokenizer's offsets."""
+    if not spans:
+        ids = text_token_ids(tok, text, first)
+        return ids, [False] * len(ids)
+    try:
+        encoded = tok(text, add_special_tokens=first, return_offsets_mapping=True)
+    except NotImplementedError as e:
+        raise ValueError("supervise: shot_answers and questions need a fast tokenizer (character offsets)") from e
+    marks = [end > start and any(start < b and end > a for a, b in spans) for start, end in encoded["offset_mapping"]]
+    return encoded["input_ids"], marks
+
+
 # ----------------------------------------------------------------------------------- pipeline
 
 
@@ -338,35 +385,55 @@ class FinetuneData:
         """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer
         (and on the answers to `others`, more questions on the current document)."""
         tok = self.decoder_tokenizers[decoder]
+        supervise = self.config.supervise
+        answers = "answer" in supervise
         if self.config.chat:
             texts, reply = chat_pieces(tok, shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
             if tok.eos_token_id in answer:  # nothing after the end of the reply needs predicting
                 answer = answer[: len(answer) - answer[::-1].index(tok.eos_token_id)]
-            loss = [True] * len(answer)
+            loss = [answers] * len(answer)
         else:
             texts, reply = base_pieces(shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
-            loss = [True] * len(answer)
-            for question, more in more_answers(list(others)):  # the question: no loss; its answer: loss
-                question_ids = tok(question, add_special_tokens=False)["input_ids"]
+            loss = [answers] * len(answer)
+            for other, (question, more) in zip(others, more_answers(list(others))):
+                question_ids, question_loss = supervised_ids(tok, question, False, self.spans(other, question, False))
                 more_ids = tok(more, add_special_tokens=False)["input_ids"]
                 answer += question_ids + more_ids
-                loss += [False] * len(question_ids) + [True] * len(more_ids)
+                loss += question_loss + [answers] * len(more_ids)
             if tok.eos_token_id is not None:
-                answer, loss = answer + [tok.eos_token_id], loss + [True]
+                answer, loss = answer + [tok.eos_token_id], loss + [answers]
         documents = [s.document for s in shots] + [current.document]
+        asked = [*shots, current]  # the example whose question follows document k
         text_ids: list[int] = []
+        text_loss: list[bool] = []
         segments, offsets = [], []
         for k, piece in enumerate(texts):
-            text_ids += text_token_ids(tok, piece, k == 0)  # as served: model/prompting.py
+            spans = [] if k == 0 or self.config.chat else self.spans(asked[k - 1], piece, k <= len(shots))
+            ids, piece_loss = supervised_ids(tok, piece, k == 0, spans)  # as served: model/prompting.py
+            text_ids += ids
+            text_loss += piece_loss
             if k < len(documents):
                 where = shots[k].where if k < len(shots) else current.where
                 for chunk in self.segments(documents[k], where):
                     segments.append(chunk)
                     offsets.append(len(text_ids))  # chunks of one document: equal offsets
-        targets = [False] * len(text_ids) + loss
-        return Sample(text_ids + answer, segments, offsets, targets)
+        return Sample(text_ids + answer, segments, offsets, text_loss + loss)
+
+    def spans(self, example: Shot, text: str, answered: bool) -> list[tuple[int, int]]:
+        """Character spans with loss in the text after `example`'s document (it starts with the
+        question's `after_document`): the question's words under "questions", and when the text
+        holds the example's answer (a shot), " answer" under "shot_answers"."""
+        lead = after_document(example.question)
+        if not text.startswith(lead):
+            raise ValueError(f"{example.where}: the text after a document does not start with its question")
+        out = []
+        if "questions" in self.config.supervise and example.question:
+            out.append((len(QUESTION), len(QUESTION) + len(example.question)))
+        if answered and "shot_answers" in self.config.supervise:
+            out.append((len(lead), len(lead) + 1 + len(example.answer)))
+        return out
 
     def next_example(self, decoder: int = 0) -> Sample:
         while True:
