@@ -49,9 +49,8 @@ def by_position(records: dict[str, dict], methods: dict[str, dict[str, dict]], b
         members = [i for i in ids if answer_bin(records[i], bins) == b]
         row = {"bin": b, "questions": len(members)}
         for name, preds in methods.items():
-            em = mean_with_stderr([preds[i]["em"] for i in members]) if members else (float("nan"),) * 2
-            f1 = mean_with_stderr([preds[i]["f1"] for i in members]) if members else (float("nan"),) * 2
-            row[name] = (*em, *f1)
+            scores = [mean_with_stderr([preds[i][m] for i in members]) for m in ("em", "f1")] if members else []
+            row[name] = tuple(x for pair in scores for x in pair) or (float("nan"),) * 4
         rows.append(row)
     return rows
 
@@ -69,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         path, sep, method = spec.rpartition(":")
         if not sep:
             ap.error(f"{spec}: expected REPORT.json:METHOD")
-        methods[spec] = predictions(Path(path), method)
-    records = {}
-    with args.data.open() as f:
-        for line in f:
-            r = json.loads(line)
-            records[r["id"]] = r
+        try:
+            methods[spec] = predictions(Path(path), method)
+        except (OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+            ap.error(f"{path}: not a readable eval report ({e})")
+    try:
+        with args.data.open() as f:
+            records = {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        ap.error(f"{args.data}: not a readable JSONL of questions with ids ({e})")
     rows = by_position(records, methods, args.bins)
     print("| answer in | questions | " + " | ".join(f"{s} EM / F1" for s in methods) + " |")
     print("|---|---|" + "---|" * len(methods))

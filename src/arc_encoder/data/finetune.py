@@ -385,8 +385,7 @@ class FinetuneData:
         """The prompt sample: text pieces, compressed documents at their offsets, loss on the answer
         (and on the answers to `others`, more questions on the current document)."""
         tok = self.decoder_tokenizers[decoder]
-        supervise = self.config.supervise
-        answers = "answer" in supervise
+        answers = "answer" in self.config.supervise
         if self.config.chat:
             texts, reply = chat_pieces(tok, shots, current)
             answer = tok(reply, add_special_tokens=False)["input_ids"]
