@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.model.delta import shipped_folder
@@ -15,6 +17,7 @@ from arc_encoder.prompt import Doc
 from arc_encoder.training.config import load_config
 from arc_encoder.training.distributed import Runtime
 from arc_encoder.training.model_init import build_model
+from arc_encoder.training.projector_init import token_spellings
 from arc_encoder.training.trainer import Trainer, build_data, seed_everything
 from conftest import CORPUS
 
@@ -96,3 +99,74 @@ def test_adaptation_trains_only_the_new_projector_and_special_vectors(tiny_arc, 
     assert new.compressed_vectors == old.compressed_vectors and len(new.token_ids) >= 1
     for name in NEW:
         assert torch.equal(served.state_dict()[name], after[name]), name
+
+
+class FakeVocabulary:
+    """Just what token_spellings reads of a tokenizer."""
+
+    def __init__(self, vocab: dict[str, int], special: list[str]):
+        self.vocab, self.all_special_tokens = vocab, special
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+def test_token_spellings_read_word_start_markers_as_spaces_and_skip_the_rest():
+    byte_level = FakeVocabulary(
+        {"<pad>": 0, "\u0120the": 7, "the": 3, "\u010a": 4, "caf\u00e9": 5, "\u0120a\u0120b": 6}, ["<pad>"]
+    )
+    assert token_spellings(byte_level) == {" the": 7, "the": 3, " a b": 6}
+    sentencepiece = FakeVocabulary(
+        {"<bos>": 2, "\u2581the": 9, "\u2581the\u2581": 1, "x": 8, "\u2581": 11, "<0x0A>": 12}, ["<bos>"]
+    )
+    # '<0x0A>' is a byte token but spelled in ASCII: kept, and it matches nothing in a byte-level vocabulary
+    assert token_spellings(sentencepiece) == {" the": 9, " the ": 1, "x": 8, " ": 11, "<0x0A>": 12}
+    # one spelling, two tokens: the lower id
+    assert token_spellings(FakeVocabulary({"\u0120a": 5, "\u2581a": 2}, [])) == {" a": 2}
+
+
+def rotated_decoder(source: str, folder: Path, seed: int = 0) -> tuple[str, torch.Tensor]:
+    """A copy of the tiny decoder at `source` whose input embeddings are its own times a random
+    orthogonal Q [d, d], with the same tokenizer: the map between the two embedding tables is Q."""
+    model = AutoModelForCausalLM.from_pretrained(source)
+    width = model.config.hidden_size
+    q, _ = torch.linalg.qr(torch.randn(width, width, generator=torch.Generator().manual_seed(seed)))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(model.get_input_embeddings().weight @ q)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder), q
+
+
+def test_a_carried_projector_is_the_old_one_followed_by_the_embedding_map(tiny_arc, tiny_models, tmp_path):
+    source = tiny_arc(seed=5, bottleneck=32)
+    source.save_pretrained(tmp_path / "saved")
+    rotated, q = rotated_decoder(tiny_models["llama"], tmp_path / "rotated")
+    config = adapt_config(tmp_path, tiny_models, tmp_path / "saved")
+    config.model.arc["decoders"] = [tiny_models["llama"], rotated]
+    config.model.new_projector_from, config.model.new_projector_scale = 0, 0.5
+    notes = []
+    arc = build_model(config, log=notes.append)
+
+    old, new = arc.adapters
+    # the hand-built case: the embedding map is Q, so the new projector is 0.5 Q^T times the old one
+    torch.testing.assert_close(new.up.weight, 0.5 * q.T @ old.up.weight, atol=1e-4, rtol=1e-4)
+    assert torch.equal(new.down.weight, old.down.weight)  # the bottleneck map is shared as it is
+    assert torch.equal(old.up.weight, source.adapters[0].up.weight)  # the saved decoder is untouched
+    assert "R^2 1.00" in notes[-1] and "times 0.5" in notes[-1]
+
+
+def test_new_projector_from_is_refused_without_a_saved_decoder_to_start_from(tiny_arc, tiny_models, tmp_path):
+    tiny_arc(seed=5, bottleneck=None).save_pretrained(tmp_path / "saved")
+    config = adapt_config(tmp_path, tiny_models, tmp_path / "saved")
+    config.model.new_projector_from = 3
+    with pytest.raises(ValueError, match=r"new_projector_from=3, but .* has 1 decoder"):
+        build_model(config, log=lambda *_: None)
+    config.model.new_projector_from = 0
+    config.model.arc["decoders"] = [tiny_models["gemma3"]]  # the saved decoder left out of the run
+    with pytest.raises(ValueError, match="leave out"):
+        build_model(config, log=lambda *_: None)
+    with pytest.raises(ValueError, match="new_projector_from needs model.init_from"):
+        load_config(RECIPE, ["model.init_from=null", "model.new_special_from=null", "model.new_projector_from=0"])
+    with pytest.raises(ValueError, match="new_projector_scale must be a finite number > 0"):
+        load_config(RECIPE, ["model.new_projector_scale=0"])

@@ -42,6 +42,11 @@ class ModelConfig:
     # Decoders the saved model does not have start with fresh projectors; their <Rec>/<Cont> are
     # copied from this decoder index of the saved model (paper 7.5: 0), or start at ones if None.
     new_special_from: int | None = None
+    # ... and their projectors start from this saved decoder's, carried into the new decoder's
+    # embedding space through the tokens both vocabularies spell alike (projector_init.py), times
+    # `new_projector_scale`; None: a fresh random projector.
+    new_projector_from: int | None = None
+    new_projector_scale: float = 1.0
     # False: random backbone and decoder weights (tests, dry runs).
     pretrained: bool = True
 
@@ -53,8 +58,11 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in section 'model.arc'; known keys: {sorted(hints)}")
         self.arc = {k: coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
-        if self.new_special_from is not None and self.init_from is None:
-            raise ValueError("model.new_special_from needs model.init_from")
+        for key in ("new_special_from", "new_projector_from"):
+            if getattr(self, key) is not None and self.init_from is None:
+                raise ValueError(f"model.{key} needs model.init_from")
+        if not (math.isfinite(self.new_projector_scale) and self.new_projector_scale > 0):
+            raise ValueError(f"model.new_projector_scale must be a finite number > 0, got {self.new_projector_scale}")
 
 
 @dataclass

@@ -4,8 +4,9 @@ Warm starts cover the paper's three uses (method.md §7.2):
 - fine-tuning after pretraining, possibly at another pooling factor (pooling has no weights);
 - training on more or other decoders: adapters of decoders the saved model knows (matched by the
   decoder name in its config) are loaded, the others start fresh;
-- new-decoder adaptation: fresh projector, <Rec>/<Cont> copied from one of the saved decoders
-  (`new_special_from`), encoder frozen by the run's `freeze_encoder`.
+- new-decoder adaptation: a fresh projector, or one carried over from a saved decoder's
+  (`new_projector_from`), <Rec>/<Cont> copied from one of the saved decoders (`new_special_from`),
+  encoder frozen by the run's `freeze_encoder`.
 `init_from` is a saved model folder (full or delta), a shipped model name, or a training run folder
 (its latest checkpoint).
 """
@@ -16,6 +17,7 @@ from ..devices import DTYPES, resolve_device
 from ..model.arc import ARCModel
 from ..model.saved import SavedModel, load, locate
 from .config import TrainConfig
+from .projector_init import transfer_projector
 
 # What a warm start may not change: the encoder's weights would not fit.
 _ENCODER_SHAPE = ("backbone", "drop_layers", "pooling", "memory_tokens", "bottleneck")
@@ -41,7 +43,7 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     def sources(arc: ARCModel, source: SavedModel) -> dict[str, str]:
         return warm_start_sources(arc, source, spec.new_special_from, log)
 
-    return load(
+    arc = load(
         ARCModel,
         source,
         decoder_dtype=dtype,
@@ -50,6 +52,36 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
         pretrained=spec.pretrained,
         role="model.init_from",
     )
+    if spec.new_projector_from is not None:
+        carry_projectors(arc, source, spec.new_projector_from, spec.new_projector_scale, log)
+    return arc
+
+
+def saved_decoder(source: SavedModel, index: int, key: str) -> str:
+    """The name of decoder `index` of the saved model, refused by `key` if it has no such decoder."""
+    names = source.config.decoders
+    if not 0 <= index < len(names):
+        raise ValueError(f"model.{key}={index}, but {source.folder} has {len(names)} decoder(s)")
+    return names[index]
+
+
+def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, scale: float, log=print) -> None:
+    """Start every decoder the saved model does not know from saved decoder `projector_from`'s
+    projector, carried into its embedding space (projector_init.transfer_projector)."""
+    name = saved_decoder(source, projector_from, "new_projector_from")
+    if name not in arc.config.decoders:
+        raise ValueError(
+            f"model.new_projector_from={projector_from}: the run's decoders {arc.config.decoders} "
+            f"leave out {name!r}, whose projector the new ones would start from"
+        )
+    old = arc.config.decoders.index(name)
+    for i, new in enumerate(arc.config.decoders):
+        if new not in source.config.decoders:
+            r2, tokens = transfer_projector(arc, old, i, scale)
+            log(
+                f"decoder {i} ({new}): projector carried over from decoder {old} ({name}) through "
+                f"{tokens} tokens both vocabularies spell alike (R^2 {r2:.2f}), times {scale:g}"
+            )
 
 
 def warm_start_sources(arc: ARCModel, source: SavedModel, special_from: int | None, log=print) -> dict[str, str]:
@@ -57,10 +89,8 @@ def warm_start_sources(arc: ARCModel, source: SavedModel, special_from: int | No
     of every decoder the saved model knows by name; a new decoder's adapter starts fresh, with
     <Rec>/<Cont> copied from saved decoder `special_from` if given."""
     saved_decoders = source.config.decoders
-    if special_from is not None and not 0 <= special_from < len(saved_decoders):
-        raise ValueError(
-            f"model.new_special_from={special_from}, but {source.folder} has {len(saved_decoders)} decoder(s)"
-        )
+    if special_from is not None:
+        saved_decoder(source, special_from, "new_special_from")
     wanted = {f"encoder.{key}": f"encoder.{key}" for key in arc.encoder.state_dict()}
     for i, name in enumerate(arc.config.decoders):
         adapter_keys = arc.adapters[i].state_dict()

@@ -5,6 +5,10 @@
 - `projector_init: lstsq` starts every projector from the least-squares map from the encoder's
   output at each token to the decoder's embedding of that token: a frozen decoder then reads the
   vectors as its own tokens from step 0.
+- `model.new_projector_from` (warm starts, model_init.py) starts a new decoder's projector from a
+  trained decoder's, carried into the new decoder's embedding space through the tokens both
+  vocabularies spell alike: the new decoder reads, from step 0, roughly the words the trained one
+  reads (a fresh projector first learns the format and, for hundreds of steps, none of the content).
 """
 
 from __future__ import annotations
@@ -65,3 +69,54 @@ def fit_projectors_to_embeddings(arc: ARCModel, segments: list[list[int]], batch
         y = arc.decoders[decoder].get_input_embeddings()(ids).float()  # [R, d_dec]
         r2[decoder] = adapter.fit_linear(x, y)
     return r2
+
+
+# how byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama-2, Gemma) mark a word's leading space
+_SPACE_MARKERS = ("\u0120", "\u2581")  # 'Ġ', '▁'
+
+
+def token_spellings(tokenizer) -> dict[str, int]:
+    """{spelling: token id} of a tokenizer's ordinary tokens spelled in printable ASCII, a
+    word-start marker read as a space (' the' for 'Ġthe' and for '▁the'). Tokens of two
+    vocabularies with the same spelling stand for the same text. Special tokens are left out;
+    of two tokens with one spelling, the lower id is kept."""
+    special = set(tokenizer.all_special_tokens)
+    spellings: dict[str, int] = {}
+    for token, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        if token in special:
+            continue
+        text = token
+        for marker in _SPACE_MARKERS:
+            text = text.replace(marker, " ")
+        if text and all(32 <= ord(c) < 127 for c in text):
+            spellings.setdefault(text, i)
+    return spellings
+
+
+@torch.no_grad()
+def transfer_projector(arc: ARCModel, source: int, target: int, scale: float = 1.0) -> tuple[float, int]:
+    """Start decoder `target`'s projector from decoder `source`'s, followed by M: the
+    least-squares map from the source decoder's input embeddings to the target's over the tokens
+    both vocabularies spell alike, times `scale`. A vector the source decoder reads as a word
+    then reaches the target decoder near its embedding of that word. Returns R^2 of M and the
+    number of tokens it was fitted on. <Rec>/<Cont> are not touched (`new_special_from`)."""
+    src_ids, dst_ids = token_spellings(arc.decoder_tokenizers[source]), token_spellings(arc.decoder_tokenizers[target])
+    shared = sorted(set(src_ids) & set(dst_ids))
+    src_embed, dst_embed = arc.decoders[source].get_input_embeddings(), arc.decoders[target].get_input_embeddings()
+    width = src_embed.weight.shape[1]
+    if len(shared) < 2 * width:
+        raise ValueError(
+            f"decoders {source} and {target} spell only {len(shared)} tokens alike; carrying a "
+            f"projector across needs at least {2 * width} (twice the source decoder's width)"
+        )
+    device = src_embed.weight.device
+    # the embedding modules' own forward: some (Gemma) scale the table by sqrt(width)
+    x = src_embed(torch.tensor([src_ids[s] for s in shared], device=device)).float()  # [N, d_src]
+    y = dst_embed(torch.tensor([dst_ids[s] for s in shared], device=device)).float()  # [N, d_dst]
+    m = torch.linalg.lstsq(x, y).solution  # [d_src, d_dst]: x @ m ~ y
+    r2 = 1.0 - float((x @ m - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    old, new = arc.adapters[source], arc.adapters[target]
+    projector = {k: v for k, v in old.state_dict().items() if k.split(".")[0] not in ("up", "rec", "cont", "memory")}
+    new.load_state_dict(projector, strict=False)  # down and the input statistics, as they are
+    new.up.weight.copy_(scale * m.T @ old.up.weight.float())  # [d_dst, d_src] @ [d_src, r] -> [d_dst, r]
+    return r2, len(shared)
