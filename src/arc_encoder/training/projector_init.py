@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.adapter import SPECIAL_KINDS
 from ..model.arc import ARCModel
 
 
@@ -116,7 +117,8 @@ def transfer_projector(arc: ARCModel, source: int, target: int, scale: float = 1
     m = torch.linalg.lstsq(x, y).solution  # [d_src, d_dst]: x @ m ~ y
     r2 = 1.0 - float((x @ m - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
     old, new = arc.adapters[source], arc.adapters[target]
-    projector = {k: v for k, v in old.state_dict().items() if k.split(".")[0] not in ("up", "rec", "cont", "memory")}
+    not_projector = ("up", "memory", *SPECIAL_KINDS)  # `up` is carried over below; the rest are not the projector
+    projector = {k: v for k, v in old.state_dict().items() if k.split(".")[0] not in not_projector}
     new.load_state_dict(projector, strict=False)  # down and the input statistics, as they are
     new.up.weight.copy_(scale * m.T @ old.up.weight.float())  # [d_dst, d_src] @ [d_src, r] -> [d_dst, r]
     return r2, len(shared)
