@@ -29,7 +29,7 @@ from arc_encoder.loading import DEFAULT_MODEL, MODEL_HELP, quiet_transformers
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.quickstart import QuickstartConfig, find_data, finetune_stage_config, pretrain_stage_config
 from arc_encoder.training.distributed import Runtime, pick_device
-from arc_encoder.training.trainer import build_data, held_out_batches
+from arc_encoder.training.trainer import build_pipeline, held_out_batches
 
 
 def main():
@@ -63,7 +63,7 @@ def main():
         configs[0].data.update(seq_len=args.span, compress_tokens=args.span, target_tokens=args.span)
     table, reconstructions = {}, None
     for config in configs:
-        held = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+        held = build_pipeline(config, arc, runtime, overrides={"loop": False, **config.eval.data})
         weights = [float(i == decoder) for i in range(len(arc.decoders))]  # held-out batches for this decoder
         batches = held_out_batches(held, weights, args.batches)[decoder]
         texts = None

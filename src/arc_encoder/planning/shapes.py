@@ -55,20 +55,25 @@ def compressed_length(n_tokens: int, arc: ARCConfig) -> int:
     return n_tokens
 
 
-def data_settings(config: TrainConfig) -> dict:
-    """The `data` section's settings, its pipeline's defaults where the config gives none."""
-    kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[config.data["kind"]]
+def data_settings(section: dict) -> dict:
+    """A data section's settings, its pipeline's defaults where the config gives none."""
+    kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[section["kind"]]
     values = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
-    values.update({k: v for k, v in config.data.items() if k != "kind"})
+    values.update({k: v for k, v in section.items() if k not in ("kind", "share")})
     return values
 
 
 def step_shapes(config: TrainConfig, arc: ARCConfig) -> list[StepShape]:
-    """One shape per kind of batch the config draws (pretraining: one per task)."""
-    data = data_settings(config)
+    """One shape per kind of batch the config draws (pretraining: one per task), over `data`
+    and every `data_mix` pipeline."""
+    return [shape for _, section in config.data_sections() for shape in section_shapes(section, config, arc)]
+
+
+def section_shapes(section: dict, config: TrainConfig, arc: ARCConfig) -> list[StepShape]:
+    data = data_settings(section)
     B = config.batch_size
     special = 1 if arc.special_tokens else 0
-    if config.data["kind"] == "pretrain":
+    if section["kind"] == "pretrain":
         seq_len, compress, target = data["seq_len"], data["compress_tokens"], data["target_tokens"]
         prefix = data["prefix_tokens"] if data["prefix"] else 0
         m_rec, m_cont = compressed_length(seq_len, arc), compressed_length(compress, arc)

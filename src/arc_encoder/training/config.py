@@ -3,8 +3,9 @@
     arc-encoder train configs/smollm2-arc4-default.yaml optim.lr_encoder=1e-4 steps=200
 
 Every section is a dataclass; a key that is not a field is an error naming the key and its section,
-and every value is checked against the field's type. The `data` section is the exception: it is a
-plain mapping handed to the data pipeline of its `kind`, which validates it. `${VAR}` and
+and every value is checked against the field's type. The `data` section (and each `data_mix` entry)
+is the exception: it is a plain mapping handed to the data pipeline of its `kind`, which validates
+it. `${VAR}` and
 `${VAR:-default}` inside strings are replaced by environment variables when the file is read.
 """
 
@@ -230,6 +231,11 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # Handed to the data pipeline of `kind` (pretrain | finetune); the trainer adds batch_size and seed.
     data: dict[str, Any] = field(default_factory=lambda: {"kind": "pretrain"})
+    # More pipelines, each a data section with a `share` of the batches; `data` takes the rest
+    # (data/mixture.py). E.g. reading batches of the same paragraphs beside the answers:
+    # [{kind: pretrain, share: 0.2, sources: [...], objectives: {lookup: 1.0}}]. Held-out data
+    # (`eval.data`) stays `data`'s.
+    data_mix: list[dict[str, Any]] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     steps: int = 1000  # optimizer steps
@@ -294,12 +300,19 @@ class TrainConfig:
             raise ValueError(f"time_limit_minutes must be a positive number or null, got {self.time_limit_minutes}")
         if self.optim.warmup_steps >= self.steps:
             raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be < steps ({self.steps})")
-        if self.data.get("kind") not in DATA_KINDS:
-            raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {self.data.get('kind')!r}")
+        for section, values in self.data_sections():
+            if values.get("kind") not in DATA_KINDS:
+                raise ValueError(f"{section}.kind must be one of {DATA_KINDS}, got {values.get('kind')!r}")
+        shares = [part.get("share") for part in self.data_mix]
+        if any(not isinstance(s, int | float) or isinstance(s, bool) or not 0 < s < 1 for s in shares):
+            raise ValueError(f"every data_mix entry needs a share in (0, 1), got {shares}")
+        if shares and sum(shares) >= 1:
+            raise ValueError(f"data_mix shares sum to {sum(shares)}: they must leave `data` a share > 0")
         # Checked now, not after the models have loaded: a typo costs a second, not a minute.
         if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
             self.arc_config()
-        self.data_config(check_only=True)
+        for section, values in self.data_sections():
+            self.data_config(section=section, check_only=True, values=values)
         if self.eval.every:
             self.data_config({"loop": False, **self.eval.data}, section="eval.data", check_only=True)
         if self.train_encoder_blocks is not None and self.train_encoder_blocks < 0:
@@ -341,17 +354,29 @@ class TrainConfig:
             return self.decoder_dtype
         return "bf16" if device_type == "cuda" and self.uses_bf16(device_type) else "fp32"
 
-    def data_config(self, overrides: dict[str, Any] | None = None, section: str = "data", check_only: bool = False):
+    def data_sections(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, section) of every pipeline the run trains on: `data`, then `data_mix`'s."""
+        return [("data", self.data)] + [(f"data_mix[{i}]", part) for i, part in enumerate(self.data_mix)]
+
+    def data_config(
+        self,
+        overrides: dict[str, Any] | None = None,
+        section: str = "data",
+        check_only: bool = False,
+        values: dict[str, Any] | None = None,
+    ):
         """The typed config of the `data` section's pipeline (PretrainDataConfig or
-        FinetuneDataConfig): `overrides` on top, the trainer's batch size and seed where unset.
+        FinetuneDataConfig), or of another data section `values` (a `data_mix` entry):
+        `overrides` on top, the trainer's batch size and seed where unset.
 
         `check_only`: only check the section; without `sources` (code that hands the trainer its
         own data) only the names and types of its keys."""
-        values = {k: v for k, v in self.data.items() if k != "kind"}
+        values = self.data if values is None else values
+        kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[values["kind"]]
+        values = {k: v for k, v in values.items() if k not in ("kind", "share")}
         values.update(overrides or {})
         values.setdefault("batch_size", self.batch_size)
         values.setdefault("seed", self.seed)
-        kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[self.data["kind"]]
         if check_only and "sources" not in values:
             return typed_fields(kind, values, section)
         return kind.from_dict(values, section)
@@ -475,7 +500,7 @@ RESUME_SAFE = (
     "log.",
 )
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype", "frozen_block_cache_mb")
+NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype", "frozen_block_cache_mb", "data_mix")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

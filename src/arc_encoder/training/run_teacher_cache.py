@@ -15,10 +15,11 @@ from .distributed import broadcast_object
 
 
 def data_fingerprints(config: TrainConfig) -> list[dict]:
-    """file_fingerprint() of every file the run's `data` section reads (a folder: all its files);
+    """file_fingerprint() of every file the run's data sections read (a folder: all its files);
     a hub data set, which has no local file, by its name and split."""
     out = []
-    for spec in parse_sources(config.data.get("sources", [])):
+    specs = [spec for _, values in config.data_sections() for spec in parse_sources(values.get("sources", []))]
+    for spec in specs:
         path = Path(spec.path)
         if spec.path.startswith(HUB_PREFIX):
             out.append({"path": spec.path, "size": 0, "sha256": f"{spec.path}:{spec.name}:{spec.split}"})

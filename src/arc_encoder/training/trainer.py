@@ -36,6 +36,8 @@ from tqdm import tqdm
 from ..atomic import write_folder
 from ..data import FinetuneData, PretrainData
 from ..data.batch import Batch
+from ..data.mixture import DataMixture
+from ..data.sources import seeded_rng
 from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
@@ -601,11 +603,26 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- entry point
-def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: dict | None = None):
-    """The data pipeline of `data.kind`, tokenizing for every decoder, sharded by rank."""
-    pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[config.data["kind"]]
+def build_data(config: TrainConfig, arc: ARCModel, runtime: Runtime):
+    """The training batches: the `data` section's pipeline, drawn by share with `data_mix`'s
+    where the config has any (data/mixture.py)."""
+    pipelines = [build_pipeline(config, arc, runtime, values=values) for _, values in config.data_sections()]
+    if len(pipelines) == 1:
+        return pipelines[0]
+    shares = [part["share"] for part in config.data_mix]
+    rng = seeded_rng(config.seed, runtime.rank, "data_mix")
+    return DataMixture(pipelines, [1 - sum(shares), *shares], rng)
+
+
+def build_pipeline(
+    config: TrainConfig, arc: ARCModel, runtime: Runtime, overrides: dict | None = None, values: dict | None = None
+):
+    """The data pipeline of a data section (default `data`; `overrides` on top), tokenizing for
+    every decoder, sharded by rank."""
+    values = config.data if values is None else values
+    pipeline = {"pretrain": PretrainData, "finetune": FinetuneData}[values["kind"]]
     return pipeline(
-        config.data_config(overrides),
+        config.data_config(overrides, values=values),
         arc.encoder_tokenizer,
         arc.decoder_tokenizers,
         rank=runtime.rank,
@@ -665,7 +682,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         eval_batches = None
         if config.eval.every:
             weights = config.decoder_weights or [1.0] * len(arc.decoders)
-            held_out = build_data(config, arc, runtime, overrides={"loop": False, **config.eval.data})
+            held_out = build_pipeline(config, arc, runtime, overrides={"loop": False, **config.eval.data})
             eval_batches = held_out_batches(held_out, weights, config.eval.batches)
         trainer = Trainer(config, arc, data, eval_batches, runtime)
         if resume:
