@@ -5,8 +5,8 @@
 Every section is a dataclass; a key that is not a field is an error naming the key and its section,
 and every value is checked against the field's type. The `data` section (and each `data_mix` entry)
 is the exception: it is a plain mapping handed to the data pipeline of its `kind`, which validates
-it. `${VAR}` and
-`${VAR:-default}` inside strings are replaced by environment variables when the file is read.
+it. `${VAR}` and `${VAR:-default}` inside strings are replaced by environment variables when the
+file is read.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ def data_fingerprints(config: TrainConfig) -> list[dict]:
     """file_fingerprint() of every file the run's data sections read (a folder: all its files);
     a hub data set, which has no local file, by its name and split."""
     out = []
-    specs = [spec for _, values in config.data_sections() for spec in parse_sources(values.get("sources", []))]
-    for spec in specs:
+    sections = [values for _, values in config.data_sections()]
+    for spec in (spec for values in sections for spec in parse_sources(values.get("sources", []))):
         path = Path(spec.path)
         if spec.path.startswith(HUB_PREFIX):
             out.append({"path": spec.path, "size": 0, "sha256": f"{spec.path}:{spec.name}:{spec.split}"})
