@@ -16,11 +16,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import ARCConfig
-from ..data.finetune import FinetuneDataConfig
-from ..data.pretrain import PretrainDataConfig
 from ..data.sources import parse_sources
 from ..model.pooling import pooled_length
-from ..training.config import TrainConfig
+from ..training.config import DATA_CONFIGS, TrainConfig
 
 PROMPT_TEXT_TOKENS = 64  # fine-tuning: decoder text tokens per example (template, question, answer)
 ANSWER_TOKENS = 32  # fine-tuning: of those, the answer tokens the loss reads
@@ -57,7 +55,7 @@ def compressed_length(n_tokens: int, arc: ARCConfig) -> int:
 
 def data_settings(section: dict) -> dict:
     """A data section's settings, its pipeline's defaults where the config gives none."""
-    kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[section["kind"]]
+    kind = DATA_CONFIGS[section["kind"]]
     values = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
     values.update({k: v for k, v in section.items() if k not in ("kind", "share")})
     return values

@@ -28,7 +28,8 @@ from ..config import PRESETS, ARCConfig, build, coerce, typed_fields
 from ..data import FinetuneDataConfig, PretrainDataConfig
 from ..data.batch import TASKS
 
-DATA_KINDS = ("pretrain", "finetune")
+DATA_CONFIGS = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}  # data.kind -> its config
+DATA_KINDS = tuple(DATA_CONFIGS)
 
 
 @dataclass
@@ -372,7 +373,7 @@ class TrainConfig:
         `check_only`: only check the section; without `sources` (code that hands the trainer its
         own data) only the names and types of its keys."""
         values = self.data if values is None else values
-        kind = {"pretrain": PretrainDataConfig, "finetune": FinetuneDataConfig}[values["kind"]]
+        kind = DATA_CONFIGS[values["kind"]]
         values = {k: v for k, v in values.items() if k not in ("kind", "share")}
         values.update(overrides or {})
         values.setdefault("batch_size", self.batch_size)
