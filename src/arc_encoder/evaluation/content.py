@@ -31,7 +31,7 @@ from ..data.batch import Batch
 from ..data.pretrain import continuation_samples, reconstruction_samples
 from ..data.tokens import EncoderView, added_prefix, decoder_text
 from ..model.decoder import end_and_pad_ids, generate_ids
-from ..model.splice import Sample, splice
+from ..model.splice import Sample, mismatched, splice
 from .metrics import exact_match, f1, rouge_l
 
 CONDITIONS = ("right", "mismatched", "none", "text")
@@ -53,18 +53,6 @@ def documents_as_text(s: Sample, arc, decoder: int) -> Sample:
         targets += s.targets[previous:offset] + [False] * len(tokens)
         previous = offset
     return Sample(ids + s.text_ids[previous:], [], [], targets + s.targets[previous:])
-
-
-def mismatched(samples: list[Sample]) -> list[Sample]:
-    """Each sample's last segment swapped for the next sample's that differs (wrapping around)."""
-    out = []
-    for i, s in enumerate(samples):
-        others = (samples[(i + k) % len(samples)] for k in range(1, len(samples)))
-        other = next((o for o in others if o.segments and o.segments[-1] != s.segments[-1]), None)
-        if other is None:
-            raise ValueError("every held-out sample has the same document: nothing to swap in")
-        out.append(Sample(s.text_ids, s.segments[:-1] + [other.segments[-1]], s.offsets, s.targets))
-    return out
 
 
 def distinct_documents(samples: list[Sample]) -> list[Sample]:

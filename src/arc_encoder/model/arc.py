@@ -23,6 +23,7 @@ from . import saved
 from .adapter import DecoderAdapter
 from .chunking import Chunk, chunk_document
 from .compression import compress_documents
+from .contrast import Contrast, contrastive_loss
 from .decoder import load_frozen_decoder, target_logits
 from .decoder_names import decoder_index
 from .deferred import DecoderList, DeferredDecoder, DeferredTokenizer, TokenizerList, decoder_width
@@ -32,7 +33,7 @@ from .generate import Generation
 from .prefix import PrefixMemo
 from .prompting import Compressed, check_positions, prompt_positions
 from .registry import resolve_model
-from .splice import Sample, loss_positions, splice
+from .splice import Sample, loss_positions, mismatched, splice
 
 DECODERS = "decoders."  # state-dict names of the frozen decoders: never trained, never saved
 
@@ -209,13 +210,21 @@ class ARCModel(nn.Module):
         special: str = "cont",
         with_accuracy: bool = False,
         distill: Distillation | None = None,
+        contrast: Contrast | None = None,
     ):
         """Summed next-token loss over the batch's supervised text tokens, and how many there are.
 
         Returns (loss_sum, n_tokens): summed, so that gradient accumulation and data-parallel ranks
         weight every token equally. `special`: the token after each compressed segment (Batch.special).
         `with_accuracy` adds how many supervised tokens are the decoder's argmax. `distill` adds its
-        weight times the summed KL to the decoder reading the documents as text (model/distill.py)."""
+        weight times the summed KL to the decoder reading the documents as text (model/distill.py);
+        `contrast` a hinge on the content gap, the batch read a second time with swapped documents
+        in the same forward (model/contrast.py)."""
+        if contrast is not None and (distill is not None or with_accuracy):
+            raise ValueError("the contrastive loss combines with neither distillation nor accuracy counts")
+        right_samples = len(samples)
+        if contrast is not None:
+            samples = samples + mismatched(samples)
         decoder = self.decoder_index(decoder)
         dec = self.decoders[decoder]
         blocks = self.sample_blocks(samples, decoder, special)  # per sample [m_i (+1), d_dec] each
@@ -227,6 +236,9 @@ class ARCModel(nn.Module):
         if index.numel() == 0:
             raise ValueError("no supervised token in this batch")
         logits = target_logits(dec, batch.embeds, batch.attention_mask, batch.position_ids, index)  # [T, V]
+        if contrast is not None:
+            token_losses = F.cross_entropy(logits, labels, reduction="none")  # [T]
+            return contrastive_loss(token_losses, [i for i, _ in tokens], right_samples, contrast)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         if distill is not None and any(s.segments for s in samples):
             loss = loss + distillation_loss(self, distill, logits, samples, tokens, decoder)

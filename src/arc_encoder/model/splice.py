@@ -39,6 +39,18 @@ class Sample:
             raise ValueError(f"{len(self.targets)} targets for {len(self.text_ids)} text tokens")
 
 
+def mismatched(samples: list[Sample]) -> list[Sample]:
+    """Each sample's last segment swapped for the next sample's that differs (wrapping around)."""
+    out = []
+    for i, s in enumerate(samples):
+        others = (samples[(i + k) % len(samples)] for k in range(1, len(samples)))
+        other = next((o for o in others if o.segments and o.segments[-1] != s.segments[-1]), None)
+        if other is None:
+            raise ValueError("every sample of the batch has the same document: nothing to swap in")
+        out.append(Sample(s.text_ids, s.segments[:-1] + [other.segments[-1]], s.offsets, s.targets))
+    return out
+
+
 @dataclass
 class SplicedBatch:
     embeds: torch.Tensor  # [B, L, d] decoder input embeddings

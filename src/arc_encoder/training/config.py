@@ -140,6 +140,21 @@ class DistillConfig:
 
 
 @dataclass
+class ContrastConfig:
+    # Weight of a hinge on the content gap (model/contrast.py): every batch is read a second time
+    # with each sample's document swapped for another's, and the loss pays while the right
+    # document is worth less than `margin` nats per supervised token. 0 turns it off.
+    weight: float = 0.0
+    margin: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"contrast.weight must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"contrast.margin must be a finite number > 0 (nats per token), got {self.margin}")
+
+
+@dataclass
 class LoraConfig:
     # LoRA on the encoder (training/lora.py, through peft): the blocks stay frozen and each
     # targeted linear layer learns a rank-`rank` update scaled by alpha / rank. 0 turns it off.
@@ -239,6 +254,7 @@ class TrainConfig:
     data_mix: list[dict[str, Any]] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     steps: int = 1000  # optimizer steps
     batch_size: int = 8  # samples per micro-batch on each rank
     seed: int = 0
@@ -309,6 +325,8 @@ class TrainConfig:
             raise ValueError(f"every data_mix entry needs a share in (0, 1), got {shares}")
         if shares and sum(shares) >= 1:
             raise ValueError(f"data_mix shares sum to {sum(shares)}: they must leave `data` a share > 0")
+        if self.contrast.weight > 0 and self.distill.weight > 0:
+            raise ValueError("contrast.weight and distill.weight are both set: a run trains with one of them")
         # Checked now, not after the models have loaded: a typo costs a second, not a minute.
         if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
             self.arc_config()
@@ -501,7 +519,15 @@ RESUME_SAFE = (
     "log.",
 )
 # Sections added after runs were already saved without them.
-NEWER_KEYS = ("encoder_lora.", "distill.cache", "distill.k", "decoder_dtype", "frozen_block_cache_mb", "data_mix")
+NEWER_KEYS = (
+    "encoder_lora.",
+    "distill.cache",
+    "distill.k",
+    "decoder_dtype",
+    "frozen_block_cache_mb",
+    "data_mix",
+    "contrast.",
+)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

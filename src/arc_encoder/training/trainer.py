@@ -41,6 +41,7 @@ from ..data.sources import seeded_rng
 from ..devices import DTYPES, cast_weights
 from ..evaluation.content import content_summary, content_sums, flat_summary, greedy_summary, greedy_sums
 from ..model.arc import ARCModel
+from ..model.contrast import Contrast
 from ..model.distill import Distillation
 from ..model.saved import WEIGHTS_FILE, latest_checkpoint
 from ..model.teacher_cache import TeacherCache
@@ -133,6 +134,12 @@ def distillation_for(config: TrainConfig, batch: Batch, cache: TeacherCache | No
     if not (d.weight > 0 and batch.task in d.tasks):
         return None
     return Distillation(d.weight, d.temperature, cache, d.k if cache is not None else None)
+
+
+def contrast_for(config: TrainConfig) -> Contrast | None:
+    """The content-gap hinge every batch is trained with under this config (None: off)."""
+    c = config.contrast
+    return Contrast(c.weight, c.margin) if c.weight > 0 else None
 
 
 def input_tokens(batch: Batch) -> int:
@@ -361,6 +368,7 @@ class Trainer:
                     decoder,
                     batch.special,
                     distill=distillation_for(self.config, batch, self.teacher_cache),
+                    contrast=contrast_for(self.config),
                 )
             loss_sum.backward()
             loss_sum_total += loss_sum.detach().double()
