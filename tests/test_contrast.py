@@ -78,6 +78,7 @@ def test_contrastive_loss_by_hand():
         ({"contrast": {"weight": 1.0, "margin": 0}}, "contrast.margin must be a finite number > 0"),
         ({"contrast": {"wieght": 1.0}}, "unknown key(s) ['wieght'] in section 'contrast'"),
         ({"contrast": {"weight": 1.0}, "distill": {"weight": 1.0}}, "a run trains with one of them"),
+        ({"contrast": {"weight": 1.0}, "batch_size": 1}, "contrast.weight needs batch_size >= 2"),
     ],
 )
 def test_bad_contrast_settings_are_named(section, message):

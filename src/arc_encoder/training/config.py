@@ -327,6 +327,8 @@ class TrainConfig:
             raise ValueError(f"data_mix shares sum to {sum(shares)}: they must leave `data` a share > 0")
         if self.contrast.weight > 0 and self.distill.weight > 0:
             raise ValueError("contrast.weight and distill.weight are both set: a run trains with one of them")
+        if self.contrast.weight > 0 and self.batch_size < 2:
+            raise ValueError("contrast.weight needs batch_size >= 2: a sample's document is swapped for another's")
         # Checked now, not after the models have loaded: a typo costs a second, not a minute.
         if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
             self.arc_config()
