@@ -1,12 +1,14 @@
 """The projector: bottleneck or one linear map; standardized inputs (statistics measured once,
 applied before the projector, saved)."""
 
+import numpy as np
 import pytest
 import torch
 
 from arc_encoder.config import ARCConfig
 from arc_encoder.model.arc import ARCModel
 from arc_encoder.training.projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
+from conftest import CORPUS
 
 
 def segments_of(arc, n=6):
@@ -121,8 +123,63 @@ def test_fitting_to_embeddings_reads_each_token_at_factor_one(tiny_arc):
     assert arc.encode_segments(segs[:1], 0)[0].shape[0] == -(-len(segs[0]) // 2)
 
 
-def test_fitting_needs_a_shared_vocabulary(tiny_arc, tiny_models):
-    arc = tiny_arc()
-    arc._shared_vocab[0] = False  # as for a decoder with its own tokenizer
-    with pytest.raises(ValueError, match="encoder's vocabulary"):
+class SpelledVocabulary:
+    """A decoder tokenizer with another vocabulary, as token_spellings reads one: the encoder's
+    tokens spelled the SentencePiece way ('▁the' for 'Ġthe'), at permuted ids, every fifth dropped."""
+
+    def __init__(self, encoder_tokenizer, size: int):
+        self.all_special_tokens = list(encoder_tokenizer.all_special_tokens)
+        self.vocab = {
+            token.replace("\u0120", "\u2581"): self.permuted(i, size)
+            for token, i in encoder_tokenizer.get_vocab().items()
+            if i % 5 or token in self.all_special_tokens
+        }
+
+    @staticmethod
+    def permuted(i: int, size: int) -> int:
+        return (7 * i + 3) % size  # a permutation: 7 and the size share no factor
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+def test_fitting_another_vocabulary_uses_the_tokens_spelled_alike(tiny_arc):
+    """A decoder with another tokenizer: each encoder token's row is fitted to the decoder's
+    embedding of the token spelled alike; special tokens, non-ASCII byte tokens and tokens the
+    decoder lacks are left out. Checked against numpy's least squares on the hand-built rows."""
+    arc = tiny_arc(bottleneck=None).eval()
+    enc = arc.encoder_tokenizer
+    size = arc.decoders[0].get_input_embeddings().weight.shape[0]
+    arc.decoder_tokenizers[0] = SpelledVocabulary(enc, size)
+    arc._shared_vocab[0] = False
+    segs = [enc(text, add_special_tokens=False)["input_ids"] + [enc.eos_token_id] for text in CORPUS[:24]]
+
+    r2 = fit_projectors_to_embeddings(arc, segs)
+
+    names = {i: t for t, i in enc.get_vocab().items()}
+    special = set(enc.all_special_tokens)
+
+    def alike(t: int) -> bool:  # kept by construction: not dropped, not special, printable once spelled
+        text = names[t].replace("\u0120", " ")
+        return t % 5 != 0 and names[t] not in special and all(32 <= ord(c) < 127 for c in text)
+
+    with torch.no_grad(), arc.encoder.pooling_factor(1):
+        pooled, counts = arc.pooled_outputs(segs, arc.adapters[0])
+    x = torch.cat([pooled[i, :m] for i, m in enumerate(counts)]).double().numpy()
+    ids = [t for seg in segs for t in seg]
+    rows = [r for r, t in enumerate(ids) if alike(t)]
+    assert 0 < len(rows) < len(ids)  # some rows are left out (the eos of every segment at least)
+    table = arc.decoders[0].get_input_embeddings().weight.detach().double().numpy()
+    y = table[[SpelledVocabulary.permuted(ids[r], size) for r in rows]]
+    w = np.linalg.lstsq(x[rows], y, rcond=None)[0]  # [d_e, d_dec]
+    torch.testing.assert_close(arc.adapters[0].up.weight.double(), torch.from_numpy(w.T), atol=1e-4, rtol=1e-3)
+    fitted = x[rows] @ w
+    assert r2[0] == pytest.approx(1 - ((fitted - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum(), abs=1e-5)
+
+
+def test_fitting_another_vocabulary_needs_enough_tokens_spelled_alike(tiny_arc):
+    arc = tiny_arc(bottleneck=None).eval()
+    arc.decoder_tokenizers[0] = SpelledVocabulary(arc.encoder_tokenizer, 384)
+    arc._shared_vocab[0] = False
+    with pytest.raises(ValueError, match=r"spells only \d+ of the \d+ fitting tokens alike; the fit needs at least"):
         fit_projectors_to_embeddings(arc, segments_of(arc, 2))

@@ -18,7 +18,7 @@ from arc_encoder.training.config import load_config
 from arc_encoder.training.distributed import Runtime
 from arc_encoder.training.model_init import build_model
 from arc_encoder.training.projector_init import token_spellings
-from arc_encoder.training.trainer import Trainer, build_data, seed_everything
+from arc_encoder.training.trainer import Trainer, build_data, prepare_projectors, seed_everything
 from conftest import CORPUS
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "smollm2-gemma3-adapt.yaml"
@@ -170,3 +170,32 @@ def test_new_projector_from_is_refused_without_a_saved_decoder_to_start_from(tin
         load_config(RECIPE, ["model.init_from=null", "model.new_special_from=null", "model.new_projector_from=0"])
     with pytest.raises(ValueError, match="new_projector_scale must be a finite number > 0"):
         load_config(RECIPE, ["model.new_projector_scale=0"])
+
+
+def test_lstsq_starts_only_the_new_decoders_projector(tiny_arc, tiny_models, tmp_path):
+    """Under a warm start, `projector_init: lstsq` fits the projectors of the decoders the saved
+    model does not know and leaves the saved ones as they were loaded."""
+    source = tiny_arc(seed=5, bottleneck=None)
+    source.save_pretrained(tmp_path / "saved")
+    config = adapt_config(tmp_path, tiny_models, tmp_path / "saved")
+    config.projector_init = "lstsq"
+    seed_everything(config.seed)
+    arc = build_model(config, log=lambda *_: None)
+    fresh = arc.adapters[1].up.weight.detach().clone()
+    notes = []
+    prepare_projectors(config, arc, Runtime(0, 1, torch.device("cpu")), log=notes.append)
+
+    assert torch.equal(arc.adapters[0].up.weight, source.adapters[0].up.weight)  # loaded, not refitted
+    assert not torch.equal(arc.adapters[1].up.weight, fresh)
+    assert "decoder 1:" in notes[-1] and "decoder 0:" not in notes[-1]
+    # the fitted decoder reads its vectors at x1 close to its own embeddings of the same tokens
+    segs = [arc.encoder_tokenizer(text, add_special_tokens=False)["input_ids"] for text in CORPUS[:4]]
+    with torch.no_grad(), arc.encoder.pooling_factor(1):
+        got = torch.cat([arc.adapters[1].expand(v) for v in arc.encode_segments(segs, 1)])
+        want = arc.decoders[1].get_input_embeddings()(torch.tensor([t for s in segs for t in s]))
+    assert (got - want).pow(2).sum() < 0.5 * (want - want.mean(0)).pow(2).sum()
+
+
+def test_lstsq_and_a_carried_projector_are_refused_together():
+    with pytest.raises(ValueError, match="projector_init=lstsq and model.new_projector_from both start"):
+        load_config(RECIPE, ["projector_init=lstsq", "model.new_projector_from=0"])

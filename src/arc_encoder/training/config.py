@@ -287,10 +287,12 @@ class TrainConfig:
     # factor; the vectors then learn to pack more tokens without ever losing it. Evaluation and the
     # saved model always use the model's factor. Needs a model with one pooling block.
     pooling_schedule: list[list[int]] = field(default_factory=list)
-    # How a fresh run's projectors start: "random" (paper), or "lstsq": the least-squares map, at
-    # pooling factor 1, from the encoder's output at each token to the decoder's embedding of it
-    # (training/projector_init.py), fitted on a few training batches before step 0.
-    # With pooling_schedule starting at x1 this is what makes CPU-scale runs carry the document.
+    # How fresh projectors start (all of a fresh run's; under model.init_from those of decoders the
+    # saved model does not know): "random" (paper), or "lstsq": the least-squares map, at pooling
+    # factor 1, from the encoder's output at each token to the decoder's embedding of it (for
+    # another vocabulary: of the token spelled alike), fitted on training batches before step 0
+    # (training/projector_init.py). With pooling_schedule starting at x1 this is what makes
+    # CPU-scale runs carry the document.
     projector_init: Literal["random", "lstsq"] = "random"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1
     # Under parallel: fsdp, the frozen decoders' blocks are sharded like the encoder's ("shard":
@@ -329,6 +331,10 @@ class TrainConfig:
             raise ValueError("contrast.weight and distill.weight are both set: a run trains with one of them")
         if self.contrast.weight > 0 and self.batch_size < 2:
             raise ValueError("contrast.weight needs batch_size >= 2: a sample's document is swapped for another's")
+        if self.projector_init == "lstsq" and self.model.new_projector_from is not None:
+            raise ValueError(
+                "projector_init=lstsq and model.new_projector_from both start the new projectors: set one of them"
+            )
         # Checked now, not after the models have loaded: a typo costs a second, not a minute.
         if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
             self.arc_config()

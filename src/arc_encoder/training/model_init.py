@@ -65,6 +65,15 @@ def saved_decoder(source: SavedModel, index: int, key: str) -> str:
     return names[index]
 
 
+def fresh_decoders(config: TrainConfig, arc: ARCModel) -> list[int]:
+    """Indices of the decoders whose projectors start fresh: all of them without
+    `model.init_from`, else those the saved model does not know (by name)."""
+    if config.model.init_from is None:
+        return list(range(len(arc.config.decoders)))
+    saved = locate(config.model.init_from, role="model.init_from").config.decoders
+    return [i for i, name in enumerate(arc.config.decoders) if name not in saved]
+
+
 def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, scale: float, log=print) -> None:
     """Start every decoder the saved model does not know from saved decoder `projector_from`'s
     projector, carried into its embedding space (projector_init.transfer_projector)."""

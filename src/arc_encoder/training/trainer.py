@@ -61,6 +61,7 @@ from .distributed import (
 )
 from .lora import LORA_FILE, add_encoder_lora, has_lora, lora_state, merged_state
 from .metrics import PLOT_FILE, MetricsLog, plot_curves
+from .model_init import fresh_decoders
 from .projector_init import calibrate_projector_inputs, fit_projectors_to_embeddings
 from .run_teacher_cache import open_cache
 from .schedule import lr_lambda
@@ -640,24 +641,31 @@ def build_pipeline(
 
 def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, batches: int = 4, log=print) -> None:
     """Before the first step of a fresh run: standardizing projectors measure their input
-    statistics, and with `projector_init: lstsq` every projector starts from its least-squares
-    fit. Both read a few training batches drawn from a separate pipeline (the training stream is
-    untouched); every rank uses rank 0's batches and so computes the same weights."""
+    statistics, and with `projector_init: lstsq` every projector that starts fresh (all of them,
+    or under `model.init_from` those of decoders the saved model does not know) starts from its
+    least-squares fit. Both read training batches drawn from a separate pipeline (the training
+    stream is untouched): `batches` of them, and for the fit more until they hold 8 tokens per
+    encoder dimension. Every rank uses rank 0's batches and so computes the same weights."""
     calibrate = any(hasattr(a, "calibrated") and not bool(a.calibrated) for a in arc.adapters)
-    fit = config.projector_init == "lstsq" and config.model.init_from is None
+    fit = fresh_decoders(config, arc) if config.projector_init == "lstsq" else []
+    if config.projector_init == "lstsq" and not fit:
+        log("projector_init=lstsq: every decoder's projector comes from model.init_from; nothing to fit")
     if not (calibrate or fit):
         return
     probe = build_data(config, arc, Runtime(0, 1, runtime.device))
-    segments = [seg for _ in range(batches) for s in probe.next_batch(0).samples for seg in s.segments]
+    wanted = 8 * arc.encoder.hidden_size if fit else 0
+    segments, drawn = [], 0
+    while drawn < batches or sum(map(len, segments)) < wanted:
+        segments += [seg for s in probe.next_batch(0).samples for seg in s.segments]
+        drawn += 1
     arc.to(runtime.device)
     if calibrate:
         calibrate_projector_inputs(arc, segments)
     if fit:
-        r2 = fit_projectors_to_embeddings(arc, segments)
+        r2 = fit_projectors_to_embeddings(arc, segments, fit)
         log(
-            "projectors start from their least-squares fit to the token embeddings (R^2 "
-            + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items())
-            + ")"
+            f"projectors start from their least-squares fit to the token embeddings ({sum(map(len, segments))} "
+            "tokens; R^2 " + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items()) + ")"
         )
 
 
