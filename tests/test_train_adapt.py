@@ -52,6 +52,7 @@ def adapt_config(tmp_path, tiny_models, saved: Path):
         "data.reconstruction_only_batches=1",
         "data.continuation=0.5",
         "steps=3",
+        "pooling_schedule=[[1, 1], [2, 2]]",
         "batch_size=2",
         "optim.warmup_steps=1",
         "device=cpu",
@@ -178,7 +179,7 @@ def test_lstsq_starts_only_the_new_decoders_projector(tiny_arc, tiny_models, tmp
     source = tiny_arc(seed=5, bottleneck=None)
     source.save_pretrained(tmp_path / "saved")
     config = adapt_config(tmp_path, tiny_models, tmp_path / "saved")
-    config.projector_init = "lstsq"
+    assert config.projector_init == "lstsq"  # the recipe's start
     seed_everything(config.seed)
     arc = build_model(config, log=lambda *_: None)
     fresh = arc.adapters[1].up.weight.detach().clone()
