@@ -70,8 +70,12 @@ def fresh_decoders(config: TrainConfig, arc: ARCModel) -> list[int]:
     `model.init_from`, else those the saved model does not know (by name)."""
     if config.model.init_from is None:
         return list(range(len(arc.config.decoders)))
-    saved = locate(config.model.init_from, role="model.init_from").config.decoders
-    return [i for i, name in enumerate(arc.config.decoders) if name not in saved]
+    return unknown_decoders(arc, locate(config.model.init_from, role="model.init_from"))
+
+
+def unknown_decoders(arc: ARCModel, source: SavedModel) -> list[int]:
+    """Indices of the run's decoders the saved model does not know by name."""
+    return [i for i, name in enumerate(arc.config.decoders) if name not in source.config.decoders]
 
 
 def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, scale: float, log=print) -> None:
@@ -84,13 +88,12 @@ def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, sca
             f"leave out {name!r}, whose projector the new ones would start from"
         )
     old = arc.config.decoders.index(name)
-    for i, new in enumerate(arc.config.decoders):
-        if new not in source.config.decoders:
-            r2, tokens = transfer_projector(arc, old, i, scale)
-            log(
-                f"decoder {i} ({new}): projector carried over from decoder {old} ({name}) through "
-                f"{tokens} tokens both vocabularies spell alike (R^2 {r2:.2f}), times {scale:g}"
-            )
+    for i in unknown_decoders(arc, source):
+        r2, tokens = transfer_projector(arc, old, i, scale)
+        log(
+            f"decoder {i} ({arc.config.decoders[i]}): projector carried over from decoder {old} ({name}) "
+            f"through {tokens} tokens both vocabularies spell alike (R^2 {r2:.2f}), times {scale:g}"
+        )
 
 
 def warm_start_sources(arc: ARCModel, source: SavedModel, special_from: int | None, log=print) -> dict[str, str]:

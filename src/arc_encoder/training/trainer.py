@@ -654,17 +654,17 @@ def prepare_projectors(config: TrainConfig, arc: ARCModel, runtime: Runtime, bat
         return
     probe = build_data(config, arc, Runtime(0, 1, runtime.device))
     wanted = 8 * arc.encoder.hidden_size if fit else 0
-    segments, drawn = [], 0
-    while drawn < batches or sum(map(len, segments)) < wanted:
-        segments += [seg for s in probe.next_batch(0).samples for seg in s.segments]
-        drawn += 1
+    segments, drawn, tokens = [], 0, 0
+    while drawn < batches or tokens < wanted:
+        batch = [seg for s in probe.next_batch(0).samples for seg in s.segments]
+        segments, drawn, tokens = segments + batch, drawn + 1, tokens + sum(map(len, batch))
     arc.to(runtime.device)
     if calibrate:
         calibrate_projector_inputs(arc, segments)
     if fit:
         r2 = fit_projectors_to_embeddings(arc, segments, fit)
         log(
-            f"projectors start from their least-squares fit to the token embeddings ({sum(map(len, segments))} "
+            f"projectors start from their least-squares fit to the token embeddings ({tokens} "
             "tokens; R^2 " + ", ".join(f"decoder {d}: {v:.2f}" for d, v in r2.items()) + ")"
         )
 
