@@ -155,7 +155,8 @@ def test_stages_are_the_shipped_configs(tmp_path):
 
     shipped = quickstart.finetune_stage_config(q, data, "smollm2-arc4", 4, tmp_path / "qs")
     assert same_run(shipped, ft_yaml, "model", "seed")
-    assert shipped.model.init_from == "smollm2-arc4" and shipped.model.arc == {}  # its own factor
+    # its own factor, and only its first decoder (the shipped model may serve several)
+    assert shipped.model.init_from == "smollm2-arc4" and shipped.model.arc == {"decoders": ["smollm2-135m"]}
     assert shipped.seed == ft_yaml.seed + 1  # another data order than the shipped model's
 
     options = dataclasses.replace(

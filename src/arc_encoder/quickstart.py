@@ -40,7 +40,7 @@ from .evaluation.runner import evaluate
 from .evaluation.tasks import load_jsonl
 from .loading import DEFAULT_MODEL
 from .model.arc import ARCModel
-from .model.saved import list_checkpoints
+from .model.saved import list_checkpoints, locate
 from .training.config import TrainConfig, config_from_dict, expand_env, read_config_tree
 from .training.distributed import pick_device
 from .training.metrics import read_metrics
@@ -271,6 +271,10 @@ def finetune_stage_config(
     }
     if q.from_scratch:  # a trained start keeps its own factor
         changes["model.arc.pooling_factors"] = [factor]
+    else:
+        # A trained start may serve several decoders (the shipped model also carries Gemma's
+        # adapter): the quickstart fine-tunes and measures its first one only.
+        changes["model.arc.decoders"] = locate(init_from, role="model.init_from").config.decoders[:1]
     config = stage_config(FINETUNE_CONFIG, q, data, out / f"finetune-x{factor}", changes)
     if not q.from_scratch:
         # The shipped encoder was fine-tuned on the order the config's seed draws: further
