@@ -110,7 +110,7 @@ def test_openai_client_chat_with_a_compressed_document(smollm2, tmp_path):
 
 
 def test_shipped_encoder_loads_offline_and_carries_its_document():
-    """`from_pretrained("smollm2-arc4")`: the embedded GGUF + the 14 MB shipped delta (checksum
+    """`from_pretrained("smollm2-arc4")`: the embedded GGUF + the 15 MB shipped delta (checksum
     verified). Its vectors must carry their document: reconstruction with the right document is
     clearly better than with another one (an untrained encoder gives a gap of ~0)."""
     from arc_encoder.evaluation.content import content_report, text_batches
@@ -131,3 +131,6 @@ def test_shipped_encoder_loads_offline_and_carries_its_document():
     # more tokens right than with no document (version 5: 49.6% against 45.5%; the answers stages
     # trade some of the reconstruction stages' token accuracy for answers)
     assert rec["accuracy"] > rec["accuracy_none"] + 0.02, rec
+    # version 7 also carries Gemma-3-270m's adapter; a user of SmolLM2 never reads Gemma
+    assert arc.config.decoders == ["smollm2-135m", "gemma3-270m"] and arc.decoder_index("gemma3") == 1
+    assert arc.decoders.is_read(0) and not arc.decoders.is_read(1)

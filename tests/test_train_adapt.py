@@ -29,8 +29,9 @@ def test_the_recipe_adds_gemma_to_the_shipped_model_and_freezes_the_rest():
     config = load_config(RECIPE)
     _, shipped = read_saved_config(shipped_folder(config.model.init_from))
     arc = config.arc_config(saved=shipped.to_dict())
-    # decoder 0 is the shipped one (its adapter is loaded by name), decoder 1 is new
-    assert arc.decoders == [shipped.decoders[0], "gemma3-270m"] and len(shipped.decoders) == 1
+    # decoder 0 is the shipped SmolLM2 (its adapter is loaded by name), decoder 1 Gemma: fitted and
+    # trained anew from a model without it, continued from the shipped model's own Gemma adapter
+    assert arc.decoders == [shipped.decoders[0], "gemma3-270m"] and shipped.decoders[0] == "smollm2-135m"
     assert config.freeze_encoder and config.decoder_weights == [0.0, 1.0] and config.model.new_special_from == 0
     assert arc.bottleneck is None and arc.pooling_factors == shipped.pooling_factors
 
@@ -189,12 +190,21 @@ def test_lstsq_starts_only_the_new_decoders_projector(tiny_arc, tiny_models, tmp
     assert torch.equal(arc.adapters[0].up.weight, source.adapters[0].up.weight)  # loaded, not refitted
     assert not torch.equal(arc.adapters[1].up.weight, fresh)
     assert "decoder 1:" in notes[-1] and "decoder 0:" not in notes[-1]
-    # the fitted decoder reads its vectors at x1 close to its own embeddings of the same tokens
+    # the fitted decoder reads its vectors at x1 close to its own embeddings of the same tokens:
+    # closer than from the fresh start and than their mean. The tiny tokenizers' vocabularies
+    # depend on the hash seed, and with them the fit's R^2 on these texts: 0.3 to 0.6 seen.
     segs = [arc.encoder_tokenizer(text, add_special_tokens=False)["input_ids"] for text in CORPUS[:4]]
-    with torch.no_grad(), arc.encoder.pooling_factor(1):
-        got = torch.cat([arc.adapters[1].expand(v) for v in arc.encode_segments(segs, 1)])
-        want = arc.decoders[1].get_input_embeddings()(torch.tensor([t for s in segs for t in s]))
-    assert (got - want).pow(2).sum() < 0.5 * (want - want.mean(0)).pow(2).sum()
+
+    def residual() -> float:
+        with torch.no_grad(), arc.encoder.pooling_factor(1):
+            got = torch.cat([arc.adapters[1].expand(v) for v in arc.encode_segments(segs, 1)])
+        return float((got - want).pow(2).sum())
+
+    want = arc.decoders[1].get_input_embeddings()(torch.tensor([t for s in segs for t in s])).detach()
+    fitted = residual()
+    with torch.no_grad():
+        arc.adapters[1].up.weight.copy_(fresh)
+    assert fitted < 0.85 * float((want - want.mean(0)).pow(2).sum()) and fitted < 0.85 * residual()
 
 
 def test_lstsq_and_a_carried_projector_are_refused_together():
