@@ -208,5 +208,36 @@ def test_lstsq_starts_only_the_new_decoders_projector(tiny_arc, tiny_models, tmp
 
 
 def test_lstsq_and_a_carried_projector_are_refused_together():
-    with pytest.raises(ValueError, match="projector_init=lstsq and model.new_projector_from both start"):
+    with pytest.raises(ValueError, match="projector_init=lstsq, model.new_projector_from: each starts"):
         load_config(RECIPE, ["projector_init=lstsq", "model.new_projector_from=0"])
+    with pytest.raises(ValueError, match="projector_init=lstsq, model.adapters_from: each starts"):
+        load_config(RECIPE, ["projector_init=lstsq", "model.adapters_from=smollm2-arc4"])
+    with pytest.raises(ValueError, match="adapters_from needs model.init_from"):
+        load_config(RECIPE, ["model.init_from=null", "model.new_special_from=null", "model.adapters_from=x"])
+
+
+def test_adapters_from_carries_a_second_decoders_adapter_onto_a_retrained_encoder(tiny_arc, tiny_models, tmp_path):
+    """A new version retrained the encoder for decoder 0 only; the previous version's adapter of
+    decoder 1 starts decoder 1 again, and the encoder and decoder 0 are the new version's."""
+    both = [tiny_models["llama"], tiny_models["gemma3"]]
+    previous = tiny_arc(seed=5, bottleneck=None, decoders=both)
+    previous.save_pretrained(tmp_path / "previous")
+    retrained = tiny_arc(seed=6, bottleneck=None)  # another encoder and decoder-0 adapter
+    retrained.save_pretrained(tmp_path / "retrained")
+    config = adapt_config(tmp_path, tiny_models, tmp_path / "retrained")
+    config.projector_init, config.model.adapters_from = "random", str(tmp_path / "previous")
+    notes = []
+    arc = build_model(config, log=notes.append)
+
+    mine = arc.state_dict()
+    for name, tensor in retrained.state_dict().items():
+        if name.startswith(("encoder.", "adapters.0.")):
+            assert torch.equal(mine[name], tensor), name
+    for name, tensor in previous.adapters[1].state_dict().items():
+        assert torch.equal(mine[f"adapters.1.{name}"], tensor), name
+    assert not torch.equal(previous.adapters[0].up.weight, arc.adapters[0].up.weight)
+    assert "decoder 1" in notes[-1] and "previous" in notes[-1]
+
+    config.model.adapters_from = str(tmp_path / "retrained")  # has no adapter for decoder 1
+    with pytest.raises(ValueError, match="adapters_from: .* has an adapter for none of the decoders"):
+        build_model(config, log=lambda *_: None)

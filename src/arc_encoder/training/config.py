@@ -49,6 +49,10 @@ class ModelConfig:
     # `new_projector_scale`; None: a fresh random projector.
     new_projector_from: int | None = None
     new_projector_scale: float = 1.0
+    # ... or start them from the adapters of the same decoders in this other saved model (matched by
+    # name): a previous version's adapter for a second decoder, carried onto a retrained encoder and
+    # trained on from there instead of from scratch.
+    adapters_from: str | None = None
     # False: random backbone and decoder weights (tests, dry runs).
     pretrained: bool = True
 
@@ -60,7 +64,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in section 'model.arc'; known keys: {sorted(hints)}")
         self.arc = {k: coerce(v, hints[k], f"model.arc.{k}") for k, v in self.arc.items()}
-        for key in ("new_special_from", "new_projector_from"):
+        for key in ("new_special_from", "new_projector_from", "adapters_from"):
             if getattr(self, key) is not None and self.init_from is None:
                 raise ValueError(f"model.{key} needs model.init_from")
         if not (math.isfinite(self.new_projector_scale) and self.new_projector_scale > 0):
@@ -331,10 +335,14 @@ class TrainConfig:
             raise ValueError("contrast.weight and distill.weight are both set: a run trains with one of them")
         if self.contrast.weight > 0 and self.batch_size < 2:
             raise ValueError("contrast.weight needs batch_size >= 2: a sample's document is swapped for another's")
-        if self.projector_init == "lstsq" and self.model.new_projector_from is not None:
-            raise ValueError(
-                "projector_init=lstsq and model.new_projector_from both start the new projectors: set one of them"
-            )
+        starts = {  # the ways a new decoder's projector can start
+            "projector_init=lstsq": self.projector_init == "lstsq",
+            "model.new_projector_from": self.model.new_projector_from is not None,
+            "model.adapters_from": self.model.adapters_from is not None,
+        }
+        starts = [key for key, chosen in starts.items() if chosen]
+        if len(starts) > 1:
+            raise ValueError(f"{', '.join(starts)}: each starts the new projectors; set one of them")
         # Checked now, not after the models have loaded: a typo costs a second, not a minute.
         if self.model.init_from is None:  # (a warm start's config is known once its folder is read)
             self.arc_config()

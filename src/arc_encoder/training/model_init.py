@@ -4,8 +4,10 @@ Warm starts cover the paper's three uses (method.md §7.2):
 - fine-tuning after pretraining, possibly at another pooling factor (pooling has no weights);
 - training on more or other decoders: adapters of decoders the saved model knows (matched by the
   decoder name in its config) are loaded, the others start fresh;
-- new-decoder adaptation: a fresh projector, or one carried over from a saved decoder's
-  (`new_projector_from`), <Rec>/<Cont> copied from one of the saved decoders (`new_special_from`),
+- new-decoder adaptation: a fresh projector, one carried over from a saved decoder's
+  (`new_projector_from`), or the adapter another saved model has for the same decoder
+  (`adapters_from`: a second decoder re-fitted after its encoder was retrained), <Rec>/<Cont>
+  copied from one of the saved decoders (`new_special_from`),
   encoder frozen by the run's `freeze_encoder`.
 `init_from` is a saved model folder (full or delta), a shipped model name, or a training run folder
 (its latest checkpoint).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from ..devices import DTYPES, resolve_device
 from ..model.arc import ARCModel
-from ..model.saved import SavedModel, load, locate
+from ..model.saved import SavedModel, load, load_state, locate
 from .config import TrainConfig
 from .projector_init import transfer_projector
 
@@ -54,6 +56,8 @@ def build_model(config: TrainConfig, log=print) -> ARCModel:
     )
     if spec.new_projector_from is not None:
         carry_projectors(arc, source, spec.new_projector_from, spec.new_projector_scale, log)
+    if spec.adapters_from is not None:
+        copy_adapters(arc, source, locate(spec.adapters_from, role="model.adapters_from"), log)
     return arc
 
 
@@ -94,6 +98,25 @@ def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, sca
             f"decoder {i} ({arc.config.decoders[i]}): projector carried over from decoder {old} ({name}) "
             f"through {tokens} tokens both vocabularies spell alike (R^2 {r2:.2f}), times {scale:g}"
         )
+
+
+def copy_adapters(arc: ARCModel, source: SavedModel, donor: SavedModel, log=print) -> None:
+    """Start every decoder `source` does not know from `donor`'s adapter of the same name
+    (projector and <Rec>/<Cont>), refused if the donor has none of them."""
+    wanted = {}
+    for i in unknown_decoders(arc, source):
+        name = arc.config.decoders[i]
+        if name not in donor.config.decoders:
+            continue
+        j = donor.config.decoders.index(name)
+        wanted.update({f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in arc.adapters[i].state_dict()})
+        log(f"decoder {i} ({name}): projector and special tokens from {donor.folder} (decoder {j})")
+    if not wanted:
+        raise ValueError(
+            f"model.adapters_from: {donor.folder} has an adapter for none of the decoders "
+            f"{source.folder} lacks (its decoders: {donor.config.decoders}; the run's: {arc.config.decoders})"
+        )
+    load_state(arc, donor.tensors(), f"model.adapters_from: {donor.weights} (against this model)", wanted, donor.delta)
 
 
 def warm_start_sources(arc: ARCModel, source: SavedModel, special_from: int | None, log=print) -> dict[str, str]:
