@@ -110,7 +110,7 @@ def copy_adapters(arc: ARCModel, source: SavedModel, donor: SavedModel, log=prin
             continue
         j = donor.config.decoders.index(name)
         wanted.update({f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in arc.adapters[i].state_dict()})
-        log(f"decoder {i} ({name}): projector and special tokens from {donor.folder} (decoder {j})")
+        log(f"decoder {i} ({name}): instead, projector and special tokens from {donor.folder} (decoder {j})")
     if not wanted:
         raise ValueError(
             f"model.adapters_from: {donor.folder} has an adapter for none of the decoders "
