@@ -100,6 +100,11 @@ def carry_projectors(arc: ARCModel, source: SavedModel, projector_from: int, sca
         )
 
 
+def adapter_sources(arc: ARCModel, i: int, j: int) -> dict[str, str]:
+    """{tensor of decoder i's adapter: the same tensor of saved decoder j's}."""
+    return {f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in arc.adapters[i].state_dict()}
+
+
 def copy_adapters(arc: ARCModel, source: SavedModel, donor: SavedModel, log=print) -> None:
     """Start every decoder `source` does not know from `donor`'s adapter of the same name
     (projector and <Rec>/<Cont>), refused if the donor has none of them."""
@@ -109,7 +114,7 @@ def copy_adapters(arc: ARCModel, source: SavedModel, donor: SavedModel, log=prin
         if name not in donor.config.decoders:
             continue
         j = donor.config.decoders.index(name)
-        wanted.update({f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in arc.adapters[i].state_dict()})
+        wanted.update(adapter_sources(arc, i, j))
         log(f"decoder {i} ({name}): instead, projector and special tokens from {donor.folder} (decoder {j})")
     if not wanted:
         raise ValueError(
@@ -128,10 +133,9 @@ def warm_start_sources(arc: ARCModel, source: SavedModel, special_from: int | No
         saved_decoder(source, special_from, "new_special_from")
     wanted = {f"encoder.{key}": f"encoder.{key}" for key in arc.encoder.state_dict()}
     for i, name in enumerate(arc.config.decoders):
-        adapter_keys = arc.adapters[i].state_dict()
         if name in saved_decoders:
             j = saved_decoders.index(name)
-            wanted.update({f"adapters.{i}.{k}": f"adapters.{j}.{k}" for k in adapter_keys})
+            wanted.update(adapter_sources(arc, i, j))
             log(f"decoder {i} ({name}): projector and special tokens from {source.folder} (decoder {j})")
         elif special_from is not None:
             for kind in ("rec", "cont"):
